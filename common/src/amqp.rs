@@ -1,0 +1,94 @@
+//! Connecting to RabbitMQ and publishing with confirms.
+//!
+//! Every publish of the fleet goes through [`Publisher::publish`]: it waits for the broker's
+//! confirm and turns a nack or a returned (unroutable, `mandatory`) message into an error, so
+//! a caller that gets `Ok` knows the broker has the message.
+
+use crate::{Error, Result, config::redact_url};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    Confirmation,
+    types::{FieldTable, LongString},
+};
+use std::time::{Duration, Instant};
+
+/// Connects to `url`, retrying with backoff until `timeout` has passed.
+pub async fn connect(url: &str, client_name: &str, timeout: Duration) -> Result<Connection> {
+    let deadline = Instant::now() + timeout;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let options =
+            ConnectionProperties::default().with_connection_name(LongString::from(client_name));
+        match Connection::connect(url, options).await {
+            Ok(conn) => return Ok(conn),
+            Err(source) if Instant::now() + wait >= deadline => {
+                return Err(Error::Connect { url: redact_url(url), source });
+            }
+            Err(e) => {
+                tracing::warn!(url = %redact_url(url), error = %e, retry_in_ms = wait.as_millis() as u64, "broker not reachable yet");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A channel in confirm mode, shared by every task of a process.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    /// Opens a channel on `conn` and switches it to confirm mode.
+    pub async fn new(conn: &Connection) -> Result<Self> {
+        let channel = conn.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Self { channel })
+    }
+
+    /// Publishes and waits for the broker's confirm. With `mandatory`, a message no queue
+    /// takes is an [`Error::Unroutable`] rather than silently dropped.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<()> {
+        let options = BasicPublishOptions { mandatory, ..BasicPublishOptions::default() };
+        let confirm = self
+            .channel
+            .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+            }),
+            Confirmation::Nack(_) => Err(Error::Nacked {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+            }),
+        }
+    }
+
+    /// The underlying channel.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+}
+
+/// Properties of a persistent JSON message with `message_id`.
+pub fn json_properties(message_id: &str, headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_message_id(message_id.into())
+        .with_content_type(crate::envelope::CONTENT_TYPE.into())
+        .with_delivery_mode(2)
+        .with_timestamp(crate::now_ms() / 1000)
+        .with_headers(headers)
+}

@@ -1,0 +1,189 @@
+//! The task envelope: the JSON body of every task message, and its checks.
+
+use crate::retry::RetryPolicy;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// The envelope schema this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Content type of task bodies.
+pub const CONTENT_TYPE: &str = "application/json";
+/// Longest node type, so it always fits a routing key.
+const MAX_TYPE_LEN: usize = 128;
+
+/// One unit of work: a node of a run (or an ad-hoc task), with its config and inputs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskEnvelope {
+    /// Envelope schema version.
+    pub schema: u32,
+    /// Unique task id; also the AMQP message id and the idempotency key.
+    pub task_id: Uuid,
+    /// The workflow run this task belongs to, if any.
+    #[serde(default)]
+    pub run_id: Option<Uuid>,
+    /// The node of the run (ad-hoc tasks use their type).
+    pub node_id: String,
+    /// Node type, also the routing key: `builtin.echo`, `exec`, `http`, ...
+    #[serde(rename = "type")]
+    pub node_type: String,
+    /// Handler configuration.
+    #[serde(default = "empty_object")]
+    pub config: Value,
+    /// Upstream outputs by input name.
+    #[serde(default)]
+    pub inputs: Map<String, Value>,
+    /// Retry policy overriding the worker's default for this type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Handler timeout in milliseconds, overriding the worker's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Creation time, milliseconds since the epoch.
+    pub created_at_ms: u64,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Map::new())
+}
+
+/// Why a message body is not a usable task.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EnvelopeError {
+    /// The body does not parse as JSON at all.
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+    /// The body is JSON but not a task envelope.
+    #[error("body is not a valid task envelope: {0}")]
+    Schema(String),
+}
+
+impl EnvelopeError {
+    /// Stable code for DLQ headers and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotJson(_) => "malformed_body",
+            Self::Schema(_) => "invalid_envelope",
+        }
+    }
+}
+
+impl TaskEnvelope {
+    /// A new ad-hoc task of `node_type` with `config`, its node id being its type.
+    pub fn new(node_type: impl Into<String>, config: Value) -> Self {
+        let node_type = node_type.into();
+        Self {
+            schema: SCHEMA_VERSION,
+            task_id: Uuid::now_v7(),
+            run_id: None,
+            node_id: node_type.clone(),
+            node_type,
+            config,
+            inputs: Map::new(),
+            retry: None,
+            timeout_ms: None,
+            created_at_ms: crate::now_ms(),
+        }
+    }
+
+    /// Serialises the envelope to its message body.
+    pub fn to_body(&self) -> Vec<u8> {
+        // Serialising a struct of strings, numbers and `Value`s cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses and checks a message body. `message_id` is the AMQP message id, which must equal
+    /// the task id when present (a mismatch means the message was tampered with or mis-built).
+    pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<Self, EnvelopeError> {
+        let env: Self = serde_json::from_slice(body).map_err(|e| {
+            if e.is_data() {
+                EnvelopeError::Schema(e.to_string())
+            } else {
+                EnvelopeError::NotJson(e.to_string())
+            }
+        })?;
+        env.check().map_err(EnvelopeError::Schema)?;
+        if let Some(id) = message_id
+            && id != env.task_id.to_string()
+        {
+            return Err(EnvelopeError::Schema(format!(
+                "message id `{id}` does not match task_id `{}`",
+                env.task_id
+            )));
+        }
+        Ok(env)
+    }
+
+    /// Checks the fields serde cannot: version, type syntax, config shape, retry policy.
+    pub fn check(&self) -> Result<(), String> {
+        if self.schema != SCHEMA_VERSION {
+            return Err(format!(
+                "unsupported schema version {} (this worker reads {SCHEMA_VERSION})",
+                self.schema
+            ));
+        }
+        check_node_type(&self.node_type)?;
+        if self.node_id.is_empty() || self.node_id.len() > 200 {
+            return Err("node_id must be 1 to 200 characters".into());
+        }
+        if !self.config.is_object() {
+            return Err("config must be a JSON object".into());
+        }
+        if let Some(policy) = &self.retry {
+            policy.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// A node type is dot-separated lowercase words (`scan.nuclei`), usable as a routing key.
+pub fn check_node_type(node_type: &str) -> Result<(), String> {
+    let word_ok = |w: &str| {
+        !w.is_empty()
+            && w.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    };
+    if node_type.len() > MAX_TYPE_LEN || !node_type.split('.').all(word_ok) {
+        return Err(format!(
+            "type `{}` is not a valid node type (dot-separated lowercase words, at most {MAX_TYPE_LEN} characters)",
+            node_type.chars().take(MAX_TYPE_LEN).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn round_trips_and_checks_message_id() {
+        let env = TaskEnvelope::new("builtin.echo", json!({"message": "hi"}));
+        let body = env.to_body();
+        let id = env.task_id.to_string();
+        assert_eq!(TaskEnvelope::decode(&body, Some(&id)), Ok(env));
+        let err = TaskEnvelope::decode(&body, Some("other")).unwrap_err();
+        assert!(err.to_string().contains("does not match"));
+    }
+
+    #[test]
+    fn not_json_and_schema_errors_are_told_apart() {
+        assert_eq!(TaskEnvelope::decode(b"{oops", None).unwrap_err().code(), "malformed_body");
+        assert_eq!(TaskEnvelope::decode(b"\xff\xfe", None).unwrap_err().code(), "malformed_body");
+        let err = TaskEnvelope::decode(br#"{"schema":1}"#, None).unwrap_err();
+        assert_eq!(err.code(), "invalid_envelope");
+        assert!(err.to_string().contains("task_id"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_types_versions_and_config() {
+        let mut env = TaskEnvelope::new("Scan Nuclei", json!({}));
+        assert!(env.check().unwrap_err().contains("Scan Nuclei"));
+        env.node_type = "scan.nuclei".into();
+        env.schema = 9;
+        assert!(env.check().unwrap_err().contains("version 9"));
+        env.schema = SCHEMA_VERSION;
+        env.config = json!([1]);
+        assert!(env.check().unwrap_err().contains("config"));
+    }
+}

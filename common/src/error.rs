@@ -1,0 +1,57 @@
+//! Errors of the shared layer, worded for the operator who has to act on them.
+
+use thiserror::Error;
+
+/// Result with the shared [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong talking to the broker or with configuration.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The broker could not be reached before the deadline.
+    #[error("cannot reach RabbitMQ at {url}: {source} (is it running? check AMQP_URL)")]
+    Connect {
+        /// The broker URL with the password redacted.
+        url: String,
+        /// The last connection error.
+        source: lapin::Error,
+    },
+    /// A queue or exchange already exists with other settings.
+    #[error(
+        "{kind} `{name}` already exists with different settings ({detail}); \
+         run every binary with the same --delivery-limit, or delete it if it is a leftover"
+    )]
+    TopologyConflict {
+        /// "queue" or "exchange".
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The broker's reply text.
+        detail: String,
+    },
+    /// The broker refused a message because no queue is bound for its routing key.
+    #[error(
+        "no queue is bound for routing key `{routing_key}` on exchange `{exchange}`: \
+         start a worker pool that handles it (worker --bind)"
+    )]
+    Unroutable {
+        /// Exchange published to.
+        exchange: String,
+        /// Routing key that matched nothing.
+        routing_key: String,
+    },
+    /// The broker negatively acknowledged a publish (it could not store it).
+    #[error("RabbitMQ refused to store a message for `{exchange}`/`{routing_key}` (nack): retry later")]
+    Nacked {
+        /// Exchange published to.
+        exchange: String,
+        /// Routing key used.
+        routing_key: String,
+    },
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Any other broker error.
+    #[error("RabbitMQ error: {0}")]
+    Amqp(#[from] lapin::Error),
+}

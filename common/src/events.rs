@@ -1,0 +1,52 @@
+//! Lifecycle events published to the events exchange (`node.completed`, ...).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A task lifecycle event. The routing key is `kind`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// `node.completed`, `node.retrying`, `node.deferred`, `node.dead_lettered`, `node.cancelled`.
+    pub kind: String,
+    /// Task id (absent for messages too malformed to have one).
+    pub task_id: Option<Uuid>,
+    /// Run id, for workflow tasks.
+    pub run_id: Option<Uuid>,
+    /// Node id.
+    pub node_id: Option<String>,
+    /// Node type.
+    pub node_type: Option<String>,
+    /// Worker that emitted the event.
+    pub worker: String,
+    /// Value of `x-retry-count` on the delivery.
+    pub retry_count: u64,
+    /// Event time, ms since the epoch.
+    pub at_ms: u64,
+    /// Handler output (`node.completed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// Error class, code and message (failures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<EventError>,
+    /// Delay scheduled before the next attempt, ms (`node.retrying`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_delay_ms: Option<u64>,
+    /// For a retried delivery: the delay that was scheduled before it, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_delay_ms: Option<u64>,
+    /// For a retried delivery: how long it really waited (publish of the copy to delivery), ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_delay_ms: Option<u64>,
+}
+
+/// The error part of a failure event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventError {
+    /// Error class.
+    pub class: String,
+    /// Error code.
+    pub code: String,
+    /// Redacted message.
+    pub message: String,
+}

@@ -1,0 +1,95 @@
+//! Message header names and typed access to them.
+//!
+//! `x-retry-count` is ours: classified failures so far, driving backoff and exhaustion. The
+//! broker's `x-delivery-count` counts unsettled deliveries (crashes) and is only read.
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+/// Classified failures so far (retries already scheduled).
+pub const RETRY_COUNT: &str = "x-retry-count";
+/// The broker's count of unsettled deliveries (quorum queues).
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
+/// First failure time, ms since the epoch.
+pub const FIRST_FAILURE_AT: &str = "x-first-failure-at";
+/// Latest failure time, ms since the epoch.
+pub const LAST_FAILURE_AT: &str = "x-last-failure-at";
+/// Error class of the latest failure.
+pub const ERROR_CLASS: &str = "x-error-class";
+/// Error code of the latest failure.
+pub const ERROR_CODE: &str = "x-error-code";
+/// Redacted message of the latest failure.
+pub const ERROR_MESSAGE: &str = "x-error-message";
+/// Why the task was dead-lettered: `exhausted`, `permanent`, `validation`, `security`, `malformed`.
+pub const DEAD_LETTER_REASON: &str = "x-dead-letter-reason";
+/// Worker that settled the delivery last.
+pub const WORKER_ID: &str = "x-worker-id";
+/// Work queue the task was consumed from.
+pub const ORIGIN_QUEUE: &str = "x-origin-queue";
+/// Exchange the task was first published to.
+pub const ORIGIN_EXCHANGE: &str = "x-origin-exchange";
+/// Routing key the task was first published with (its node type).
+pub const ORIGIN_ROUTING_KEY: &str = "x-origin-routing-key";
+/// Delay the retry was scheduled for, ms.
+pub const SCHEDULED_DELAY_MS: &str = "x-scheduled-delay-ms";
+/// When the retry copy was published, ms since the epoch.
+pub const RETRY_PUBLISHED_AT: &str = "x-retry-published-at";
+/// Delay-queue selector matched by the delay exchange (headers exchanges ignore `x-` names).
+pub const DELAY_BUCKET: &str = "sf-delay-bucket";
+/// Time the task was dead-lettered, ms since the epoch.
+pub const DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
+
+/// Reads an integer header written by us or the broker, whatever integer width it came in.
+pub fn get_u64(headers: Option<&FieldTable>, name: &str) -> Option<u64> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongLongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongUInt(v) => Some(u64::from(*v)),
+        AMQPValue::ShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::ShortUInt(v) => Some(u64::from(*v)),
+        AMQPValue::ShortShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::ShortShortUInt(v) => Some(u64::from(*v)),
+        AMQPValue::Timestamp(v) => Some(*v),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Reads a string header.
+pub fn get_str<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a str> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// Sets an integer header (as the signed 64-bit type RabbitMQ tools display best).
+pub fn set_u64(headers: &mut FieldTable, name: &str, value: u64) {
+    let v = i64::try_from(value).unwrap_or(i64::MAX);
+    headers.insert(ShortString::from(name), AMQPValue::LongLongInt(v));
+}
+
+/// Sets a string header.
+pub fn set_str(headers: &mut FieldTable, name: &str, value: &str) {
+    headers.insert(ShortString::from(name), AMQPValue::LongString(LongString::from(value)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_of_any_width_read_back() {
+        let mut h = FieldTable::default();
+        set_u64(&mut h, RETRY_COUNT, 3);
+        h.insert(DELIVERY_COUNT.into(), AMQPValue::LongInt(2));
+        set_str(&mut h, "n", "17");
+        h.insert("neg".into(), AMQPValue::LongLongInt(-1));
+        assert_eq!(get_u64(Some(&h), RETRY_COUNT), Some(3));
+        assert_eq!(get_u64(Some(&h), DELIVERY_COUNT), Some(2));
+        assert_eq!(get_u64(Some(&h), "n"), Some(17));
+        assert_eq!(get_u64(Some(&h), "neg"), None, "negative counts are rejected, not wrapped");
+        assert_eq!(get_u64(None, RETRY_COUNT), None);
+        assert_eq!(get_str(Some(&h), "n"), Some("17"));
+    }
+}

@@ -1,0 +1,25 @@
+//! Shared pieces of the SecFlow fleet: the task envelope, header names, error classes, retry
+//! policies, broker configuration and connection helpers, and the one module that declares the
+//! RabbitMQ topology.
+
+pub mod amqp;
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod events;
+pub mod headers;
+pub mod retry;
+pub mod task_error;
+pub mod topology;
+
+pub use envelope::TaskEnvelope;
+pub use error::{Error, Result};
+pub use task_error::{ErrorClass, TaskError};
+pub use topology::Topology;
+
+/// Milliseconds since the Unix epoch, the time unit of every timestamp SecFlow writes.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
