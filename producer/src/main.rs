@@ -1,1 +1,71 @@
-fn main() {}
+//! `producer`: publishes tasks to a SecFlow fleet.
+
+use clap::{Parser, Subcommand};
+use secflow_common::{config::BrokerArgs, retry::RetryPolicy};
+use secflow_producer::{PublishRequest, publish_tasks};
+
+/// SecFlow producer.
+#[derive(Parser)]
+#[command(name = "producer", version)]
+struct Cli {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish ad-hoc single-node tasks and print their ids.
+    Publish {
+        /// Node type, e.g. builtin.echo, exec, http.
+        #[arg(long = "type")]
+        node_type: String,
+        /// Handler config as a JSON object.
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// Number of tasks to publish.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Retry policy as JSON, e.g. {"max_attempts":3,"base_delay_ms":500}.
+        #[arg(long)]
+        retry: Option<String>,
+        /// Handler timeout in milliseconds.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Print one JSON object per task instead of bare ids.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Publish { node_type, config, count, retry, timeout_ms, json } => {
+            let config = serde_json::from_str(&config).map_err(|e| anyhow::anyhow!("--config is not valid JSON: {e}"))?;
+            let retry = retry
+                .map(|r| serde_json::from_str::<RetryPolicy>(&r))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--retry is not a valid retry policy: {e}"))?;
+            let req = PublishRequest { node_type: node_type.clone(), config, count, retry, timeout_ms };
+            let ids = publish_tasks(&cli.broker, &req).await?;
+            let mut out = String::with_capacity(ids.len() * 40);
+            for id in ids {
+                if json {
+                    out.push_str(&serde_json::json!({ "task_id": id, "type": node_type }).to_string());
+                } else {
+                    out.push_str(&id.to_string());
+                }
+                out.push('\n');
+            }
+            print!("{out}");
+        }
+    }
+    Ok(())
+}

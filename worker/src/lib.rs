@@ -1,1 +1,12 @@
-//! stub
+//! The SecFlow worker: consumes tasks from its pool's work queue, runs the handler of each
+//! task's type, and settles every delivery (ack, retry through a delay queue, or dead-letter).
+
+pub mod classify;
+pub mod config;
+pub mod disposition;
+pub mod handlers;
+pub mod run;
+pub mod settle;
+
+pub use config::WorkerConfig;
+pub use run::{WorkerError, run};

@@ -1,0 +1,102 @@
+//! Builtin handlers for demos, benchmarks and fault injection.
+
+use super::parse_config;
+use secflow_common::{ErrorClass, TaskEnvelope, TaskError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Returns its config (and inputs, when there are any).
+pub fn echo(task: &TaskEnvelope) -> Value {
+    if task.inputs.is_empty() {
+        json!({ "echo": task.config })
+    } else {
+        json!({ "echo": task.config, "inputs": task.inputs })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SleepConfig {
+    ms: u64,
+}
+
+/// Sleeps `config.ms` milliseconds.
+pub async fn sleep(config: &Value) -> Result<Value, TaskError> {
+    let cfg: SleepConfig = parse_config("builtin.sleep", config)?;
+    tokio::time::sleep(Duration::from_millis(cfg.ms)).await;
+    Ok(json!({ "slept_ms": cfg.ms }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailConfig {
+    /// Fail the first `times` attempts, then succeed; absent = fail every time.
+    times: Option<u64>,
+    #[serde(default = "transient")]
+    class: ErrorClass,
+    #[serde(default = "injected")]
+    code: String,
+    #[serde(default)]
+    message: Option<String>,
+    /// Retry-After to report, ms.
+    #[serde(default)]
+    retry_after_ms: Option<u64>,
+}
+
+fn transient() -> ErrorClass {
+    ErrorClass::Transient
+}
+
+fn injected() -> String {
+    "injected".into()
+}
+
+/// Fails with the configured class on the first `times` attempts (or always).
+pub fn fail(config: &Value, retry_count: u64) -> Result<Value, TaskError> {
+    let cfg: FailConfig = parse_config("builtin.fail", config)?;
+    if cfg.times.is_some_and(|t| retry_count >= t) {
+        return Ok(json!({ "attempts": retry_count + 1 }));
+    }
+    let message = cfg
+        .message
+        .unwrap_or_else(|| format!("injected {} failure on attempt {}", cfg.class, retry_count + 1));
+    let err = TaskError::new(cfg.class, cfg.code, message);
+    Err(match cfg.retry_after_ms {
+        Some(ms) => err.with_retry_after(Duration::from_millis(ms)),
+        None => err,
+    })
+}
+
+/// Aborts the whole worker process, as a segfaulting native tool would.
+pub fn crash() -> ! {
+    tracing::error!("builtin.crash: aborting the worker process on purpose");
+    std::process::abort()
+}
+
+/// Never finishes; the task timeout ends it.
+pub async fn hang() -> Result<Value, TaskError> {
+    std::future::pending::<()>().await;
+    Ok(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_n_times_then_succeed() {
+        let cfg = json!({"times": 2, "class": "resource"});
+        assert_eq!(fail(&cfg, 0).unwrap_err().class, ErrorClass::Resource);
+        assert!(fail(&cfg, 1).is_err());
+        assert_eq!(fail(&cfg, 2).unwrap(), json!({"attempts": 3}));
+        assert!(fail(&json!({}), 99).is_err(), "no `times` fails forever");
+    }
+
+    #[test]
+    fn bad_config_names_the_field() {
+        let err = fail(&json!({"class": "fatal"}), 0).unwrap_err();
+        assert_eq!(err.class, ErrorClass::Validation);
+        assert!(err.message.contains("builtin.fail") && err.message.contains("fatal"), "{}", err.message);
+    }
+}

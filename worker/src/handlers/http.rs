@@ -1,0 +1,130 @@
+//! `http`: one request with a timeout; 429/502/503/504 are transient and honour Retry-After,
+//! other 4xx are permanent.
+
+use super::parse_config;
+use crate::classify;
+use secflow_common::{ErrorClass, TaskError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::{collections::BTreeMap, error::Error as _, time::Duration};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpConfig {
+    url: String,
+    #[serde(default = "get")]
+    method: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// Raw request body.
+    #[serde(default)]
+    body: Option<String>,
+    /// JSON request body (sets the content type).
+    #[serde(default)]
+    json: Option<Value>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+/// Sends the configured request and returns status, content type and (bounded) body.
+pub async fn run(client: &reqwest::Client, config: &Value, timeout: Duration, max_body: usize) -> Result<Value, TaskError> {
+    let cfg: HttpConfig = parse_config("http", config)?;
+    let method = match cfg.method.to_ascii_uppercase().as_str() {
+        "GET" => reqwest::Method::GET,
+        "POST" => reqwest::Method::POST,
+        "HEAD" => reqwest::Method::HEAD,
+        "PUT" => reqwest::Method::PUT,
+        "DELETE" => reqwest::Method::DELETE,
+        other => return Err(TaskError::validation("invalid_config", format!("http: unsupported method `{other}`"))),
+    };
+    let mut req = client.request(method, &cfg.url).timeout(timeout);
+    for (k, v) in &cfg.headers {
+        req = req.header(k, v);
+    }
+    if let Some(json) = &cfg.json {
+        req = req.json(json);
+    } else if let Some(body) = cfg.body {
+        req = req.body(body);
+    }
+    let mut resp = req.send().await.map_err(|e| request_error(&cfg.url, &e))?;
+    let status = resp.status().as_u16();
+    let retry_after = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+    let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let mut body = Vec::new();
+    let mut truncated = false;
+    while let Some(chunk) = resp.chunk().await.map_err(|e| request_error(&cfg.url, &e))? {
+        let room = max_body.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if chunk.len() > room {
+            truncated = true;
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if (200..300).contains(&status) {
+        return Ok(json!({ "status": status, "content_type": content_type, "body": text, "body_truncated": truncated }));
+    }
+    let (class, code) = classify::http_status(status);
+    let snippet: String = text.chars().take(200).collect();
+    let err = TaskError::new(class, code, format!("http {} returned {status}: {snippet}", cfg.url));
+    Err(match retry_after {
+        Some(d) if class == ErrorClass::Transient => err.with_retry_after(d),
+        _ => err,
+    })
+}
+
+/// Retry-After is either delta-seconds or an HTTP date.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(secs) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value.trim()).ok()?;
+    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+/// Classifies a failed request by what reqwest says it was, then by its source chain.
+fn request_error(url: &str, e: &reqwest::Error) -> TaskError {
+    let mut detail = e.to_string();
+    let mut source = e.source();
+    let mut io_class = None;
+    while let Some(s) = source {
+        detail = format!("{detail}: {s}");
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            io_class = Some(classify::io_error(io));
+        }
+        source = s.source();
+    }
+    let message = format!("http {url}: {detail}");
+    let (class, code) = if e.is_timeout() {
+        (ErrorClass::Transient, "timeout")
+    } else if e.is_builder() {
+        (ErrorClass::Validation, "invalid_request")
+    } else if e.is_redirect() {
+        (ErrorClass::Permanent, "too_many_redirects")
+    } else if let Some((class, code)) = classify::by_text(&detail) {
+        (class, code)
+    } else if let Some(class) = io_class {
+        (class, "io")
+    } else if e.is_connect() || e.is_request() {
+        (ErrorClass::Transient, "network")
+    } else {
+        (ErrorClass::Unknown, "http_error")
+    };
+    TaskError::new(class, code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        let future = std::time::SystemTime::now() + Duration::from_secs(120);
+        let d = parse_retry_after(&httpdate::fmt_http_date(future)).unwrap();
+        assert!(d > Duration::from_secs(110) && d <= Duration::from_secs(120), "{d:?}");
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

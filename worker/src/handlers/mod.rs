@@ -1,0 +1,82 @@
+//! Task handlers by node type, and the context they run in.
+
+mod builtin;
+mod exec;
+mod http;
+
+use secflow_common::{TaskEnvelope, TaskError};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Every node type this worker can run.
+pub const KNOWN_TYPES: &[&str] = &[
+    "builtin.noop",
+    "builtin.echo",
+    "builtin.sleep",
+    "builtin.fail",
+    "builtin.crash",
+    "builtin.hang",
+    "exec",
+    "http",
+];
+
+/// What a handler gets besides its config.
+pub struct TaskContext<'a> {
+    /// The task.
+    pub task: &'a TaskEnvelope,
+    /// Classified failures before this attempt (`x-retry-count`).
+    pub retry_count: u64,
+    /// Time the handler may take; `exec` kills its process group past it.
+    pub timeout: Duration,
+}
+
+/// The handler table with what handlers share (an HTTP client, output limits).
+pub struct Handlers {
+    http: reqwest::Client,
+    max_output_bytes: usize,
+}
+
+impl Handlers {
+    /// Builds the handlers; `max_output_bytes` bounds captured stdout/stderr and HTTP bodies.
+    pub fn new(max_output_bytes: usize) -> Result<Self, String> {
+        // reqwest is built without a default TLS provider; a second install is a no-op error.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("secflow-worker/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self { http, max_output_bytes })
+    }
+
+    /// Whether `node_type` has a handler here.
+    pub fn knows(&self, node_type: &str) -> bool {
+        KNOWN_TYPES.contains(&node_type)
+    }
+
+    /// Runs the handler of the task's type.
+    pub async fn run(&self, ctx: &TaskContext<'_>) -> Result<Value, TaskError> {
+        let config = &ctx.task.config;
+        match ctx.task.node_type.as_str() {
+            "builtin.noop" => Ok(Value::Null),
+            "builtin.echo" => Ok(builtin::echo(ctx.task)),
+            "builtin.sleep" => builtin::sleep(config).await,
+            "builtin.fail" => builtin::fail(config, ctx.retry_count),
+            "builtin.crash" => builtin::crash(),
+            "builtin.hang" => builtin::hang().await,
+            "exec" => exec::run(config, ctx.timeout, self.max_output_bytes).await,
+            "http" => http::run(&self.http, config, ctx.timeout, self.max_output_bytes).await,
+            other => Err(TaskError::validation(
+                "unknown_type",
+                format!("no handler for node type `{other}` (known: {})", KNOWN_TYPES.join(", ")),
+            )),
+        }
+    }
+}
+
+/// Parses a handler's config, naming the type and the field that is wrong.
+fn parse_config<T: DeserializeOwned>(node_type: &str, config: &Value) -> Result<T, TaskError> {
+    T::deserialize(config)
+        .map_err(|e| TaskError::validation("invalid_config", format!("{node_type}: invalid config: {e}")))
+}

@@ -1,0 +1,228 @@
+//! Carries out a [`Disposition`]: the one place that acks.
+//!
+//! Whatever replaces a delivery (its retry copy, its dead-letter copy, its completion event) is
+//! published with confirms *before* the ack. If any of that fails, the delivery is handed back
+//! with a nack so the broker redelivers it: nothing is acked that has not been replaced.
+
+use crate::disposition::{DeadReason, Disposition};
+use lapin::{
+    BasicProperties,
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions},
+    types::FieldTable,
+};
+use secflow_common::{
+    ErrorClass, TaskEnvelope, TaskError, Topology,
+    amqp::Publisher,
+    events::{EventError, TaskEvent},
+    headers as h, now_ms,
+    topology::delay_bucket,
+};
+use std::{sync::Arc, time::Duration};
+
+/// Longest error message kept in headers and events.
+const MAX_ERROR_MESSAGE: usize = 1_000;
+
+/// What the worker read from a delivery's headers before running it.
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryMeta {
+    /// `x-retry-count`: classified failures so far.
+    pub retry_count: u64,
+    /// `x-delivery-count`: unsettled deliveries so far (crashes, lost channels).
+    pub delivery_count: u64,
+    /// Delay scheduled before this (retried) delivery, ms.
+    pub scheduled_delay_ms: Option<u64>,
+    /// How long this retried delivery really waited, ms.
+    pub observed_delay_ms: Option<u64>,
+}
+
+impl DeliveryMeta {
+    /// Reads the counters and retry timing from `delivery`.
+    pub fn read(delivery: &Delivery) -> Self {
+        let headers = delivery.properties.headers().as_ref();
+        let published = h::get_u64(headers, h::RETRY_PUBLISHED_AT);
+        Self {
+            retry_count: h::get_u64(headers, h::RETRY_COUNT).unwrap_or(0),
+            delivery_count: h::get_u64(headers, h::DELIVERY_COUNT).unwrap_or(0),
+            scheduled_delay_ms: h::get_u64(headers, h::SCHEDULED_DELAY_MS),
+            observed_delay_ms: published.map(|p| now_ms().saturating_sub(p)),
+        }
+    }
+}
+
+/// Settles deliveries of one work queue.
+pub struct Settler {
+    /// Confirmed publisher shared by all in-flight tasks.
+    pub publisher: Publisher,
+    /// Topology of the namespace.
+    pub topology: Arc<Topology>,
+    /// This worker's id, written into headers and events.
+    pub worker_id: String,
+    /// The work queue deliveries come from.
+    pub queue: String,
+}
+
+impl Settler {
+    /// Publishes what replaces the delivery, then acks it; on failure hands it back (nack).
+    pub async fn settle(&self, delivery: &Delivery, task: Option<&TaskEnvelope>, meta: &DeliveryMeta, disposition: Disposition) {
+        let result = match &disposition {
+            Disposition::Complete(output) => {
+                self.emit("node.completed", task, meta, |e| e.output = Some(output.clone())).await
+            }
+            Disposition::Retry { delay, error } => self.retry(delivery, task, meta, *delay, error).await,
+            Disposition::DeadLetter { reason, error } => self.dead_letter(delivery, task, meta, *reason, error).await,
+            Disposition::Cancelled(error) => {
+                self.emit("node.cancelled", task, meta, |e| e.error = Some(event_error(error))).await
+            }
+        };
+        let task_id = task.map(|t| t.task_id.to_string());
+        match result {
+            Ok(()) => {
+                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                    // The broker redelivers it; the replacement is already safe.
+                    tracing::warn!(task_id, error = %e, "ack failed after settlement; the broker will redeliver");
+                }
+            }
+            Err(e) => {
+                tracing::error!(task_id, error = %e, "could not publish the settlement; handing the delivery back");
+                let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            }
+        }
+    }
+
+    /// Republishes with the retry count + 1 through the delay queue of `delay`.
+    async fn retry(&self, delivery: &Delivery, task: Option<&TaskEnvelope>, meta: &DeliveryMeta, delay: Duration, error: &TaskError) -> secflow_common::Result<()> {
+        let mut headers = self.failure_headers(delivery, error);
+        h::set_u64(&mut headers, h::RETRY_COUNT, meta.retry_count + 1);
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        h::set_u64(&mut headers, h::SCHEDULED_DELAY_MS, delay_ms);
+        h::set_u64(&mut headers, h::RETRY_PUBLISHED_AT, now_ms());
+        let (exchange, routing_key) = match delay_bucket(delay) {
+            Some(bucket) => {
+                let ch = self.publisher.channel();
+                self.topology.ensure_delay(ch, bucket).await?;
+                h::set_str(&mut headers, h::DELAY_BUCKET, &bucket.to_string());
+                (self.topology.delay_exchange(), self.queue.clone())
+            }
+            // Too short to delay: straight back to the work queue through the default exchange.
+            None => (String::new(), self.queue.clone()),
+        };
+        let props = copy_properties(&delivery.properties, headers);
+        self.publisher.publish(&exchange, &routing_key, &delivery.data, props, true).await?;
+        tracing::warn!(
+            task_id = task.map(|t| t.task_id.to_string()), class = %error.class, code = %error.code,
+            retry = meta.retry_count + 1, delay_ms, error = %error.message, "task failed; retry scheduled"
+        );
+        self.emit("node.retrying", task, meta, |e| {
+            e.error = Some(event_error(error));
+            e.next_delay_ms = Some(delay_ms);
+        })
+        .await
+    }
+
+    /// Publishes the original body with the failure headers to the dead-letter exchange.
+    async fn dead_letter(&self, delivery: &Delivery, task: Option<&TaskEnvelope>, meta: &DeliveryMeta, reason: DeadReason, error: &TaskError) -> secflow_common::Result<()> {
+        let mut headers = self.failure_headers(delivery, error);
+        h::set_u64(&mut headers, h::RETRY_COUNT, meta.retry_count);
+        h::set_str(&mut headers, h::DEAD_LETTER_REASON, reason.as_str());
+        h::set_u64(&mut headers, h::DEAD_LETTERED_AT, now_ms());
+        let props = copy_properties(&delivery.properties, headers);
+        self.publisher.publish(&self.topology.dlx(), &self.queue, &delivery.data, props, true).await?;
+        let task_id = task.map(|t| t.task_id.to_string());
+        if error.class == ErrorClass::Security {
+            tracing::error!(alert = "critical", task_id, code = %error.code, error = %error.message, "security failure: task dead-lettered");
+        } else {
+            tracing::error!(task_id, class = %error.class, code = %error.code, reason = reason.as_str(), retries = meta.retry_count, error = %error.message, "task dead-lettered");
+        }
+        self.emit("node.dead_lettered", task, meta, |e| e.error = Some(event_error(error))).await
+    }
+
+    /// Headers of a failed delivery's copy: the original ones (minus the broker's counters)
+    /// plus what the operator needs to know about the failure.
+    fn failure_headers(&self, delivery: &Delivery, error: &TaskError) -> FieldTable {
+        let original = delivery.properties.headers().clone().unwrap_or_default();
+        let old = Some(&original);
+        let now = now_ms();
+        let first = h::get_u64(old, h::FIRST_FAILURE_AT).unwrap_or(now);
+        let origin_exchange = h::get_str(old, h::ORIGIN_EXCHANGE).unwrap_or(delivery.exchange.as_str()).to_string();
+        let origin_key = h::get_str(old, h::ORIGIN_ROUTING_KEY).unwrap_or(delivery.routing_key.as_str()).to_string();
+        let mut headers = FieldTable::default();
+        for (k, v) in original.inner() {
+            // The broker's delivery count belongs to the old message, not to its copy.
+            if k.as_str() != h::DELIVERY_COUNT && k.as_str() != h::DELAY_BUCKET {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+        h::set_u64(&mut headers, h::FIRST_FAILURE_AT, first);
+        h::set_u64(&mut headers, h::LAST_FAILURE_AT, now);
+        h::set_str(&mut headers, h::ERROR_CLASS, error.class.as_str());
+        h::set_str(&mut headers, h::ERROR_CODE, &error.code);
+        h::set_str(&mut headers, h::ERROR_MESSAGE, &truncate(&error.message));
+        h::set_str(&mut headers, h::WORKER_ID, &self.worker_id);
+        h::set_str(&mut headers, h::ORIGIN_QUEUE, &self.queue);
+        h::set_str(&mut headers, h::ORIGIN_EXCHANGE, &origin_exchange);
+        h::set_str(&mut headers, h::ORIGIN_ROUTING_KEY, &origin_key);
+        headers
+    }
+
+    /// Publishes a lifecycle event with confirms (not mandatory: nobody may be listening).
+    async fn emit(&self, kind: &str, task: Option<&TaskEnvelope>, meta: &DeliveryMeta, fill: impl FnOnce(&mut TaskEvent)) -> secflow_common::Result<()> {
+        let mut event = TaskEvent {
+            kind: kind.to_string(),
+            task_id: task.map(|t| t.task_id),
+            run_id: task.and_then(|t| t.run_id),
+            node_id: task.map(|t| t.node_id.clone()),
+            node_type: task.map(|t| t.node_type.clone()),
+            worker: self.worker_id.clone(),
+            retry_count: meta.retry_count,
+            at_ms: now_ms(),
+            output: None,
+            error: None,
+            next_delay_ms: None,
+            scheduled_delay_ms: meta.scheduled_delay_ms,
+            observed_delay_ms: meta.observed_delay_ms,
+        };
+        fill(&mut event);
+        let body = serde_json::to_vec(&event).unwrap_or_default();
+        let id = event.task_id.map(|id| id.to_string()).unwrap_or_default();
+        let props = secflow_common::amqp::json_properties(&id, FieldTable::default());
+        self.publisher.publish(&self.topology.events_exchange(), kind, &body, props, false).await
+    }
+}
+
+fn event_error(error: &TaskError) -> EventError {
+    EventError { class: error.class.to_string(), code: error.code.clone(), message: truncate(&error.message) }
+}
+
+fn truncate(message: &str) -> String {
+    if message.len() <= MAX_ERROR_MESSAGE {
+        return message.to_string();
+    }
+    let mut end = MAX_ERROR_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
+/// Properties of a copy: identity and content fields kept, always persistent, never an
+/// expiration (a per-message TTL would hold up the delay queue behind it).
+fn copy_properties(p: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut out = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    if let Some(v) = p.message_id() {
+        out = out.with_message_id(v.clone());
+    }
+    if let Some(v) = p.content_type() {
+        out = out.with_content_type(v.clone());
+    }
+    if let Some(v) = p.correlation_id() {
+        out = out.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        out = out.with_timestamp(*v);
+    }
+    if let Some(v) = p.kind() {
+        out = out.with_type(v.clone());
+    }
+    out
+}
