@@ -6,9 +6,8 @@
 
 use crate::{Error, Result, config::redact_url};
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
-    Confirmation,
     types::{FieldTable, LongString},
 };
 use std::time::{Duration, Instant};
@@ -23,7 +22,10 @@ pub async fn connect(url: &str, client_name: &str, timeout: Duration) -> Result<
         match Connection::connect(url, options).await {
             Ok(conn) => return Ok(conn),
             Err(source) if Instant::now() + wait >= deadline => {
-                return Err(Error::Connect { url: redact_url(url), source });
+                return Err(Error::Connect {
+                    url: redact_url(url),
+                    source,
+                });
             }
             Err(e) => {
                 tracing::warn!(url = %redact_url(url), error = %e, retry_in_ms = wait.as_millis() as u64, "broker not reachable yet");
@@ -44,7 +46,9 @@ impl Publisher {
     /// Opens a channel on `conn` and switches it to confirm mode.
     pub async fn new(conn: &Connection) -> Result<Self> {
         let channel = conn.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Self { channel })
     }
 
@@ -58,10 +62,19 @@ impl Publisher {
         properties: BasicProperties,
         mandatory: bool,
     ) -> Result<()> {
-        let options = BasicPublishOptions { mandatory, ..BasicPublishOptions::default() };
+        let options = BasicPublishOptions {
+            mandatory,
+            ..BasicPublishOptions::default()
+        };
         let confirm = self
             .channel
-            .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties,
+            )
             .await?
             .await?;
         match confirm {

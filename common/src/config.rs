@@ -78,8 +78,14 @@ mod tests {
 
     #[test]
     fn redacts_passwords_only() {
-        assert_eq!(redact_url("amqp://u:secret@h:5672/%2f"), "amqp://u:***@h:5672/%2f");
-        assert_eq!(redact_url("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+        assert_eq!(
+            redact_url("amqp://u:secret@h:5672/%2f"),
+            "amqp://u:***@h:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/"),
+            "redis://127.0.0.1:6379/"
+        );
     }
 
     #[test]
@@ -87,7 +93,12 @@ mod tests {
         let mut args = BrokerArgs::local("ok-ns");
         assert!(args.validate().is_ok());
         args.delivery_limit = 0;
-        assert!(args.validate().unwrap_err().to_string().contains("--delivery-limit"));
+        assert!(
+            args.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--delivery-limit")
+        );
         assert!(BrokerArgs::local("Bad NS").validate().is_err());
     }
 }

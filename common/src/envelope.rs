@@ -140,7 +140,8 @@ impl TaskEnvelope {
 pub fn check_node_type(node_type: &str) -> Result<(), String> {
     let word_ok = |w: &str| {
         !w.is_empty()
-            && w.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            && w.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
     };
     if node_type.len() > MAX_TYPE_LEN || !node_type.split('.').all(word_ok) {
         return Err(format!(
@@ -168,8 +169,14 @@ mod tests {
 
     #[test]
     fn not_json_and_schema_errors_are_told_apart() {
-        assert_eq!(TaskEnvelope::decode(b"{oops", None).unwrap_err().code(), "malformed_body");
-        assert_eq!(TaskEnvelope::decode(b"\xff\xfe", None).unwrap_err().code(), "malformed_body");
+        assert_eq!(
+            TaskEnvelope::decode(b"{oops", None).unwrap_err().code(),
+            "malformed_body"
+        );
+        assert_eq!(
+            TaskEnvelope::decode(b"\xff\xfe", None).unwrap_err().code(),
+            "malformed_body"
+        );
         let err = TaskEnvelope::decode(br#"{"schema":1}"#, None).unwrap_err();
         assert_eq!(err.code(), "invalid_envelope");
         assert!(err.to_string().contains("task_id"), "{err}");

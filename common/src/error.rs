@@ -41,7 +41,9 @@ pub enum Error {
         routing_key: String,
     },
     /// The broker negatively acknowledged a publish (it could not store it).
-    #[error("RabbitMQ refused to store a message for `{exchange}`/`{routing_key}` (nack): retry later")]
+    #[error(
+        "RabbitMQ refused to store a message for `{exchange}`/`{routing_key}` (nack): retry later"
+    )]
     Nacked {
         /// Exchange published to.
         exchange: String,

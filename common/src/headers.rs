@@ -37,6 +37,9 @@ pub const RETRY_PUBLISHED_AT: &str = "x-retry-published-at";
 pub const DELAY_BUCKET: &str = "sf-delay-bucket";
 /// Time the task was dead-lettered, ms since the epoch.
 pub const DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
+/// Unsettled deliveries carried over when a worker handed a suspect task back as a fresh copy
+/// (the broker's `x-delivery-count` starts again at 0 for the copy).
+pub const UNSETTLED_BEFORE: &str = "x-unsettled-before";
 
 /// Reads an integer header written by us or the broker, whatever integer width it came in.
 pub fn get_u64(headers: Option<&FieldTable>, name: &str) -> Option<u64> {
@@ -71,7 +74,10 @@ pub fn set_u64(headers: &mut FieldTable, name: &str, value: u64) {
 
 /// Sets a string header.
 pub fn set_str(headers: &mut FieldTable, name: &str, value: &str) {
-    headers.insert(ShortString::from(name), AMQPValue::LongString(LongString::from(value)));
+    headers.insert(
+        ShortString::from(name),
+        AMQPValue::LongString(LongString::from(value)),
+    );
 }
 
 #[cfg(test)]
@@ -88,7 +94,11 @@ mod tests {
         assert_eq!(get_u64(Some(&h), RETRY_COUNT), Some(3));
         assert_eq!(get_u64(Some(&h), DELIVERY_COUNT), Some(2));
         assert_eq!(get_u64(Some(&h), "n"), Some(17));
-        assert_eq!(get_u64(Some(&h), "neg"), None, "negative counts are rejected, not wrapped");
+        assert_eq!(
+            get_u64(Some(&h), "neg"),
+            None,
+            "negative counts are rejected, not wrapped"
+        );
         assert_eq!(get_u64(None, RETRY_COUNT), None);
         assert_eq!(get_str(Some(&h), "n"), Some("17"));
     }

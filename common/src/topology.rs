@@ -51,7 +51,9 @@ impl Namespace {
 fn check_name(what: &str, name: &str, max: usize) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= max
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if ok {
         Ok(())
     } else {
@@ -81,7 +83,9 @@ fn geometric_step(k: i32) -> u64 {
 /// Every bucket a delay up to `max` can map to (used to tear a namespace down).
 pub fn delay_ladder(max: Duration) -> Vec<u64> {
     let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
-    let mut out: Vec<u64> = (1..=LINEAR_LIMIT_MS / LINEAR_STEP_MS).map(|i| i * LINEAR_STEP_MS).collect();
+    let mut out: Vec<u64> = (1..=LINEAR_LIMIT_MS / LINEAR_STEP_MS)
+        .map(|i| i * LINEAR_STEP_MS)
+        .collect();
     let last = delay_bucket(max).unwrap_or(0);
     let mut k = 1;
     loop {
@@ -106,7 +110,11 @@ pub struct Topology {
 impl Topology {
     /// The topology of `ns`, whose work queues allow `delivery_limit` deliveries.
     pub fn new(ns: Namespace, delivery_limit: u32) -> Self {
-        Self { ns, delivery_limit, declared_delays: Mutex::new(HashSet::new()) }
+        Self {
+            ns,
+            delivery_limit,
+            declared_delays: Mutex::new(HashSet::new()),
+        }
     }
 
     /// The namespace.
@@ -151,7 +159,10 @@ impl Topology {
 
     /// Declares the exchanges and the DLQ. Harmless when they exist with the same settings.
     pub async fn declare_core(&self, ch: &Channel) -> Result<()> {
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         for (name, kind) in [
             (self.tasks_exchange(), ExchangeKind::Topic),
             (self.events_exchange(), ExchangeKind::Topic),
@@ -163,11 +174,20 @@ impl Topology {
                 .map_err(|e| conflict("exchange", &name, e))?;
         }
         let mut args = quorum_args();
-        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DLQ_DELIVERY_LIMIT));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DLQ_DELIVERY_LIMIT),
+        );
         let dlq = self.dlq();
         declare_queue(ch, &dlq, args).await?;
-        ch.queue_bind(dlq.as_str().into(), self.dlx().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
-            .await?;
+        ch.queue_bind(
+            dlq.as_str().into(),
+            self.dlx().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -177,7 +197,10 @@ impl Topology {
         check_name("pool", pool, 64)?;
         self.declare_core(ch).await?;
         let mut args = quorum_args();
-        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(self.delivery_limit)));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
+        );
         args.insert("x-dead-letter-exchange".into(), long_str(&self.dlx()));
         let queue = self.work_queue(pool);
         declare_queue(ch, &queue, args).await?;
@@ -202,22 +225,36 @@ impl Topology {
             return Ok(());
         }
         let mut args = quorum_args();
-        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::try_from(bucket_ms).unwrap_or(i64::MAX)));
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(i64::try_from(bucket_ms).unwrap_or(i64::MAX)),
+        );
         args.insert("x-dead-letter-exchange".into(), long_str(""));
         let queue = self.delay_queue(bucket_ms);
         declare_queue(ch, &queue, args).await?;
         let mut binding = FieldTable::default();
         binding.insert("x-match".into(), long_str("all"));
-        binding.insert(crate::headers::DELAY_BUCKET.into(), long_str(&bucket_ms.to_string()));
-        ch.queue_bind(queue.as_str().into(), self.delay_exchange().into(), "".into(), QueueBindOptions::default(), binding)
-            .await?;
+        binding.insert(
+            crate::headers::DELAY_BUCKET.into(),
+            long_str(&bucket_ms.to_string()),
+        );
+        ch.queue_bind(
+            queue.as_str().into(),
+            self.delay_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            binding,
+        )
+        .await?;
         self.lock_delays().insert(bucket_ms);
         Ok(())
     }
 
     fn lock_delays(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
         // The set only caches declarations: a poisoned lock still holds a usable set.
-        self.declared_delays.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.declared_delays
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Deletes every queue and exchange of the namespace for `pools` (tests, `teardown`).
@@ -230,10 +267,17 @@ impl Topology {
                 .map(|b| self.delay_queue(b)),
         );
         for q in queues {
-            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await?;
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await?;
         }
-        for x in [self.tasks_exchange(), self.events_exchange(), self.delay_exchange(), self.dlx()] {
-            ch.exchange_delete(x.as_str().into(), Default::default()).await?;
+        for x in [
+            self.tasks_exchange(),
+            self.events_exchange(),
+            self.delay_exchange(),
+            self.dlx(),
+        ] {
+            ch.exchange_delete(x.as_str().into(), Default::default())
+                .await?;
         }
         self.lock_delays().clear();
         Ok(())
@@ -254,8 +298,13 @@ fn quorum_args() -> FieldTable {
 }
 
 async fn declare_queue(ch: &Channel, name: &str, args: FieldTable) -> Result<()> {
-    let options = QueueDeclareOptions { durable: true, ..Default::default() };
-    ch.queue_declare(name.into(), options, args).await.map_err(|e| conflict("queue", name, e))?;
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(name.into(), options, args)
+        .await
+        .map_err(|e| conflict("queue", name, e))?;
     Ok(())
 }
 
@@ -264,7 +313,11 @@ fn conflict(kind: &'static str, name: &str, e: lapin::Error) -> Error {
     if let lapin::ErrorKind::ProtocolError(amqp) = e.kind()
         && *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
     {
-        return Error::TopologyConflict { kind, name: name.into(), detail: amqp.get_message().to_string() };
+        return Error::TopologyConflict {
+            kind,
+            name: name.into(),
+            detail: amqp.get_message().to_string(),
+        };
     }
     Error::Amqp(e)
 }

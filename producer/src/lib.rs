@@ -3,4 +3,4 @@
 
 pub mod publish;
 
-pub use publish::{PublishRequest, publish_tasks};
+pub use publish::{PublishError, PublishRequest, publish_tasks};

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use secflow_common::{config::BrokerArgs, retry::RetryPolicy};
-use secflow_producer::{PublishRequest, publish_tasks};
+use secflow_producer::{PublishError, PublishRequest, publish_tasks};
 
 /// SecFlow producer.
 #[derive(Parser)]
@@ -43,29 +43,66 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Publish { node_type, config, count, retry, timeout_ms, json } => {
-            let config = serde_json::from_str(&config).map_err(|e| anyhow::anyhow!("--config is not valid JSON: {e}"))?;
+        Command::Publish {
+            node_type,
+            config,
+            count,
+            retry,
+            timeout_ms,
+            json,
+        } => {
+            let config = serde_json::from_str(&config)
+                .map_err(|e| anyhow::anyhow!("--config is not valid JSON: {e}"))?;
             let retry = retry
                 .map(|r| serde_json::from_str::<RetryPolicy>(&r))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--retry is not a valid retry policy: {e}"))?;
-            let req = PublishRequest { node_type: node_type.clone(), config, count, retry, timeout_ms };
-            let ids = publish_tasks(&cli.broker, &req).await?;
-            let mut out = String::with_capacity(ids.len() * 40);
-            for id in ids {
-                if json {
-                    out.push_str(&serde_json::json!({ "task_id": id, "type": node_type }).to_string());
-                } else {
-                    out.push_str(&id.to_string());
+            let req = PublishRequest {
+                node_type: node_type.clone(),
+                config,
+                count,
+                retry,
+                timeout_ms,
+            };
+            match publish_tasks(&cli.broker, &req).await {
+                Ok(ids) => print_ids(&ids, &node_type, json),
+                Err(PublishError::Partial {
+                    confirmed,
+                    failed,
+                    first,
+                }) => {
+                    // Confirmed ids still go to stdout: those tasks are queued.
+                    print_ids(&confirmed, &node_type, json);
+                    for (id, error) in &failed {
+                        eprintln!("not published: {id}: {error}");
+                    }
+                    anyhow::bail!(
+                        "{} of {count} tasks were not published: {first}",
+                        failed.len()
+                    );
                 }
-                out.push('\n');
+                Err(e) => return Err(e.into()),
             }
-            print!("{out}");
         }
     }
     Ok(())
+}
+
+fn print_ids(ids: &[uuid::Uuid], node_type: &str, json: bool) {
+    let mut out = String::with_capacity(ids.len() * 40);
+    for id in ids {
+        if json {
+            out.push_str(&serde_json::json!({ "task_id": id, "type": node_type }).to_string());
+        } else {
+            out.push_str(&id.to_string());
+        }
+        out.push('\n');
+    }
+    print!("{out}");
 }

@@ -44,14 +44,41 @@ impl PublishRequest {
     }
 }
 
+/// Why a publish did not fully succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Nothing was published (bad request, broker unreachable, topology conflict).
+    #[error(transparent)]
+    Setup(#[from] Error),
+    /// Some tasks were confirmed, others were not: both lists are given so nothing is
+    /// published twice or assumed published by mistake.
+    #[error("{} of {} tasks were not published (first error: {first}); {} were confirmed", .failed.len(), .failed.len() + .confirmed.len(), .confirmed.len())]
+    Partial {
+        /// Ids the broker confirmed, in request order.
+        confirmed: Vec<Uuid>,
+        /// Ids that failed, with their error.
+        failed: Vec<(Uuid, String)>,
+        /// The first error, for the summary line.
+        first: String,
+    },
+}
+
 /// Connects, declares the exchanges and publishes the tasks, returning their ids in order.
 /// Every id returned was confirmed by the broker and routed to a work queue.
-pub async fn publish_tasks(broker: &BrokerArgs, req: &PublishRequest) -> Result<Vec<Uuid>> {
+pub async fn publish_tasks(
+    broker: &BrokerArgs,
+    req: &PublishRequest,
+) -> Result<Vec<Uuid>, PublishError> {
     broker.validate()?;
     let tasks = req.envelopes()?;
     let topology = Topology::new(broker.namespace()?, broker.delivery_limit);
-    let conn = amqp::connect(&broker.amqp_url, "secflow-producer", Duration::from_secs(broker.connect_timeout_secs)).await?;
-    let ch = conn.create_channel().await?;
+    let conn = amqp::connect(
+        &broker.amqp_url,
+        "secflow-producer",
+        Duration::from_secs(broker.connect_timeout_secs),
+    )
+    .await?;
+    let ch = conn.create_channel().await.map_err(Error::from)?;
     topology.declare_core(&ch).await?;
     let publisher = Publisher::new(&conn).await?;
     let result = publish_envelopes(&publisher, &topology, &tasks).await;
@@ -59,34 +86,41 @@ pub async fn publish_tasks(broker: &BrokerArgs, req: &PublishRequest) -> Result<
     result
 }
 
-/// Publishes `tasks` to the tasks exchange with a window of outstanding confirms.
-pub async fn publish_envelopes(publisher: &Publisher, topology: &Topology, tasks: &[TaskEnvelope]) -> Result<Vec<Uuid>> {
+/// Publishes `tasks` to the tasks exchange with a window of outstanding confirms and returns
+/// their ids in order, or which were and were not confirmed.
+pub async fn publish_envelopes(
+    publisher: &Publisher,
+    topology: &Topology,
+    tasks: &[TaskEnvelope],
+) -> Result<Vec<Uuid>, PublishError> {
     let exchange = topology.tasks_exchange();
-    let results: Vec<Result<Uuid>> = stream::iter(tasks)
+    let failed: Vec<(Uuid, String)> = stream::iter(tasks)
         .map(|task| {
             let exchange = &exchange;
             async move {
-                let id = task.task_id.to_string();
-                let props = amqp::json_properties(&id, Default::default()).with_type(task.node_type.as_str().into());
-                publisher.publish(exchange, &task.node_type, &task.to_body(), props, true).await?;
-                Ok(task.task_id)
+                let props = amqp::json_properties(&task.task_id.to_string(), Default::default())
+                    .with_type(task.node_type.as_str().into());
+                let result = publisher
+                    .publish(exchange, &task.node_type, &task.to_body(), props, true)
+                    .await;
+                result.err().map(|e| (task.task_id, e.to_string()))
             }
         })
-        .buffered(CONFIRM_WINDOW)
+        .buffer_unordered(CONFIRM_WINDOW)
+        .filter_map(|failure| async move { failure })
         .collect()
         .await;
-    let mut ids = Vec::with_capacity(results.len());
-    for r in results {
-        match r {
-            Ok(id) => ids.push(id),
-            Err(e) => {
-                return Err(Error::Config(format!(
-                    "{} of {} tasks were confirmed before a publish failed: {e}",
-                    ids.len(),
-                    tasks.len()
-                )));
-            }
-        }
+    let confirmed_ids = || tasks.iter().map(|t| t.task_id);
+    if failed.is_empty() {
+        return Ok(confirmed_ids().collect());
     }
-    Ok(ids)
+    let failed_ids: std::collections::HashSet<Uuid> = failed.iter().map(|(id, _)| *id).collect();
+    let first = failed[0].1.clone();
+    Err(PublishError::Partial {
+        confirmed: confirmed_ids()
+            .filter(|id| !failed_ids.contains(id))
+            .collect(),
+        failed,
+        first,
+    })
 }

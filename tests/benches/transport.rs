@@ -1,1 +1,221 @@
-fn main() {}
+//! Transport benchmark: on one broker, in one run, measures the ceiling (bare lapin loops:
+//! confirmed publish, consume + ack, on quorum queues) and SecFlow itself (`producer publish`
+//! and one `worker` draining no-op tasks), and prints each rate and its ratio to the ceiling.
+//! Each figure is the median of several rounds, the loops interleaved so machine noise hits
+//! all of them alike.
+//!
+//! `cargo bench -p secflow-tests --bench transport`
+//! (SECFLOW_BENCH_TASKS overrides 50,000 tasks, SECFLOW_BENCH_ROUNDS overrides 3 rounds).
+
+use futures_util::{StreamExt, stream};
+use lapin::{
+    BasicProperties, Connection,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString},
+};
+use secflow_common::{TaskEnvelope, Topology, amqp::Publisher, config::BrokerArgs};
+use secflow_producer::{PublishRequest, publish_tasks};
+use secflow_worker::{WorkerConfig, WorkerStats};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tokio_util::sync::CancellationToken;
+
+/// Outstanding confirms of the bare publish loop (the producer uses the same window).
+const WINDOW: usize = 512;
+/// Prefetch of the bare consumer and of the worker.
+const PREFETCH: u16 = 64;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n = env_or("SECFLOW_BENCH_TASKS", 50_000);
+    let rounds = env_or("SECFLOW_BENCH_ROUNDS", 3);
+    let ns = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let broker = BrokerArgs::local(&ns);
+    let conn =
+        secflow_common::amqp::connect(&broker.amqp_url, "secflow-bench", Duration::from_secs(30))
+            .await?;
+    let ch = conn.create_channel().await?;
+    let topology = Topology::new(broker.namespace()?, broker.delivery_limit);
+    topology.declare_pool(&ch, "default", &["#".into()]).await?;
+    let bare = format!("{ns}.bare");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    ch.queue_declare(
+        bare.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await?;
+    // A topic exchange bound like a pool (`#`) that feeds only the bare queue.
+    let bare_topic = format!("{ns}.bare-topic");
+    ch.exchange_declare(
+        bare_topic.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        bare.as_str().into(),
+        bare_topic.as_str().into(),
+        "#".into(),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await?;
+
+    let mut results: [Vec<f64>; 5] = Default::default();
+    for _ in 0..rounds {
+        // Ceiling: the same body into a quorum queue, straight through the default exchange,
+        // then through the tasks (topic) exchange the fleet uses.
+        results[0].push(bare_publish(&conn, "", &bare, n).await?);
+        results[1].push(bare_publish(&conn, &bare_topic, "builtin.noop", n).await?);
+        results[2].push(bare_consume(&conn, &bare, 2 * n).await?);
+        // SecFlow.
+        results[3].push(producer(&broker, n).await?);
+        results[4].push(worker(&ns, n).await?);
+    }
+    let [direct, topic, consume, producer, worker] = results.map(median);
+
+    println!(
+        "transport benchmark: {n} messages, median of {rounds} rounds, prefetch {PREFETCH}, confirm window {WINDOW}"
+    );
+    println!("  ceiling  bare confirmed publish, default exchange  {direct:>8.0} msg/s");
+    println!("  ceiling  bare confirmed publish, topic exchange    {topic:>8.0} msg/s");
+    println!("  ceiling  bare consume + ack                        {consume:>8.0} msg/s");
+    println!(
+        "  secflow  producer publish                          {producer:>8.0} msg/s  {:>5.1}% of the topic-route ceiling, {:>5.1}% of the default-exchange one (target >= 80%)",
+        100.0 * producer / topic,
+        100.0 * producer / direct
+    );
+    println!(
+        "  secflow  worker draining no-op tasks               {worker:>8.0} msg/s  {:>5.1}% of the consume ceiling (target >= 70%)",
+        100.0 * worker / consume
+    );
+
+    ch.queue_delete(bare.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    ch.exchange_delete(bare_topic.as_str().into(), Default::default())
+        .await?;
+    topology.delete_all(&ch, &["default"]).await?;
+    conn.close(200, "".into()).await?;
+    Ok(())
+}
+
+/// A bare pipelined confirmed publish loop.
+async fn bare_publish(
+    conn: &Connection,
+    exchange: &str,
+    routing_key: &str,
+    n: usize,
+) -> anyhow::Result<f64> {
+    let body = TaskEnvelope::new("builtin.noop", serde_json::json!({})).to_body();
+    let publisher = Publisher::new(conn).await?;
+    let started = Instant::now();
+    let confirmed: Vec<_> = stream::iter(0..n)
+        .map(|_| {
+            publisher.publish(
+                exchange,
+                routing_key,
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+                true,
+            )
+        })
+        .buffer_unordered(WINDOW)
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    confirmed.into_iter().collect::<Result<Vec<_>, _>>()?;
+    publisher.channel().close(200, "".into()).await?;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// A bare consume + ack loop over `n` messages.
+async fn bare_consume(conn: &Connection, queue: &str, n: usize) -> anyhow::Result<f64> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "bare".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    for _ in 0..n {
+        let delivery = consumer
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("bare consumer ended"))??;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+    }
+    let elapsed = started.elapsed();
+    ch.close(200, "".into()).await?;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// `producer publish --type builtin.noop --count n`, through the same library call the CLI makes.
+async fn producer(broker: &BrokerArgs, n: usize) -> anyhow::Result<f64> {
+    let req = PublishRequest {
+        node_type: "builtin.noop".into(),
+        config: serde_json::json!({}),
+        count: n,
+        retry: None,
+        timeout_ms: None,
+    };
+    let started = Instant::now();
+    let ids = publish_tasks(broker, &req).await?;
+    Ok(ids.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One worker draining the `n` tasks the producer queued, timed from its first completion so
+/// connection set-up is not counted against it.
+async fn worker(ns: &str, n: usize) -> anyhow::Result<f64> {
+    let stats = Arc::new(WorkerStats::default());
+    let stop = CancellationToken::new();
+    let cfg = WorkerConfig {
+        prefetch: PREFETCH,
+        ..WorkerConfig::local(ns)
+    };
+    let worker = tokio::spawn(secflow_worker::run_with_stats(
+        cfg,
+        Arc::clone(&stats),
+        stop.clone().cancelled_owned(),
+    ));
+    while WorkerStats::get(&stats.completed) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let started = Instant::now();
+    while WorkerStats::get(&stats.completed) < n as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    stop.cancel();
+    worker.await??;
+    Ok((n - 1) as f64 / elapsed.as_secs_f64())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}

@@ -1,1 +1,348 @@
-//! stub
+//! Test harness for SecFlow integration tests against the real RabbitMQ (and later Redis):
+//! a unique namespace per test with cleanup on drop, an event tap, DLQ readers, in-process and
+//! child-process workers, and waiting for conditions with a deadline instead of sleeping.
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Channel, Connection,
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use secflow_common::{Topology, config::BrokerArgs, events::TaskEvent, topology::Namespace};
+use secflow_worker::WorkerConfig;
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use tokio_util::sync::CancellationToken;
+
+pub use secflow_common::headers;
+
+/// An isolated namespace on the local broker; everything in it is deleted on drop.
+pub struct TestNs {
+    /// Namespace name (`t-` + random).
+    pub name: String,
+    /// Delivery limit its work queues use.
+    pub delivery_limit: u32,
+    /// A connection for the test's own use.
+    pub conn: Connection,
+    /// A channel on it.
+    pub ch: Channel,
+}
+
+impl TestNs {
+    /// A fresh namespace with the default delivery limit, core topology and default pool declared.
+    pub async fn new() -> Self {
+        Self::with_delivery_limit(5).await
+    }
+
+    /// A fresh namespace whose work queues allow `delivery_limit` deliveries.
+    pub async fn with_delivery_limit(delivery_limit: u32) -> Self {
+        let name = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let broker = BrokerArgs::local(&name);
+        let conn = secflow_common::amqp::connect(
+            &broker.amqp_url,
+            "secflow-test",
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("RabbitMQ must run on 127.0.0.1:5672 (bash .ci/run starts it)");
+        let ch = conn.create_channel().await.unwrap();
+        let ns = Self {
+            name,
+            delivery_limit,
+            conn,
+            ch,
+        };
+        ns.topology()
+            .declare_pool(&ns.ch, "default", &["#".to_string()])
+            .await
+            .unwrap();
+        ns
+    }
+
+    /// Broker settings pointing at this namespace.
+    pub fn broker(&self) -> BrokerArgs {
+        BrokerArgs {
+            delivery_limit: self.delivery_limit,
+            ..BrokerArgs::local(&self.name)
+        }
+    }
+
+    /// The namespace's topology.
+    pub fn topology(&self) -> Topology {
+        Topology::new(Namespace::new(&self.name).unwrap(), self.delivery_limit)
+    }
+
+    /// Worker settings for this namespace.
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            broker: self.broker(),
+            ..WorkerConfig::local(&self.name)
+        }
+    }
+
+    /// Messages ready in `queue` (not counting unacked ones).
+    pub async fn ready(&self, queue: &str) -> u32 {
+        let ch = self.conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = ch.close(200, "".into()).await;
+        q.message_count()
+    }
+
+    /// Publishes a raw body to the tasks exchange under `routing_key` (for malformed input).
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
+        let publisher = secflow_common::amqp::Publisher::new(&self.conn)
+            .await
+            .unwrap();
+        publisher
+            .publish(
+                &self.topology().tasks_exchange(),
+                routing_key,
+                body,
+                props,
+                true,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Starts collecting every event of the namespace.
+    pub async fn tap_events(&self) -> EventTap {
+        let ch = self.conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        ch.queue_bind(
+            q.name().clone(),
+            self.topology().events_exchange().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let mut consumer = ch
+            .basic_consume(
+                q.name().clone(),
+                "tap".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&events);
+        tokio::spawn(async move {
+            let _ch = ch;
+            while let Some(Ok(d)) = consumer.next().await {
+                let event: TaskEvent =
+                    serde_json::from_slice(&d.data).expect("events are TaskEvent JSON");
+                sink.lock().unwrap().push(event);
+            }
+        });
+        EventTap { events }
+    }
+
+    /// Consumes (and acks) `n` messages from the DLQ, failing after `timeout`.
+    pub async fn take_dlq(&self, n: usize, timeout: Duration) -> Vec<Delivery> {
+        let ch = self.conn.create_channel().await.unwrap();
+        let mut consumer = ch
+            .basic_consume(
+                self.topology().dlq().into(),
+                "dlq-reader".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + timeout;
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let d = tokio::time::timeout(left, consumer.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "only {} of {n} messages reached the DLQ in {timeout:?}",
+                        out.len()
+                    )
+                })
+                .unwrap()
+                .unwrap();
+            d.acker.ack(BasicAckOptions::default()).await.unwrap();
+            out.push(d);
+        }
+        let _ = ch.close(200, "".into()).await;
+        out
+    }
+
+    /// Starts a worker inside this test process.
+    pub fn spawn_worker(&self, cfg: WorkerConfig) -> InProcessWorker {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let handle =
+            tokio::spawn(async move { secflow_worker::run(cfg, token.cancelled_owned()).await });
+        InProcessWorker { stop, handle }
+    }
+
+    /// Starts the `worker` binary as a child process on this namespace.
+    pub fn spawn_worker_process(&self, extra: &[&str]) -> Child {
+        Command::new(bin("worker"))
+            .args([
+                "--namespace",
+                &self.name,
+                "--delivery-limit",
+                &self.delivery_limit.to_string(),
+                "--log-format",
+                "text",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the worker binary")
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let limit = self.delivery_limit;
+        // Runs on its own thread and runtime: Drop cannot await, and the test's runtime may be
+        // shutting down.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let broker = BrokerArgs::local(&name);
+                if let Ok(conn) = secflow_common::amqp::connect(
+                    &broker.amqp_url,
+                    "secflow-test-cleanup",
+                    Duration::from_secs(5),
+                )
+                .await
+                {
+                    let ch = conn.create_channel().await.unwrap();
+                    let topo = Topology::new(Namespace::new(&name).unwrap(), limit);
+                    let _ = topo.delete_all(&ch, &["default", "other"]).await;
+                    let _ = conn.close(200, "".into()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Events collected from the namespace's events exchange.
+pub struct EventTap {
+    events: Arc<Mutex<Vec<TaskEvent>>>,
+}
+
+impl EventTap {
+    /// A copy of the events so far.
+    pub fn snapshot(&self) -> Vec<TaskEvent> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Events of `kind` so far.
+    pub fn of_kind(&self, kind: &str) -> Vec<TaskEvent> {
+        self.snapshot()
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .collect()
+    }
+
+    /// Waits until `cond` holds for the events, panicking with `what` after `timeout`.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&[TaskEvent]) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond(&self.events.lock().unwrap()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A worker running in the test process.
+pub struct InProcessWorker {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), secflow_worker::WorkerError>>,
+}
+
+impl InProcessWorker {
+    /// Signals shutdown and waits for the worker to return.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.handle
+            .await
+            .expect("worker task panicked")
+            .expect("worker returned an error");
+    }
+}
+
+/// Waits until `cond` returns true, panicking with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Path of a workspace binary next to the test executable (`target/<profile>/<name>`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}

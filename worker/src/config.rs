@@ -13,19 +13,32 @@ pub struct WorkerConfig {
     #[arg(long, env = "SECFLOW_POOL", default_value = "default")]
     pub pool: String,
     /// Routing-key patterns (node types) the pool's queue receives; `#` = all.
-    #[arg(long = "bind", env = "SECFLOW_BIND", value_delimiter = ',', default_value = "#")]
+    #[arg(
+        long = "bind",
+        env = "SECFLOW_BIND",
+        value_delimiter = ',',
+        default_value = "#"
+    )]
     pub bind: Vec<String>,
     /// Deliveries in flight at once (AMQP prefetch): the worker's concurrency.
     #[arg(long, env = "SECFLOW_PREFETCH", default_value_t = 64)]
     pub prefetch: u16,
     /// Seconds in-flight tasks get to finish after SIGTERM before they are handed back.
-    #[arg(long = "grace-period", env = "SECFLOW_GRACE_PERIOD", default_value_t = 30)]
+    #[arg(
+        long = "grace-period",
+        env = "SECFLOW_GRACE_PERIOD",
+        default_value_t = 30
+    )]
     pub grace_secs: u64,
     /// Worker id in headers, events and logs (defaults to host name and pid).
     #[arg(long, env = "SECFLOW_WORKER_ID")]
     pub worker_id: Option<String>,
     /// Default handler timeout in seconds (a task's `timeout_ms` overrides it).
-    #[arg(long = "task-timeout", env = "SECFLOW_TASK_TIMEOUT", default_value_t = 600)]
+    #[arg(
+        long = "task-timeout",
+        env = "SECFLOW_TASK_TIMEOUT",
+        default_value_t = 600
+    )]
     pub task_timeout_secs: u64,
     /// Bytes of stdout/stderr/HTTP body kept per task.
     #[arg(long, env = "SECFLOW_MAX_OUTPUT_BYTES", default_value_t = 1 << 20)]
@@ -42,7 +55,8 @@ pub const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 
 fn parse_type_policy(s: &str) -> Result<(String, RetryPolicy), String> {
     let (ty, json) = s.split_once('=').ok_or("expected TYPE=JSON")?;
-    let policy: RetryPolicy = serde_json::from_str(json).map_err(|e| format!("retry policy for `{ty}`: {e}"))?;
+    let policy: RetryPolicy =
+        serde_json::from_str(json).map_err(|e| format!("retry policy for `{ty}`: {e}"))?;
     policy.validate()?;
     Ok((ty.to_string(), policy))
 }
@@ -69,8 +83,13 @@ impl WorkerConfig {
         if self.prefetch == 0 {
             return Err("--prefetch must be at least 1".into());
         }
-        if Duration::from_secs(self.task_timeout_secs) > MAX_TASK_TIMEOUT || self.task_timeout_secs == 0 {
-            return Err(format!("--task-timeout must be between 1 and {} seconds", MAX_TASK_TIMEOUT.as_secs()));
+        if Duration::from_secs(self.task_timeout_secs) > MAX_TASK_TIMEOUT
+            || self.task_timeout_secs == 0
+        {
+            return Err(format!(
+                "--task-timeout must be between 1 and {} seconds",
+                MAX_TASK_TIMEOUT.as_secs()
+            ));
         }
         if self.bind.is_empty() {
             return Err("--bind needs at least one routing-key pattern".into());
@@ -81,7 +100,8 @@ impl WorkerConfig {
     /// The worker id, from the flag or host name and pid.
     pub fn worker_id(&self) -> String {
         self.worker_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "worker".into());
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_else(|_| "worker".into());
             format!("{}-{}", host.trim(), std::process::id())
         })
     }
@@ -90,8 +110,22 @@ impl WorkerConfig {
     pub fn policies(&self) -> HashMap<String, RetryPolicy> {
         let mut map = HashMap::new();
         // Remote services deserve more patience than local tools.
-        map.insert("http".to_string(), RetryPolicy { max_attempts: 6, base_delay_ms: 2_000, ..RetryPolicy::default() });
-        map.insert("exec".to_string(), RetryPolicy { max_attempts: 3, base_delay_ms: 5_000, ..RetryPolicy::default() });
+        map.insert(
+            "http".to_string(),
+            RetryPolicy {
+                max_attempts: 6,
+                base_delay_ms: 2_000,
+                ..RetryPolicy::default()
+            },
+        );
+        map.insert(
+            "exec".to_string(),
+            RetryPolicy {
+                max_attempts: 3,
+                base_delay_ms: 5_000,
+                ..RetryPolicy::default()
+            },
+        );
         map.extend(self.retry_policies.iter().cloned());
         map
     }

@@ -25,6 +25,8 @@ pub enum DeadReason {
     Security,
     /// The message is not a task at all.
     Malformed,
+    /// Delivered too often without being settled: it crashes or hangs its workers.
+    DeliveryLimit,
 }
 
 impl DeadReason {
@@ -36,6 +38,7 @@ impl DeadReason {
             Self::Validation => "validation",
             Self::Security => "security",
             Self::Malformed => "malformed",
+            Self::DeliveryLimit => "delivery_limit",
         }
     }
 }
@@ -48,14 +51,25 @@ pub enum Disposition {
     /// Republish with the retry count + 1 after `delay`, then ack.
     Retry { delay: Duration, error: TaskError },
     /// Publish to the dead-letter exchange, then ack.
-    DeadLetter { reason: DeadReason, error: TaskError },
+    DeadLetter {
+        reason: DeadReason,
+        error: TaskError,
+    },
     /// User abort: record it, ack, no retry.
     Cancelled(TaskError),
+    /// Not run: republish unchanged to the back of the work queue, then ack. Used so a worker
+    /// isolating a suspect task holds no other delivery the suspect could take down with it.
+    HandBack,
 }
 
 /// Decides the fate of a task that has been retried `retries` times, given its outcome.
 /// `unit` is a uniform draw in `[0, 1)` for jitter.
-pub fn decide(outcome: Result<Value, TaskError>, retries: u32, policy: &RetryPolicy, unit: f64) -> Disposition {
+pub fn decide(
+    outcome: Result<Value, TaskError>,
+    retries: u32,
+    policy: &RetryPolicy,
+    unit: f64,
+) -> Disposition {
     let error = match outcome {
         Ok(output) => return Disposition::Complete(output),
         Err(error) => error,
@@ -63,7 +77,10 @@ pub fn decide(outcome: Result<Value, TaskError>, retries: u32, policy: &RetryPol
     let retry_after = error.retry_after.map(|d| d.min(MAX_RETRY_AFTER));
     let retry = |factor: u32, error: TaskError| {
         if !policy.allows_retry(retries) {
-            return Disposition::DeadLetter { reason: DeadReason::Exhausted, error };
+            return Disposition::DeadLetter {
+                reason: DeadReason::Exhausted,
+                error,
+            };
         }
         let backoff = policy.delay(retries + 1, unit) * factor;
         let delay = retry_after.map_or(backoff, |ra| ra.max(backoff));
@@ -73,10 +90,22 @@ pub fn decide(outcome: Result<Value, TaskError>, retries: u32, policy: &RetryPol
         ErrorClass::Transient => retry(1, error),
         ErrorClass::Resource => retry(RESOURCE_FACTOR, error),
         ErrorClass::Unknown if retries == 0 => retry(1, error),
-        ErrorClass::Unknown => Disposition::DeadLetter { reason: DeadReason::Exhausted, error },
-        ErrorClass::Validation => Disposition::DeadLetter { reason: DeadReason::Validation, error },
-        ErrorClass::Permanent => Disposition::DeadLetter { reason: DeadReason::Permanent, error },
-        ErrorClass::Security => Disposition::DeadLetter { reason: DeadReason::Security, error },
+        ErrorClass::Unknown => Disposition::DeadLetter {
+            reason: DeadReason::Exhausted,
+            error,
+        },
+        ErrorClass::Validation => Disposition::DeadLetter {
+            reason: DeadReason::Validation,
+            error,
+        },
+        ErrorClass::Permanent => Disposition::DeadLetter {
+            reason: DeadReason::Permanent,
+            error,
+        },
+        ErrorClass::Security => Disposition::DeadLetter {
+            reason: DeadReason::Security,
+            error,
+        },
         ErrorClass::Cancelled => Disposition::Cancelled(error),
     }
 }
@@ -87,7 +116,13 @@ mod tests {
     use secflow_common::retry::{Jitter, Strategy};
 
     fn policy() -> RetryPolicy {
-        RetryPolicy { strategy: Strategy::Fixed, max_attempts: 3, base_delay_ms: 100, jitter: Jitter::None, ..RetryPolicy::default() }
+        RetryPolicy {
+            strategy: Strategy::Fixed,
+            max_attempts: 3,
+            base_delay_ms: 100,
+            jitter: Jitter::None,
+            ..RetryPolicy::default()
+        }
     }
 
     fn err(class: ErrorClass) -> Result<Value, TaskError> {
@@ -97,24 +132,49 @@ mod tests {
     #[test]
     fn transient_retries_until_exhausted() {
         let p = policy();
-        assert!(matches!(decide(err(ErrorClass::Transient), 0, &p, 0.5), Disposition::Retry { delay, .. } if delay == Duration::from_millis(100)));
-        assert!(matches!(decide(err(ErrorClass::Transient), 1, &p, 0.5), Disposition::Retry { .. }));
-        assert!(matches!(decide(err(ErrorClass::Transient), 2, &p, 0.5), Disposition::DeadLetter { reason: DeadReason::Exhausted, .. }));
+        assert!(
+            matches!(decide(err(ErrorClass::Transient), 0, &p, 0.5), Disposition::Retry { delay, .. } if delay == Duration::from_millis(100))
+        );
+        assert!(matches!(
+            decide(err(ErrorClass::Transient), 1, &p, 0.5),
+            Disposition::Retry { .. }
+        ));
+        assert!(matches!(
+            decide(err(ErrorClass::Transient), 2, &p, 0.5),
+            Disposition::DeadLetter {
+                reason: DeadReason::Exhausted,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn resource_waits_longer_and_retry_after_is_honoured() {
         let p = policy();
-        assert!(matches!(decide(err(ErrorClass::Resource), 0, &p, 0.5), Disposition::Retry { delay, .. } if delay == Duration::from_millis(400)));
-        let slow = Err(TaskError::new(ErrorClass::Transient, "rate_limited", "429").with_retry_after(Duration::from_secs(2)));
-        assert!(matches!(decide(slow, 0, &p, 0.5), Disposition::Retry { delay, .. } if delay == Duration::from_secs(2)));
+        assert!(
+            matches!(decide(err(ErrorClass::Resource), 0, &p, 0.5), Disposition::Retry { delay, .. } if delay == Duration::from_millis(400))
+        );
+        let slow = Err(TaskError::new(ErrorClass::Transient, "rate_limited", "429")
+            .with_retry_after(Duration::from_secs(2)));
+        assert!(
+            matches!(decide(slow, 0, &p, 0.5), Disposition::Retry { delay, .. } if delay == Duration::from_secs(2))
+        );
     }
 
     #[test]
     fn unknown_retries_once() {
         let p = policy();
-        assert!(matches!(decide(err(ErrorClass::Unknown), 0, &p, 0.5), Disposition::Retry { .. }));
-        assert!(matches!(decide(err(ErrorClass::Unknown), 1, &p, 0.5), Disposition::DeadLetter { reason: DeadReason::Exhausted, .. }));
+        assert!(matches!(
+            decide(err(ErrorClass::Unknown), 0, &p, 0.5),
+            Disposition::Retry { .. }
+        ));
+        assert!(matches!(
+            decide(err(ErrorClass::Unknown), 1, &p, 0.5),
+            Disposition::DeadLetter {
+                reason: DeadReason::Exhausted,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -125,9 +185,17 @@ mod tests {
             (ErrorClass::Permanent, DeadReason::Permanent),
             (ErrorClass::Security, DeadReason::Security),
         ] {
-            assert!(matches!(decide(err(class), 0, &p, 0.5), Disposition::DeadLetter { reason: r, .. } if r == reason));
+            assert!(
+                matches!(decide(err(class), 0, &p, 0.5), Disposition::DeadLetter { reason: r, .. } if r == reason)
+            );
         }
-        assert!(matches!(decide(err(ErrorClass::Cancelled), 0, &p, 0.5), Disposition::Cancelled(_)));
-        assert_eq!(decide(Ok(Value::Null), 0, &p, 0.5), Disposition::Complete(Value::Null));
+        assert!(matches!(
+            decide(err(ErrorClass::Cancelled), 0, &p, 0.5),
+            Disposition::Cancelled(_)
+        ));
+        assert_eq!(
+            decide(Ok(Value::Null), 0, &p, 0.5),
+            Disposition::Complete(Value::Null)
+        );
     }
 }

@@ -7,6 +7,8 @@ pub mod disposition;
 pub mod handlers;
 pub mod run;
 pub mod settle;
+pub mod stats;
 
 pub use config::WorkerConfig;
-pub use run::{WorkerError, run};
+pub use run::{WorkerError, run, run_with_stats};
+pub use stats::WorkerStats;

@@ -4,7 +4,10 @@
 //! published with confirms *before* the ack. If any of that fails, the delivery is handed back
 //! with a nack so the broker redelivers it: nothing is acked that has not been replaced.
 
-use crate::disposition::{DeadReason, Disposition};
+use crate::{
+    disposition::{DeadReason, Disposition},
+    stats::WorkerStats,
+};
 use lapin::{
     BasicProperties,
     message::Delivery,
@@ -28,8 +31,10 @@ const MAX_ERROR_MESSAGE: usize = 1_000;
 pub struct DeliveryMeta {
     /// `x-retry-count`: classified failures so far.
     pub retry_count: u64,
-    /// `x-delivery-count`: unsettled deliveries so far (crashes, lost channels).
+    /// `x-delivery-count`: unsettled deliveries of this copy (crashes, lost channels).
     pub delivery_count: u64,
+    /// Unsettled deliveries of earlier copies, carried over by hand-backs.
+    pub unsettled_before: u64,
     /// Delay scheduled before this (retried) delivery, ms.
     pub scheduled_delay_ms: Option<u64>,
     /// How long this retried delivery really waited, ms.
@@ -37,6 +42,17 @@ pub struct DeliveryMeta {
 }
 
 impl DeliveryMeta {
+    /// Deliveries of this task that ended without settlement, over all its copies.
+    pub fn unsettled_total(&self) -> u64 {
+        self.delivery_count.saturating_add(self.unsettled_before)
+    }
+
+    /// Whether an earlier delivery of this task was never settled: it may have killed the
+    /// worker that ran it.
+    pub fn is_suspect(&self) -> bool {
+        self.unsettled_total() > 0
+    }
+
     /// Reads the counters and retry timing from `delivery`.
     pub fn read(delivery: &Delivery) -> Self {
         let headers = delivery.properties.headers().as_ref();
@@ -44,6 +60,7 @@ impl DeliveryMeta {
         Self {
             retry_count: h::get_u64(headers, h::RETRY_COUNT).unwrap_or(0),
             delivery_count: h::get_u64(headers, h::DELIVERY_COUNT).unwrap_or(0),
+            unsettled_before: h::get_u64(headers, h::UNSETTLED_BEFORE).unwrap_or(0),
             scheduled_delay_ms: h::get_u64(headers, h::SCHEDULED_DELAY_MS),
             observed_delay_ms: published.map(|p| now_ms().saturating_sub(p)),
         }
@@ -60,38 +77,78 @@ pub struct Settler {
     pub worker_id: String,
     /// The work queue deliveries come from.
     pub queue: String,
+    /// Settlement counters.
+    pub stats: Arc<WorkerStats>,
 }
 
 impl Settler {
     /// Publishes what replaces the delivery, then acks it; on failure hands it back (nack).
-    pub async fn settle(&self, delivery: &Delivery, task: Option<&TaskEnvelope>, meta: &DeliveryMeta, disposition: Disposition) {
+    pub async fn settle(
+        &self,
+        delivery: &Delivery,
+        task: Option<&TaskEnvelope>,
+        meta: &DeliveryMeta,
+        disposition: Disposition,
+    ) {
         let result = match &disposition {
             Disposition::Complete(output) => {
-                self.emit("node.completed", task, meta, |e| e.output = Some(output.clone())).await
+                self.emit("node.completed", task, meta, |e| {
+                    e.output = Some(output.clone())
+                })
+                .await
             }
-            Disposition::Retry { delay, error } => self.retry(delivery, task, meta, *delay, error).await,
-            Disposition::DeadLetter { reason, error } => self.dead_letter(delivery, task, meta, *reason, error).await,
+            Disposition::Retry { delay, error } => {
+                self.retry(delivery, task, meta, *delay, error).await
+            }
+            Disposition::DeadLetter { reason, error } => {
+                self.dead_letter(delivery, task, meta, *reason, error).await
+            }
             Disposition::Cancelled(error) => {
-                self.emit("node.cancelled", task, meta, |e| e.error = Some(event_error(error))).await
+                self.emit("node.cancelled", task, meta, |e| {
+                    e.error = Some(event_error(error))
+                })
+                .await
             }
+            Disposition::HandBack => self.hand_back(delivery, meta).await,
         };
         let task_id = task.map(|t| t.task_id.to_string());
         match result {
             Ok(()) => {
+                let stats = &self.stats;
+                WorkerStats::bump(match disposition {
+                    Disposition::Complete(_) | Disposition::Cancelled(_) => &stats.completed,
+                    Disposition::Retry { .. } => &stats.retried,
+                    Disposition::DeadLetter { .. } => &stats.dead_lettered,
+                    Disposition::HandBack => &stats.handed_back,
+                });
                 if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                     // The broker redelivers it; the replacement is already safe.
                     tracing::warn!(task_id, error = %e, "ack failed after settlement; the broker will redeliver");
                 }
             }
             Err(e) => {
+                WorkerStats::bump(&self.stats.settle_failures);
                 tracing::error!(task_id, error = %e, "could not publish the settlement; handing the delivery back");
-                let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                let _ = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
             }
         }
     }
 
     /// Republishes with the retry count + 1 through the delay queue of `delay`.
-    async fn retry(&self, delivery: &Delivery, task: Option<&TaskEnvelope>, meta: &DeliveryMeta, delay: Duration, error: &TaskError) -> secflow_common::Result<()> {
+    async fn retry(
+        &self,
+        delivery: &Delivery,
+        task: Option<&TaskEnvelope>,
+        meta: &DeliveryMeta,
+        delay: Duration,
+        error: &TaskError,
+    ) -> secflow_common::Result<()> {
         let mut headers = self.failure_headers(delivery, error);
         h::set_u64(&mut headers, h::RETRY_COUNT, meta.retry_count + 1);
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
@@ -108,7 +165,9 @@ impl Settler {
             None => (String::new(), self.queue.clone()),
         };
         let props = copy_properties(&delivery.properties, headers);
-        self.publisher.publish(&exchange, &routing_key, &delivery.data, props, true).await?;
+        self.publisher
+            .publish(&exchange, &routing_key, &delivery.data, props, true)
+            .await?;
         tracing::warn!(
             task_id = task.map(|t| t.task_id.to_string()), class = %error.class, code = %error.code,
             retry = meta.retry_count + 1, delay_ms, error = %error.message, "task failed; retry scheduled"
@@ -121,38 +180,70 @@ impl Settler {
     }
 
     /// Publishes the original body with the failure headers to the dead-letter exchange.
-    async fn dead_letter(&self, delivery: &Delivery, task: Option<&TaskEnvelope>, meta: &DeliveryMeta, reason: DeadReason, error: &TaskError) -> secflow_common::Result<()> {
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        task: Option<&TaskEnvelope>,
+        meta: &DeliveryMeta,
+        reason: DeadReason,
+        error: &TaskError,
+    ) -> secflow_common::Result<()> {
         let mut headers = self.failure_headers(delivery, error);
         h::set_u64(&mut headers, h::RETRY_COUNT, meta.retry_count);
         h::set_str(&mut headers, h::DEAD_LETTER_REASON, reason.as_str());
         h::set_u64(&mut headers, h::DEAD_LETTERED_AT, now_ms());
         let props = copy_properties(&delivery.properties, headers);
-        self.publisher.publish(&self.topology.dlx(), &self.queue, &delivery.data, props, true).await?;
+        self.publisher
+            .publish(
+                &self.topology.dlx(),
+                &self.queue,
+                &delivery.data,
+                props,
+                true,
+            )
+            .await?;
         let task_id = task.map(|t| t.task_id.to_string());
         if error.class == ErrorClass::Security {
             tracing::error!(alert = "critical", task_id, code = %error.code, error = %error.message, "security failure: task dead-lettered");
         } else {
             tracing::error!(task_id, class = %error.class, code = %error.code, reason = reason.as_str(), retries = meta.retry_count, error = %error.message, "task dead-lettered");
         }
-        self.emit("node.dead_lettered", task, meta, |e| e.error = Some(event_error(error))).await
+        self.emit("node.dead_lettered", task, meta, |e| {
+            e.error = Some(event_error(error))
+        })
+        .await
+    }
+
+    /// Republishes the delivery unchanged to the back of its work queue, carrying its count of
+    /// unsettled deliveries (the copy starts a fresh `x-delivery-count`).
+    async fn hand_back(
+        &self,
+        delivery: &Delivery,
+        meta: &DeliveryMeta,
+    ) -> secflow_common::Result<()> {
+        let mut headers = without_broker_counters(delivery);
+        if meta.unsettled_total() > 0 {
+            h::set_u64(&mut headers, h::UNSETTLED_BEFORE, meta.unsettled_total());
+        }
+        let props = copy_properties(&delivery.properties, headers);
+        self.publisher
+            .publish("", &self.queue, &delivery.data, props, true)
+            .await
     }
 
     /// Headers of a failed delivery's copy: the original ones (minus the broker's counters)
     /// plus what the operator needs to know about the failure.
     fn failure_headers(&self, delivery: &Delivery, error: &TaskError) -> FieldTable {
-        let original = delivery.properties.headers().clone().unwrap_or_default();
-        let old = Some(&original);
+        let mut headers = without_broker_counters(delivery);
+        let old = delivery.properties.headers().as_ref();
         let now = now_ms();
         let first = h::get_u64(old, h::FIRST_FAILURE_AT).unwrap_or(now);
-        let origin_exchange = h::get_str(old, h::ORIGIN_EXCHANGE).unwrap_or(delivery.exchange.as_str()).to_string();
-        let origin_key = h::get_str(old, h::ORIGIN_ROUTING_KEY).unwrap_or(delivery.routing_key.as_str()).to_string();
-        let mut headers = FieldTable::default();
-        for (k, v) in original.inner() {
-            // The broker's delivery count belongs to the old message, not to its copy.
-            if k.as_str() != h::DELIVERY_COUNT && k.as_str() != h::DELAY_BUCKET {
-                headers.insert(k.clone(), v.clone());
-            }
-        }
+        let origin_exchange = h::get_str(old, h::ORIGIN_EXCHANGE)
+            .unwrap_or(delivery.exchange.as_str())
+            .to_string();
+        let origin_key = h::get_str(old, h::ORIGIN_ROUTING_KEY)
+            .unwrap_or(delivery.routing_key.as_str())
+            .to_string();
         h::set_u64(&mut headers, h::FIRST_FAILURE_AT, first);
         h::set_u64(&mut headers, h::LAST_FAILURE_AT, now);
         h::set_str(&mut headers, h::ERROR_CLASS, error.class.as_str());
@@ -166,7 +257,13 @@ impl Settler {
     }
 
     /// Publishes a lifecycle event with confirms (not mandatory: nobody may be listening).
-    async fn emit(&self, kind: &str, task: Option<&TaskEnvelope>, meta: &DeliveryMeta, fill: impl FnOnce(&mut TaskEvent)) -> secflow_common::Result<()> {
+    async fn emit(
+        &self,
+        kind: &str,
+        task: Option<&TaskEnvelope>,
+        meta: &DeliveryMeta,
+        fill: impl FnOnce(&mut TaskEvent),
+    ) -> secflow_common::Result<()> {
         let mut event = TaskEvent {
             kind: kind.to_string(),
             task_id: task.map(|t| t.task_id),
@@ -186,12 +283,32 @@ impl Settler {
         let body = serde_json::to_vec(&event).unwrap_or_default();
         let id = event.task_id.map(|id| id.to_string()).unwrap_or_default();
         let props = secflow_common::amqp::json_properties(&id, FieldTable::default());
-        self.publisher.publish(&self.topology.events_exchange(), kind, &body, props, false).await
+        self.publisher
+            .publish(&self.topology.events_exchange(), kind, &body, props, false)
+            .await
     }
 }
 
+/// The delivery's headers without those that describe the old message rather than its copy
+/// (delivery counts, the delay-queue selector).
+fn without_broker_counters(delivery: &Delivery) -> FieldTable {
+    let mut headers = FieldTable::default();
+    if let Some(original) = delivery.properties.headers() {
+        for (k, v) in original.inner() {
+            if ![h::DELIVERY_COUNT, h::UNSETTLED_BEFORE, h::DELAY_BUCKET].contains(&k.as_str()) {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    headers
+}
+
 fn event_error(error: &TaskError) -> EventError {
-    EventError { class: error.class.to_string(), code: error.code.clone(), message: truncate(&error.message) }
+    EventError {
+        class: error.class.to_string(),
+        code: error.code.clone(),
+        message: truncate(&error.message),
+    }
 }
 
 fn truncate(message: &str) -> String {
@@ -208,7 +325,9 @@ fn truncate(message: &str) -> String {
 /// Properties of a copy: identity and content fields kept, always persistent, never an
 /// expiration (a per-message TTL would hold up the delay queue behind it).
 fn copy_properties(p: &BasicProperties, headers: FieldTable) -> BasicProperties {
-    let mut out = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    let mut out = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
     if let Some(v) = p.message_id() {
         out = out.with_message_id(v.clone());
     }

@@ -76,8 +76,15 @@ mod tests {
     #[test]
     fn exponential_doubles_then_caps() {
         let d = |n| base_delay(Strategy::Exponential, S(100), S(1000), 2.0, n);
-        assert_eq!([d(1), d(2), d(3), d(4), d(5)], [S(100), S(200), S(400), S(800), S(1000)]);
-        assert_eq!(d(10_000), S(1000), "huge exponents cap instead of overflowing");
+        assert_eq!(
+            [d(1), d(2), d(3), d(4), d(5)],
+            [S(100), S(200), S(400), S(800), S(1000)]
+        );
+        assert_eq!(
+            d(10_000),
+            S(1000),
+            "huge exponents cap instead of overflowing"
+        );
     }
 
     #[test]
@@ -99,6 +106,10 @@ mod tests {
             assert!(equal >= d / 2 && equal <= d, "{equal:?}");
         }
         assert_eq!(jittered(d, Jitter::None, 0.3), d);
-        assert_eq!(jittered(d, Jitter::Full, 7.0), d, "out-of-range draws are clamped");
+        assert_eq!(
+            jittered(d, Jitter::Full, 7.0),
+            d,
+            "out-of-range draws are clamped"
+        );
     }
 }

@@ -45,7 +45,10 @@ impl RetryPolicy {
             return Err("retry.max_attempts must be at least 1 (1 = no retries)".into());
         }
         if self.max_attempts > 100 {
-            return Err(format!("retry.max_attempts {} is above the limit of 100", self.max_attempts));
+            return Err(format!(
+                "retry.max_attempts {} is above the limit of 100",
+                self.max_attempts
+            ));
         }
         if self.max_delay_ms > MAX_DELAY_MS {
             return Err(format!(
@@ -60,7 +63,10 @@ impl RetryPolicy {
             ));
         }
         if !(self.multiplier.is_finite() && (1.0..=10.0).contains(&self.multiplier)) {
-            return Err(format!("retry.multiplier {} must be between 1 and 10", self.multiplier));
+            return Err(format!(
+                "retry.multiplier {} must be between 1 and 10",
+                self.multiplier
+            ));
         }
         Ok(())
     }
@@ -97,17 +103,30 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let bad = RetryPolicy { base_delay_ms: 10, max_delay_ms: 5, ..RetryPolicy::default() };
+        let bad = RetryPolicy {
+            base_delay_ms: 10,
+            max_delay_ms: 5,
+            ..RetryPolicy::default()
+        };
         assert!(bad.validate().unwrap_err().contains("base_delay_ms"));
-        let bad = RetryPolicy { max_attempts: 0, ..RetryPolicy::default() };
+        let bad = RetryPolicy {
+            max_attempts: 0,
+            ..RetryPolicy::default()
+        };
         assert!(bad.validate().unwrap_err().contains("max_attempts"));
-        let bad = RetryPolicy { multiplier: f64::NAN, ..RetryPolicy::default() };
+        let bad = RetryPolicy {
+            multiplier: f64::NAN,
+            ..RetryPolicy::default()
+        };
         assert!(bad.validate().unwrap_err().contains("multiplier"));
     }
 
     #[test]
     fn none_strategy_never_retries() {
-        let p = RetryPolicy { strategy: Strategy::None, ..RetryPolicy::default() };
+        let p = RetryPolicy {
+            strategy: Strategy::None,
+            ..RetryPolicy::default()
+        };
         assert!(!p.allows_retry(0));
     }
 

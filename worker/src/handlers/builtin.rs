@@ -58,9 +58,13 @@ pub fn fail(config: &Value, retry_count: u64) -> Result<Value, TaskError> {
     if cfg.times.is_some_and(|t| retry_count >= t) {
         return Ok(json!({ "attempts": retry_count + 1 }));
     }
-    let message = cfg
-        .message
-        .unwrap_or_else(|| format!("injected {} failure on attempt {}", cfg.class, retry_count + 1));
+    let message = cfg.message.unwrap_or_else(|| {
+        format!(
+            "injected {} failure on attempt {}",
+            cfg.class,
+            retry_count + 1
+        )
+    });
     let err = TaskError::new(cfg.class, cfg.code, message);
     Err(match cfg.retry_after_ms {
         Some(ms) => err.with_retry_after(Duration::from_millis(ms)),
@@ -97,6 +101,10 @@ mod tests {
     fn bad_config_names_the_field() {
         let err = fail(&json!({"class": "fatal"}), 0).unwrap_err();
         assert_eq!(err.class, ErrorClass::Validation);
-        assert!(err.message.contains("builtin.fail") && err.message.contains("fatal"), "{}", err.message);
+        assert!(
+            err.message.contains("builtin.fail") && err.message.contains("fatal"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -42,12 +42,18 @@ impl Drop for GroupGuard {
 pub async fn run(config: &Value, timeout: Duration, max_output: usize) -> Result<Value, TaskError> {
     let cfg: ExecConfig = parse_config("exec", config)?;
     let Some((program, args)) = cfg.argv.split_first() else {
-        return Err(TaskError::validation("invalid_config", "exec: config.argv must name a program"));
+        return Err(TaskError::validation(
+            "invalid_config",
+            "exec: config.argv must name a program",
+        ));
     };
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()))
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+        )
         .envs(&cfg.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -58,21 +64,39 @@ pub async fn run(config: &Value, timeout: Duration, max_output: usize) -> Result
         cmd.current_dir(dir);
     }
     let mut child = cmd.spawn().map_err(|e| spawn_error(program, &e))?;
-    let _guard = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw));
+    let _guard = GroupGuard(
+        child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw),
+    );
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let work = async {
-        let (out, err, status) = tokio::join!(capture(stdout, max_output), capture(stderr, max_output), child.wait());
+        let (out, err, status) = tokio::join!(
+            capture(stdout, max_output),
+            capture(stderr, max_output),
+            child.wait()
+        );
         (out, err, status)
     };
     let Ok((out, err, status)) = tokio::time::timeout(timeout, work).await else {
         return Err(TaskError::new(
             ErrorClass::Transient,
             "timeout",
-            format!("exec: `{program}` did not finish within {} ms; its process group was killed", timeout.as_millis()),
+            format!(
+                "exec: `{program}` did not finish within {} ms; its process group was killed",
+                timeout.as_millis()
+            ),
         ));
     };
-    let status = status.map_err(|e| TaskError::new(classify::io_error(&e), "wait_failed", format!("exec: waiting for `{program}`: {e}")))?;
+    let status = status.map_err(|e| {
+        TaskError::new(
+            classify::io_error(&e),
+            "wait_failed",
+            format!("exec: waiting for `{program}`: {e}"),
+        )
+    })?;
     let stderr_text = String::from_utf8_lossy(&err.0).into_owned();
     if status.success() {
         return Ok(json!({
@@ -91,7 +115,9 @@ pub async fn run(config: &Value, timeout: Duration, max_output: usize) -> Result
 
 /// Reads a pipe to its end, keeping the first `limit` bytes; says whether it cut anything.
 async fn capture<R: AsyncRead + Unpin>(pipe: Option<R>, limit: usize) -> (Vec<u8>, bool) {
-    let Some(mut pipe) = pipe else { return (Vec::new(), false) };
+    let Some(mut pipe) = pipe else {
+        return (Vec::new(), false);
+    };
     let mut kept = Vec::new();
     let mut buf = [0u8; 8192];
     let mut truncated = false;
@@ -124,23 +150,46 @@ mod tests {
 
     #[tokio::test]
     async fn captures_output_and_exit_code() {
-        let out = run(&json!({"argv": ["sh", "-c", "echo hi; echo warn >&2"]}), T, 1024).await.unwrap();
+        let out = run(
+            &json!({"argv": ["sh", "-c", "echo hi; echo warn >&2"]}),
+            T,
+            1024,
+        )
+        .await
+        .unwrap();
         assert_eq!(out["stdout"], "hi\n");
         assert_eq!(out["stderr"], "warn\n");
     }
 
     #[tokio::test]
     async fn output_is_bounded() {
-        let out = run(&json!({"argv": ["sh", "-c", "head -c 100000 /dev/zero"]}), T, 1000).await.unwrap();
+        let out = run(
+            &json!({"argv": ["sh", "-c", "head -c 100000 /dev/zero"]}),
+            T,
+            1000,
+        )
+        .await
+        .unwrap();
         assert_eq!(out["stdout"].as_str().unwrap().len(), 1000);
         assert_eq!(out["stdout_truncated"], true);
     }
 
     #[tokio::test]
     async fn failures_are_classified() {
-        let err = run(&json!({"argv": ["sh", "-c", "echo 'connect: Connection refused' >&2; exit 7"]}), T, 1024).await.unwrap_err();
-        assert_eq!((err.class, err.code.as_str()), (ErrorClass::Transient, "network"));
-        let err = run(&json!({"argv": ["/nonexistent/tool"]}), T, 1024).await.unwrap_err();
+        let err = run(
+            &json!({"argv": ["sh", "-c", "echo 'connect: Connection refused' >&2; exit 7"]}),
+            T,
+            1024,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            (err.class, err.code.as_str()),
+            (ErrorClass::Transient, "network")
+        );
+        let err = run(&json!({"argv": ["/nonexistent/tool"]}), T, 1024)
+            .await
+            .unwrap_err();
         assert_eq!(err.code, "executable_not_found");
         let err = run(&json!({"argv": []}), T, 1024).await.unwrap_err();
         assert_eq!(err.class, ErrorClass::Validation);
@@ -148,8 +197,11 @@ mod tests {
 
     /// Whether `pid` is a live (not zombie) process.
     fn alive(pid: &str) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
     }
 
     #[tokio::test]
@@ -157,13 +209,25 @@ mod tests {
         let pidfile = std::env::temp_dir().join(format!("secflow-exec-{}.pid", std::process::id()));
         // A background grandchild that would live 30 s if only the direct child were killed.
         let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
-        let err = run(&json!({"argv": ["sh", "-c", script]}), Duration::from_millis(500), 1024).await.unwrap_err();
+        let err = run(
+            &json!({"argv": ["sh", "-c", script]}),
+            Duration::from_millis(500),
+            1024,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.code, "timeout");
-        let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
+        let pid = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .to_string();
         let _ = std::fs::remove_file(&pidfile);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while alive(&pid) {
-            assert!(std::time::Instant::now() < deadline, "grandchild {pid} outlived the timeout");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "grandchild {pid} outlived the timeout"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -29,7 +29,12 @@ fn get() -> String {
 }
 
 /// Sends the configured request and returns status, content type and (bounded) body.
-pub async fn run(client: &reqwest::Client, config: &Value, timeout: Duration, max_body: usize) -> Result<Value, TaskError> {
+pub async fn run(
+    client: &reqwest::Client,
+    config: &Value,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<Value, TaskError> {
     let cfg: HttpConfig = parse_config("http", config)?;
     let method = match cfg.method.to_ascii_uppercase().as_str() {
         "GET" => reqwest::Method::GET,
@@ -37,7 +42,12 @@ pub async fn run(client: &reqwest::Client, config: &Value, timeout: Duration, ma
         "HEAD" => reqwest::Method::HEAD,
         "PUT" => reqwest::Method::PUT,
         "DELETE" => reqwest::Method::DELETE,
-        other => return Err(TaskError::validation("invalid_config", format!("http: unsupported method `{other}`"))),
+        other => {
+            return Err(TaskError::validation(
+                "invalid_config",
+                format!("http: unsupported method `{other}`"),
+            ));
+        }
     };
     let mut req = client.request(method, &cfg.url).timeout(timeout);
     for (k, v) in &cfg.headers {
@@ -50,11 +60,24 @@ pub async fn run(client: &reqwest::Client, config: &Value, timeout: Duration, ma
     }
     let mut resp = req.send().await.map_err(|e| request_error(&cfg.url, &e))?;
     let status = resp.status().as_u16();
-    let retry_after = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
-    let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let mut body = Vec::new();
     let mut truncated = false;
-    while let Some(chunk) = resp.chunk().await.map_err(|e| request_error(&cfg.url, &e))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| request_error(&cfg.url, &e))?
+    {
         let room = max_body.saturating_sub(body.len());
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if chunk.len() > room {
@@ -64,11 +87,17 @@ pub async fn run(client: &reqwest::Client, config: &Value, timeout: Duration, ma
     }
     let text = String::from_utf8_lossy(&body).into_owned();
     if (200..300).contains(&status) {
-        return Ok(json!({ "status": status, "content_type": content_type, "body": text, "body_truncated": truncated }));
+        return Ok(
+            json!({ "status": status, "content_type": content_type, "body": text, "body_truncated": truncated }),
+        );
     }
     let (class, code) = classify::http_status(status);
     let snippet: String = text.chars().take(200).collect();
-    let err = TaskError::new(class, code, format!("http {} returned {status}: {snippet}", cfg.url));
+    let err = TaskError::new(
+        class,
+        code,
+        format!("http {} returned {status}: {snippet}", cfg.url),
+    );
     Err(match retry_after {
         Some(d) if class == ErrorClass::Transient => err.with_retry_after(d),
         _ => err,
@@ -81,7 +110,10 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate::parse_http_date(value.trim()).ok()?;
-    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// Classifies a failed request by what reqwest says it was, then by its source chain.
@@ -124,7 +156,10 @@ mod tests {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
         let future = std::time::SystemTime::now() + Duration::from_secs(120);
         let d = parse_retry_after(&httpdate::fmt_http_date(future)).unwrap();
-        assert!(d > Duration::from_secs(110) && d <= Duration::from_secs(120), "{d:?}");
+        assert!(
+            d > Duration::from_secs(110) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -47,7 +47,10 @@ impl Handlers {
             .redirect(reqwest::redirect::Policy::limited(5))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Self { http, max_output_bytes })
+        Ok(Self {
+            http,
+            max_output_bytes,
+        })
     }
 
     /// Whether `node_type` has a handler here.
@@ -69,7 +72,10 @@ impl Handlers {
             "http" => http::run(&self.http, config, ctx.timeout, self.max_output_bytes).await,
             other => Err(TaskError::validation(
                 "unknown_type",
-                format!("no handler for node type `{other}` (known: {})", KNOWN_TYPES.join(", ")),
+                format!(
+                    "no handler for node type `{other}` (known: {})",
+                    KNOWN_TYPES.join(", ")
+                ),
             )),
         }
     }
@@ -77,6 +83,10 @@ impl Handlers {
 
 /// Parses a handler's config, naming the type and the field that is wrong.
 fn parse_config<T: DeserializeOwned>(node_type: &str, config: &Value) -> Result<T, TaskError> {
-    T::deserialize(config)
-        .map_err(|e| TaskError::validation("invalid_config", format!("{node_type}: invalid config: {e}")))
+    T::deserialize(config).map_err(|e| {
+        TaskError::validation(
+            "invalid_config",
+            format!("{node_type}: invalid config: {e}"),
+        )
+    })
 }

@@ -1,0 +1,176 @@
+//! Process-level guarantees with the real `worker` binary: a crashing task is dead-lettered
+//! after the delivery limit without taking other tasks with it; SIGTERM drains gracefully.
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use secflow_common::{TaskEnvelope, amqp::Publisher, headers as h};
+use secflow_producer::publish::publish_envelopes;
+use secflow_tests::{TestNs, wait_for};
+use serde_json::json;
+use std::{
+    collections::HashMap,
+    process::Child,
+    time::{Duration, Instant},
+};
+
+async fn publish(ns: &TestNs, tasks: &[TaskEnvelope]) -> Vec<uuid::Uuid> {
+    let publisher = Publisher::new(&ns.conn).await.unwrap();
+    publish_envelopes(&publisher, &ns.topology(), tasks)
+        .await
+        .unwrap()
+}
+
+fn echoes(n: usize) -> Vec<TaskEnvelope> {
+    (0..n)
+        .map(|i| TaskEnvelope::new("builtin.echo", json!({ "i": i })))
+        .collect()
+}
+
+/// Waits for `child` to exit, failing after `timeout`.
+async fn exit_status(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker did not exit within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Proves: `builtin.crash` aborts the worker each time it runs; the broker redelivers it and,
+/// after the delivery limit, it is dead-lettered; the 60 tasks queued around it all complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashing_task_is_dead_lettered_after_the_delivery_limit_and_nothing_else_is_lost() {
+    let ns = TestNs::with_delivery_limit(3).await;
+    let tap = ns.tap_events().await;
+    let mut ids = publish(&ns, &echoes(30)).await;
+    let crash = publish(&ns, &[TaskEnvelope::new("builtin.crash", json!({}))]).await[0];
+    ids.extend(publish(&ns, &echoes(30)).await);
+
+    let dlq = ns.topology().dlq();
+    let mut child = ns.spawn_worker_process(&["--prefetch", "16"]);
+    let mut crashes = 0;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while ns.ready(&dlq).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "crash task never reached the DLQ ({crashes} crashes)"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success(), "the worker only exits here by crashing");
+            crashes += 1;
+            child = ns.spawn_worker_process(&["--prefetch", "16"]);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tap.wait_until(
+        "all 60 echo tasks completed",
+        Duration::from_secs(30),
+        |ev| {
+            ids.iter().all(|id| {
+                ev.iter()
+                    .any(|e| e.kind == "node.completed" && e.task_id == Some(*id))
+            })
+        },
+    )
+    .await;
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(
+        exit_status(&mut child, Duration::from_secs(15))
+            .await
+            .code(),
+        Some(0)
+    );
+
+    assert!(
+        (3..=4).contains(&crashes),
+        "the crash task ran about delivery-limit times, not {crashes}"
+    );
+    let dead = ns.take_dlq(1, Duration::from_secs(5)).await;
+    assert_eq!(
+        dead[0]
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string()),
+        Some(crash.to_string())
+    );
+    let headers = dead[0].properties.headers().as_ref();
+    let reason = h::get_str(headers, "x-first-death-reason")
+        .or_else(|| h::get_str(headers, h::DEAD_LETTER_REASON));
+    assert_eq!(
+        reason,
+        Some("delivery_limit"),
+        "dead-lettered for its delivery limit"
+    );
+    assert_eq!(
+        ns.ready(&dlq).await,
+        0,
+        "no innocent task was dead-lettered alongside it"
+    );
+    let dead_events = tap.of_kind("node.dead_lettered");
+    assert!(
+        dead_events.iter().all(|e| e.task_id == Some(crash)),
+        "only the crash task failed"
+    );
+}
+
+/// Proves: SIGTERM while 50 slow tasks are in flight makes the worker stop taking work, finish
+/// what it can within the grace period, hand the rest back and exit 0; a second worker then
+/// completes every task exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_slow_tasks_exits_zero_and_every_task_completes() {
+    let ns = TestNs::new().await;
+    let tap = ns.tap_events().await;
+    let tasks: Vec<_> = (0..50u64)
+        .map(|i| TaskEnvelope::new("builtin.sleep", json!({ "ms": 200 + (i * 97) % 3000 })))
+        .collect();
+    let ids = publish(&ns, &tasks).await;
+    let queue = ns.topology().work_queue("default");
+    let mut child = ns.spawn_worker_process(&["--prefetch", "50", "--grace-period", "1"]);
+    wait_for(
+        "the worker to take all 50 tasks",
+        Duration::from_secs(20),
+        || async { ns.ready(&queue).await == 0 },
+    )
+    .await;
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = exit_status(&mut child, Duration::from_secs(15)).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "graceful shutdown exits 0 ({status:?})"
+    );
+    let done_before = tap.of_kind("node.completed").len();
+    assert!(
+        done_before < 50,
+        "tasks longer than the grace period were handed back, not finished"
+    );
+    assert_eq!(
+        ns.ready(&queue).await as usize,
+        50 - done_before,
+        "every unfinished task is back in the queue"
+    );
+
+    let worker = ns.spawn_worker(ns.worker_config());
+    tap.wait_until("all 50 tasks completed", Duration::from_secs(30), |ev| {
+        ev.iter().filter(|e| e.kind == "node.completed").count() >= 50
+    })
+    .await;
+    worker.stop().await;
+    let mut per_id: HashMap<_, usize> = HashMap::new();
+    for e in tap.of_kind("node.completed") {
+        *per_id.entry(e.task_id.unwrap()).or_default() += 1;
+    }
+    assert!(
+        ids.iter().all(|id| per_id.get(id) == Some(&1)),
+        "every task completed exactly once: {per_id:?}"
+    );
+}

@@ -1,0 +1,30 @@
+//! Counters of what a worker has settled, for metrics, readiness and benchmarks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Settlement counters, shared by every in-flight task of a worker.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Tasks completed and acked.
+    pub completed: AtomicU64,
+    /// Retry copies scheduled.
+    pub retried: AtomicU64,
+    /// Tasks dead-lettered.
+    pub dead_lettered: AtomicU64,
+    /// Deliveries handed back unrun (shutdown, isolation).
+    pub handed_back: AtomicU64,
+    /// Settlements whose publish failed, so the delivery was nacked back to the broker.
+    pub settle_failures: AtomicU64,
+}
+
+impl WorkerStats {
+    /// Adds one to `counter`.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Current value of `counter`.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
