@@ -37,6 +37,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Follow task events (node.completed, node.retrying, node.dead_lettered, ...).
+    Events {
+        /// Routing-key pattern of the events to show.
+        #[arg(long, default_value = "#")]
+        pattern: String,
+        /// Exit after this many seconds without an event (default: follow forever).
+        #[arg(long)]
+        idle_exit: Option<u64>,
+        /// Print the events as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -89,6 +101,21 @@ async fn main() -> anyhow::Result<()> {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+        Command::Events {
+            pattern,
+            idle_exit,
+            json,
+        } => {
+            let idle = idle_exit.map(std::time::Duration::from_secs);
+            secflow_producer::events::follow(&cli.broker, &pattern, idle, |event| {
+                if json {
+                    println!("{}", serde_json::to_string(event).unwrap_or_default());
+                } else {
+                    println!("{}", secflow_producer::events::describe(event));
+                }
+            })
+            .await?;
         }
     }
     Ok(())

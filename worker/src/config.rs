@@ -91,6 +91,13 @@ impl WorkerConfig {
                 MAX_TASK_TIMEOUT.as_secs()
             ));
         }
+        if self
+            .worker_id
+            .as_ref()
+            .is_some_and(|id| id.is_empty() || id.len() > 128)
+        {
+            return Err("--worker-id must be 1 to 128 characters".into());
+        }
         if self.bind.is_empty() {
             return Err("--bind needs at least one routing-key pattern".into());
         }

@@ -92,7 +92,14 @@ pub async fn run(
         );
     }
     let (class, code) = classify::http_status(status);
-    let snippet: String = text.chars().take(200).collect();
+    // One line of the body is enough to tell an error page from an API error.
+    let snippet: String = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(200)
+        .collect();
     let err = TaskError::new(
         class,
         code,

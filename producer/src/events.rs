@@ -1,0 +1,126 @@
+//! Following the events exchange: `producer events`.
+
+use futures_util::StreamExt;
+use lapin::{
+    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use secflow_common::{Error, Result, Topology, amqp, config::BrokerArgs, events::TaskEvent};
+use std::time::Duration;
+
+/// Prints (through `on_event`) every event matching `pattern` until `idle` passes without one,
+/// or forever when `idle` is `None`. Events that are not valid JSON are reported, not fatal.
+pub async fn follow(
+    broker: &BrokerArgs,
+    pattern: &str,
+    idle: Option<Duration>,
+    mut on_event: impl FnMut(&TaskEvent),
+) -> Result<()> {
+    broker.validate()?;
+    let topology = Topology::new(broker.namespace()?, broker.delivery_limit);
+    let conn = amqp::connect(
+        &broker.amqp_url,
+        "secflow-producer-events",
+        Duration::from_secs(broker.connect_timeout_secs),
+    )
+    .await?;
+    let ch = conn.create_channel().await?;
+    topology.declare_core(&ch).await?;
+    // A private queue that disappears with this process.
+    let queue = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    ch.queue_bind(
+        queue.name().clone(),
+        topology.events_exchange().into(),
+        pattern.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut consumer = ch
+        .basic_consume(
+            queue.name().clone(),
+            "events".into(),
+            options,
+            FieldTable::default(),
+        )
+        .await?;
+    loop {
+        let next = match idle {
+            Some(idle) => match tokio::time::timeout(idle, consumer.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => consumer.next().await,
+        };
+        match next {
+            Some(Ok(delivery)) => match serde_json::from_slice::<TaskEvent>(&delivery.data) {
+                Ok(event) => on_event(&event),
+                Err(e) => tracing::warn!(error = %e, "skipping an event that is not SecFlow JSON"),
+            },
+            Some(Err(e)) => return Err(Error::Amqp(e)),
+            None => break,
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// One human-readable line for an event.
+pub fn describe(e: &TaskEvent) -> String {
+    let mut line = format!(
+        "{} {:<19} {:<14} {} worker={} retries={}",
+        clock(e.at_ms),
+        e.kind,
+        e.node_type.as_deref().unwrap_or("?"),
+        e.task_id
+            .map_or_else(|| "(no task id)".to_string(), |id| id.to_string()),
+        e.worker,
+        e.retry_count,
+    );
+    if let Some(err) = &e.error {
+        line.push_str(&format!(" {}/{}: {}", err.class, err.code, err.message));
+    }
+    if let Some(ms) = e.next_delay_ms {
+        line.push_str(&format!(" (next attempt in {ms} ms)"));
+    }
+    if let (Some(s), Some(o)) = (e.scheduled_delay_ms, e.observed_delay_ms) {
+        line.push_str(&format!(" (waited {o} ms of {s} ms scheduled)"));
+    }
+    line
+}
+
+/// `HH:MM:SS.mmm` (UTC) of a millisecond timestamp.
+fn clock(ms: u64) -> String {
+    let secs = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_is_utc_time_of_day() {
+        assert_eq!(clock(3_723_004), "01:02:03.004");
+    }
+}
