@@ -1,5 +1,11 @@
 //! Lifecycle events published to the events exchange (`node.completed`, ...).
 
+use crate::{Result, Topology};
+use lapin::{
+    Channel, Consumer,
+    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -49,4 +55,37 @@ pub struct EventError {
     pub code: String,
     /// Redacted message.
     pub message: String,
+}
+
+/// Subscribes to the events matching `pattern` through a private queue that disappears with
+/// the channel. Deliveries need no ack.
+pub async fn subscribe(ch: &Channel, topology: &Topology, pattern: &str) -> Result<Consumer> {
+    let private = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = ch
+        .queue_declare("".into(), private, FieldTable::default())
+        .await?;
+    ch.queue_bind(
+        queue.name().clone(),
+        topology.events_exchange().into(),
+        pattern.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    Ok(ch
+        .basic_consume(
+            queue.name().clone(),
+            "events".into(),
+            options,
+            FieldTable::default(),
+        )
+        .await?)
 }

@@ -1,11 +1,7 @@
 //! Following the events exchange: `producer events`.
 
 use futures_util::StreamExt;
-use lapin::{
-    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
-use secflow_common::{Error, Result, Topology, amqp, config::BrokerArgs, events::TaskEvent};
+use secflow_common::{Error, Result, config::BrokerArgs, events::TaskEvent};
 use std::time::Duration;
 
 /// Prints (through `on_event`) every event matching `pattern` until `idle` passes without one,
@@ -16,48 +12,9 @@ pub async fn follow(
     idle: Option<Duration>,
     mut on_event: impl FnMut(&TaskEvent),
 ) -> Result<()> {
-    broker.validate()?;
-    let topology = Topology::new(broker.namespace()?, broker.delivery_limit);
-    let conn = amqp::connect(
-        &broker.amqp_url,
-        "secflow-producer-events",
-        Duration::from_secs(broker.connect_timeout_secs),
-    )
-    .await?;
+    let (conn, topology) = crate::connect(broker, "secflow-producer-events").await?;
     let ch = conn.create_channel().await?;
-    topology.declare_core(&ch).await?;
-    // A private queue that disappears with this process.
-    let queue = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    ch.queue_bind(
-        queue.name().clone(),
-        topology.events_exchange().into(),
-        pattern.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    let options = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    let mut consumer = ch
-        .basic_consume(
-            queue.name().clone(),
-            "events".into(),
-            options,
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = secflow_common::events::subscribe(&ch, &topology, pattern).await?;
     loop {
         let next = match idle {
             Some(idle) => match tokio::time::timeout(idle, consumer.next()).await {

@@ -8,7 +8,6 @@ use secflow_common::{
     retry::RetryPolicy,
 };
 use serde_json::Value;
-use std::time::Duration;
 use uuid::Uuid;
 
 /// Publishes in flight at once: enough to keep the broker's confirm batching busy.
@@ -69,17 +68,8 @@ pub async fn publish_tasks(
     broker: &BrokerArgs,
     req: &PublishRequest,
 ) -> Result<Vec<Uuid>, PublishError> {
-    broker.validate()?;
     let tasks = req.envelopes()?;
-    let topology = Topology::new(broker.namespace()?, broker.delivery_limit);
-    let conn = amqp::connect(
-        &broker.amqp_url,
-        "secflow-producer",
-        Duration::from_secs(broker.connect_timeout_secs),
-    )
-    .await?;
-    let ch = conn.create_channel().await.map_err(Error::from)?;
-    topology.declare_core(&ch).await?;
+    let (conn, topology) = crate::connect(broker, "secflow-producer").await?;
     let publisher = Publisher::new(&conn).await?;
     let result = publish_envelopes(&publisher, &topology, &tasks).await;
     let _ = conn.close(200, "producer done".into()).await;

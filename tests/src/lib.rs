@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use lapin::{
     BasicProperties, Channel, Connection,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use secflow_common::{Topology, config::BrokerArgs, events::TaskEvent, topology::Namespace};
@@ -123,37 +123,7 @@ impl TestNs {
     /// Starts collecting every event of the namespace.
     pub async fn tap_events(&self) -> EventTap {
         let ch = self.conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        ch.queue_bind(
-            q.name().clone(),
-            self.topology().events_exchange().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        let mut consumer = ch
-            .basic_consume(
-                q.name().clone(),
-                "tap".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let mut consumer = secflow_common::events::subscribe(&ch, &self.topology(), "#")
             .await
             .unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));

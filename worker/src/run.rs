@@ -16,7 +16,8 @@ use lapin::{
 };
 use rand::RngExt;
 use secflow_common::{
-    TaskEnvelope, TaskError, Topology, amqp, envelope::EnvelopeError, retry::RetryPolicy,
+    ErrorClass, TaskEnvelope, TaskError, Topology, amqp, envelope::EnvelopeError,
+    retry::RetryPolicy,
 };
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 use tokio::sync::RwLock;
@@ -258,39 +259,10 @@ async fn process(shared: &Shared, delivery: Delivery, exclusive: bool) {
                 .await;
         }
     };
-    if !shared.handlers.knows(&task.node_type) {
-        let error = TaskError::validation(
-            "unknown_type",
-            format!(
-                "no handler for node type `{}` in this worker pool",
-                task.node_type
-            ),
-        );
-        let disposition = Disposition::DeadLetter {
-            reason: DeadReason::Validation,
-            error,
-        };
+    if let Some(refusal) = refuse(shared, &task, &meta) {
         return shared
             .settler
-            .settle(&delivery, Some(&task), &meta, disposition)
-            .await;
-    }
-    if meta.unsettled_total() > shared.delivery_limit {
-        let error = TaskError::new(
-            secflow_common::ErrorClass::Permanent,
-            "crash_loop",
-            format!(
-                "delivered {} times without being settled: it crashes or hangs the workers that run it",
-                meta.unsettled_total()
-            ),
-        );
-        let disposition = Disposition::DeadLetter {
-            reason: DeadReason::DeliveryLimit,
-            error,
-        };
-        return shared
-            .settler
-            .settle(&delivery, Some(&task), &meta, disposition)
+            .settle(&delivery, Some(&task), &meta, refusal)
             .await;
     }
     let (_exclusive, _shared);
@@ -310,7 +282,7 @@ async fn process(shared: &Shared, delivery: Delivery, exclusive: bool) {
     };
     let outcome = tokio::select! {
         r = tokio::time::timeout(timeout, shared.handlers.run(&ctx)) => r.unwrap_or_else(|_| Err(TaskError::new(
-            secflow_common::ErrorClass::Transient, "timeout", format!("{} did not finish within {} ms", task.node_type, timeout.as_millis()),
+            ErrorClass::Transient, "timeout", format!("{} did not finish within {} ms", task.node_type, timeout.as_millis()),
         ))),
         () = shared.hard_stop.cancelled() => {
             tracing::warn!(task_id = %task.task_id, "shutdown: handing the task back unfinished");
@@ -329,6 +301,33 @@ async fn process(shared: &Shared, delivery: Delivery, exclusive: bool) {
         .settler
         .settle(&delivery, Some(&task), &meta, disposition)
         .await;
+}
+
+/// Why a well-formed task must not run here at all: no handler for its type, or it has already
+/// been delivered too often without being settled (a crash loop, also across hand-backs).
+fn refuse(shared: &Shared, task: &TaskEnvelope, meta: &DeliveryMeta) -> Option<Disposition> {
+    let (reason, error) = if !shared.handlers.knows(&task.node_type) {
+        let message = format!(
+            "no handler for node type `{}` in this worker pool",
+            task.node_type
+        );
+        (
+            DeadReason::Validation,
+            TaskError::validation("unknown_type", message),
+        )
+    } else if meta.unsettled_total() > shared.delivery_limit {
+        let message = format!(
+            "delivered {} times without being settled: it crashes or hangs the workers that run it",
+            meta.unsettled_total()
+        );
+        (
+            DeadReason::DeliveryLimit,
+            TaskError::new(ErrorClass::Permanent, "crash_loop", message),
+        )
+    } else {
+        return None;
+    };
+    Some(Disposition::DeadLetter { reason, error })
 }
 
 fn malformed(e: &EnvelopeError) -> Disposition {
