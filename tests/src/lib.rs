@@ -87,6 +87,15 @@ impl TestNs {
 
     /// Messages ready in `queue` (not counting unacked ones).
     pub async fn ready(&self, queue: &str) -> u32 {
+        self.passive(queue).await.message_count()
+    }
+
+    /// Consumers subscribed to `queue`.
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        self.passive(queue).await.consumer_count()
+    }
+
+    async fn passive(&self, queue: &str) -> lapin::Queue {
         let ch = self.conn.create_channel().await.unwrap();
         let q = ch
             .queue_declare(
@@ -100,7 +109,7 @@ impl TestNs {
             .await
             .unwrap();
         let _ = ch.close(200, "".into()).await;
-        q.message_count()
+        q
     }
 
     /// Publishes a raw body to the tasks exchange under `routing_key` (for malformed input).
