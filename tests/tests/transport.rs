@@ -31,6 +31,11 @@ async fn thousand_echo_tasks_on_three_workers_complete_exactly_once() {
             })
         })
         .collect();
+    let queue = ns.topology().work_queue("default");
+    wait_for("three consumers", Duration::from_secs(10), || async {
+        ns.consumers(&queue).await == 3
+    })
+    .await;
     let ids = publish_tasks(
         &ns.broker(),
         &request("builtin.echo", json!({"n": 1}), 1000),
