@@ -105,3 +105,27 @@ pub fn json_properties(message_id: &str, headers: FieldTable) -> BasicProperties
         .with_timestamp(crate::now_ms() / 1000)
         .with_headers(headers)
 }
+
+/// Properties of a copy of a message: identity and content fields kept, always persistent,
+/// never an expiration (a per-message TTL would hold up a delay queue behind it).
+pub fn copy_properties(p: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut out = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    if let Some(v) = p.message_id() {
+        out = out.with_message_id(v.clone());
+    }
+    if let Some(v) = p.content_type() {
+        out = out.with_content_type(v.clone());
+    }
+    if let Some(v) = p.correlation_id() {
+        out = out.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        out = out.with_timestamp(*v);
+    }
+    if let Some(v) = p.kind() {
+        out = out.with_type(v.clone());
+    }
+    out
+}

@@ -80,6 +80,61 @@ pub fn set_str(headers: &mut FieldTable, name: &str, value: &str) {
     );
 }
 
+/// Times the inspector has requeued the task.
+pub const REQUEUE_COUNT: &str = "x-requeue-count";
+/// When the inspector last requeued the task, ms since the epoch.
+pub const LAST_REQUEUED_AT: &str = "x-last-requeued-at";
+
+/// Headers for a new copy of a message: the original ones minus those that describe the old
+/// message rather than its copy (delivery counts, the delay-queue selector).
+pub fn for_copy(original: Option<&FieldTable>) -> FieldTable {
+    let mut headers = FieldTable::default();
+    if let Some(original) = original {
+        for (k, v) in original.inner() {
+            if ![DELIVERY_COUNT, UNSETTLED_BEFORE, DELAY_BUCKET].contains(&k.as_str()) {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    headers
+}
+
+/// A header table as JSON, for display and export (byte arrays as lossy text).
+pub fn table_to_json(table: &FieldTable) -> serde_json::Value {
+    serde_json::Value::Object(
+        table
+            .inner()
+            .iter()
+            .map(|(k, v)| (k.to_string(), to_json(v)))
+            .collect(),
+    )
+}
+
+/// One header value as JSON.
+pub fn to_json(value: &AMQPValue) -> serde_json::Value {
+    use serde_json::{Value, json};
+    match value {
+        AMQPValue::Boolean(b) => json!(b),
+        AMQPValue::ShortShortInt(v) => json!(v),
+        AMQPValue::ShortShortUInt(v) => json!(v),
+        AMQPValue::ShortInt(v) => json!(v),
+        AMQPValue::ShortUInt(v) => json!(v),
+        AMQPValue::LongInt(v) => json!(v),
+        AMQPValue::LongUInt(v) => json!(v),
+        AMQPValue::LongLongInt(v) => json!(v),
+        AMQPValue::Float(v) => json!(v),
+        AMQPValue::Double(v) => json!(v),
+        AMQPValue::DecimalValue(d) => json!(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(to_json).collect()),
+        AMQPValue::Timestamp(t) => json!(t),
+        AMQPValue::FieldTable(t) => table_to_json(t),
+        AMQPValue::ByteArray(b) => json!(String::from_utf8_lossy(b.as_slice())),
+        AMQPValue::Void => Value::Null,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -147,6 +147,29 @@ impl Topology {
         format!("{}.dlq", self.ns.0)
     }
 
+    /// Exclusive queue whose existence is the DLQ inspectors' lock.
+    pub fn dlq_lock(&self) -> String {
+        format!("{}.dlq.lock", self.ns.0)
+    }
+
+    /// Takes the inspectors' lock: an exclusive queue only one connection can hold, deleted by
+    /// the broker when that connection ends, so a killed inspector never leaves it stale.
+    /// Fails with RESOURCE_LOCKED while another connection holds it.
+    pub async fn lock_dlq(&self, ch: &Channel) -> std::result::Result<(), lapin::Error> {
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        ch.queue_declare(
+            self.dlq_lock().as_str().into(),
+            options,
+            FieldTable::default(),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Work queue of `pool`.
     pub fn work_queue(&self, pool: &str) -> String {
         format!("{}.work.{pool}", self.ns.0)

@@ -150,11 +150,16 @@ impl TestNs {
 
     /// Consumes (and acks) `n` messages from the DLQ, failing after `timeout`.
     pub async fn take_dlq(&self, n: usize, timeout: Duration) -> Vec<Delivery> {
+        self.take(&self.topology().dlq(), n, timeout).await
+    }
+
+    /// Consumes (and acks) `n` messages from `queue`, failing after `timeout`.
+    pub async fn take(&self, queue: &str, n: usize, timeout: Duration) -> Vec<Delivery> {
         let ch = self.conn.create_channel().await.unwrap();
         let mut consumer = ch
             .basic_consume(
-                self.topology().dlq().into(),
-                "dlq-reader".into(),
+                queue.into(),
+                "test-reader".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -168,7 +173,7 @@ impl TestNs {
                 .await
                 .unwrap_or_else(|_| {
                     panic!(
-                        "only {} of {n} messages reached the DLQ in {timeout:?}",
+                        "only {} of {n} messages reached {queue} in {timeout:?}",
                         out.len()
                     )
                 })

@@ -9,14 +9,13 @@ use crate::{
     stats::WorkerStats,
 };
 use lapin::{
-    BasicProperties,
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions},
     types::FieldTable,
 };
 use secflow_common::{
     ErrorClass, TaskEnvelope, TaskError, Topology,
-    amqp::Publisher,
+    amqp::{Publisher, copy_properties},
     events::{EventError, TaskEvent},
     headers as h, now_ms,
     topology::delay_bucket,
@@ -289,18 +288,9 @@ impl Settler {
     }
 }
 
-/// The delivery's headers without those that describe the old message rather than its copy
-/// (delivery counts, the delay-queue selector).
+/// The delivery's headers for a copy of it.
 fn without_broker_counters(delivery: &Delivery) -> FieldTable {
-    let mut headers = FieldTable::default();
-    if let Some(original) = delivery.properties.headers() {
-        for (k, v) in original.inner() {
-            if ![h::DELIVERY_COUNT, h::UNSETTLED_BEFORE, h::DELAY_BUCKET].contains(&k.as_str()) {
-                headers.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    headers
+    h::for_copy(delivery.properties.headers().as_ref())
 }
 
 fn event_error(error: &TaskError) -> EventError {
@@ -320,28 +310,4 @@ fn truncate(message: &str) -> String {
         end -= 1;
     }
     format!("{}…", &message[..end])
-}
-
-/// Properties of a copy: identity and content fields kept, always persistent, never an
-/// expiration (a per-message TTL would hold up the delay queue behind it).
-fn copy_properties(p: &BasicProperties, headers: FieldTable) -> BasicProperties {
-    let mut out = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_headers(headers);
-    if let Some(v) = p.message_id() {
-        out = out.with_message_id(v.clone());
-    }
-    if let Some(v) = p.content_type() {
-        out = out.with_content_type(v.clone());
-    }
-    if let Some(v) = p.correlation_id() {
-        out = out.with_correlation_id(v.clone());
-    }
-    if let Some(v) = p.timestamp() {
-        out = out.with_timestamp(*v);
-    }
-    if let Some(v) = p.kind() {
-        out = out.with_type(v.clone());
-    }
-    out
 }

@@ -1,0 +1,212 @@
+//! How dead-lettered tasks are shown: list lines, stats, the full view of one, export lines.
+
+use crate::{
+    record::{DeadRecord, deaths},
+    session::Session,
+};
+use secflow_common::headers::table_to_json;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// Header of the list table.
+pub const LIST_HEADER: &str = "TASK_ID                               RUN       NODE                 TYPE               CLASS       REASON          RETRIES  AGE      ORIGIN_QUEUE             MESSAGE";
+
+/// One table line for `list`.
+pub fn list_line(r: &DeadRecord, now_ms: u64) -> String {
+    let short = |s: Option<&str>, n: usize| {
+        s.map_or_else(|| "-".to_string(), |s| s.chars().take(n).collect())
+    };
+    format!(
+        "{:<37} {:<9} {:<20} {:<18} {:<11} {:<15} {:>7}  {:<8} {:<24} {}",
+        short(r.task_id.as_deref(), 36),
+        short(r.run_id.as_deref(), 8),
+        short(r.node_id.as_deref(), 20),
+        short(r.node_type.as_deref(), 18),
+        r.class,
+        r.reason,
+        r.retry_count,
+        r.age_ms(now_ms).map_or_else(|| "-".into(), human_age),
+        short(r.origin_queue.as_deref(), 24),
+        r.message
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(80)
+            .collect::<String>(),
+    )
+}
+
+/// `1d2h`, `3h4m`, `5m6s`, `7s`.
+pub fn human_age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// Counts for `stats`.
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub struct Stats {
+    /// Messages in the DLQ.
+    pub total: usize,
+    /// By error class.
+    pub by_class: BTreeMap<String, usize>,
+    /// By node type.
+    pub by_type: BTreeMap<String, usize>,
+    /// By origin work queue.
+    pub by_origin_queue: BTreeMap<String, usize>,
+    /// By dead-letter reason.
+    pub by_reason: BTreeMap<String, usize>,
+    /// Age of the oldest, ms.
+    pub oldest_age_ms: Option<u64>,
+}
+
+/// Aggregates records.
+pub fn stats<'a>(records: impl IntoIterator<Item = &'a DeadRecord>, now_ms: u64) -> Stats {
+    let mut s = Stats::default();
+    for r in records {
+        s.total += 1;
+        *s.by_class.entry(r.class.clone()).or_default() += 1;
+        *s.by_type
+            .entry(r.node_type.clone().unwrap_or_else(|| "-".into()))
+            .or_default() += 1;
+        *s.by_origin_queue
+            .entry(r.origin_queue.clone().unwrap_or_else(|| "-".into()))
+            .or_default() += 1;
+        *s.by_reason.entry(r.reason.clone()).or_default() += 1;
+        s.oldest_age_ms = s.oldest_age_ms.max(r.age_ms(now_ms));
+    }
+    s
+}
+
+/// Stats as text.
+pub fn stats_text(s: &Stats) -> String {
+    let mut out = format!(
+        "{} dead-lettered tasks, oldest {}\n",
+        s.total,
+        s.oldest_age_ms.map_or_else(|| "-".into(), human_age)
+    );
+    for (title, map) in [
+        ("class", &s.by_class),
+        ("type", &s.by_type),
+        ("origin queue", &s.by_origin_queue),
+        ("reason", &s.by_reason),
+    ] {
+        out.push_str(&format!("by {title}:\n"));
+        for (k, v) in map {
+            out.push_str(&format!("  {v:>8}  {k}\n"));
+        }
+    }
+    out
+}
+
+/// Everything about message `i`: record, headers (with the broker's `x-death`), body, timeline.
+pub fn full(session: &Session, i: usize) -> Value {
+    let d = &session.messages[i];
+    let r = &session.records[i];
+    let headers = d.properties.headers().as_ref();
+    let mut timeline = Vec::new();
+    let mut at = |t: Option<u64>, what: String| {
+        if let Some(t) = t {
+            timeline.push(json!({ "at_ms": t, "event": what }));
+        }
+    };
+    at(
+        d.properties.timestamp().map(|t| t * 1000),
+        "published".into(),
+    );
+    at(r.first_failure_ms, "first failure".into());
+    if r.retry_count > 0 {
+        at(
+            r.last_failure_ms,
+            format!("last failure, after {} retries", r.retry_count),
+        );
+    }
+    for (reason, death) in deaths(headers) {
+        at(
+            death.time_s.map(|t| t * 1000),
+            format!(
+                "dead-lettered by the broker from {} ({reason}, {} times)",
+                death.queue.unwrap_or_default(),
+                death.count
+            ),
+        );
+    }
+    at(r.dead_lettered_ms, format!("dead-lettered ({})", r.reason));
+    if r.requeue_count > 0 {
+        at(
+            secflow_common::headers::get_u64(headers, secflow_common::headers::LAST_REQUEUED_AT),
+            format!("requeued ({} times in all)", r.requeue_count),
+        );
+    }
+    timeline.sort_by_key(|e| e["at_ms"].as_u64());
+    json!({
+        "record": r,
+        "headers": headers.map(table_to_json).unwrap_or(Value::Null),
+        "body": body_json(&d.data),
+        "timeline": timeline,
+    })
+}
+
+/// One JSON line for `export`/`purge --export`: record, headers, body, enough to republish.
+pub fn export_line(session: &Session, i: usize) -> String {
+    let d = &session.messages[i];
+    json!({
+        "record": session.records[i],
+        "message_id": d.properties.message_id().as_ref().map(|m| m.to_string()),
+        "headers": d.properties.headers().as_ref().map(table_to_json).unwrap_or(Value::Null),
+        "body": body_json(&d.data),
+    })
+    .to_string()
+}
+
+/// The body as JSON when it is JSON, as text when it is UTF-8, else as hex.
+fn body_json(body: &[u8]) -> Value {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        return v;
+    }
+    match std::str::from_utf8(body) {
+        Ok(text) => json!({ "text": text }),
+        Err(_) => json!({ "hex": hex::encode(body) }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_are_short() {
+        assert_eq!(human_age(7_000), "7s");
+        assert_eq!(human_age(306_000), "5m6s");
+        assert_eq!(human_age(90_000_000), "1d1h");
+    }
+
+    #[test]
+    fn stats_count_each_dimension() {
+        let a = DeadRecord {
+            class: "transient".into(),
+            reason: "exhausted".into(),
+            node_type: Some("exec".into()),
+            dead_lettered_ms: Some(0),
+            ..Default::default()
+        };
+        let b = DeadRecord {
+            class: "permanent".into(),
+            reason: "permanent".into(),
+            node_type: Some("exec".into()),
+            dead_lettered_ms: Some(500),
+            ..Default::default()
+        };
+        let s = stats([&a, &b], 1_000);
+        assert_eq!(s.total, 2);
+        assert_eq!(s.by_type["exec"], 2);
+        assert_eq!((s.by_class["transient"], s.by_class["permanent"]), (1, 1));
+        assert_eq!(s.oldest_age_ms, Some(1_000));
+    }
+}
