@@ -23,6 +23,9 @@ use lapin::{
 use secflow_common::{Topology, amqp, config::BrokerArgs};
 use std::time::{Duration, Instant};
 
+/// Most messages one run holds (AMQP's prefetch is 16 bits); a larger DLQ is worked on in runs.
+pub const MAX_HELD: u16 = u16::MAX;
+
 /// How long to wait for the next message the queue said it held.
 const IDLE: Duration = Duration::from_secs(2);
 
@@ -99,7 +102,16 @@ impl Session {
                 Err(e) => return Err(e.into()),
             }
         };
-        let messages = read_all(consumer, count).await?;
+        if count > u32::from(MAX_HELD) {
+            tracing::warn!(
+                count,
+                "the DLQ holds more messages than one run can take; this run covers the first {MAX_HELD}"
+            );
+            eprintln!(
+                "note: {queue} holds {count} messages; this run covers the first {MAX_HELD}, run again for the rest"
+            );
+        }
+        let messages = read_all(consumer, count.min(u32::from(MAX_HELD))).await?;
         let records = messages
             .iter()
             .map(|d| DeadRecord::read(&d.properties, &d.data))
@@ -163,8 +175,11 @@ async fn take(
     topology.lock_dlq(&channel).await?;
     let queue = topology.dlq();
     let queue = queue.as_str();
-    // Unlimited prefetch: every message is held until the command decides about it.
-    channel.basic_qos(0, BasicQosOptions::default()).await?;
+    // Every message is held until the command decides about it. Prefetch 0 would not do:
+    // quorum queues cap an "unlimited" consumer at 2,000 unacked messages.
+    channel
+        .basic_qos(MAX_HELD, BasicQosOptions::default())
+        .await?;
     let passive = QueueDeclareOptions {
         passive: true,
         ..Default::default()
