@@ -36,6 +36,9 @@ pub struct TaskEnvelope {
     /// Retry policy overriding the worker's default for this type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// Circuit-breaker key of the service the task calls (defaults to its type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// Handler timeout in milliseconds, overriding the worker's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -69,6 +72,11 @@ impl EnvelopeError {
 }
 
 impl TaskEnvelope {
+    /// The circuit-breaker key: the task's `service`, else its type.
+    pub fn service(&self) -> &str {
+        self.service.as_deref().unwrap_or(&self.node_type)
+    }
+
     /// A new ad-hoc task of `node_type` with `config`, its node id being its type.
     pub fn new(node_type: impl Into<String>, config: Value) -> Self {
         let node_type = node_type.into();
@@ -81,6 +89,7 @@ impl TaskEnvelope {
             config,
             inputs: Map::new(),
             retry: None,
+            service: None,
             timeout_ms: None,
             created_at_ms: crate::now_ms(),
         }
@@ -128,6 +137,11 @@ impl TaskEnvelope {
         }
         if !self.config.is_object() {
             return Err("config must be a JSON object".into());
+        }
+        if let Some(service) = &self.service
+            && (service.is_empty() || service.len() > 128 || service.contains(['{', '}']))
+        {
+            return Err("service must be 1 to 128 characters without braces".into());
         }
         if let Some(policy) = &self.retry {
             policy.validate()?;

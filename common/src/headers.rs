@@ -80,6 +80,8 @@ pub fn set_str(headers: &mut FieldTable, name: &str, value: &str) {
     );
 }
 
+/// Times the task was deferred (open breaker, busy lease): not retries, capped separately.
+pub const DEFER_COUNT: &str = "x-defer-count";
 /// Times the inspector has requeued the task.
 pub const REQUEUE_COUNT: &str = "x-requeue-count";
 /// When the inspector last requeued the task, ms since the epoch.

@@ -54,15 +54,14 @@ impl DeadRecord {
     pub fn read(props: &BasicProperties, body: &[u8]) -> Self {
         let headers = props.headers().as_ref();
         let envelope = serde_json::from_slice::<TaskEnvelope>(body).ok();
-        let death = first_death(headers);
+        let death = latest_death(headers);
         let str_of = |name| h::get_str(headers, name).map(str::to_string);
-        let broker_reason = h::get_str(headers, "x-first-death-reason").map(str::to_string);
+        let broker_reason = deaths(headers).into_iter().next().map(|(reason, _)| reason);
         let ours = str_of(h::DEAD_LETTER_REASON);
         let reason = ours
             .clone()
             .or(broker_reason)
             .unwrap_or_else(|| "unknown".into());
-        // The last x-death entry is the oldest death: where the task really came from.
         Self {
             task_id: props
                 .message_id()
@@ -162,8 +161,10 @@ pub fn deaths(headers: Option<&FieldTable>) -> Vec<(String, Death)> {
         .collect()
 }
 
-fn first_death(headers: Option<&FieldTable>) -> Option<Death> {
-    deaths(headers).into_iter().last().map(|(_, d)| d)
+/// The newest death (the broker puts it first): the queue the task died in and the exchange
+/// and routing key that lead back to it.
+fn latest_death(headers: Option<&FieldTable>) -> Option<Death> {
+    deaths(headers).into_iter().next().map(|(_, d)| d)
 }
 
 fn broker_message(reason: &str, death: Option<&Death>) -> String {
@@ -222,7 +223,6 @@ mod tests {
             "x-death".into(),
             AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
         );
-        h::set_str(&mut headers, "x-first-death-reason", "delivery_limit");
         let r = DeadRecord::read(
             &BasicProperties::default().with_headers(headers),
             b"not json",

@@ -1,5 +1,6 @@
 //! Worker settings: flags with environment fallbacks.
 
+use crate::breaker::state::BreakerConfig;
 use secflow_common::{config::BrokerArgs, retry::RetryPolicy};
 use std::{collections::HashMap, time::Duration};
 
@@ -47,6 +48,41 @@ pub struct WorkerConfig {
     /// `http={"max_attempts":8,"base_delay_ms":2000}`.
     #[arg(long = "retry-policy", value_parser = parse_type_policy)]
     pub retry_policies: Vec<(String, RetryPolicy)>,
+    /// Circuit-breaker settings for every service, as JSON (failure_threshold, window_ms,
+    /// open_ms, max_open_ms, half_open_probes, success_threshold).
+    #[arg(long = "breaker-default", value_parser = parse_breaker, default_value = "{}")]
+    pub breaker_default: BreakerConfig,
+    /// Circuit-breaker settings for one service, as SERVICE=JSON (repeatable).
+    #[arg(long = "breaker", value_parser = parse_service_breaker)]
+    pub breakers: Vec<(String, BreakerConfig)>,
+    /// Lease a running task holds in Redis (renewed every third of it), ms.
+    #[arg(long, env = "SECFLOW_LEASE_MS", default_value_t = 30_000)]
+    pub lease_ms: u64,
+    /// How long a completed task's done marker is kept, seconds.
+    #[arg(long, env = "SECFLOW_DONE_TTL", default_value_t = 7 * 24 * 3600)]
+    pub done_ttl_secs: u64,
+    /// Deferrals (open breaker, busy lease) before a task is dead-lettered.
+    #[arg(long, env = "SECFLOW_MAX_DEFERS", default_value_t = 200)]
+    pub max_defers: u64,
+    /// Transient failures with one fingerprint, fleet-wide within the window, that escalate
+    /// it to persistent.
+    #[arg(long, env = "SECFLOW_ESCALATE_AFTER", default_value_t = 50)]
+    pub escalate_after: u64,
+    /// Window for counting a fingerprint's failures, seconds.
+    #[arg(long, env = "SECFLOW_ESCALATE_WINDOW", default_value_t = 60)]
+    pub escalate_window_secs: u64,
+}
+
+fn parse_breaker(s: &str) -> Result<BreakerConfig, String> {
+    let cfg: BreakerConfig =
+        serde_json::from_str(s).map_err(|e| format!("breaker settings: {e}"))?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn parse_service_breaker(s: &str) -> Result<(String, BreakerConfig), String> {
+    let (service, json) = s.split_once('=').ok_or("expected SERVICE=JSON")?;
+    Ok((service.to_string(), parse_breaker(json)?))
 }
 
 /// Longest handler timeout: below RabbitMQ's default 30 min `consumer_timeout`, so the broker
@@ -74,6 +110,13 @@ impl WorkerConfig {
             task_timeout_secs: 600,
             max_output_bytes: 1 << 20,
             retry_policies: Vec::new(),
+            breaker_default: BreakerConfig::default(),
+            breakers: Vec::new(),
+            lease_ms: 30_000,
+            done_ttl_secs: 7 * 24 * 3600,
+            max_defers: 200,
+            escalate_after: 50,
+            escalate_window_secs: 60,
         }
     }
 
@@ -97,6 +140,12 @@ impl WorkerConfig {
             .is_some_and(|id| id.is_empty() || id.len() > 128)
         {
             return Err("--worker-id must be 1 to 128 characters".into());
+        }
+        if self.lease_ms < 300 {
+            return Err("--lease-ms must be at least 300".into());
+        }
+        if self.escalate_after == 0 || self.escalate_window_secs == 0 {
+            return Err("--escalate-after and --escalate-window must be at least 1".into());
         }
         if self.bind.is_empty() {
             return Err("--bind needs at least one routing-key pattern".into());

@@ -27,6 +27,10 @@ pub enum DeadReason {
     Malformed,
     /// Delivered too often without being settled: it crashes or hangs its workers.
     DeliveryLimit,
+    /// Deferred more often than allowed (its service stayed unavailable).
+    DeferredTooLong,
+    /// The same failure keeps recurring across the fleet: retrying is burning attempts.
+    Escalated,
 }
 
 impl DeadReason {
@@ -39,6 +43,8 @@ impl DeadReason {
             Self::Security => "security",
             Self::Malformed => "malformed",
             Self::DeliveryLimit => "delivery_limit",
+            Self::DeferredTooLong => "deferred_too_long",
+            Self::Escalated => "escalated",
         }
     }
 }
@@ -60,6 +66,27 @@ pub enum Disposition {
     /// Not run: republish unchanged to the back of the work queue, then ack. Used so a worker
     /// isolating a suspect task holds no other delivery the suspect could take down with it.
     HandBack,
+    /// Not run now: republish after `delay` without using a retry attempt (open breaker,
+    /// another attempt holds the task's lease), then ack.
+    Defer { delay: Duration, reason: String },
+    /// Already completed (redelivered duplicate): ack without running.
+    Duplicate,
+}
+
+/// Defers a task for `delay` unless it has been deferred `cap` times already.
+pub fn defer(defers: u64, cap: u64, delay: Duration, reason: &str) -> Disposition {
+    if defers >= cap {
+        let message = format!("deferred {defers} times ({reason}); giving up");
+        let error = TaskError::new(ErrorClass::Transient, "deferred_too_long", message);
+        return Disposition::DeadLetter {
+            reason: DeadReason::DeferredTooLong,
+            error,
+        };
+    }
+    Disposition::Defer {
+        delay,
+        reason: reason.to_string(),
+    }
 }
 
 /// Decides the fate of a task that has been retried `retries` times, given its outcome.

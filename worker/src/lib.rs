@@ -1,13 +1,17 @@
 //! The SecFlow worker: consumes tasks from its pool's work queue, runs the handler of each
 //! task's type, and settles every delivery (ack, retry through a delay queue, or dead-letter).
 
+pub mod breaker;
 pub mod classify;
 pub mod config;
 pub mod disposition;
+pub mod fingerprint;
 pub mod handlers;
 pub mod run;
 pub mod settle;
 pub mod stats;
+pub mod store;
+mod task;
 
 pub use config::WorkerConfig;
 pub use run::{WorkerError, run, run_with_stats};

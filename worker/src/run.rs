@@ -1,11 +1,14 @@
 //! The worker loop: consume, run, settle; stop gracefully on the shutdown signal.
 
 use crate::{
+    breaker::Breakers,
     config::WorkerConfig,
-    disposition::{DeadReason, Disposition, decide},
-    handlers::{Handlers, TaskContext},
+    disposition::Disposition,
+    handlers::Handlers,
     settle::{DeliveryMeta, Settler},
     stats::WorkerStats,
+    store::Store,
+    task::{Limits, Shared, process},
 };
 use futures_util::StreamExt;
 use lapin::{
@@ -14,12 +17,8 @@ use lapin::{
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
-use rand::RngExt;
-use secflow_common::{
-    ErrorClass, TaskEnvelope, TaskError, Topology, amqp, envelope::EnvelopeError,
-    retry::RetryPolicy,
-};
-use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+use secflow_common::{Topology, amqp, config::redact_url, retry::RetryPolicy};
+use std::{future::Future, sync::Arc, time::Duration};
 use tokio::sync::RwLock;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -36,22 +35,6 @@ pub enum WorkerError {
 
 /// How long hard-stopped tasks get to hand their deliveries back.
 const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What every in-flight task shares.
-struct Shared {
-    handlers: Handlers,
-    settler: Settler,
-    policies: HashMap<String, RetryPolicy>,
-    default_policy: RetryPolicy,
-    default_timeout: Duration,
-    /// Suspect tasks run alone (write lock) so a task that kills the process does not take
-    /// innocent tasks' delivery attempts with it.
-    isolation: RwLock<()>,
-    /// The work queue's delivery limit, also enforced across hand-backs.
-    delivery_limit: u64,
-    /// Cancelled when the grace period is over: unfinished tasks are handed back.
-    hard_stop: CancellationToken,
-}
 
 /// Runs a worker until `shutdown` resolves, then drains gracefully and returns.
 pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
@@ -85,6 +68,16 @@ pub async fn run_with_stats(
     let _ = declare.close(200, "declared".into()).await;
 
     let queue = topology.work_queue(&cfg.pool);
+    let store =
+        Store::new(&cfg.broker.redis_url, &cfg.broker.namespace).map_err(WorkerError::Config)?;
+    if !store.check().await {
+        tracing::warn!(url = %redact_url(&cfg.broker.redis_url), "starting without Redis: local breakers until it answers");
+    }
+    let breakers = Breakers::new(
+        Arc::clone(&store),
+        cfg.breaker_default.clone(),
+        cfg.breakers.iter().cloned().collect(),
+    );
     let shared = Arc::new(Shared {
         handlers,
         settler: Settler {
@@ -93,13 +86,22 @@ pub async fn run_with_stats(
             worker_id: worker_id.clone(),
             queue: queue.clone(),
             stats,
+            done_ttl_ms: cfg.done_ttl_secs.saturating_mul(1000),
         },
+        store,
+        breakers,
         policies: cfg.policies(),
         default_policy: RetryPolicy::default(),
         default_timeout: Duration::from_secs(cfg.task_timeout_secs),
         isolation: RwLock::new(()),
         delivery_limit: u64::from(cfg.broker.delivery_limit),
         hard_stop: CancellationToken::new(),
+        limits: Limits {
+            lease_ms: cfg.lease_ms,
+            max_defers: cfg.max_defers,
+            escalate_after: cfg.escalate_after,
+            escalate_window_ms: cfg.escalate_window_secs.saturating_mul(1000),
+        },
     });
     let result = consume(&conn, &cfg, &queue, &shared, shutdown).await;
     let _ = conn.close(200, "worker stopped".into()).await;
@@ -163,7 +165,7 @@ async fn consume(
         let meta = DeliveryMeta::read(&delivery);
         shared
             .settler
-            .settle(&delivery, None, &meta, Disposition::HandBack)
+            .settle(&delivery, None, &meta, Disposition::HandBack, None)
             .await;
     }
     tracker.close();
@@ -230,7 +232,7 @@ async fn isolate(
         let meta = DeliveryMeta::read(&delivery);
         shared
             .settler
-            .settle(&delivery, None, &meta, Disposition::HandBack)
+            .settle(&delivery, None, &meta, Disposition::HandBack, None)
             .await;
     }
     let shared = Arc::clone(shared);
@@ -238,102 +240,5 @@ async fn isolate(
     tokio::select! {
         _ = run => false,
         () = &mut shutdown => true,
-    }
-}
-
-/// Decodes, runs and settles one delivery. Never panics on input. `exclusive` runs it with no
-/// other task in flight.
-async fn process(shared: &Shared, delivery: Delivery, exclusive: bool) {
-    let meta = DeliveryMeta::read(&delivery);
-    let message_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|id| id.as_str());
-    let task = match TaskEnvelope::decode(&delivery.data, message_id) {
-        Ok(task) => task,
-        Err(e) => {
-            return shared
-                .settler
-                .settle(&delivery, None, &meta, malformed(&e))
-                .await;
-        }
-    };
-    if let Some(refusal) = refuse(shared, &task, &meta) {
-        return shared
-            .settler
-            .settle(&delivery, Some(&task), &meta, refusal)
-            .await;
-    }
-    let (_exclusive, _shared);
-    if exclusive {
-        _exclusive = shared.isolation.write().await;
-    } else {
-        _shared = shared.isolation.read().await;
-    }
-    let timeout = task
-        .timeout_ms
-        .map_or(shared.default_timeout, Duration::from_millis)
-        .min(crate::config::MAX_TASK_TIMEOUT);
-    let ctx = TaskContext {
-        task: &task,
-        retry_count: meta.retry_count,
-        timeout,
-    };
-    let outcome = tokio::select! {
-        r = tokio::time::timeout(timeout, shared.handlers.run(&ctx)) => r.unwrap_or_else(|_| Err(TaskError::new(
-            ErrorClass::Transient, "timeout", format!("{} did not finish within {} ms", task.node_type, timeout.as_millis()),
-        ))),
-        () = shared.hard_stop.cancelled() => {
-            tracing::warn!(task_id = %task.task_id, "shutdown: handing the task back unfinished");
-            return shared.settler.settle(&delivery, Some(&task), &meta, Disposition::HandBack).await;
-        }
-    };
-    let policy = task
-        .retry
-        .as_ref()
-        .or_else(|| shared.policies.get(&task.node_type))
-        .unwrap_or(&shared.default_policy);
-    let retries = u32::try_from(meta.retry_count).unwrap_or(u32::MAX);
-    let unit = rand::rng().random::<f64>();
-    let disposition = decide(outcome, retries, policy, unit);
-    shared
-        .settler
-        .settle(&delivery, Some(&task), &meta, disposition)
-        .await;
-}
-
-/// Why a well-formed task must not run here at all: no handler for its type, or it has already
-/// been delivered too often without being settled (a crash loop, also across hand-backs).
-fn refuse(shared: &Shared, task: &TaskEnvelope, meta: &DeliveryMeta) -> Option<Disposition> {
-    let (reason, error) = if !shared.handlers.knows(&task.node_type) {
-        let message = format!(
-            "no handler for node type `{}` in this worker pool",
-            task.node_type
-        );
-        (
-            DeadReason::Validation,
-            TaskError::validation("unknown_type", message),
-        )
-    } else if meta.unsettled_total() > shared.delivery_limit {
-        let message = format!(
-            "delivered {} times without being settled: it crashes or hangs the workers that run it",
-            meta.unsettled_total()
-        );
-        (
-            DeadReason::DeliveryLimit,
-            TaskError::new(ErrorClass::Permanent, "crash_loop", message),
-        )
-    } else {
-        return None;
-    };
-    Some(Disposition::DeadLetter { reason, error })
-}
-
-fn malformed(e: &EnvelopeError) -> Disposition {
-    tracing::error!(code = e.code(), error = %e, "malformed message: dead-lettering it");
-    Disposition::DeadLetter {
-        reason: DeadReason::Malformed,
-        error: TaskError::validation(e.code(), e.to_string()),
     }
 }

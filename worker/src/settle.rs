@@ -7,6 +7,7 @@
 use crate::{
     disposition::{DeadReason, Disposition},
     stats::WorkerStats,
+    store::Lease,
 };
 use lapin::{
     message::Delivery,
@@ -34,6 +35,8 @@ pub struct DeliveryMeta {
     pub delivery_count: u64,
     /// Unsettled deliveries of earlier copies, carried over by hand-backs.
     pub unsettled_before: u64,
+    /// `x-defer-count`: deferrals so far.
+    pub defer_count: u64,
     /// Delay scheduled before this (retried) delivery, ms.
     pub scheduled_delay_ms: Option<u64>,
     /// How long this retried delivery really waited, ms.
@@ -60,6 +63,7 @@ impl DeliveryMeta {
             retry_count: h::get_u64(headers, h::RETRY_COUNT).unwrap_or(0),
             delivery_count: h::get_u64(headers, h::DELIVERY_COUNT).unwrap_or(0),
             unsettled_before: h::get_u64(headers, h::UNSETTLED_BEFORE).unwrap_or(0),
+            defer_count: h::get_u64(headers, h::DEFER_COUNT).unwrap_or(0),
             scheduled_delay_ms: h::get_u64(headers, h::SCHEDULED_DELAY_MS),
             observed_delay_ms: published.map(|p| now_ms().saturating_sub(p)),
         }
@@ -78,6 +82,8 @@ pub struct Settler {
     pub queue: String,
     /// Settlement counters.
     pub stats: Arc<WorkerStats>,
+    /// How long done markers are kept, ms.
+    pub done_ttl_ms: u64,
 }
 
 impl Settler {
@@ -88,6 +94,7 @@ impl Settler {
         task: Option<&TaskEnvelope>,
         meta: &DeliveryMeta,
         disposition: Disposition,
+        lease: Option<&Lease>,
     ) {
         let result = match &disposition {
             Disposition::Complete(output) => {
@@ -109,16 +116,29 @@ impl Settler {
                 .await
             }
             Disposition::HandBack => self.hand_back(delivery, meta).await,
+            Disposition::Defer { delay, reason } => {
+                self.defer(delivery, task, meta, *delay, reason).await
+            }
+            Disposition::Duplicate => Ok(()),
         };
         let task_id = task.map(|t| t.task_id.to_string());
         match result {
             Ok(()) => {
+                // Before the ack: a redelivery after this point must find the done marker.
+                if let Some(lease) = lease {
+                    match disposition {
+                        Disposition::Complete(_) => lease.complete(self.done_ttl_ms).await,
+                        _ => lease.release().await,
+                    }
+                }
                 let stats = &self.stats;
                 WorkerStats::bump(match disposition {
                     Disposition::Complete(_) | Disposition::Cancelled(_) => &stats.completed,
                     Disposition::Retry { .. } => &stats.retried,
                     Disposition::DeadLetter { .. } => &stats.dead_lettered,
                     Disposition::HandBack => &stats.handed_back,
+                    Disposition::Defer { .. } => &stats.deferred,
+                    Disposition::Duplicate => &stats.duplicates,
                 });
                 if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                     // The broker redelivers it; the replacement is already safe.
@@ -150,23 +170,7 @@ impl Settler {
     ) -> secflow_common::Result<()> {
         let mut headers = self.failure_headers(delivery, error);
         h::set_u64(&mut headers, h::RETRY_COUNT, meta.retry_count + 1);
-        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        h::set_u64(&mut headers, h::SCHEDULED_DELAY_MS, delay_ms);
-        h::set_u64(&mut headers, h::RETRY_PUBLISHED_AT, now_ms());
-        let (exchange, routing_key) = match delay_bucket(delay) {
-            Some(bucket) => {
-                let ch = self.publisher.channel();
-                self.topology.ensure_delay(ch, bucket).await?;
-                h::set_str(&mut headers, h::DELAY_BUCKET, &bucket.to_string());
-                (self.topology.delay_exchange(), self.queue.clone())
-            }
-            // Too short to delay: straight back to the work queue through the default exchange.
-            None => (String::new(), self.queue.clone()),
-        };
-        let props = copy_properties(&delivery.properties, headers);
-        self.publisher
-            .publish(&exchange, &routing_key, &delivery.data, props, true)
-            .await?;
+        let delay_ms = self.republish_after(delivery, headers, delay).await?;
         tracing::warn!(
             task_id = task.map(|t| t.task_id.to_string()), class = %error.class, code = %error.code,
             retry = meta.retry_count + 1, delay_ms, error = %error.message, "task failed; retry scheduled"
@@ -176,6 +180,63 @@ impl Settler {
             e.next_delay_ms = Some(delay_ms);
         })
         .await
+    }
+
+    /// Puts the task back after `delay` without using a retry attempt.
+    async fn defer(
+        &self,
+        delivery: &Delivery,
+        task: Option<&TaskEnvelope>,
+        meta: &DeliveryMeta,
+        delay: Duration,
+        reason: &str,
+    ) -> secflow_common::Result<()> {
+        let mut headers = h::for_copy(delivery.properties.headers().as_ref());
+        h::set_u64(&mut headers, h::DEFER_COUNT, meta.defer_count + 1);
+        if meta.unsettled_total() > 0 {
+            // A crash-looping task must not shed its history by being deferred.
+            h::set_u64(&mut headers, h::UNSETTLED_BEFORE, meta.unsettled_total());
+        }
+        let delay_ms = self.republish_after(delivery, headers, delay).await?;
+        tracing::debug!(
+            task_id = task.map(|t| t.task_id.to_string()),
+            delay_ms,
+            reason,
+            "task deferred"
+        );
+        self.emit("node.deferred", task, meta, |e| {
+            e.next_delay_ms = Some(delay_ms)
+        })
+        .await
+    }
+
+    /// Publishes a copy with `headers` through the delay queue of `delay` back to the work
+    /// queue; returns the delay in ms.
+    async fn republish_after(
+        &self,
+        delivery: &Delivery,
+        mut headers: FieldTable,
+        delay: Duration,
+    ) -> secflow_common::Result<u64> {
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        h::set_u64(&mut headers, h::SCHEDULED_DELAY_MS, delay_ms);
+        h::set_u64(&mut headers, h::RETRY_PUBLISHED_AT, now_ms());
+        let exchange = match delay_bucket(delay) {
+            Some(bucket) => {
+                self.topology
+                    .ensure_delay(self.publisher.channel(), bucket)
+                    .await?;
+                h::set_str(&mut headers, h::DELAY_BUCKET, &bucket.to_string());
+                self.topology.delay_exchange()
+            }
+            // Too short to delay: straight back to the work queue through the default exchange.
+            None => String::new(),
+        };
+        let props = copy_properties(&delivery.properties, headers);
+        self.publisher
+            .publish(&exchange, &self.queue, &delivery.data, props, true)
+            .await?;
+        Ok(delay_ms)
     }
 
     /// Publishes the original body with the failure headers to the dead-letter exchange.

@@ -13,6 +13,10 @@ pub struct WorkerStats {
     pub dead_lettered: AtomicU64,
     /// Deliveries handed back unrun (shutdown, isolation).
     pub handed_back: AtomicU64,
+    /// Tasks deferred without using a retry (open breaker, busy lease).
+    pub deferred: AtomicU64,
+    /// Redelivered tasks that had already completed, acked without running.
+    pub duplicates: AtomicU64,
     /// Settlements whose publish failed, so the delivery was nacked back to the broker.
     pub settle_failures: AtomicU64,
 }

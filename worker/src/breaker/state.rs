@@ -1,0 +1,321 @@
+//! Circuit-breaker state and its one transition function: pure, no clock, no I/O.
+//!
+//! The same function drives the fleet-wide breaker (state in Redis, swapped by an atomic
+//! compare-and-set script) and the local fallback (state in memory), so both behave alike.
+
+use serde::{Deserialize, Serialize};
+
+/// Breaker settings for one service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Failures within `window_ms` that open the breaker.
+    pub failure_threshold: u32,
+    /// Sliding window for counting failures, ms.
+    pub window_ms: u64,
+    /// How long the breaker stays open before it lets probes through, ms.
+    pub open_ms: u64,
+    /// Cap on the open time, which doubles each time a probe fails, ms.
+    pub max_open_ms: u64,
+    /// Probes allowed at once while half-open.
+    pub half_open_probes: u32,
+    /// Successful probes that close the breaker.
+    pub success_threshold: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            window_ms: 30_000,
+            open_ms: 10_000,
+            max_open_ms: 5 * 60_000,
+            half_open_probes: 1,
+            success_threshold: 2,
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// Checks the settings, naming the field that is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.failure_threshold == 0 || self.half_open_probes == 0 || self.success_threshold == 0
+        {
+            return Err("breaker failure_threshold, half_open_probes and success_threshold must be at least 1".into());
+        }
+        if self.open_ms == 0 || self.open_ms > self.max_open_ms {
+            return Err(format!(
+                "breaker open_ms {} must be between 1 and max_open_ms {}",
+                self.open_ms, self.max_open_ms
+            ));
+        }
+        if self.window_ms == 0 || self.failure_threshold > 1_000 {
+            return Err(
+                "breaker window_ms must be at least 1 and failure_threshold at most 1000".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where a breaker is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Calls go through; failures are counted.
+    #[default]
+    Closed,
+    /// Calls are refused until `opened_at_ms + open_ms`.
+    Open,
+    /// A few probe calls go through to test the service.
+    HalfOpen,
+}
+
+/// A breaker's whole state, stored as JSON.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakerState {
+    /// Current mode.
+    pub mode: Mode,
+    /// Times of recent failures (closed), oldest first, at most `failure_threshold`.
+    #[serde(default)]
+    pub failures: Vec<u64>,
+    /// When it last opened.
+    #[serde(default)]
+    pub opened_at_ms: u64,
+    /// How long this opening lasts.
+    #[serde(default)]
+    pub open_ms: u64,
+    /// Probes admitted and not yet reported (half-open).
+    #[serde(default)]
+    pub probes: u32,
+    /// Successful probes so far (half-open).
+    #[serde(default)]
+    pub successes: u32,
+}
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A task wants to call the service.
+    Admit,
+    /// A call (or probe) succeeded.
+    Success,
+    /// A call (or probe) failed in a way that says the service is unwell.
+    Failure,
+}
+
+/// The answer to [`Input::Admit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Call it.
+    Allow,
+    /// Call it as a probe of a half-open breaker.
+    Probe,
+    /// Do not call it before `until_ms`.
+    Reject { until_ms: u64 },
+    /// A success or failure was recorded.
+    Recorded,
+}
+
+/// Applies `input` at `now_ms`: the new state (equal to the old one when nothing changed) and
+/// the verdict.
+pub fn transition(
+    s: &BreakerState,
+    input: Input,
+    now_ms: u64,
+    cfg: &BreakerConfig,
+) -> (BreakerState, Verdict) {
+    let mut n = s.clone();
+    let reopen_at = s.opened_at_ms.saturating_add(s.open_ms);
+    match (s.mode, input) {
+        (Mode::Closed, Input::Admit) => (n, Verdict::Allow),
+        (Mode::Closed, Input::Success) => (n, Verdict::Recorded),
+        (Mode::Closed, Input::Failure) => {
+            n.failures
+                .retain(|&t| now_ms.saturating_sub(t) < cfg.window_ms);
+            n.failures.push(now_ms);
+            // Below the threshold the list stays shorter than it, so the state stays small.
+            if n.failures.len() >= cfg.failure_threshold as usize {
+                n = open(now_ms, cfg.open_ms);
+            }
+            (n, Verdict::Recorded)
+        }
+        (Mode::Open, Input::Admit) if now_ms < reopen_at => (
+            n,
+            Verdict::Reject {
+                until_ms: reopen_at,
+            },
+        ),
+        (Mode::Open, Input::Admit) => {
+            n.mode = Mode::HalfOpen;
+            n.probes = 1;
+            n.successes = 0;
+            (n, Verdict::Probe)
+        }
+        // Late reports from calls admitted before it opened change nothing.
+        (Mode::Open, Input::Success | Input::Failure) => (n, Verdict::Recorded),
+        (Mode::HalfOpen, Input::Admit) if s.probes < cfg.half_open_probes => {
+            n.probes += 1;
+            (n, Verdict::Probe)
+        }
+        // All probe permits are out; wait about one more open period for their outcome.
+        (Mode::HalfOpen, Input::Admit) => (
+            n,
+            Verdict::Reject {
+                until_ms: now_ms + s.open_ms.min(cfg.open_ms).max(1),
+            },
+        ),
+        (Mode::HalfOpen, Input::Success) => {
+            n.successes += 1;
+            n.probes = n.probes.saturating_sub(1);
+            if n.successes >= cfg.success_threshold {
+                n = BreakerState::default();
+            }
+            (n, Verdict::Recorded)
+        }
+        (Mode::HalfOpen, Input::Failure) => {
+            let longer = s
+                .open_ms
+                .saturating_mul(2)
+                .clamp(cfg.open_ms, cfg.max_open_ms);
+            (open(now_ms, longer), Verdict::Recorded)
+        }
+    }
+}
+
+fn open(now_ms: u64, open_ms: u64) -> BreakerState {
+    BreakerState {
+        mode: Mode::Open,
+        opened_at_ms: now_ms,
+        open_ms,
+        ..BreakerState::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> BreakerConfig {
+        BreakerConfig {
+            failure_threshold: 3,
+            window_ms: 1_000,
+            open_ms: 100,
+            max_open_ms: 350,
+            half_open_probes: 1,
+            success_threshold: 2,
+        }
+    }
+
+    fn run(s: &BreakerState, inputs: &[(Input, u64)]) -> (BreakerState, Verdict) {
+        let mut state = s.clone();
+        let mut verdict = Verdict::Recorded;
+        for &(input, now) in inputs {
+            (state, verdict) = transition(&state, input, now, &cfg());
+        }
+        (state, verdict)
+    }
+
+    #[test]
+    fn opens_after_threshold_failures_within_the_window() {
+        let (s, _) = run(
+            &BreakerState::default(),
+            &[
+                (Input::Failure, 0),
+                (Input::Failure, 10),
+                (Input::Failure, 20),
+            ],
+        );
+        assert_eq!(s.mode, Mode::Open);
+        assert_eq!(
+            transition(&s, Input::Admit, 50, &cfg()).1,
+            Verdict::Reject { until_ms: 120 }
+        );
+    }
+
+    #[test]
+    fn old_failures_slide_out_of_the_window() {
+        let (s, _) = run(
+            &BreakerState::default(),
+            &[
+                (Input::Failure, 0),
+                (Input::Failure, 10),
+                (Input::Failure, 1_500),
+            ],
+        );
+        assert_eq!(s.mode, Mode::Closed);
+        assert_eq!(s.failures, vec![1_500]);
+    }
+
+    #[test]
+    fn half_open_admits_limited_probes_then_closes_on_successes() {
+        let (open, _) = run(
+            &BreakerState::default(),
+            &[
+                (Input::Failure, 0),
+                (Input::Failure, 1),
+                (Input::Failure, 2),
+            ],
+        );
+        let (s, v) = transition(&open, Input::Admit, 200, &cfg());
+        assert_eq!((s.mode, v), (Mode::HalfOpen, Verdict::Probe));
+        assert!(
+            matches!(
+                transition(&s, Input::Admit, 201, &cfg()).1,
+                Verdict::Reject { .. }
+            ),
+            "one probe at a time"
+        );
+        let (s, _) = run(
+            &s,
+            &[
+                (Input::Success, 210),
+                (Input::Admit, 211),
+                (Input::Success, 220),
+            ],
+        );
+        assert_eq!(
+            s,
+            BreakerState::default(),
+            "closed again after two successful probes"
+        );
+    }
+
+    #[test]
+    fn failed_probe_reopens_for_longer_up_to_the_cap() {
+        let (open, _) = run(
+            &BreakerState::default(),
+            &[
+                (Input::Failure, 0),
+                (Input::Failure, 1),
+                (Input::Failure, 2),
+            ],
+        );
+        let (s, _) = run(&open, &[(Input::Admit, 200), (Input::Failure, 201)]);
+        assert_eq!((s.mode, s.open_ms), (Mode::Open, 200));
+        let (s, _) = run(&s, &[(Input::Admit, 500), (Input::Failure, 501)]);
+        assert_eq!(s.open_ms, 350, "capped at max_open_ms");
+    }
+
+    #[test]
+    fn config_is_validated() {
+        assert!(BreakerConfig::default().validate().is_ok());
+        assert!(
+            BreakerConfig {
+                open_ms: 0,
+                ..cfg()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            BreakerConfig {
+                failure_threshold: 0,
+                ..cfg()
+            }
+            .validate()
+            .unwrap_err()
+            .contains("failure_threshold")
+        );
+    }
+}

@@ -1,0 +1,358 @@
+//! The worker's Redis: breaker state, idempotency markers and leases, failure fingerprints.
+//!
+//! Every change is one atomic Lua script. Keys carry a hash tag (`sf:{ns:...}`) so each script
+//! touches one slot and also runs on Redis Cluster. When Redis fails, the store says so once,
+//! reports itself degraded (callers fall back to local state and keep working) and probes
+//! Redis in the background until it answers again.
+
+use deadpool_redis::{Pool, Runtime, redis::Script};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+/// Longest a Redis call may take before the store counts Redis as unreachable.
+const OP_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often a degraded store checks whether Redis is back.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Why a store call did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis is known to be unreachable; the call was not attempted.
+    #[error("Redis is unreachable (working on local state)")]
+    Degraded,
+    /// The call failed.
+    #[error("Redis call failed: {0}")]
+    Failed(String),
+}
+
+/// Outcome of claiming a task before running it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Already completed: ack without running.
+    Done,
+    /// Another attempt holds the lease for this long, ms: do not run it concurrently.
+    Leased(u64),
+    /// This attempt holds the lease.
+    Claimed,
+}
+
+/// Redis access for one namespace.
+pub struct Store {
+    pool: Pool,
+    ns: String,
+    degraded: AtomicBool,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    cas: Script,
+    claim: Script,
+    renew: Script,
+    complete: Script,
+    release: Script,
+    bump: Script,
+}
+
+impl Store {
+    /// A store for namespace `ns` on `url`. Does not connect yet.
+    pub fn new(url: &str, ns: &str) -> Result<Arc<Self>, String> {
+        let mut cfg = deadpool_redis::Config::from_url(url);
+        let mut pool_cfg = deadpool_redis::PoolConfig::new(16);
+        pool_cfg.timeouts.wait = Some(OP_TIMEOUT);
+        pool_cfg.timeouts.create = Some(OP_TIMEOUT);
+        pool_cfg.timeouts.recycle = Some(OP_TIMEOUT);
+        cfg.pool = Some(pool_cfg);
+        let pool = cfg
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| format!("invalid REDIS_URL: {e}"))?;
+        Ok(Arc::new(Self {
+            pool,
+            ns: ns.to_string(),
+            degraded: AtomicBool::new(false),
+            scripts: Scripts {
+                cas: Script::new(include_str!("lua/cas.lua")),
+                claim: Script::new(include_str!("lua/claim.lua")),
+                renew: Script::new(include_str!("lua/renew.lua")),
+                complete: Script::new(include_str!("lua/complete.lua")),
+                release: Script::new(include_str!("lua/release.lua")),
+                bump: Script::new(include_str!("lua/bump.lua")),
+            },
+        }))
+    }
+
+    /// Whether Redis is currently unreachable.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Checks Redis once; on failure the store degrades.
+    pub async fn check(self: &Arc<Self>) -> bool {
+        let ok = self.ping().await;
+        if !ok {
+            self.degrade("ping failed");
+        }
+        ok
+    }
+
+    async fn ping(&self) -> bool {
+        let attempt = async {
+            let mut conn = self.pool.get().await.ok()?;
+            deadpool_redis::redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .ok()
+        };
+        matches!(tokio::time::timeout(OP_TIMEOUT, attempt).await, Ok(Some(_)))
+    }
+
+    /// Marks Redis unreachable (logging it once) and starts probing for its return.
+    fn degrade(self: &Arc<Self>, why: &str) {
+        if self.degraded.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::warn!(
+            error = why,
+            "Redis unreachable: using local circuit breakers, running tasks without idempotency checks"
+        );
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                if store.ping().await {
+                    store.degraded.store(false, Ordering::SeqCst);
+                    tracing::info!("Redis is back: shared breaker state and idempotency resume");
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Runs a script, degrading the store on failure.
+    async fn run<T: deadpool_redis::redis::FromRedisValue>(
+        self: &Arc<Self>,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<T, StoreError> {
+        if self.is_degraded() {
+            return Err(StoreError::Degraded);
+        }
+        let attempt = async {
+            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut invocation = script.prepare_invoke();
+            for k in keys {
+                invocation.key(*k);
+            }
+            for a in args {
+                invocation.arg(*a);
+            }
+            invocation
+                .invoke_async::<T>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let result = match tokio::time::timeout(OP_TIMEOUT, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {} ms", OP_TIMEOUT.as_millis())),
+        };
+        result.map_err(|e| {
+            self.degrade(&e);
+            StoreError::Failed(e)
+        })
+    }
+
+    fn key(&self, kind: &str, id: &str, suffix: &str) -> String {
+        format!("sf:{{{}:{kind}:{id}}}{suffix}", self.ns)
+    }
+
+    /// A breaker's stored state: its version and JSON (version 0 and `None` when absent).
+    pub async fn breaker_get(
+        self: &Arc<Self>,
+        service: &str,
+    ) -> Result<(u64, Option<String>), StoreError> {
+        let key = self.key("breaker", service, "");
+        // An empty expected version never matches, so this only reads.
+        let (_, version, json): (i64, u64, String) = self
+            .run(&self.scripts.cas, &[&key], &["-1", "", "0"])
+            .await?;
+        Ok((version, (!json.is_empty()).then_some(json)))
+    }
+
+    /// Swaps a breaker's state if it is still at `version`. `Ok(None)` when swapped, else the
+    /// current version and state to retry from.
+    pub async fn breaker_cas(
+        self: &Arc<Self>,
+        service: &str,
+        version: u64,
+        json: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<(u64, Option<String>)>, StoreError> {
+        let key = self.key("breaker", service, "");
+        let (swapped, current, current_json): (i64, u64, String) = self
+            .run(
+                &self.scripts.cas,
+                &[&key],
+                &[&version.to_string(), json, &ttl_ms.to_string()],
+            )
+            .await?;
+        Ok((swapped != 1).then(|| (current, (!current_json.is_empty()).then_some(current_json))))
+    }
+
+    /// Claims a task for this attempt (`owner`) for `lease_ms`.
+    pub async fn claim(
+        self: &Arc<Self>,
+        task_id: &str,
+        owner: &str,
+        lease_ms: u64,
+    ) -> Result<Claim, StoreError> {
+        let (done, lease) = (
+            self.key("task", task_id, ":done"),
+            self.key("task", task_id, ":lease"),
+        );
+        let (status, ttl): (String, i64) = self
+            .run(
+                &self.scripts.claim,
+                &[&done, &lease],
+                &[owner, &lease_ms.to_string()],
+            )
+            .await?;
+        Ok(match status.as_str() {
+            "done" => Claim::Done,
+            "leased" => Claim::Leased(u64::try_from(ttl).unwrap_or(lease_ms)),
+            _ => Claim::Claimed,
+        })
+    }
+
+    /// Extends this attempt's lease; false if it was lost.
+    pub async fn renew(
+        self: &Arc<Self>,
+        task_id: &str,
+        owner: &str,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let lease = self.key("task", task_id, ":lease");
+        let renewed: i64 = self
+            .run(
+                &self.scripts.renew,
+                &[&lease],
+                &[owner, &lease_ms.to_string()],
+            )
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Marks the task done for `ttl_ms` and drops this attempt's lease.
+    pub async fn complete(
+        self: &Arc<Self>,
+        task_id: &str,
+        owner: &str,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let (done, lease) = (
+            self.key("task", task_id, ":done"),
+            self.key("task", task_id, ":lease"),
+        );
+        let _: i64 = self
+            .run(
+                &self.scripts.complete,
+                &[&done, &lease],
+                &[owner, &ttl_ms.to_string()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Drops this attempt's lease (the task was retried, deferred or dead-lettered).
+    pub async fn release(self: &Arc<Self>, task_id: &str, owner: &str) -> Result<(), StoreError> {
+        let lease = self.key("task", task_id, ":lease");
+        let _: i64 = self.run(&self.scripts.release, &[&lease], &[owner]).await?;
+        Ok(())
+    }
+
+    /// Counts one more failure with `fingerprint` in a window of `window_ms`; returns the count.
+    pub async fn bump_fingerprint(
+        self: &Arc<Self>,
+        fingerprint: &str,
+        window_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let key = self.key("fingerprint", fingerprint, "");
+        self.run(&self.scripts.bump, &[&key], &[&window_ms.to_string()])
+            .await
+    }
+}
+
+/// Why an attempt may not run a task now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// It already completed.
+    Done,
+    /// Another attempt holds it for this many more ms.
+    Leased(u64),
+}
+
+/// This attempt's hold on a task: renewed while it runs, turned into a done marker when it
+/// completes, dropped when it ends otherwise.
+pub struct Lease {
+    store: Arc<Store>,
+    task_id: String,
+    owner: String,
+    lease_ms: u64,
+}
+
+impl Lease {
+    /// Claims `task_id` for a new attempt; `Ok(Err(refusal))` when it must not run now.
+    pub async fn claim(
+        store: &Arc<Store>,
+        task_id: &str,
+        worker: &str,
+        lease_ms: u64,
+    ) -> Result<Result<Self, Refused>, StoreError> {
+        let owner = format!("{worker}/{}", uuid::Uuid::new_v4().simple());
+        Ok(match store.claim(task_id, &owner, lease_ms).await? {
+            Claim::Claimed => Ok(Self {
+                store: Arc::clone(store),
+                task_id: task_id.to_string(),
+                owner,
+                lease_ms,
+            }),
+            Claim::Done => Err(Refused::Done),
+            Claim::Leased(ms) => Err(Refused::Leased(ms)),
+        })
+    }
+
+    /// Keeps the lease alive until the returned future is dropped.
+    pub async fn keep_alive(&self) {
+        let every = Duration::from_millis(self.lease_ms / 3).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            match self
+                .store
+                .renew(&self.task_id, &self.owner, self.lease_ms)
+                .await
+            {
+                Ok(true) | Err(_) => {}
+                Ok(false) => {
+                    tracing::warn!(task_id = %self.task_id, "task lease lost (expired under load?); another worker may run it too")
+                }
+            }
+        }
+    }
+
+    /// Marks the task done (for `ttl_ms`) so a redelivery is acked without running.
+    pub async fn complete(&self, ttl_ms: u64) {
+        let _ = self
+            .store
+            .complete(&self.task_id, &self.owner, ttl_ms)
+            .await;
+    }
+
+    /// Lets another attempt claim the task.
+    pub async fn release(&self) {
+        let _ = self.store.release(&self.task_id, &self.owner).await;
+    }
+}

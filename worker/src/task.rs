@@ -1,0 +1,253 @@
+//! One delivery, from bytes to settlement: decode, refuse what must not run, claim it (no
+//! second run of a completed task, no two attempts at once), ask the service's breaker, run
+//! the handler, report to the breaker, escalate recurring failures, decide, settle.
+
+use crate::{
+    breaker::{Breakers, state::Verdict},
+    disposition::{DeadReason, Disposition, decide, defer},
+    fingerprint::fingerprint,
+    handlers::{Handlers, TaskContext},
+    settle::{DeliveryMeta, Settler},
+    store::{Lease, Refused, Store},
+};
+use lapin::message::Delivery;
+use rand::RngExt;
+use secflow_common::{
+    ErrorClass, TaskEnvelope, TaskError, envelope::EnvelopeError, now_ms, retry::RetryPolicy,
+};
+use serde_json::Value;
+use std::{collections::HashMap, sync::Arc, time::Duration};
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+
+/// What every in-flight task of a worker shares.
+pub(crate) struct Shared {
+    pub handlers: Handlers,
+    pub settler: Settler,
+    pub store: Arc<Store>,
+    pub breakers: Breakers,
+    pub policies: HashMap<String, RetryPolicy>,
+    pub default_policy: RetryPolicy,
+    pub default_timeout: Duration,
+    /// Suspect tasks run alone (write lock) so a task that kills the process does not take
+    /// innocent tasks' delivery attempts with it.
+    pub isolation: RwLock<()>,
+    /// The work queue's delivery limit, also enforced across hand-backs.
+    pub delivery_limit: u64,
+    /// Cancelled when the grace period is over: unfinished tasks are handed back.
+    pub hard_stop: CancellationToken,
+    pub limits: Limits,
+}
+
+/// Idempotency, deferral and escalation settings.
+pub(crate) struct Limits {
+    pub lease_ms: u64,
+    pub max_defers: u64,
+    pub escalate_after: u64,
+    pub escalate_window_ms: u64,
+}
+
+/// Decodes, runs and settles one delivery. Never panics on input. `exclusive` runs it with no
+/// other task in flight.
+pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool) {
+    let settler = &shared.settler;
+    let meta = DeliveryMeta::read(&delivery);
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str());
+    let task = match TaskEnvelope::decode(&delivery.data, message_id) {
+        Ok(task) => task,
+        Err(e) => {
+            return settler
+                .settle(&delivery, None, &meta, malformed(&e), None)
+                .await;
+        }
+    };
+    if let Some(refusal) = refuse(shared, &task, &meta) {
+        return settler
+            .settle(&delivery, Some(&task), &meta, refusal, None)
+            .await;
+    }
+    let (_exclusive, _shared);
+    if exclusive {
+        _exclusive = shared.isolation.write().await;
+    } else {
+        _shared = shared.isolation.read().await;
+    }
+    let task_id = task.task_id.to_string();
+    let lease = match Lease::claim(
+        &shared.store,
+        &task_id,
+        &settler.worker_id,
+        shared.limits.lease_ms,
+    )
+    .await
+    {
+        Ok(Ok(lease)) => Some(lease),
+        Ok(Err(Refused::Done)) => {
+            return settler
+                .settle(&delivery, Some(&task), &meta, Disposition::Duplicate, None)
+                .await;
+        }
+        Ok(Err(Refused::Leased(ms))) => {
+            let later = defer(
+                meta.defer_count,
+                shared.limits.max_defers,
+                jittered(ms.max(100)),
+                "another attempt holds the task",
+            );
+            return settler
+                .settle(&delivery, Some(&task), &meta, later, None)
+                .await;
+        }
+        // Redis unreachable: run anyway (at least once), the store has said so.
+        Err(_) => None,
+    };
+    let service = task.service().to_string();
+    let now = now_ms();
+    if let Verdict::Reject { until_ms } = shared.breakers.admit(&service, now).await {
+        let later = defer(
+            meta.defer_count,
+            shared.limits.max_defers,
+            jittered(until_ms.saturating_sub(now)),
+            "circuit breaker open",
+        );
+        return settler
+            .settle(&delivery, Some(&task), &meta, later, lease.as_ref())
+            .await;
+    }
+    let Some(outcome) = run_handler(shared, &task, &meta, lease.as_ref()).await else {
+        tracing::warn!(task_id, "shutdown: handing the task back unfinished");
+        return settler
+            .settle(
+                &delivery,
+                Some(&task),
+                &meta,
+                Disposition::HandBack,
+                lease.as_ref(),
+            )
+            .await;
+    };
+    // Only failures that say the service is unwell count against it: an unknown exit code or
+    // a 404 is the task's problem, not the service's.
+    let healthy = !matches!(&outcome, Err(e) if matches!(e.class, ErrorClass::Transient | ErrorClass::Resource));
+    shared.breakers.record(&service, healthy, now_ms()).await;
+    let policy = task
+        .retry
+        .as_ref()
+        .or_else(|| shared.policies.get(&task.node_type))
+        .unwrap_or(&shared.default_policy);
+    let retries = u32::try_from(meta.retry_count).unwrap_or(u32::MAX);
+    let unit = rand::rng().random::<f64>();
+    let disposition = escalate(shared, &task, decide(outcome, retries, policy, unit)).await;
+    settler
+        .settle(&delivery, Some(&task), &meta, disposition, lease.as_ref())
+        .await;
+}
+
+/// Runs the handler under its timeout, keeping the lease alive; `None` if the worker's grace
+/// period ran out first.
+async fn run_handler(
+    shared: &Shared,
+    task: &TaskEnvelope,
+    meta: &DeliveryMeta,
+    lease: Option<&Lease>,
+) -> Option<Result<Value, TaskError>> {
+    let timeout = task
+        .timeout_ms
+        .map_or(shared.default_timeout, Duration::from_millis)
+        .min(crate::config::MAX_TASK_TIMEOUT);
+    let ctx = TaskContext {
+        task,
+        retry_count: meta.retry_count,
+        timeout,
+    };
+    let keep_alive = async {
+        match lease {
+            Some(lease) => lease.keep_alive().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = tokio::time::timeout(timeout, shared.handlers.run(&ctx)) => Some(r.unwrap_or_else(|_| Err(TaskError::new(
+            ErrorClass::Transient, "timeout", format!("{} did not finish within {} ms", task.node_type, timeout.as_millis()),
+        )))),
+        () = keep_alive => None,
+        () = shared.hard_stop.cancelled() => None,
+    }
+}
+
+/// A transient failure that keeps recurring across the fleet is escalated to persistent:
+/// dead-lettered now instead of burning every task's retries on one broken cause.
+async fn escalate(shared: &Shared, task: &TaskEnvelope, disposition: Disposition) -> Disposition {
+    let Disposition::Retry { error, .. } = &disposition else {
+        return disposition;
+    };
+    if error.class != ErrorClass::Transient {
+        return disposition;
+    }
+    let fp = fingerprint(&task.node_type, error.class.as_str(), &error.message);
+    let Ok(seen) = shared
+        .store
+        .bump_fingerprint(&fp, shared.limits.escalate_window_ms)
+        .await
+    else {
+        return disposition;
+    };
+    if seen < shared.limits.escalate_after {
+        return disposition;
+    }
+    let message = format!(
+        "escalated to persistent: the same failure was seen {seen} times across the fleet within {} s: {}",
+        shared.limits.escalate_window_ms / 1000,
+        error.message
+    );
+    let error = TaskError::new(ErrorClass::Permanent, error.code.clone(), message);
+    Disposition::DeadLetter {
+        reason: DeadReason::Escalated,
+        error,
+    }
+}
+
+/// `delay_ms` plus up to 10% so deferred tasks do not all come back at the same instant.
+fn jittered(delay_ms: u64) -> Duration {
+    let extra = (delay_ms as f64 * 0.1 * rand::rng().random::<f64>()) as u64;
+    Duration::from_millis(delay_ms + extra)
+}
+
+/// Why a well-formed task must not run here at all: no handler for its type, or it has already
+/// been delivered too often without being settled (a crash loop, also across hand-backs).
+fn refuse(shared: &Shared, task: &TaskEnvelope, meta: &DeliveryMeta) -> Option<Disposition> {
+    let (reason, error) = if !shared.handlers.knows(&task.node_type) {
+        let message = format!(
+            "no handler for node type `{}` in this worker pool",
+            task.node_type
+        );
+        (
+            DeadReason::Validation,
+            TaskError::validation("unknown_type", message),
+        )
+    } else if meta.unsettled_total() > shared.delivery_limit {
+        let message = format!(
+            "delivered {} times without being settled: it crashes or hangs the workers that run it",
+            meta.unsettled_total()
+        );
+        (
+            DeadReason::DeliveryLimit,
+            TaskError::new(ErrorClass::Permanent, "crash_loop", message),
+        )
+    } else {
+        return None;
+    };
+    Some(Disposition::DeadLetter { reason, error })
+}
+
+fn malformed(e: &EnvelopeError) -> Disposition {
+    tracing::error!(code = e.code(), error = %e, "malformed message: dead-lettering it");
+    Disposition::DeadLetter {
+        reason: DeadReason::Malformed,
+        error: TaskError::validation(e.code(), e.to_string()),
+    }
+}
