@@ -239,6 +239,7 @@ impl Drop for TestNs {
                     let _ = topo.delete_all(&ch, &["default", "other"]).await;
                     let _ = conn.close(200, "".into()).await;
                 }
+                let _ = delete_redis_keys(secflow_common::config::DEFAULT_REDIS_URL, &name).await;
             });
         })
         .join();
@@ -329,4 +330,108 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Keys of namespace `ns` in the Redis at `url`.
+pub async fn redis_keys(url: &str, ns: &str) -> redis::RedisResult<Vec<String>> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    redis::cmd("KEYS")
+        .arg(format!("sf:{{{ns}:*"))
+        .query_async(&mut conn)
+        .await
+}
+
+async fn delete_redis_keys(url: &str, ns: &str) -> redis::RedisResult<()> {
+    let keys = redis_keys(url, ns).await?;
+    if !keys.is_empty() {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A Redis server of the test's own on a free port, so a test can stop and restart it
+/// without disturbing the shared one.
+pub struct PrivateRedis {
+    /// Its port.
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    /// Starts one and waits until it answers.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Self { port, child: None };
+        redis.restart().await;
+        redis
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills it (SIGKILL: an outage, not a shutdown).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and waits until it answers.
+    pub async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (bash scripts/services.sh installs it)");
+        self.child = Some(child);
+        let url = self.url();
+        wait_for(
+            "the private Redis to answer",
+            Duration::from_secs(10),
+            || {
+                let url = url.clone();
+                async move {
+                    let Ok(client) = redis::Client::open(url) else {
+                        return false;
+                    };
+                    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                        return false;
+                    };
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .is_ok()
+                }
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -68,8 +68,12 @@ pub async fn run_with_stats(
     let _ = declare.close(200, "declared".into()).await;
 
     let queue = topology.work_queue(&cfg.pool);
-    let store =
-        Store::new(&cfg.broker.redis_url, &cfg.broker.namespace).map_err(WorkerError::Config)?;
+    let store = Store::new(
+        &cfg.broker.redis_url,
+        &cfg.broker.namespace,
+        Arc::clone(&stats),
+    )
+    .map_err(WorkerError::Config)?;
     if !store.check().await {
         tracing::warn!(url = %redact_url(&cfg.broker.redis_url), "starting without Redis: local breakers until it answers");
     }

@@ -1,6 +1,6 @@
 //! Counters of what a worker has settled, for metrics, readiness and benchmarks.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Settlement counters, shared by every in-flight task of a worker.
 #[derive(Debug, Default)]
@@ -17,6 +17,8 @@ pub struct WorkerStats {
     pub deferred: AtomicU64,
     /// Redelivered tasks that had already completed, acked without running.
     pub duplicates: AtomicU64,
+    /// Redis is unreachable: breakers are local, idempotency checks are skipped.
+    pub redis_degraded: AtomicBool,
     /// Settlements whose publish failed, so the delivery was nacked back to the broker.
     pub settle_failures: AtomicU64,
 }

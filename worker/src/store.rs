@@ -5,12 +5,10 @@
 //! reports itself degraded (callers fall back to local state and keep working) and probes
 //! Redis in the background until it answers again.
 
+use crate::stats::WorkerStats;
 use deadpool_redis::{Pool, Runtime, redis::Script};
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -45,7 +43,8 @@ pub enum Claim {
 pub struct Store {
     pool: Pool,
     ns: String,
-    degraded: AtomicBool,
+    /// Shared with the worker's stats, where metrics and readiness read it.
+    stats: Arc<WorkerStats>,
     scripts: Scripts,
 }
 
@@ -60,7 +59,7 @@ struct Scripts {
 
 impl Store {
     /// A store for namespace `ns` on `url`. Does not connect yet.
-    pub fn new(url: &str, ns: &str) -> Result<Arc<Self>, String> {
+    pub fn new(url: &str, ns: &str, stats: Arc<WorkerStats>) -> Result<Arc<Self>, String> {
         let mut cfg = deadpool_redis::Config::from_url(url);
         let mut pool_cfg = deadpool_redis::PoolConfig::new(16);
         pool_cfg.timeouts.wait = Some(OP_TIMEOUT);
@@ -73,7 +72,7 @@ impl Store {
         Ok(Arc::new(Self {
             pool,
             ns: ns.to_string(),
-            degraded: AtomicBool::new(false),
+            stats,
             scripts: Scripts {
                 cas: Script::new(include_str!("lua/cas.lua")),
                 claim: Script::new(include_str!("lua/claim.lua")),
@@ -87,7 +86,7 @@ impl Store {
 
     /// Whether Redis is currently unreachable.
     pub fn is_degraded(&self) -> bool {
-        self.degraded.load(Ordering::Relaxed)
+        self.stats.redis_degraded.load(Ordering::Relaxed)
     }
 
     /// Checks Redis once; on failure the store degrades.
@@ -112,7 +111,7 @@ impl Store {
 
     /// Marks Redis unreachable (logging it once) and starts probing for its return.
     fn degrade(self: &Arc<Self>, why: &str) {
-        if self.degraded.swap(true, Ordering::SeqCst) {
+        if self.stats.redis_degraded.swap(true, Ordering::SeqCst) {
             return;
         }
         tracing::warn!(
@@ -124,7 +123,7 @@ impl Store {
             loop {
                 tokio::time::sleep(PROBE_EVERY).await;
                 if store.ping().await {
-                    store.degraded.store(false, Ordering::SeqCst);
+                    store.stats.redis_degraded.store(false, Ordering::SeqCst);
                     tracing::info!("Redis is back: shared breaker state and idempotency resume");
                     return;
                 }
