@@ -55,6 +55,9 @@ pub struct WorkerConfig {
     /// Circuit-breaker settings for one service, as SERVICE=JSON (repeatable).
     #[arg(long = "breaker", value_parser = parse_service_breaker)]
     pub breakers: Vec<(String, BreakerConfig)>,
+    /// Classification rules (YAML), tried before the built-in ones.
+    #[arg(long, env = "SECFLOW_RULES")]
+    pub rules: Option<String>,
     /// Lease a running task holds in Redis (renewed every third of it), ms.
     #[arg(long, env = "SECFLOW_LEASE_MS", default_value_t = 30_000)]
     pub lease_ms: u64,
@@ -112,6 +115,7 @@ impl WorkerConfig {
             retry_policies: Vec::new(),
             breaker_default: BreakerConfig::default(),
             breakers: Vec::new(),
+            rules: None,
             lease_ms: 30_000,
             done_ttl_secs: 7 * 24 * 3600,
             max_defers: 200,

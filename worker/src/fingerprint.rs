@@ -1,7 +1,9 @@
 //! Failure fingerprints: the same failure, told apart from its incidental details, so the
 //! fleet can see one cause failing over and over.
 
+use regex::Regex;
 use sha2::{Digest, Sha256};
+use std::sync::LazyLock;
 
 /// Hex SHA-256 of the node type, the error class and the normalised message.
 pub fn fingerprint(node_type: &str, class: &str, message: &str) -> String {
@@ -13,46 +15,20 @@ pub fn fingerprint(node_type: &str, class: &str, message: &str) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// Lowercase, numbers and long hex runs replaced by `#`, whitespace collapsed, first 200
+/// Lowercase, numbers and hex identifiers replaced by `#`, whitespace collapsed, first 200
 /// characters: "timeout after 3012 ms on 10.0.0.7" and "... 2987 ms on 10.0.0.9" agree.
 pub fn normalise(message: &str) -> String {
-    let mut out = String::with_capacity(message.len().min(256));
-    let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String| {
-        if word.is_empty() {
-            return;
-        }
-        let hexish = word.len() >= 8 && word.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-        if hexish {
-            out.push('#');
-        } else {
-            let mut last_digit = false;
-            for c in word.chars() {
-                if c.is_ascii_digit() {
-                    if !last_digit {
-                        out.push('#');
-                    }
-                    last_digit = true;
-                } else {
-                    out.push(c);
-                    last_digit = false;
-                }
-            }
-        }
-        word.clear();
-    };
-    for c in message.to_lowercase().chars() {
-        if c.is_whitespace() {
-            flush(&mut word, &mut out);
-            if !out.ends_with(' ') && !out.is_empty() {
-                out.push(' ');
-            }
-        } else {
-            word.push(c);
-        }
-    }
-    flush(&mut word, &mut out);
-    out.trim_end().chars().take(200).collect()
+    static HEX: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"[0-9a-f]*[0-9][0-9a-f]*").unwrap_or_else(|_| unreachable!()));
+    let lower = message.to_lowercase();
+    let replaced = HEX.replace_all(&lower, "#");
+    replaced
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(200)
+        .collect()
 }
 
 #[cfg(test)]
@@ -86,5 +62,6 @@ mod tests {
     #[test]
     fn normalises_numbers_hex_and_space() {
         assert_eq!(normalise("Error  42 at\tdeadbeef00 x1"), "error # at # x#");
+        assert_eq!(normalise("req 9f86d081884c7d65)"), "req #)");
     }
 }

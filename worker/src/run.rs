@@ -2,6 +2,7 @@
 
 use crate::{
     breaker::Breakers,
+    classify::Classifier,
     config::WorkerConfig,
     disposition::Disposition,
     handlers::Handlers,
@@ -50,7 +51,11 @@ pub async fn run_with_stats(
     cfg.validate().map_err(WorkerError::Config)?;
     let ns = cfg.broker.namespace()?;
     let topology = Arc::new(Topology::new(ns, cfg.broker.delivery_limit));
-    let handlers = Handlers::new(cfg.max_output_bytes).map_err(WorkerError::Config)?;
+    let classifier = match &cfg.rules {
+        Some(path) => Classifier::with_file(path).map_err(WorkerError::Config)?,
+        None => Classifier::defaults(),
+    };
+    let handlers = Handlers::new(cfg.max_output_bytes, classifier).map_err(WorkerError::Config)?;
     let worker_id = cfg.worker_id();
     let conn = amqp::connect(
         &cfg.broker.amqp_url,

@@ -2,7 +2,7 @@
 //! process group, bounded output capture, and classified failures.
 
 use super::parse_config;
-use crate::classify;
+use crate::classify::{Classifier, Failure, io_kind_name};
 use nix::{sys::signal::Signal, unistd::Pid};
 use secflow_common::{ErrorClass, TaskError};
 use serde::Deserialize;
@@ -39,7 +39,12 @@ impl Drop for GroupGuard {
 }
 
 /// Runs the configured program and returns its exit code and captured output.
-pub async fn run(config: &Value, timeout: Duration, max_output: usize) -> Result<Value, TaskError> {
+pub async fn run(
+    config: &Value,
+    timeout: Duration,
+    max_output: usize,
+    classifier: &Classifier,
+) -> Result<Value, TaskError> {
     let cfg: ExecConfig = parse_config("exec", config)?;
     let Some((program, args)) = cfg.argv.split_first() else {
         return Err(TaskError::validation(
@@ -63,7 +68,9 @@ pub async fn run(config: &Value, timeout: Duration, max_output: usize) -> Result
     if let Some(dir) = &cfg.cwd {
         cmd.current_dir(dir);
     }
-    let mut child = cmd.spawn().map_err(|e| spawn_error(program, &e))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| spawn_error(program, &e, classifier))?;
     let _guard = GroupGuard(
         child
             .id()
@@ -91,11 +98,12 @@ pub async fn run(config: &Value, timeout: Duration, max_output: usize) -> Result
         ));
     };
     let status = status.map_err(|e| {
-        TaskError::new(
-            classify::io_error(&e),
-            "wait_failed",
-            format!("exec: waiting for `{program}`: {e}"),
-        )
+        let failure = Failure {
+            message: e.to_string(),
+            io_kind: Some(io_kind_name(e.kind())),
+            ..Failure::default()
+        };
+        classifier.error(&failure, format!("exec: waiting for `{program}`: {e}"))
     })?;
     let stderr_text = String::from_utf8_lossy(&err.0).into_owned();
     if status.success() {
@@ -108,9 +116,29 @@ pub async fn run(config: &Value, timeout: Duration, max_output: usize) -> Result
         }));
     }
     use std::os::unix::process::ExitStatusExt;
-    let mut error = classify::exit(status.code(), status.signal(), &stderr_text);
-    error.message = format!("exec `{program}`: {}", error.message);
-    Err(error)
+    let status_text = match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        (None, None) => "no exit status".to_string(),
+    };
+    let tail = stderr_text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    let failure = Failure {
+        message: stderr_text.clone(),
+        exit_code: status.code(),
+        signal: status.signal(),
+        ..Failure::default()
+    };
+    Err(classifier.error(
+        &failure,
+        format!("exec `{program}`: {status_text}: {tail}")
+            .trim_end_matches(": ")
+            .to_string(),
+    ))
 }
 
 /// Reads a pipe to its end, keeping the first `limit` bytes; says whether it cut anything.
@@ -133,13 +161,23 @@ async fn capture<R: AsyncRead + Unpin>(pipe: Option<R>, limit: usize) -> (Vec<u8
     }
 }
 
-fn spawn_error(program: &str, e: &std::io::Error) -> TaskError {
-    let (class, code) = match e.kind() {
-        std::io::ErrorKind::NotFound => (ErrorClass::Validation, "executable_not_found"),
-        std::io::ErrorKind::PermissionDenied => (ErrorClass::Permanent, "not_executable"),
-        _ => (classify::io_error(e), "spawn_failed"),
-    };
-    TaskError::new(class, code, format!("exec: cannot start `{program}`: {e}"))
+fn spawn_error(program: &str, e: &std::io::Error, classifier: &Classifier) -> TaskError {
+    let message = format!("exec: cannot start `{program}`: {e}");
+    match e.kind() {
+        // The task named a program this worker does not have: the task is wrong.
+        std::io::ErrorKind::NotFound => TaskError::validation("executable_not_found", message),
+        std::io::ErrorKind::PermissionDenied => {
+            TaskError::new(ErrorClass::Permanent, "not_executable", message)
+        }
+        kind => classifier.error(
+            &Failure {
+                message: e.to_string(),
+                io_kind: Some(io_kind_name(kind)),
+                ..Failure::default()
+            },
+            message,
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -148,9 +186,17 @@ mod tests {
 
     const T: Duration = Duration::from_secs(10);
 
+    async fn run_default(
+        config: &Value,
+        timeout: Duration,
+        max: usize,
+    ) -> Result<Value, TaskError> {
+        run(config, timeout, max, &Classifier::defaults()).await
+    }
+
     #[tokio::test]
     async fn captures_output_and_exit_code() {
-        let out = run(
+        let out = run_default(
             &json!({"argv": ["sh", "-c", "echo hi; echo warn >&2"]}),
             T,
             1024,
@@ -163,7 +209,7 @@ mod tests {
 
     #[tokio::test]
     async fn output_is_bounded() {
-        let out = run(
+        let out = run_default(
             &json!({"argv": ["sh", "-c", "head -c 100000 /dev/zero"]}),
             T,
             1000,
@@ -176,7 +222,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_are_classified() {
-        let err = run(
+        let err = run_default(
             &json!({"argv": ["sh", "-c", "echo 'connect: Connection refused' >&2; exit 7"]}),
             T,
             1024,
@@ -185,13 +231,15 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             (err.class, err.code.as_str()),
-            (ErrorClass::Transient, "network")
+            (ErrorClass::Transient, "connection_refused")
         );
-        let err = run(&json!({"argv": ["/nonexistent/tool"]}), T, 1024)
+        let err = run_default(&json!({"argv": ["/nonexistent/tool"]}), T, 1024)
             .await
             .unwrap_err();
         assert_eq!(err.code, "executable_not_found");
-        let err = run(&json!({"argv": []}), T, 1024).await.unwrap_err();
+        let err = run_default(&json!({"argv": []}), T, 1024)
+            .await
+            .unwrap_err();
         assert_eq!(err.class, ErrorClass::Validation);
     }
 
@@ -209,7 +257,7 @@ mod tests {
         let pidfile = std::env::temp_dir().join(format!("secflow-exec-{}.pid", std::process::id()));
         // A background grandchild that would live 30 s if only the direct child were killed.
         let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
-        let err = run(
+        let err = run_default(
             &json!({"argv": ["sh", "-c", script]}),
             Duration::from_millis(500),
             1024,

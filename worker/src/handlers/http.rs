@@ -2,7 +2,7 @@
 //! other 4xx are permanent.
 
 use super::parse_config;
-use crate::classify;
+use crate::classify::{Classifier, Failure, io_kind_name};
 use secflow_common::{ErrorClass, TaskError};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -34,6 +34,7 @@ pub async fn run(
     config: &Value,
     timeout: Duration,
     max_body: usize,
+    classifier: &Classifier,
 ) -> Result<Value, TaskError> {
     let cfg: HttpConfig = parse_config("http", config)?;
     let method = match cfg.method.to_ascii_uppercase().as_str() {
@@ -58,7 +59,10 @@ pub async fn run(
     } else if let Some(body) = cfg.body {
         req = req.body(body);
     }
-    let mut resp = req.send().await.map_err(|e| request_error(&cfg.url, &e))?;
+    let mut resp = req
+        .send()
+        .await
+        .map_err(|e| request_error(&cfg.url, &e, classifier))?;
     let status = resp.status().as_u16();
     let retry_after = resp
         .headers()
@@ -76,7 +80,7 @@ pub async fn run(
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| request_error(&cfg.url, &e))?
+        .map_err(|e| request_error(&cfg.url, &e, classifier))?
     {
         let room = max_body.saturating_sub(body.len());
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);
@@ -91,7 +95,11 @@ pub async fn run(
             json!({ "status": status, "content_type": content_type, "body": text, "body_truncated": truncated }),
         );
     }
-    let (class, code) = classify::http_status(status);
+    let verdict = classifier.classify(&Failure {
+        http_status: Some(status),
+        ..Failure::default()
+    });
+    let (class, code) = (verdict.class, verdict.code);
     // One line of the body is enough to tell an error page from an API error.
     let snippet: String = text
         .split_whitespace()
@@ -124,34 +132,39 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 }
 
 /// Classifies a failed request by what reqwest says it was, then by its source chain.
-fn request_error(url: &str, e: &reqwest::Error) -> TaskError {
+fn request_error(url: &str, e: &reqwest::Error, classifier: &Classifier) -> TaskError {
     let mut detail = e.to_string();
     let mut source = e.source();
-    let mut io_class = None;
+    let mut io_kind = None;
     while let Some(s) = source {
         detail = format!("{detail}: {s}");
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            io_class = Some(classify::io_error(io));
+            io_kind = Some(io_kind_name(io.kind()));
         }
         source = s.source();
     }
     let message = format!("http {url}: {detail}");
-    let (class, code) = if e.is_timeout() {
-        (ErrorClass::Transient, "timeout")
-    } else if e.is_builder() {
-        (ErrorClass::Validation, "invalid_request")
-    } else if e.is_redirect() {
-        (ErrorClass::Permanent, "too_many_redirects")
-    } else if let Some((class, code)) = classify::by_text(&detail) {
-        (class, code)
-    } else if let Some(class) = io_class {
-        (class, "io")
-    } else if e.is_connect() || e.is_request() {
-        (ErrorClass::Transient, "network")
-    } else {
-        (ErrorClass::Unknown, "http_error")
-    };
-    TaskError::new(class, code, message)
+    if e.is_timeout() {
+        return TaskError::new(ErrorClass::Transient, "timeout", message);
+    }
+    if e.is_builder() {
+        return TaskError::validation("invalid_request", message);
+    }
+    if e.is_redirect() {
+        return TaskError::new(ErrorClass::Permanent, "too_many_redirects", message);
+    }
+    let verdict = classifier.classify(&Failure {
+        message: detail,
+        io_kind,
+        ..Failure::default()
+    });
+    match verdict.class {
+        // A connection-level failure nothing recognised is still the network's.
+        ErrorClass::Unknown if e.is_connect() || e.is_request() => {
+            TaskError::new(ErrorClass::Transient, "network", message)
+        }
+        class => TaskError::new(class, verdict.code, message),
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ mod builtin;
 mod exec;
 mod http;
 
+use crate::classify::Classifier;
 use secflow_common::{TaskEnvelope, TaskError};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -35,11 +36,13 @@ pub struct TaskContext<'a> {
 pub struct Handlers {
     http: reqwest::Client,
     max_output_bytes: usize,
+    classifier: Classifier,
 }
 
 impl Handlers {
-    /// Builds the handlers; `max_output_bytes` bounds captured stdout/stderr and HTTP bodies.
-    pub fn new(max_output_bytes: usize) -> Result<Self, String> {
+    /// Builds the handlers; `max_output_bytes` bounds captured stdout/stderr and HTTP bodies,
+    /// `classifier` turns exit codes, stderr and HTTP statuses into error classes.
+    pub fn new(max_output_bytes: usize, classifier: Classifier) -> Result<Self, String> {
         // reqwest is built without a default TLS provider; a second install is a no-op error.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
@@ -50,6 +53,7 @@ impl Handlers {
         Ok(Self {
             http,
             max_output_bytes,
+            classifier,
         })
     }
 
@@ -68,8 +72,17 @@ impl Handlers {
             "builtin.fail" => builtin::fail(config, ctx.retry_count),
             "builtin.crash" => builtin::crash(),
             "builtin.hang" => builtin::hang().await,
-            "exec" => exec::run(config, ctx.timeout, self.max_output_bytes).await,
-            "http" => http::run(&self.http, config, ctx.timeout, self.max_output_bytes).await,
+            "exec" => exec::run(config, ctx.timeout, self.max_output_bytes, &self.classifier).await,
+            "http" => {
+                http::run(
+                    &self.http,
+                    config,
+                    ctx.timeout,
+                    self.max_output_bytes,
+                    &self.classifier,
+                )
+                .await
+            }
             other => Err(TaskError::validation(
                 "unknown_type",
                 format!(

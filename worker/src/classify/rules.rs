@@ -1,0 +1,120 @@
+//! Classification rules as written in YAML, and their compiled form.
+
+use regex::{Regex, RegexBuilder};
+use secflow_common::ErrorClass;
+use serde::Deserialize;
+
+/// A rules file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    /// Format version (1).
+    pub version: u32,
+    /// Rules in the order they are tried.
+    pub rules: Vec<RuleSpec>,
+}
+
+/// One rule as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Name reported as the matched rule.
+    pub name: String,
+    /// Class it assigns.
+    pub class: ErrorClass,
+    /// Code it assigns (defaults to the name).
+    #[serde(default)]
+    pub code: Option<String>,
+    /// Regex on the message (case-insensitive).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Process exit codes.
+    #[serde(default)]
+    pub exit_codes: Vec<i32>,
+    /// Signals that killed the process.
+    #[serde(default)]
+    pub signals: Vec<i32>,
+    /// HTTP statuses: numbers or "500-599" ranges.
+    #[serde(default)]
+    pub http_status: Vec<StatusSpec>,
+    /// `std::io::ErrorKind` names.
+    #[serde(default)]
+    pub io_kinds: Vec<String>,
+}
+
+/// An HTTP status or a range of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StatusSpec {
+    /// One status.
+    One(u16),
+    /// `"500-599"`.
+    Range(String),
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub(super) name: String,
+    pub(super) class: ErrorClass,
+    pub(super) code: String,
+    pub(super) message: Option<Regex>,
+    pub(super) exit_codes: Vec<i32>,
+    pub(super) signals: Vec<i32>,
+    pub(super) http_status: Vec<(u16, u16)>,
+    pub(super) io_kinds: Vec<String>,
+}
+
+/// Compiles a rules file; errors name the source and the rule.
+pub fn compile(source: &str, text: &str) -> Result<Vec<Rule>, String> {
+    let file: RuleFile =
+        yaml_serde::from_str(text).map_err(|e| format!("{source}: not a valid rules file: {e}"))?;
+    if file.version != 1 {
+        return Err(format!(
+            "{source}: unsupported rules version {} (expected 1)",
+            file.version
+        ));
+    }
+    file.rules
+        .into_iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let at = format!("{source}: rule {} (`{}`)", i + 1, spec.name);
+            let message = spec
+                .message
+                .map(|m| RegexBuilder::new(&m).case_insensitive(true).size_limit(1 << 22).build())
+                .transpose()
+                .map_err(|e| format!("{at}: invalid message regex: {e}"))?;
+            let http_status = spec.http_status.iter().map(|s| parse_status(s).map_err(|e| format!("{at}: {e}"))).collect::<Result<_, _>>()?;
+            let conditions = message.is_some() || !spec.exit_codes.is_empty() || !spec.signals.is_empty() || !spec.io_kinds.is_empty() || !spec.http_status.is_empty();
+            if !conditions {
+                return Err(format!("{at}: a rule needs at least one condition (message, exit_codes, signals, http_status, io_kinds)"));
+            }
+            Ok(Rule {
+                code: spec.code.unwrap_or_else(|| spec.name.clone()),
+                name: spec.name,
+                class: spec.class,
+                message,
+                exit_codes: spec.exit_codes,
+                signals: spec.signals,
+                http_status,
+                io_kinds: spec.io_kinds,
+            })
+        })
+        .collect()
+}
+
+fn parse_status(spec: &StatusSpec) -> Result<(u16, u16), String> {
+    match spec {
+        StatusSpec::One(s) => Ok((*s, *s)),
+        StatusSpec::Range(r) => {
+            let bad = || format!("http_status `{r}` is not a status or a range like 500-599");
+            let (a, b) = r.split_once('-').ok_or_else(bad)?;
+            let (a, b) = (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            );
+            if a > b { Err(bad()) } else { Ok((a, b)) }
+        }
+    }
+}
