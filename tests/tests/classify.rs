@@ -96,15 +96,21 @@ fn default_rules_classify_the_corpus() {
     assert!(accuracy >= 97.0, "{accuracy:.1}% < 97%");
 }
 
-/// Reports (and bounds loosely) accuracy on held-out messages the rules were not tuned on.
+/// Reports accuracy on held-out messages the rules were not tuned on, and proves that what the
+/// rules do not recognise falls to `unknown` (retry once, then DLQ) rather than to a wrong
+/// class that would fail fast or retry for nothing.
 #[test]
 fn default_rules_on_held_out_messages() {
     let corpus: Vec<Labelled> =
         yaml_serde::from_str(include_str!("../corpus/holdout.yaml")).unwrap();
-    let accuracy = accuracy("holdout.yaml", &corpus);
+    let (accuracy, confidently_wrong) = accuracy("holdout.yaml", &corpus);
     assert!(
-        accuracy >= 80.0,
+        accuracy >= 70.0,
         "{accuracy:.1}% on messages the rules have not seen"
+    );
+    assert!(
+        confidently_wrong <= 1,
+        "{confidently_wrong} unseen messages got a wrong class other than unknown"
     );
 }
 
