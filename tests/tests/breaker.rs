@@ -264,3 +264,59 @@ async fn redelivered_completed_task_does_not_run_again() {
     assert_eq!(tap.of_kind("node.completed").len(), 1);
     let _ = std::fs::remove_file(effects);
 }
+
+/// Proves: a transient failure that keeps recurring across the fleet (same fingerprint, details
+/// such as durations aside) is escalated to persistent and dead-lettered with that reason,
+/// instead of every task burning its retries on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recurring_transient_failure_is_escalated() {
+    let ns = TestNs::new().await;
+    let tap = ns.tap_events().await;
+    let lenient = BreakerConfig {
+        failure_threshold: 1_000,
+        ..BreakerConfig::default()
+    };
+    let workers: Vec<_> = (0..2)
+        .map(|i| {
+            ns.spawn_worker(WorkerConfig {
+                worker_id: Some(format!("w{i}")),
+                escalate_after: 5,
+                breaker_default: lenient.clone(),
+                ..ns.worker_config()
+            })
+        })
+        .collect();
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let message = format!("upstream 10.0.0.{i}:8443 timed out after {} ms", 3000 + i);
+            let mut t = TaskEnvelope::new("builtin.fail", json!({"class": "transient", "code": "timeout", "message": message}));
+            t.retry = serde_json::from_value(json!({"strategy": "fixed", "base_delay_ms": 50, "max_attempts": 10, "jitter": "none"})).unwrap();
+            t
+        })
+        .collect();
+    publish(&ns, &tasks).await;
+    let dead = ns.take_dlq(10, Duration::from_secs(30)).await;
+    for w in workers {
+        w.stop().await;
+    }
+    let reasons: Vec<_> = dead
+        .iter()
+        .map(|d| {
+            secflow_common::headers::get_str(
+                d.properties.headers().as_ref(),
+                "x-dead-letter-reason",
+            )
+            .unwrap_or("")
+            .to_string()
+        })
+        .collect();
+    assert!(
+        reasons.iter().all(|r| r == "escalated"),
+        "every task was escalated: {reasons:?}"
+    );
+    let retries = tap.of_kind("node.retrying").len();
+    assert!(
+        retries < 10,
+        "{retries} retries were spent instead of up to 90"
+    );
+}

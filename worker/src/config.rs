@@ -1,8 +1,11 @@
 //! Worker settings: flags with environment fallbacks.
 
-use crate::breaker::state::BreakerConfig;
+use crate::{
+    breaker::state::BreakerConfig,
+    policies::{PolicyTable, Scope},
+};
 use secflow_common::{config::BrokerArgs, retry::RetryPolicy};
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 /// How a worker runs.
 #[derive(clap::Args, Clone, Debug)]
@@ -44,10 +47,11 @@ pub struct WorkerConfig {
     /// Bytes of stdout/stderr/HTTP body kept per task.
     #[arg(long, env = "SECFLOW_MAX_OUTPUT_BYTES", default_value_t = 1 << 20)]
     pub max_output_bytes: usize,
-    /// Retry policy for a node type, as TYPE=JSON (repeatable), e.g.
-    /// `http={"max_attempts":8,"base_delay_ms":2000}`.
-    #[arg(long = "retry-policy", value_parser = parse_type_policy)]
-    pub retry_policies: Vec<(String, RetryPolicy)>,
+    /// Retry policy as SCOPE=JSON (repeatable), SCOPE being a node type (`http`), a type and
+    /// class (`http/transient`) or a class for every type (`*/resource`), e.g.
+    /// `http/transient={"max_attempts":8,"base_delay_ms":2000}`.
+    #[arg(long = "retry-policy", value_parser = parse_scoped_policy)]
+    pub retry_policies: Vec<(Scope, RetryPolicy)>,
     /// Circuit-breaker settings for every service, as JSON (failure_threshold, window_ms,
     /// open_ms, max_open_ms, half_open_probes, success_threshold).
     #[arg(long = "breaker-default", value_parser = parse_breaker, default_value = "{}")]
@@ -92,12 +96,13 @@ fn parse_service_breaker(s: &str) -> Result<(String, BreakerConfig), String> {
 /// never closes the channel under a task that is still within its limit.
 pub const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 
-fn parse_type_policy(s: &str) -> Result<(String, RetryPolicy), String> {
-    let (ty, json) = s.split_once('=').ok_or("expected TYPE=JSON")?;
+fn parse_scoped_policy(s: &str) -> Result<(Scope, RetryPolicy), String> {
+    let (scope, json) = s.split_once('=').ok_or("expected SCOPE=JSON")?;
+    let scope = Scope::parse(scope)?;
     let policy: RetryPolicy =
-        serde_json::from_str(json).map_err(|e| format!("retry policy for `{ty}`: {e}"))?;
+        serde_json::from_str(json).map_err(|e| format!("retry policy for `{s}`: {e}"))?;
     policy.validate()?;
-    Ok((ty.to_string(), policy))
+    Ok((scope, policy))
 }
 
 impl WorkerConfig {
@@ -166,27 +171,12 @@ impl WorkerConfig {
         })
     }
 
-    /// Per-type retry policies with the built-in defaults under the configured ones.
-    pub fn policies(&self) -> HashMap<String, RetryPolicy> {
-        let mut map = HashMap::new();
-        // Remote services deserve more patience than local tools.
-        map.insert(
-            "http".to_string(),
-            RetryPolicy {
-                max_attempts: 6,
-                base_delay_ms: 2_000,
-                ..RetryPolicy::default()
-            },
-        );
-        map.insert(
-            "exec".to_string(),
-            RetryPolicy {
-                max_attempts: 3,
-                base_delay_ms: 5_000,
-                ..RetryPolicy::default()
-            },
-        );
-        map.extend(self.retry_policies.iter().cloned());
-        map
+    /// Retry policies: the built-in defaults under the configured ones.
+    pub fn policies(&self) -> PolicyTable {
+        let mut table = PolicyTable::with_defaults();
+        for (scope, policy) in &self.retry_policies {
+            table.set(scope.clone(), policy.clone());
+        }
+        table
     }
 }

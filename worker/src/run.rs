@@ -18,7 +18,7 @@ use lapin::{
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
-use secflow_common::{Topology, amqp, config::redact_url, retry::RetryPolicy};
+use secflow_common::{Topology, amqp, config::redact_url};
 use std::{future::Future, sync::Arc, time::Duration};
 use tokio::sync::RwLock;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -100,7 +100,6 @@ pub async fn run_with_stats(
         store,
         breakers,
         policies: cfg.policies(),
-        default_policy: RetryPolicy::default(),
         default_timeout: Duration::from_secs(cfg.task_timeout_secs),
         isolation: RwLock::new(()),
         delivery_limit: u64::from(cfg.broker.delivery_limit),

@@ -7,16 +7,15 @@ use crate::{
     disposition::{DeadReason, Disposition, decide, defer},
     fingerprint::fingerprint,
     handlers::{Handlers, TaskContext},
+    policies::PolicyTable,
     settle::{DeliveryMeta, Settler},
     store::{Lease, Refused, Store},
 };
 use lapin::message::Delivery;
 use rand::RngExt;
-use secflow_common::{
-    ErrorClass, TaskEnvelope, TaskError, envelope::EnvelopeError, now_ms, retry::RetryPolicy,
-};
+use secflow_common::{ErrorClass, TaskEnvelope, TaskError, envelope::EnvelopeError, now_ms};
 use serde_json::Value;
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
@@ -26,8 +25,7 @@ pub(crate) struct Shared {
     pub settler: Settler,
     pub store: Arc<Store>,
     pub breakers: Breakers,
-    pub policies: HashMap<String, RetryPolicy>,
-    pub default_policy: RetryPolicy,
+    pub policies: PolicyTable,
     pub default_timeout: Duration,
     /// Suspect tasks run alone (write lock) so a task that kills the process does not take
     /// innocent tasks' delivery attempts with it.
@@ -134,11 +132,10 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
     // a 404 is the task's problem, not the service's.
     let healthy = !matches!(&outcome, Err(e) if matches!(e.class, ErrorClass::Transient | ErrorClass::Resource));
     shared.breakers.record(&service, healthy, now_ms()).await;
-    let policy = task
-        .retry
-        .as_ref()
-        .or_else(|| shared.policies.get(&task.node_type))
-        .unwrap_or(&shared.default_policy);
+    let class = outcome.as_ref().err().map(|e| e.class);
+    let policy = shared
+        .policies
+        .lookup(task.retry.as_ref(), &task.node_type, class);
     let retries = u32::try_from(meta.retry_count).unwrap_or(u32::MAX);
     let unit = rand::rng().random::<f64>();
     let disposition = escalate(shared, &task, decide(outcome, retries, policy, unit)).await;
