@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Outstanding confirms of the bare publish loop (the producer uses the same window).
 const WINDOW: usize = 512;
+/// A Redis URL nothing listens on.
+const NO_REDIS: &str = "redis://127.0.0.1:1/";
 /// Prefetch of the bare consumer and of the worker.
 const PREFETCH: u16 = 64;
 
@@ -82,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    let mut results: [Vec<f64>; 5] = Default::default();
+    let mut results: [Vec<f64>; 6] = Default::default();
     for _ in 0..rounds {
         // Ceiling: the same body into a quorum queue, straight through the default exchange,
         // then through the tasks (topic) exchange the fleet uses.
@@ -91,9 +93,13 @@ async fn main() -> anyhow::Result<()> {
         results[2].push(bare_consume(&conn, &bare, 2 * n).await?);
         // SecFlow.
         results[3].push(producer(&broker, n).await?);
-        results[4].push(worker(&ns, n).await?);
+        results[4].push(worker(&ns, n, None).await?);
+        // The same worker with Redis unreachable: local breakers, no idempotency checks, to
+        // show what the shared state costs.
+        results[3].push(producer(&broker, n).await?);
+        results[5].push(worker(&ns, n, Some(NO_REDIS)).await?);
     }
-    let [direct, topic, consume, producer, worker] = results.map(median);
+    let [direct, topic, consume, producer, worker, worker_local] = results.map(median);
 
     println!(
         "transport benchmark: {n} messages, median of {rounds} rounds, prefetch {PREFETCH}, confirm window {WINDOW}"
@@ -107,8 +113,12 @@ async fn main() -> anyhow::Result<()> {
         100.0 * producer / direct
     );
     println!(
-        "  secflow  worker draining no-op tasks               {worker:>8.0} msg/s  {:>5.1}% of the consume ceiling (target >= 70%)",
+        "  secflow  worker, breaker + idempotency in Redis    {worker:>8.0} msg/s  {:>5.1}% of the consume ceiling (targets: >= 70% transport, >= 60% with Redis)",
         100.0 * worker / consume
+    );
+    println!(
+        "  secflow  worker, Redis unreachable (local breaker) {worker_local:>8.0} msg/s  {:>5.1}% of the consume ceiling",
+        100.0 * worker_local / consume
     );
 
     ch.queue_delete(bare.as_str().into(), QueueDeleteOptions::default())
@@ -190,13 +200,17 @@ async fn producer(broker: &BrokerArgs, n: usize) -> anyhow::Result<f64> {
 
 /// One worker draining the `n` tasks the producer queued, timed from its first completion so
 /// connection set-up is not counted against it.
-async fn worker(ns: &str, n: usize) -> anyhow::Result<f64> {
+async fn worker(ns: &str, n: usize, redis_url: Option<&str>) -> anyhow::Result<f64> {
     let stats = Arc::new(WorkerStats::default());
     let stop = CancellationToken::new();
-    let cfg = WorkerConfig {
+    let mut cfg = WorkerConfig {
         prefetch: PREFETCH,
         ..WorkerConfig::local(ns)
     };
+    if let Some(url) = redis_url {
+        cfg.broker.redis_url = url.to_string();
+    }
+
     let worker = tokio::spawn(secflow_worker::run_with_stats(
         cfg,
         Arc::clone(&stats),

@@ -342,6 +342,22 @@ pub async fn redis_keys(url: &str, ns: &str) -> redis::RedisResult<Vec<String>> 
         .await
 }
 
+/// Tasks of namespace `ns` with a done marker in the Redis at `url`.
+pub async fn redis_done_markers(url: &str, ns: &str) -> redis::RedisResult<usize> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut done = 0;
+    for key in redis_keys(url, ns).await? {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(None);
+        done += usize::from(value.is_some_and(|v| v.starts_with("done:")));
+    }
+    Ok(done)
+}
+
 async fn delete_redis_keys(url: &str, ns: &str) -> redis::RedisResult<()> {
     let keys = redis_keys(url, ns).await?;
     if !keys.is_empty() {

@@ -4,7 +4,7 @@
 use axum::{Router, http::StatusCode, routing::get};
 use secflow_common::{TaskEnvelope, amqp::Publisher};
 use secflow_producer::publish::publish_envelopes;
-use secflow_tests::{PrivateRedis, TestNs, redis_keys, wait_for};
+use secflow_tests::{PrivateRedis, TestNs, redis_done_markers, wait_for};
 use secflow_worker::{WorkerConfig, WorkerStats, breaker::state::BreakerConfig};
 use serde_json::json;
 use std::{
@@ -202,12 +202,7 @@ async fn redis_outage_falls_back_to_local_state_and_recovers() {
     stop.cancel();
     worker.await.unwrap().unwrap();
 
-    let done_markers = redis_keys(&redis.url(), &ns.name)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|k| k.ends_with(":done"))
-        .count();
+    let done_markers = redis_done_markers(&redis.url(), &ns.name).await.unwrap();
     assert!(
         done_markers >= 20,
         "shared state resumed: {done_markers} done markers"

@@ -6,7 +6,10 @@
 //! Redis in the background until it answers again.
 
 use crate::stats::WorkerStats;
-use deadpool_redis::{Pool, Runtime, redis::Script};
+use deadpool_redis::{
+    Connection, Pool, Runtime,
+    redis::{Script, aio::MultiplexedConnection},
+};
 use std::{
     sync::{Arc, atomic::Ordering},
     time::Duration,
@@ -42,6 +45,10 @@ pub enum Claim {
 /// Redis access for one namespace.
 pub struct Store {
     pool: Pool,
+    /// One multiplexed connection taken from the pool and shared: every call pipelines on it
+    /// (no checkout, no health-check PING per call). Dropped on error; the next call takes a
+    /// fresh one.
+    shared: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     ns: String,
     /// Shared with the worker's stats, where metrics and readiness read it.
     stats: Arc<WorkerStats>,
@@ -52,7 +59,6 @@ struct Scripts {
     cas: Script,
     claim: Script,
     renew: Script,
-    complete: Script,
     release: Script,
     bump: Script,
 }
@@ -71,13 +77,13 @@ impl Store {
             .map_err(|e| format!("invalid REDIS_URL: {e}"))?;
         Ok(Arc::new(Self {
             pool,
+            shared: tokio::sync::Mutex::new(None),
             ns: ns.to_string(),
             stats,
             scripts: Scripts {
                 cas: Script::new(include_str!("lua/cas.lua")),
                 claim: Script::new(include_str!("lua/claim.lua")),
                 renew: Script::new(include_str!("lua/renew.lua")),
-                complete: Script::new(include_str!("lua/complete.lua")),
                 release: Script::new(include_str!("lua/release.lua")),
                 bump: Script::new(include_str!("lua/bump.lua")),
             },
@@ -111,6 +117,9 @@ impl Store {
 
     /// Marks Redis unreachable (logging it once) and starts probing for its return.
     fn degrade(self: &Arc<Self>, why: &str) {
+        if let Ok(mut shared) = self.shared.try_lock() {
+            *shared = None;
+        }
         if self.stats.redis_degraded.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -123,6 +132,8 @@ impl Store {
             loop {
                 tokio::time::sleep(PROBE_EVERY).await;
                 if store.ping().await {
+                    // The shared connection died with the outage: start on a fresh one.
+                    *store.shared.lock().await = None;
                     store.stats.redis_degraded.store(false, Ordering::SeqCst);
                     tracing::info!("Redis is back: shared breaker state and idempotency resume");
                     return;
@@ -138,22 +149,39 @@ impl Store {
         keys: &[&str],
         args: &[&str],
     ) -> Result<T, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        for k in keys {
+            invocation.key(*k);
+        }
+        for a in args {
+            invocation.arg(*a);
+        }
+        self.guarded(|mut conn| async move { invocation.invoke_async::<T>(&mut conn).await })
+            .await
+    }
+
+    /// Runs one plain command, degrading the store on failure.
+    async fn command<T: deadpool_redis::redis::FromRedisValue>(
+        self: &Arc<Self>,
+        cmd: deadpool_redis::redis::Cmd,
+    ) -> Result<T, StoreError> {
+        self.guarded(|mut conn| async move { cmd.query_async::<T>(&mut conn).await })
+            .await
+    }
+
+    /// Runs `call` on the shared connection under the store's timeout; a failure or timeout
+    /// degrades the store. Refused at once while Redis is known to be unreachable.
+    async fn guarded<T, F, Fut>(self: &Arc<Self>, call: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = deadpool_redis::redis::RedisResult<T>>,
+    {
         if self.is_degraded() {
             return Err(StoreError::Degraded);
         }
         let attempt = async {
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
-            let mut invocation = script.prepare_invoke();
-            for k in keys {
-                invocation.key(*k);
-            }
-            for a in args {
-                invocation.arg(*a);
-            }
-            invocation
-                .invoke_async::<T>(&mut conn)
-                .await
-                .map_err(|e| e.to_string())
+            let conn = self.connection().await?;
+            call(conn).await.map_err(|e| e.to_string())
         };
         let result = match tokio::time::timeout(OP_TIMEOUT, attempt).await {
             Ok(r) => r,
@@ -163,6 +191,17 @@ impl Store {
             self.degrade(&e);
             StoreError::Failed(e)
         })
+    }
+
+    /// The shared connection, taken from the pool when there is none yet.
+    async fn connection(&self) -> Result<MultiplexedConnection, String> {
+        let mut shared = self.shared.lock().await;
+        if let Some(conn) = shared.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = Connection::take(self.pool.get().await.map_err(|e| e.to_string())?);
+        *shared = Some(conn.clone());
+        Ok(conn)
     }
 
     fn key(&self, kind: &str, id: &str, suffix: &str) -> String {
@@ -202,22 +241,30 @@ impl Store {
         Ok((swapped != 1).then(|| (current, (!current_json.is_empty()).then_some(current_json))))
     }
 
-    /// Claims a task for this attempt (`owner`) for `lease_ms`.
+    /// Claims a task for this attempt (`owner`) for `lease_ms`. The common case (nobody holds
+    /// it, it never completed) is one plain `SET NX`; only a conflict runs a script.
     pub async fn claim(
         self: &Arc<Self>,
         task_id: &str,
         owner: &str,
         lease_ms: u64,
     ) -> Result<Claim, StoreError> {
-        let (done, lease) = (
-            self.key("task", task_id, ":done"),
-            self.key("task", task_id, ":lease"),
-        );
+        let key = self.key("task", task_id, "");
+        let mut set = deadpool_redis::redis::cmd("SET");
+        set.arg(&key)
+            .arg(format!("lease:{owner}"))
+            .arg("NX")
+            .arg("PX")
+            .arg(lease_ms);
+        let claimed: Option<String> = self.command(set).await?;
+        if claimed.is_some() {
+            return Ok(Claim::Claimed);
+        }
         let (status, ttl): (String, i64) = self
             .run(
                 &self.scripts.claim,
-                &[&done, &lease],
-                &[owner, &lease_ms.to_string()],
+                &[&key],
+                &[&format!("lease:{owner}"), &lease_ms.to_string()],
             )
             .await?;
         Ok(match status.as_str() {
@@ -234,42 +281,38 @@ impl Store {
         owner: &str,
         lease_ms: u64,
     ) -> Result<bool, StoreError> {
-        let lease = self.key("task", task_id, ":lease");
+        let key = self.key("task", task_id, "");
         let renewed: i64 = self
             .run(
                 &self.scripts.renew,
-                &[&lease],
-                &[owner, &lease_ms.to_string()],
+                &[&key],
+                &[&format!("lease:{owner}"), &lease_ms.to_string()],
             )
             .await?;
         Ok(renewed == 1)
     }
 
-    /// Marks the task done for `ttl_ms` and drops this attempt's lease.
+    /// Marks the task done for `ttl_ms` (replacing this attempt's lease): one plain `SET`.
     pub async fn complete(
         self: &Arc<Self>,
         task_id: &str,
         owner: &str,
         ttl_ms: u64,
     ) -> Result<(), StoreError> {
-        let (done, lease) = (
-            self.key("task", task_id, ":done"),
-            self.key("task", task_id, ":lease"),
-        );
-        let _: i64 = self
-            .run(
-                &self.scripts.complete,
-                &[&done, &lease],
-                &[owner, &ttl_ms.to_string()],
-            )
-            .await?;
-        Ok(())
+        let mut set = deadpool_redis::redis::cmd("SET");
+        set.arg(self.key("task", task_id, ""))
+            .arg(format!("done:{owner}"))
+            .arg("PX")
+            .arg(ttl_ms);
+        self.command::<()>(set).await
     }
 
     /// Drops this attempt's lease (the task was retried, deferred or dead-lettered).
     pub async fn release(self: &Arc<Self>, task_id: &str, owner: &str) -> Result<(), StoreError> {
-        let lease = self.key("task", task_id, ":lease");
-        let _: i64 = self.run(&self.scripts.release, &[&lease], &[owner]).await?;
+        let key = self.key("task", task_id, "");
+        let _: i64 = self
+            .run(&self.scripts.release, &[&key], &[&format!("lease:{owner}")])
+            .await?;
         Ok(())
     }
 

@@ -19,10 +19,17 @@ const STATE_TTL_MS: u64 = 24 * 3600 * 1000;
 /// Compare-and-set attempts before the worker decides on the state it last read.
 const CAS_ATTEMPTS: usize = 16;
 
+/// How long a worker trusts a shared breaker it last saw closed without asking Redis again.
+/// Bounds how late a worker notices another one opening it; keeps the gate off the network
+/// for the common case (closed, healthy).
+pub const CLOSED_CACHE_MS: u64 = 100;
+
 /// All breakers of a worker.
 pub struct Breakers {
     store: Arc<Store>,
     local: Mutex<HashMap<String, BreakerState>>,
+    /// Services last seen closed in Redis, and when.
+    seen_closed: Mutex<HashMap<String, u64>>,
     configs: HashMap<String, BreakerConfig>,
     default: BreakerConfig,
 }
@@ -37,6 +44,7 @@ impl Breakers {
         Self {
             store,
             local: Mutex::new(HashMap::new()),
+            seen_closed: Mutex::new(HashMap::new()),
             configs,
             default,
         }
@@ -48,17 +56,45 @@ impl Breakers {
 
     /// May a task call `service` now?
     pub async fn admit(&self, service: &str, now_ms: u64) -> Verdict {
+        if self.recently_closed(service, now_ms) {
+            return Verdict::Allow;
+        }
         self.apply(service, Input::Admit, now_ms).await
     }
 
     /// Reports the outcome of a call.
     pub async fn record(&self, service: &str, healthy: bool, now_ms: u64) {
+        // A success changes nothing in a closed breaker: no need to ask.
+        if healthy && self.recently_closed(service, now_ms) {
+            return;
+        }
         let input = if healthy {
             Input::Success
         } else {
             Input::Failure
         };
         self.apply(service, input, now_ms).await;
+    }
+
+    fn recently_closed(&self, service: &str, now_ms: u64) -> bool {
+        let seen = self
+            .seen_closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.get(service)
+            .is_some_and(|&at| now_ms.saturating_sub(at) < CLOSED_CACHE_MS)
+    }
+
+    fn remember(&self, service: &str, mode: Mode, now_ms: u64) {
+        let mut seen = self
+            .seen_closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if mode == Mode::Closed {
+            seen.insert(service.to_string(), now_ms);
+        } else {
+            seen.remove(service);
+        }
     }
 
     async fn apply(&self, service: &str, input: Input, now_ms: u64) -> Verdict {
@@ -97,6 +133,7 @@ impl Breakers {
             let next;
             (next, verdict) = transition(&current, input, now_ms, cfg);
             if next == current {
+                self.remember(service, next.mode, now_ms);
                 return Ok(verdict);
             }
             let encoded = serde_json::to_string(&next).unwrap_or_default();
@@ -107,6 +144,7 @@ impl Breakers {
             {
                 None => {
                     log_change(service, current.mode, next.mode, "shared");
+                    self.remember(service, next.mode, now_ms);
                     return Ok(verdict);
                 }
                 Some((v, j)) => (version, json) = (v, j),

@@ -1,9 +1,11 @@
--- Claims a task for one attempt. KEYS[1] done marker, KEYS[2] lease; ARGV[1] owner, ARGV[2] lease ms.
--- Returns {"done", 0}, {"claimed", 0} or {"leased", remaining lease ms}.
-if redis.call('EXISTS', KEYS[1]) == 1 then
+-- A claim that found the task key taken (SET NX failed). KEYS[1] task key;
+-- ARGV[1] "lease:<owner>", ARGV[2] lease ms. Returns {"done", 0}, {"leased", remaining ms},
+-- or {"claimed", 0} when the other lease expired in between.
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, 5) == 'done:' then
   return {'done', 0}
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {'claimed', 0}
 end
-return {'leased', redis.call('PTTL', KEYS[2])}
+return {'leased', redis.call('PTTL', KEYS[1])}
