@@ -184,3 +184,51 @@ async fn sigterm_during_slow_tasks_exits_zero_and_every_task_completes() {
         "every task completed exactly once: {per_id:?}"
     );
 }
+
+/// Proves: the worker binary serves /healthz, /readyz (ready while consuming, with Redis's
+/// state) and Prometheus /metrics counting settled tasks by outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_endpoints() {
+    let ns = TestNs::new().await;
+    let port = secflow_tests::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = ns.spawn_worker_process(&["--metrics-addr", &addr]);
+    wait_for("/readyz to say ready", Duration::from_secs(20), || async {
+        secflow_tests::http_get(port, "/readyz")
+            .await
+            .is_some_and(|(status, _)| status == 200)
+    })
+    .await;
+    let (_, ready) = secflow_tests::http_get(port, "/readyz").await.unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(
+        (ready["consuming"].as_bool(), ready["redis"].as_str()),
+        (Some(true), Some("ok"))
+    );
+    assert_eq!(
+        secflow_tests::http_get(port, "/healthz").await.map(|r| r.0),
+        Some(200)
+    );
+    publish(&ns, &echoes(3)).await;
+    wait_for(
+        "3 completions in /metrics",
+        Duration::from_secs(20),
+        || async {
+            secflow_tests::http_get(port, "/metrics")
+                .await
+                .is_some_and(|(_, body)| {
+                    body.lines().any(|l| {
+                        l.starts_with("secflow_tasks_settled_total{outcome=\"completed\"} 3")
+                    })
+                })
+        },
+    )
+    .await;
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(
+        exit_status(&mut child, Duration::from_secs(15))
+            .await
+            .code(),
+        Some(0)
+    );
+}

@@ -59,6 +59,9 @@ pub struct WorkerConfig {
     /// Circuit-breaker settings for one service, as SERVICE=JSON (repeatable).
     #[arg(long = "breaker", value_parser = parse_service_breaker)]
     pub breakers: Vec<(String, BreakerConfig)>,
+    /// Serve /healthz, /readyz and /metrics on this address (e.g. 0.0.0.0:9464).
+    #[arg(long, env = "SECFLOW_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Classification rules (YAML), tried before the built-in ones.
     #[arg(long, env = "SECFLOW_RULES")]
     pub rules: Option<String>,
@@ -120,6 +123,7 @@ impl WorkerConfig {
             retry_policies: Vec::new(),
             breaker_default: BreakerConfig::default(),
             breakers: Vec::new(),
+            metrics_addr: None,
             rules: None,
             lease_ms: 30_000,
             done_ttl_secs: 7 * 24 * 3600,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod disposition;
 pub mod fingerprint;
 pub mod handlers;
+pub mod observe;
 pub mod policies;
 pub mod run;
 pub mod settle;

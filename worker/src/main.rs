@@ -86,6 +86,9 @@ async fn main() -> anyhow::Result<()> {
     init_logging(&cli.log_format);
     // Installed before anything else, so a SIGTERM during start-up is a graceful stop too.
     let shutdown = shutdown_signal()?;
+    if cli.config.metrics_addr.is_some() {
+        secflow_worker::observe::install_prometheus().map_err(anyhow::Error::msg)?;
+    }
     secflow_worker::run(cli.config, shutdown).await?;
     Ok(())
 }

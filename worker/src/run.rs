@@ -6,6 +6,7 @@ use crate::{
     config::WorkerConfig,
     disposition::Disposition,
     handlers::Handlers,
+    observe,
     settle::{DeliveryMeta, Settler},
     stats::WorkerStats,
     store::Store,
@@ -19,7 +20,11 @@ use lapin::{
     types::FieldTable,
 };
 use secflow_common::{Topology, amqp, config::redact_url};
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 use tokio::sync::RwLock;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -111,7 +116,15 @@ pub async fn run_with_stats(
             escalate_window_ms: cfg.escalate_window_secs.saturating_mul(1000),
         },
     });
+    let stop_endpoints = CancellationToken::new();
+    if let Some(addr) = cfg.metrics_addr {
+        let stats = Arc::clone(&shared.settler.stats);
+        observe::serve(addr, stats, stop_endpoints.clone().cancelled_owned())
+            .await
+            .map_err(WorkerError::Config)?;
+    }
     let result = consume(&conn, &cfg, &queue, &shared, shutdown).await;
+    stop_endpoints.cancel();
     let _ = conn.close(200, "worker stopped".into()).await;
     result
 }
@@ -137,6 +150,8 @@ async fn consume(
         uuid::Uuid::new_v4().simple()
     );
     let mut consumer = subscribe(&channel, queue, &tag).await?;
+    let stats = &shared.settler.stats;
+    stats.consuming.store(true, Ordering::SeqCst);
     tracing::info!(worker = %shared.settler.worker_id, queue, prefetch = cfg.prefetch, "worker consuming");
     let tracker = TaskTracker::new();
     tokio::pin!(shutdown);
@@ -159,6 +174,7 @@ async fn consume(
             },
         }
     };
+    stats.consuming.store(false, Ordering::SeqCst);
     tracing::info!(
         in_flight = tracker.len(),
         grace_secs = cfg.grace_secs,

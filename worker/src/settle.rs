@@ -132,14 +132,17 @@ impl Settler {
                     }
                 }
                 let stats = &self.stats;
-                WorkerStats::bump(match disposition {
-                    Disposition::Complete(_) | Disposition::Cancelled(_) => &stats.completed,
-                    Disposition::Retry { .. } => &stats.retried,
-                    Disposition::DeadLetter { .. } => &stats.dead_lettered,
-                    Disposition::HandBack => &stats.handed_back,
-                    Disposition::Defer { .. } => &stats.deferred,
-                    Disposition::Duplicate => &stats.duplicates,
-                });
+                let (counter, outcome) = match disposition {
+                    Disposition::Complete(_) => (&stats.completed, "completed"),
+                    Disposition::Cancelled(_) => (&stats.completed, "cancelled"),
+                    Disposition::Retry { .. } => (&stats.retried, "retried"),
+                    Disposition::DeadLetter { .. } => (&stats.dead_lettered, "dead_lettered"),
+                    Disposition::HandBack => (&stats.handed_back, "handed_back"),
+                    Disposition::Defer { .. } => (&stats.deferred, "deferred"),
+                    Disposition::Duplicate => (&stats.duplicates, "duplicate"),
+                };
+                WorkerStats::bump(counter);
+                metrics::counter!("secflow_tasks_settled_total", "outcome" => outcome).increment(1);
                 if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                     // The broker redelivers it; the replacement is already safe.
                     tracing::warn!(task_id, error = %e, "ack failed after settlement; the broker will redeliver");
@@ -147,6 +150,7 @@ impl Settler {
             }
             Err(e) => {
                 WorkerStats::bump(&self.stats.settle_failures);
+                metrics::counter!("secflow_settle_failures_total").increment(1);
                 tracing::error!(task_id, error = %e, "could not publish the settlement; handing the delivery back");
                 let _ = delivery
                     .acker

@@ -19,6 +19,8 @@ pub struct WorkerStats {
     pub duplicates: AtomicU64,
     /// Redis is unreachable: breakers are local, idempotency checks are skipped.
     pub redis_degraded: AtomicBool,
+    /// The worker is consuming its queue (readiness).
+    pub consuming: AtomicBool,
     /// Settlements whose publish failed, so the delivery was nacked back to the broker.
     pub settle_failures: AtomicU64,
 }

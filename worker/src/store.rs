@@ -123,6 +123,7 @@ impl Store {
         if self.stats.redis_degraded.swap(true, Ordering::SeqCst) {
             return;
         }
+        metrics::gauge!("secflow_redis_degraded").set(1.0);
         tracing::warn!(
             error = why,
             "Redis unreachable: using local circuit breakers, running tasks without idempotency checks"
@@ -135,6 +136,7 @@ impl Store {
                     // The shared connection died with the outage: start on a fresh one.
                     *store.shared.lock().await = None;
                     store.stats.redis_degraded.store(false, Ordering::SeqCst);
+                    metrics::gauge!("secflow_redis_degraded").set(0.0);
                     tracing::info!("Redis is back: shared breaker state and idempotency resume");
                     return;
                 }

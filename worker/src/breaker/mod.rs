@@ -160,6 +160,12 @@ impl Breakers {
 
 fn log_change(service: &str, from: Mode, to: Mode, scope: &str) {
     if from != to {
+        let to_name = match to {
+            Mode::Open => "open",
+            Mode::HalfOpen => "half_open",
+            Mode::Closed => "closed",
+        };
+        metrics::counter!("secflow_breaker_transitions_total", "service" => service.to_string(), "to" => to_name, "scope" => scope.to_string()).increment(1);
         match to {
             Mode::Open => tracing::warn!(
                 service,
