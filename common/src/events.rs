@@ -57,6 +57,16 @@ pub struct EventError {
     pub message: String,
 }
 
+/// Decodes an events message: workers publish a JSON array of events of one kind (one object
+/// is accepted too).
+pub fn decode(body: &[u8]) -> serde_json::Result<Vec<TaskEvent>> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        serde_json::from_slice(body)
+    } else {
+        serde_json::from_slice(body).map(|e| vec![e])
+    }
+}
+
 /// Subscribes to the events matching `pattern` through a private queue that disappears with
 /// the channel. Deliveries need no ack.
 pub async fn subscribe(ch: &Channel, topology: &Topology, pattern: &str) -> Result<Consumer> {

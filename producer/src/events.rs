@@ -24,8 +24,8 @@ pub async fn follow(
             None => consumer.next().await,
         };
         match next {
-            Some(Ok(delivery)) => match serde_json::from_slice::<TaskEvent>(&delivery.data) {
-                Ok(event) => on_event(&event),
+            Some(Ok(delivery)) => match secflow_common::events::decode(&delivery.data) {
+                Ok(events) => events.iter().for_each(&mut on_event),
                 Err(e) => tracing::warn!(error = %e, "skipping an event that is not SecFlow JSON"),
             },
             Some(Err(e)) => return Err(Error::Amqp(e)),

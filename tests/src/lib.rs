@@ -140,9 +140,9 @@ impl TestNs {
         tokio::spawn(async move {
             let _ch = ch;
             while let Some(Ok(d)) = consumer.next().await {
-                let event: TaskEvent =
-                    serde_json::from_slice(&d.data).expect("events are TaskEvent JSON");
-                sink.lock().unwrap().push(event);
+                let events =
+                    secflow_common::events::decode(&d.data).expect("events are TaskEvent JSON");
+                sink.lock().unwrap().extend(events);
             }
         });
         EventTap { events }

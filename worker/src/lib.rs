@@ -5,6 +5,7 @@ pub mod breaker;
 pub mod classify;
 pub mod config;
 pub mod disposition;
+pub mod events;
 pub mod fingerprint;
 pub mod handlers;
 pub mod observe;

@@ -5,6 +5,7 @@ use crate::{
     classify::Classifier,
     config::WorkerConfig,
     disposition::Disposition,
+    events::EventBatcher,
     handlers::Handlers,
     observe,
     settle::{DeliveryMeta, Settler},
@@ -95,6 +96,10 @@ pub async fn run_with_stats(
     let shared = Arc::new(Shared {
         handlers,
         settler: Settler {
+            events: EventBatcher::start(
+                amqp::Publisher::new(&conn).await?,
+                topology.events_exchange(),
+            ),
             publisher: amqp::Publisher::new(&conn).await?,
             topology,
             worker_id: worker_id.clone(),

@@ -6,6 +6,7 @@
 
 use crate::{
     disposition::{DeadReason, Disposition},
+    events::EventBatcher,
     stats::WorkerStats,
     store::Lease,
 };
@@ -84,6 +85,8 @@ pub struct Settler {
     pub stats: Arc<WorkerStats>,
     /// How long done markers are kept, ms.
     pub done_ttl_ms: u64,
+    /// Lifecycle events, batched.
+    pub events: EventBatcher,
 }
 
 impl Settler {
@@ -96,6 +99,13 @@ impl Settler {
         disposition: Disposition,
         lease: Option<&Lease>,
     ) {
+        // An attempt that did not complete gives its lease up before its replacement is
+        // published: the copy may be delivered at once and must find the task free.
+        if let Some(lease) = lease
+            && !matches!(disposition, Disposition::Complete(_))
+        {
+            lease.release().await;
+        }
         let result = match &disposition {
             Disposition::Complete(output) => {
                 self.emit("node.completed", task, meta, |e| {
@@ -125,11 +135,8 @@ impl Settler {
         match result {
             Ok(()) => {
                 // Before the ack: a redelivery after this point must find the done marker.
-                if let Some(lease) = lease {
-                    match disposition {
-                        Disposition::Complete(_) => lease.complete(self.done_ttl_ms).await,
-                        _ => lease.release().await,
-                    }
+                if let (Some(lease), Disposition::Complete(_)) = (lease, &disposition) {
+                    lease.complete(self.done_ttl_ms).await;
                 }
                 let stats = &self.stats;
                 let (counter, outcome) = match disposition {
@@ -320,7 +327,8 @@ impl Settler {
         headers
     }
 
-    /// Publishes a lifecycle event with confirms (not mandatory: nobody may be listening).
+    /// Publishes a lifecycle event with confirms (not mandatory: nobody may be listening), in a
+    /// batch with other events of its kind.
     async fn emit(
         &self,
         kind: &str,
@@ -344,12 +352,10 @@ impl Settler {
             observed_delay_ms: meta.observed_delay_ms,
         };
         fill(&mut event);
-        let body = serde_json::to_vec(&event).unwrap_or_default();
-        let id = event.task_id.map(|id| id.to_string()).unwrap_or_default();
-        let props = secflow_common::amqp::json_properties(&id, FieldTable::default());
-        self.publisher
-            .publish(&self.topology.events_exchange(), kind, &body, props, false)
+        self.events
+            .emit(event)
             .await
+            .map_err(secflow_common::Error::Config)
     }
 }
 

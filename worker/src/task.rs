@@ -90,10 +90,19 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
                 .await;
         }
         Ok(Err(Refused::Leased(ms))) => {
+            // A live holder renews every third of the lease; look again about then rather than
+            // at its expiry, so a lease given up early does not hold the task back long.
+            let wait = ms.clamp(100, (shared.limits.lease_ms / 3).max(100));
+            tracing::info!(
+                task_id,
+                lease_left_ms = ms,
+                retry_in_ms = wait,
+                "another attempt holds the task: deferring it"
+            );
             let later = defer(
                 meta.defer_count,
                 shared.limits.max_defers,
-                jittered(ms.max(100)),
+                jittered(wait),
                 "another attempt holds the task",
             );
             return settler
