@@ -48,4 +48,6 @@ completed=$(grep -c "node.completed" "$work/events.log" || true)
 dead=$(grep -c "node.dead_lettered" "$work/events.log" || true)
 retried=$(grep -c "node.retrying" "$work/events.log" || true)
 echo "== summary: $completed completed, $retried retries scheduled, $dead dead-lettered to $SECFLOW_NAMESPACE.dlq"
-echo "   (the dead-lettered tasks stay there, with their reasons in headers, until an operator acts)"
+echo
+echo "== the DLQ, as an operator reviews it (dlq-inspector list; requeue, purge and export work the same way)"
+$bin/dlq-inspector list --filter newer=1m
