@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod headers;
+pub mod logging;
 pub mod retry;
 pub mod task_error;
 pub mod topology;

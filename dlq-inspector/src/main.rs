@@ -112,12 +112,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    secflow_common::logging::init(false, "warn");
     let mut session = Session::open(&cli.broker, Duration::from_secs(cli.lock_wait)).await?;
     let outcome = execute(&mut session, cli.command).await;
     // Whatever happened, hand every message not acted on back to the DLQ, in place.

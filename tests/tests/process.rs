@@ -28,6 +28,17 @@ fn echoes(n: usize) -> Vec<TaskEnvelope> {
         .collect()
 }
 
+/// SIGTERMs a worker and checks it exits 0.
+async fn stop_gracefully(child: &mut Child) {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = exit_status(child, Duration::from_secs(15)).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "graceful shutdown exits 0 ({status:?})"
+    );
+}
+
 /// Waits for `child` to exit, failing after `timeout`.
 async fn exit_status(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + timeout;
@@ -82,13 +93,7 @@ async fn crashing_task_is_dead_lettered_after_the_delivery_limit_and_nothing_els
         },
     )
     .await;
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    assert_eq!(
-        exit_status(&mut child, Duration::from_secs(15))
-            .await
-            .code(),
-        Some(0)
-    );
+    stop_gracefully(&mut child).await;
 
     assert!(
         (3..=4).contains(&crashes),
@@ -224,11 +229,5 @@ async fn health_readiness_and_metrics_endpoints() {
         },
     )
     .await;
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    assert_eq!(
-        exit_status(&mut child, Duration::from_secs(15))
-            .await
-            .code(),
-        Some(0)
-    );
+    stop_gracefully(&mut child).await;
 }

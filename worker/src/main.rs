@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Classify(args)) = cli.command {
         return classify(args);
     }
-    init_logging(&cli.log_format);
+    secflow_common::logging::init(cli.log_format != "text", "info");
     // Installed before anything else, so a SIGTERM during start-up is a graceful stop too.
     let shutdown = shutdown_signal()?;
     if cli.config.metrics_addr.is_some() {
@@ -91,23 +91,6 @@ async fn main() -> anyhow::Result<()> {
     }
     secflow_worker::run(cli.config, shutdown).await?;
     Ok(())
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "text" {
-        builder.init();
-    } else {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init();
-    }
 }
 
 /// A future that resolves on the first SIGTERM or SIGINT; the handlers are installed now.
