@@ -21,6 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use secflow_common::headers;
 
+mod redis_helpers;
+
+use redis_helpers::delete_redis_keys;
+pub use redis_helpers::{PrivateRedis, redis_done_markers, redis_keys};
+
 /// An isolated namespace on the local broker; everything in it is deleted on drop.
 pub struct TestNs {
     /// Namespace name (`t-` + random).
@@ -330,126 +335,6 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// Keys of namespace `ns` in the Redis at `url`.
-pub async fn redis_keys(url: &str, ns: &str) -> redis::RedisResult<Vec<String>> {
-    let client = redis::Client::open(url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    redis::cmd("KEYS")
-        .arg(format!("sf:{{{ns}:*"))
-        .query_async(&mut conn)
-        .await
-}
-
-/// Tasks of namespace `ns` with a done marker in the Redis at `url`.
-pub async fn redis_done_markers(url: &str, ns: &str) -> redis::RedisResult<usize> {
-    let client = redis::Client::open(url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let mut done = 0;
-    for key in redis_keys(url, ns).await? {
-        let value: Option<String> = redis::cmd("GET")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(None);
-        done += usize::from(value.is_some_and(|v| v.starts_with("done:")));
-    }
-    Ok(done)
-}
-
-async fn delete_redis_keys(url: &str, ns: &str) -> redis::RedisResult<()> {
-    let keys = redis_keys(url, ns).await?;
-    if !keys.is_empty() {
-        let client = redis::Client::open(url)?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("DEL")
-            .arg(keys)
-            .query_async::<()>(&mut conn)
-            .await?;
-    }
-    Ok(())
-}
-
-/// A Redis server of the test's own on a free port, so a test can stop and restart it
-/// without disturbing the shared one.
-pub struct PrivateRedis {
-    /// Its port.
-    pub port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    /// Starts one and waits until it answers.
-    pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Self { port, child: None };
-        redis.restart().await;
-        redis
-    }
-
-    /// Its URL.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Kills it (SIGKILL: an outage, not a shutdown).
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port and waits until it answers.
-    pub async fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (bash scripts/services.sh installs it)");
-        self.child = Some(child);
-        let url = self.url();
-        wait_for(
-            "the private Redis to answer",
-            Duration::from_secs(10),
-            || {
-                let url = url.clone();
-                async move {
-                    let Ok(client) = redis::Client::open(url) else {
-                        return false;
-                    };
-                    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                        return false;
-                    };
-                    redis::cmd("PING")
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .is_ok()
-                }
-            },
-        )
-        .await;
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// A plain HTTP/1.0 GET on loopback: (status, body), or `None` while nothing listens.
