@@ -4,11 +4,14 @@
 
 pub mod amqp;
 pub mod config;
+pub mod duration;
 pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod headers;
 pub mod logging;
+pub mod nodes;
+pub mod recipe;
 pub mod retry;
 pub mod task_error;
 pub mod topology;

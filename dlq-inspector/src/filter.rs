@@ -91,23 +91,7 @@ pub fn all_match(filters: &[Filter], r: &DeadRecord, now_ms: u64) -> bool {
 }
 
 /// `500ms`, `30s`, `10m`, `2h`, `7d` in milliseconds.
-pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 30s, 10m, 2h or 7d"))?;
-    let factor = match unit {
-        "ms" => 1,
-        "s" | "" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("`{s}` has an unknown unit (ms, s, m, h, d)")),
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("`{s}` is too long"))
-}
+pub use secflow_common::duration::parse_ms as parse_duration_ms;
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod publish;
+pub mod recipes;
 
 pub use publish::{PublishError, PublishRequest, publish_tasks};
 

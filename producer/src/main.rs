@@ -37,6 +37,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a recipe: ids, types, configs, inputs, parameters, cycles. Exits 1 on any error.
+    Validate {
+        /// Recipe file (YAML).
+        recipe: String,
+        /// Parameter value, NAME=VALUE (VALUE read as JSON when it parses, else as text).
+        #[arg(long = "param")]
+        params: Vec<String>,
+    },
     /// Follow task events (node.completed, node.retrying, node.dead_lettered, ...).
     Events {
         /// Routing-key pattern of the events to show.
@@ -95,6 +103,22 @@ async fn main() -> anyhow::Result<()> {
                     );
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+        Command::Validate { recipe, params } => {
+            let params =
+                secflow_producer::recipes::parse_params(&params).map_err(anyhow::Error::msg)?;
+            match secflow_producer::recipes::load(&recipe, &params) {
+                Ok(summary) => println!("{recipe}: ok, {summary}"),
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{e}");
+                    }
+                    anyhow::bail!(
+                        "{recipe}: {} problem(s); nothing was published",
+                        errors.len()
+                    );
+                }
             }
         }
         Command::Events {

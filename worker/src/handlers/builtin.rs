@@ -1,8 +1,10 @@
 //! Builtin handlers for demos, benchmarks and fault injection.
 
 use super::parse_config;
-use secflow_common::{ErrorClass, TaskEnvelope, TaskError};
-use serde::Deserialize;
+use secflow_common::{
+    TaskEnvelope, TaskError,
+    nodes::{FailConfig, SleepConfig},
+};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -15,41 +17,11 @@ pub fn echo(task: &TaskEnvelope) -> Value {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SleepConfig {
-    ms: u64,
-}
-
 /// Sleeps `config.ms` milliseconds.
 pub async fn sleep(config: &Value) -> Result<Value, TaskError> {
     let cfg: SleepConfig = parse_config("builtin.sleep", config)?;
     tokio::time::sleep(Duration::from_millis(cfg.ms)).await;
     Ok(json!({ "slept_ms": cfg.ms }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FailConfig {
-    /// Fail the first `times` attempts, then succeed; absent = fail every time.
-    times: Option<u64>,
-    #[serde(default = "transient")]
-    class: ErrorClass,
-    #[serde(default = "injected")]
-    code: String,
-    #[serde(default)]
-    message: Option<String>,
-    /// Retry-After to report, ms.
-    #[serde(default)]
-    retry_after_ms: Option<u64>,
-}
-
-fn transient() -> ErrorClass {
-    ErrorClass::Transient
-}
-
-fn injected() -> String {
-    "injected".into()
 }
 
 /// Fails with the configured class on the first `times` attempts (or always).
@@ -87,6 +59,7 @@ pub async fn hang() -> Result<Value, TaskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secflow_common::ErrorClass;
 
     #[test]
     fn fail_n_times_then_succeed() {

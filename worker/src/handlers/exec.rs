@@ -4,26 +4,12 @@
 use super::parse_config;
 use crate::classify::{Classifier, Failure, io_kind_name};
 use nix::{sys::signal::Signal, unistd::Pid};
-use secflow_common::{ErrorClass, TaskError};
-use serde::Deserialize;
+use secflow_common::{ErrorClass, TaskError, nodes::ExecConfig};
 use serde_json::{Value, json};
-use std::{collections::BTreeMap, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExecConfig {
-    /// Program and arguments.
-    argv: Vec<String>,
-    /// Extra environment; the worker's own environment is not passed on (only PATH).
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    /// Working directory.
-    #[serde(default)]
-    cwd: Option<String>,
-}
 
 /// Kills the process group when dropped: on timeout, on cancellation, and to reap helpers
 /// the program left behind.

@@ -3,30 +3,9 @@
 
 use super::parse_config;
 use crate::classify::{Classifier, Failure, io_kind_name};
-use secflow_common::{ErrorClass, TaskError};
-use serde::Deserialize;
+use secflow_common::{ErrorClass, TaskError, nodes::HttpConfig};
 use serde_json::{Value, json};
-use std::{collections::BTreeMap, error::Error as _, time::Duration};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HttpConfig {
-    url: String,
-    #[serde(default = "get")]
-    method: String,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    /// Raw request body.
-    #[serde(default)]
-    body: Option<String>,
-    /// JSON request body (sets the content type).
-    #[serde(default)]
-    json: Option<Value>,
-}
-
-fn get() -> String {
-    "GET".into()
-}
+use std::{error::Error as _, time::Duration};
 
 /// Sends the configured request and returns status, content type and (bounded) body.
 pub async fn run(

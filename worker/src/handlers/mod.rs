@@ -11,16 +11,7 @@ use serde_json::Value;
 use std::time::Duration;
 
 /// Every node type this worker can run.
-pub const KNOWN_TYPES: &[&str] = &[
-    "builtin.noop",
-    "builtin.echo",
-    "builtin.sleep",
-    "builtin.fail",
-    "builtin.crash",
-    "builtin.hang",
-    "exec",
-    "http",
-];
+pub use secflow_common::nodes::KNOWN_TYPES;
 
 /// What a handler gets besides its config.
 pub struct TaskContext<'a> {
@@ -96,10 +87,6 @@ impl Handlers {
 
 /// Parses a handler's config, naming the type and the field that is wrong.
 fn parse_config<T: DeserializeOwned>(node_type: &str, config: &Value) -> Result<T, TaskError> {
-    T::deserialize(config).map_err(|e| {
-        TaskError::validation(
-            "invalid_config",
-            format!("{node_type}: invalid config: {e}"),
-        )
-    })
+    secflow_common::nodes::parse_config(node_type, config)
+        .map_err(|e| TaskError::validation("invalid_config", e))
 }

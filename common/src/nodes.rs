@@ -1,0 +1,160 @@
+//! The node types the fleet runs and the shape of each one's config, shared by the worker
+//! (which runs them) and the producer (which validates recipes before publishing anything).
+
+use crate::task_error::ErrorClass;
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Every node type a worker can run.
+pub const KNOWN_TYPES: &[&str] = &[
+    "builtin.noop",
+    "builtin.echo",
+    "builtin.sleep",
+    "builtin.fail",
+    "builtin.crash",
+    "builtin.hang",
+    "exec",
+    "http",
+];
+
+/// `builtin.sleep`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SleepConfig {
+    /// Milliseconds to sleep.
+    pub ms: u64,
+}
+
+/// `builtin.fail`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailConfig {
+    /// Fail the first `times` attempts, then succeed; absent = fail every time.
+    pub times: Option<u64>,
+    /// Class of the injected failure.
+    #[serde(default = "transient")]
+    pub class: ErrorClass,
+    /// Code of the injected failure.
+    #[serde(default = "injected")]
+    pub code: String,
+    /// Message of the injected failure.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Retry-After to report, ms.
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
+}
+
+fn transient() -> ErrorClass {
+    ErrorClass::Transient
+}
+
+fn injected() -> String {
+    "injected".into()
+}
+
+/// `exec`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecConfig {
+    /// Program and arguments (no shell).
+    pub argv: Vec<String>,
+    /// Extra environment; the worker's own environment is not passed on (only PATH).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+/// `http`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// URL.
+    pub url: String,
+    /// GET, POST, HEAD, PUT or DELETE.
+    #[serde(default = "get")]
+    pub method: String,
+    /// Request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Raw request body.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// JSON request body (sets the content type).
+    #[serde(default)]
+    pub json: Option<Value>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+/// Parses a node's config, the error naming the type and the field that is wrong.
+pub fn parse_config<T: DeserializeOwned>(node_type: &str, config: &Value) -> Result<T, String> {
+    T::deserialize(config).map_err(|e| format!("{node_type}: invalid config: {e}"))
+}
+
+/// Checks `config` against the shape `node_type` expects.
+pub fn check_config(node_type: &str, config: &Value) -> Result<(), String> {
+    match node_type {
+        "builtin.sleep" => parse_config::<SleepConfig>(node_type, config).map(drop),
+        "builtin.fail" => parse_config::<FailConfig>(node_type, config).map(drop),
+        "exec" => {
+            let cfg: ExecConfig = parse_config(node_type, config)?;
+            if cfg.argv.is_empty() {
+                Err("exec: invalid config: argv must name a program".into())
+            } else {
+                Ok(())
+            }
+        }
+        "http" => {
+            let cfg: HttpConfig = parse_config(node_type, config)?;
+            match cfg.method.to_ascii_uppercase().as_str() {
+                "GET" | "POST" | "HEAD" | "PUT" | "DELETE" => Ok(()),
+                other => Err(format!(
+                    "http: invalid config: unsupported method `{other}`"
+                )),
+            }
+        }
+        t if KNOWN_TYPES.contains(&t) => Ok(()),
+        other => Err(format!(
+            "unknown node type `{other}` (known: {})",
+            KNOWN_TYPES.join(", ")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn configs_are_checked_per_type() {
+        assert!(check_config("exec", &json!({"argv": ["nmap", "-sV"]})).is_ok());
+        assert!(
+            check_config("exec", &json!({"argv": []}))
+                .unwrap_err()
+                .contains("argv")
+        );
+        assert!(
+            check_config("http", &json!({"url": "http://x", "verb": "GET"}))
+                .unwrap_err()
+                .contains("verb")
+        );
+        assert!(
+            check_config("builtin.sleep", &json!({}))
+                .unwrap_err()
+                .contains("ms")
+        );
+        assert!(
+            check_config("scan.magic", &json!({}))
+                .unwrap_err()
+                .contains("unknown node type")
+        );
+        assert!(check_config("builtin.echo", &json!({"anything": 1})).is_ok());
+    }
+}

@@ -1,0 +1,125 @@
+//! Recipes: YAML descriptions of a workflow, a DAG of nodes, parsed and checked before
+//! anything is published.
+//!
+//! ```yaml
+//! version: 1
+//! name: discovery
+//! parameters:
+//!   target: { description: base URL, default: "http://127.0.0.1:8080" }
+//! nodes:
+//!   - id: fetch
+//!     type: http
+//!     config: { url: "${params.target}/robots.txt" }
+//!     outputs: [body]
+//!   - id: report
+//!     type: builtin.echo
+//!     inputs: { robots: fetch.body }
+//!     config: { text: "${inputs.robots}" }
+//! ```
+
+mod template;
+mod validate;
+
+pub use template::{References, references};
+pub use validate::{RecipeError, validate};
+
+use crate::retry::RetryPolicy;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Recipe format this build reads.
+pub const RECIPE_VERSION: u32 = 1;
+
+/// A workflow recipe as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Format version.
+    pub version: u32,
+    /// Name of the workflow.
+    pub name: String,
+    /// What it does.
+    #[serde(default)]
+    pub description: String,
+    /// Parameters by name.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, Parameter>,
+    /// The nodes.
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// A recipe parameter.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parameter {
+    /// What it means.
+    #[serde(default)]
+    pub description: String,
+    /// Value when none is given.
+    #[serde(default)]
+    pub default: Option<Value>,
+}
+
+/// When a node runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum When {
+    /// Once all its inputs are available (its upstreams succeeded).
+    #[default]
+    Success,
+    /// Once all its upstreams have ended, whatever their outcome (cleanup, notification).
+    Always,
+}
+
+/// One node of a recipe.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Unique id within the recipe.
+    pub id: String,
+    /// Node type.
+    #[serde(rename = "type")]
+    pub node_type: String,
+    /// Handler config; may reference `${params.NAME}` and `${inputs.NAME}`.
+    #[serde(default = "empty_object")]
+    pub config: Value,
+    /// Input name → `node.output` of an upstream node.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    /// Names of the outputs this node produces.
+    #[serde(default)]
+    pub outputs: Vec<String>,
+    /// Retry policy for this node.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    /// Handler timeout (`30s`, `5m`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Circuit-breaker key (defaults to the type).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// A failure degrades the run to partial instead of failing it.
+    #[serde(default)]
+    pub optional: bool,
+    /// When it runs.
+    #[serde(default)]
+    pub when: When,
+    /// Node that undoes this one's effects if the run fails after it succeeded.
+    #[serde(default)]
+    pub compensate: Option<String>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
+}
+
+/// Parses a recipe; the error names the source, and the line and field serde reports.
+pub fn parse(source: &str, text: &str) -> Result<Recipe, RecipeError> {
+    yaml_serde::from_str(text).map_err(|e| RecipeError {
+        source: source.to_string(),
+        node: None,
+        field: String::new(),
+        message: format!("not a valid recipe: {e}"),
+    })
+}

@@ -1,0 +1,411 @@
+//! Everything checked before a recipe is published: ids, types, configs, inputs, parameters,
+//! cycles. Errors name the file, the node and the field, and all of them are reported at once.
+
+use super::{NodeSpec, RECIPE_VERSION, Recipe, When, template};
+use crate::{duration, nodes};
+use serde_json::Value;
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fmt,
+};
+
+/// Longest node timeout: below RabbitMQ's default 30 min `consumer_timeout`.
+const MAX_TIMEOUT_MS: u64 = 25 * 60 * 1000;
+/// Most nodes in one recipe.
+const MAX_NODES: usize = 20_000;
+
+/// One problem in a recipe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecipeError {
+    /// File (or other source) name.
+    pub source: String,
+    /// Node id, when the problem is in a node.
+    pub node: Option<String>,
+    /// Field path (`config.url`, `inputs.hosts`), when known.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for RecipeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.source)?;
+        if let Some(node) = &self.node {
+            write!(f, ": node `{node}`")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Checks `recipe` (read from `source`) with the given parameter values; empty when valid.
+pub fn validate(
+    source: &str,
+    recipe: &Recipe,
+    params: &BTreeMap<String, Value>,
+) -> Vec<RecipeError> {
+    let mut errors = Vec::new();
+    let mut err = |node: Option<&str>, field: &str, message: String| {
+        errors.push(RecipeError {
+            source: source.to_string(),
+            node: node.map(str::to_string),
+            field: field.to_string(),
+            message,
+        });
+    };
+    if recipe.version != RECIPE_VERSION {
+        err(
+            None,
+            "version",
+            format!(
+                "unsupported recipe version {} (this build reads {RECIPE_VERSION})",
+                recipe.version
+            ),
+        );
+    }
+    if recipe.name.trim().is_empty() {
+        err(None, "name", "must not be empty".into());
+    }
+    if recipe.nodes.is_empty() || recipe.nodes.len() > MAX_NODES {
+        err(
+            None,
+            "nodes",
+            format!(
+                "a recipe has 1 to {MAX_NODES} nodes, this one has {}",
+                recipe.nodes.len()
+            ),
+        );
+    }
+    for name in params
+        .keys()
+        .filter(|p| !recipe.parameters.contains_key(*p))
+    {
+        err(
+            None,
+            "parameters",
+            format!("`{name}` was given but the recipe declares no such parameter"),
+        );
+    }
+    let mut by_id: HashMap<&str, &NodeSpec> = HashMap::new();
+    for node in &recipe.nodes {
+        if by_id.insert(node.id.as_str(), node).is_some() {
+            err(Some(&node.id), "id", "is used by more than one node".into());
+        }
+        if !valid_id(&node.id) {
+            err(
+                Some(&node.id),
+                "id",
+                "must be 1 to 100 characters of letters, digits, '-' or '_'".into(),
+            );
+        }
+    }
+    let value_of = |name: &str| {
+        params
+            .get(name)
+            .cloned()
+            .or_else(|| recipe.parameters.get(name).and_then(|p| p.default.clone()))
+    };
+    for node in &recipe.nodes {
+        check_node(node, recipe, &by_id, &value_of, &mut err);
+    }
+    if let Some(cycle) = find_cycle(&recipe.nodes, &by_id) {
+        err(
+            Some(&cycle[0]),
+            "inputs",
+            format!("forms a cycle: {}", cycle.join(" → ")),
+        );
+    }
+    errors
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 100
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn check_node(
+    node: &NodeSpec,
+    recipe: &Recipe,
+    by_id: &HashMap<&str, &NodeSpec>,
+    value_of: &dyn Fn(&str) -> Option<Value>,
+    err: &mut impl FnMut(Option<&str>, &str, String),
+) {
+    let id = Some(node.id.as_str());
+    if !nodes::KNOWN_TYPES.contains(&node.node_type.as_str()) {
+        err(
+            id,
+            "type",
+            format!(
+                "unknown node type `{}` (known: {})",
+                node.node_type,
+                nodes::KNOWN_TYPES.join(", ")
+            ),
+        );
+    }
+    if !node.config.is_object() {
+        err(id, "config", "must be a mapping".into());
+    }
+    let mut seen = HashSet::new();
+    for output in &node.outputs {
+        if !seen.insert(output) {
+            err(id, "outputs", format!("`{output}` is declared twice"));
+        }
+    }
+    for (name, source) in &node.inputs {
+        let field = format!("inputs.{name}");
+        match source.split_once('.') {
+            Some((up, _)) if up == node.id => {
+                err(id, &field, "a node cannot take its own output".into())
+            }
+            Some((up, out)) => match by_id.get(up) {
+                None => err(id, &field, format!("`{source}`: there is no node `{up}`")),
+                Some(upstream) if !upstream.outputs.iter().any(|o| o == out) => err(
+                    id,
+                    &field,
+                    format!(
+                        "`{source}`: node `{up}` declares no output `{out}` (it declares: {})",
+                        list(&upstream.outputs)
+                    ),
+                ),
+                Some(_) => {}
+            },
+            None => err(id, &field, format!("`{source}` must be NODE.OUTPUT")),
+        }
+    }
+    let refs = template::references(&node.config);
+    for (path, name) in &refs.params {
+        if !recipe.parameters.contains_key(name) {
+            err(
+                id,
+                path,
+                format!("`${{params.{name}}}`: the recipe declares no parameter `{name}`"),
+            );
+        } else if value_of(name).is_none() {
+            err(
+                id,
+                path,
+                format!(
+                    "`${{params.{name}}}` has no value: pass --param {name}=VALUE or give it a default"
+                ),
+            );
+        }
+    }
+    for (path, name) in &refs.inputs {
+        if !node.inputs.contains_key(name) {
+            err(
+                id,
+                path,
+                format!(
+                    "`${{inputs.{name}}}`: the node declares no input `{name}` (it declares: {})",
+                    list(node.inputs.keys())
+                ),
+            );
+        }
+    }
+    for (path, text) in &refs.unknown {
+        err(
+            id,
+            path,
+            format!("`{text}` is not a reference (use ${{params.NAME}} or ${{inputs.NAME}})"),
+        );
+    }
+    // The config's shape can be checked once parameters are in; input values only exist at run time.
+    let resolved = template::substitute_params(&node.config, value_of);
+    if refs.inputs.is_empty()
+        && template::references(&resolved).params.is_empty()
+        && let Err(e) = nodes::check_config(&node.node_type, &resolved)
+        && nodes::KNOWN_TYPES.contains(&node.node_type.as_str())
+    {
+        err(id, "config", e);
+    }
+    if let Some(policy) = &node.retry
+        && let Err(e) = policy.validate()
+    {
+        err(id, "retry", e);
+    }
+    if let Some(timeout) = &node.timeout {
+        match duration::parse_ms(timeout) {
+            Ok(ms) if ms == 0 || ms > MAX_TIMEOUT_MS => err(
+                id,
+                "timeout",
+                format!("`{timeout}` must be between 1 ms and 25 m"),
+            ),
+            Ok(_) => {}
+            Err(e) => err(id, "timeout", e),
+        }
+    }
+    if node.when == When::Always && node.inputs.is_empty() {
+        err(
+            id,
+            "when",
+            "`always` runs a node after its upstreams end: it needs at least one input".into(),
+        );
+    }
+    if let Some(target) = &node.compensate
+        && !by_id.contains_key(target.as_str())
+    {
+        err(id, "compensate", format!("there is no node `{target}`"));
+    }
+}
+
+fn list<'a>(names: impl IntoIterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.into_iter().map(String::as_str).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// A cycle through the inputs, as node ids ending where it started, if there is one.
+fn find_cycle(nodes: &[NodeSpec], by_id: &HashMap<&str, &NodeSpec>) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    let upstreams = |n: &NodeSpec| -> Vec<String> {
+        n.inputs
+            .values()
+            .filter_map(|s| s.split_once('.'))
+            .map(|(up, _)| up.to_string())
+            .filter(|up| by_id.contains_key(up.as_str()) && *up != n.id)
+            .collect()
+    };
+    let mut marks: HashMap<&str, Mark> = nodes.iter().map(|n| (n.id.as_str(), Mark::New)).collect();
+    for start in nodes {
+        if marks[start.id.as_str()] != Mark::New {
+            continue;
+        }
+        // Iterative depth-first search (a 20,000-node chain must not overflow the stack).
+        let mut stack: Vec<(String, Vec<String>)> = vec![(start.id.clone(), upstreams(start))];
+        marks.insert(&start.id, Mark::Active);
+        while let Some((id, pending)) = stack.last_mut() {
+            match pending.pop() {
+                Some(next) => match marks[next.as_str()] {
+                    Mark::Active => {
+                        let from = stack.iter().position(|(n, _)| *n == next).unwrap_or(0);
+                        let mut cycle: Vec<String> =
+                            stack[from..].iter().map(|(n, _)| n.clone()).collect();
+                        cycle.reverse();
+                        cycle.insert(0, next.clone());
+                        return Some(cycle);
+                    }
+                    Mark::New => {
+                        let node = by_id[next.as_str()];
+                        marks.insert(&node.id, Mark::Active);
+                        stack.push((next, upstreams(node)));
+                    }
+                    Mark::Done => {}
+                },
+                None => {
+                    let node = by_id[id.as_str()];
+                    marks.insert(&node.id, Mark::Done);
+                    stack.pop();
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::parse;
+
+    fn check(yaml: &str) -> Vec<String> {
+        let recipe = parse("r.yaml", yaml).unwrap();
+        validate("r.yaml", &recipe, &BTreeMap::new())
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    const HEAD: &str = "version: 1\nname: t\nparameters:\n  target: {default: 'http://127.0.0.1:8080'}\n  delay: {}\nnodes:\n";
+
+    #[test]
+    fn a_diamond_is_valid() {
+        let yaml = format!(
+            "{HEAD}  - {{id: a, type: http, config: {{url: '${{params.target}}'}}, outputs: [body]}}\n  - {{id: b, type: builtin.echo, inputs: {{x: a.body}}, outputs: [out]}}\n  - {{id: c, type: builtin.echo, inputs: {{x: a.body}}, outputs: [out]}}\n  - {{id: d, type: builtin.echo, inputs: {{l: b.out, r: c.out}}, config: {{text: '${{inputs.l}} ${{inputs.r}}'}}}}\n"
+        );
+        assert_eq!(check(&yaml), Vec::<String>::new());
+    }
+
+    #[test]
+    fn names_the_cycle() {
+        let yaml = format!(
+            "{HEAD}  - {{id: a, type: builtin.echo, inputs: {{x: c.o}}, outputs: [o]}}\n  - {{id: b, type: builtin.echo, inputs: {{x: a.o}}, outputs: [o]}}\n  - {{id: c, type: builtin.echo, inputs: {{x: b.o}}, outputs: [o]}}\n"
+        );
+        let errors = check(&yaml);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("forms a cycle") && errors[0].matches('→').count() == 3,
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_named_with_node_and_field() {
+        let yaml = format!(
+            "{HEAD}  - {{id: a, type: scan.magic}}\n  - {{id: a, type: builtin.echo}}\n  - {{id: b, type: builtin.echo, inputs: {{x: z.out, y: a.nothing}}, config: {{t: '${{inputs.w}} ${{params.nope}} ${{env.X}}'}}}}\n  - {{id: c, type: builtin.sleep, config: {{ms: '${{params.delay}}'}}}}\n  - {{id: d, type: exec, config: {{argv: []}}, timeout: 2h, when: always}}\n"
+        );
+        let errors = check(&yaml).join("\n");
+        for expected in [
+            "node `a`: type: unknown node type `scan.magic`",
+            "node `a`: id: is used by more than one node",
+            "node `b`: inputs.x: `z.out`: there is no node `z`",
+            "node `b`: inputs.y: `a.nothing`: node `a` declares no output `nothing`",
+            "node `b`: config.t: `${inputs.w}`: the node declares no input `w`",
+            "node `b`: config.t: `${params.nope}`: the recipe declares no parameter `nope`",
+            "node `b`: config.t: `${env.X}` is not a reference",
+            "node `c`: config.ms: `${params.delay}` has no value",
+            "node `d`: config: exec: invalid config: argv must name a program",
+            "node `d`: timeout: `2h` must be between 1 ms and 25 m",
+            "node `d`: when: `always` runs a node after its upstreams end",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "missing `{expected}` in:\n{errors}"
+            );
+        }
+    }
+
+    #[test]
+    fn parameters_fill_in_before_configs_are_checked() {
+        let recipe = parse(
+            "r.yaml",
+            &format!(
+                "{HEAD}  - {{id: s, type: builtin.sleep, config: {{ms: '${{params.delay}}'}}}}\n"
+            ),
+        )
+        .unwrap();
+        let mut params = BTreeMap::new();
+        params.insert("delay".to_string(), Value::from(25));
+        assert!(validate("r.yaml", &recipe, &params).is_empty());
+        params.insert("delay".to_string(), Value::from("soon"));
+        let errors = validate("r.yaml", &recipe, &params);
+        assert!(
+            errors[0]
+                .to_string()
+                .contains("node `s`: config: builtin.sleep: invalid config"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn bad_yaml_is_an_error_with_its_position() {
+        let e = parse("r.yaml", "version: 1\nnodes: [ {id: a\n").unwrap_err();
+        assert!(
+            e.to_string().starts_with("r.yaml: not a valid recipe:"),
+            "{e}"
+        );
+    }
+}
