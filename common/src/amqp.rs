@@ -129,3 +129,22 @@ pub fn copy_properties(p: &BasicProperties, headers: FieldTable) -> BasicPropert
     }
     out
 }
+
+/// Publishes one task to the tasks exchange (routing key = its type), confirmed and mandatory.
+pub async fn publish_task(
+    publisher: &Publisher,
+    topology: &crate::Topology,
+    task: &crate::TaskEnvelope,
+) -> Result<()> {
+    let props = json_properties(&task.task_id.to_string(), FieldTable::default())
+        .with_type(task.node_type.as_str().into());
+    publisher
+        .publish(
+            &topology.tasks_exchange(),
+            &task.node_type,
+            &task.to_body(),
+            props,
+            true,
+        )
+        .await
+}

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod nodes;
 pub mod recipe;
 pub mod retry;
+pub mod runs;
 pub mod task_error;
 pub mod topology;
 

@@ -45,6 +45,31 @@ enum Command {
         #[arg(long = "param")]
         params: Vec<String>,
     },
+    /// Run a recipe: store the run, publish its root nodes, print the run id.
+    Submit {
+        /// Recipe file (YAML).
+        recipe: String,
+        /// Parameter value, NAME=VALUE.
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// Wait until the run ends; exit 0 only if it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait, give up waiting after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run: its status and each node's state.
+    Status {
+        /// Run id.
+        run: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Follow task events (node.completed, node.retrying, node.dead_lettered, ...).
     Events {
         /// Routing-key pattern of the events to show.
@@ -103,6 +128,60 @@ async fn main() -> anyhow::Result<()> {
                     );
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+        Command::Submit {
+            recipe,
+            params,
+            wait,
+            timeout,
+            json,
+        } => {
+            let params =
+                secflow_producer::recipes::parse_params(&params).map_err(anyhow::Error::msg)?;
+            let wait = wait.then(|| std::time::Duration::from_secs(timeout));
+            let submitted =
+                secflow_producer::recipes::submit(&cli.broker, &recipe, &params, wait).await?;
+            if json {
+                println!("{}", serde_json::to_string(&submitted)?);
+            } else {
+                println!("{}", submitted.run_id);
+                if let Some(status) = &submitted.status {
+                    eprintln!("run {} ended: {status}", submitted.run_id);
+                }
+            }
+            if submitted
+                .status
+                .as_deref()
+                .is_some_and(|s| s != "succeeded")
+            {
+                anyhow::bail!(
+                    "run {} ended {}",
+                    submitted.run_id,
+                    submitted.status.unwrap_or_default()
+                );
+            }
+        }
+        Command::Status { run, json } => {
+            let runs =
+                secflow_common::runs::RunStore::new(&cli.broker.redis_url, &cli.broker.namespace)?;
+            let status = runs.status(&run).await?;
+            if json {
+                println!("{}", serde_json::to_string(&status)?);
+            } else {
+                println!(
+                    "run {} {}{}",
+                    status.run_id,
+                    status.status,
+                    status
+                        .blocking_node
+                        .as_ref()
+                        .map(|n| format!(" (blocked by `{n}`)"))
+                        .unwrap_or_default()
+                );
+                for (node, state) in &status.nodes {
+                    println!("  {node:<30} {state}");
+                }
             }
         }
         Command::Validate { recipe, params } => {

@@ -83,18 +83,10 @@ pub async fn publish_envelopes(
     topology: &Topology,
     tasks: &[TaskEnvelope],
 ) -> Result<Vec<Uuid>, PublishError> {
-    let exchange = topology.tasks_exchange();
     let failed: Vec<(Uuid, String)> = stream::iter(tasks)
-        .map(|task| {
-            let exchange = &exchange;
-            async move {
-                let props = amqp::json_properties(&task.task_id.to_string(), Default::default())
-                    .with_type(task.node_type.as_str().into());
-                let result = publisher
-                    .publish(exchange, &task.node_type, &task.to_body(), props, true)
-                    .await;
-                result.err().map(|e| (task.task_id, e.to_string()))
-            }
+        .map(|task| async move {
+            let result = amqp::publish_task(publisher, topology, task).await;
+            result.err().map(|e| (task.task_id, e.to_string()))
         })
         .buffer_unordered(CONFIRM_WINDOW)
         .filter_map(|failure| async move { failure })

@@ -62,3 +62,78 @@ pub fn parse_params(raw: &[String]) -> Result<BTreeMap<String, Value>, String> {
         })
         .collect()
 }
+
+/// A submitted run.
+#[derive(Debug, serde::Serialize)]
+pub struct Submitted {
+    /// Run id.
+    pub run_id: uuid::Uuid,
+    /// Root nodes published.
+    pub roots: Vec<String>,
+    /// Final status when waited for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// Validates `path`, stores the run in Redis and publishes its roots with confirms. With
+/// `wait`, follows the events until the run ends (or `timeout` passes).
+pub async fn submit(
+    broker: &secflow_common::config::BrokerArgs,
+    path: &str,
+    params: &BTreeMap<String, Value>,
+    wait: Option<std::time::Duration>,
+) -> anyhow::Result<Submitted> {
+    use futures_util::StreamExt;
+    let summary = load(path, params).map_err(|errors| {
+        anyhow::anyhow!(
+            "{}\n{path}: {} problem(s); nothing was published",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            errors.len()
+        )
+    })?;
+    let runs = secflow_common::runs::RunStore::new(&broker.redis_url, &broker.namespace)?;
+    let (conn, topology) = crate::connect(broker, "secflow-producer-submit").await?;
+    // Subscribe before publishing, so a fast run's end is not missed.
+    let ch = conn.create_channel().await?;
+    let mut events = match wait {
+        Some(_) => {
+            Some(secflow_common::events::subscribe(&ch, &topology, "workflow.completed").await?)
+        }
+        None => None,
+    };
+    let (run_id, roots) = runs.create(&summary.recipe, params).await?;
+    let publisher = secflow_common::amqp::Publisher::new(&conn).await?;
+    for root in &roots {
+        let task = runs.envelope(run_id, root).await?;
+        secflow_common::amqp::publish_task(&publisher, &topology, &task).await?;
+    }
+    let mut submitted = Submitted {
+        run_id,
+        roots: roots.iter().map(|r| r.id.clone()).collect(),
+        status: None,
+    };
+    if let (Some(timeout), Some(consumer)) = (wait, events.as_mut()) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while submitted.status.is_none() {
+            let next = tokio::time::timeout_at(deadline, consumer.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("run {run_id} did not end within {} s (it goes on; see producer status {run_id})", timeout.as_secs()))?;
+            let Some(Ok(delivery)) = next else {
+                anyhow::bail!("lost the events subscription while waiting for run {run_id}")
+            };
+            for event in secflow_common::events::decode(&delivery.data).unwrap_or_default() {
+                if event.run_id == Some(run_id) {
+                    submitted.status = event
+                        .output
+                        .and_then(|o| o.get("status").and_then(Value::as_str).map(str::to_string));
+                }
+            }
+        }
+    }
+    let _ = conn.close(200, "submitted".into()).await;
+    Ok(submitted)
+}

@@ -15,6 +15,7 @@ pub mod settle;
 pub mod stats;
 pub mod store;
 mod task;
+pub mod workflow;
 
 pub use config::WorkerConfig;
 pub use run::{WorkerError, run, run_with_stats};

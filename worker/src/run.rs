@@ -107,6 +107,8 @@ pub async fn run_with_stats(
             stats,
             done_ttl_ms: cfg.done_ttl_secs.saturating_mul(1000),
         },
+        runs: secflow_common::runs::RunStore::new(&cfg.broker.redis_url, &cfg.broker.namespace)
+            .map_err(|e| WorkerError::Config(e.to_string()))?,
         store,
         breakers,
         policies: cfg.policies(),

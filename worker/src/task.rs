@@ -24,6 +24,7 @@ pub(crate) struct Shared {
     pub handlers: Handlers,
     pub settler: Settler,
     pub store: Arc<Store>,
+    pub runs: secflow_common::runs::RunStore,
     pub breakers: Breakers,
     pub policies: PolicyTable,
     pub default_timeout: Duration,
@@ -148,6 +149,7 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
     let retries = u32::try_from(meta.retry_count).unwrap_or(u32::MAX);
     let unit = rand::rng().random::<f64>();
     let disposition = escalate(shared, &task, decide(outcome, retries, policy, unit)).await;
+    let disposition = crate::workflow::advance(&shared.runs, settler, &task, disposition).await;
     settler
         .settle(&delivery, Some(&task), &meta, disposition, lease.as_ref())
         .await;

@@ -17,10 +17,10 @@
 //!     config: { text: "${inputs.robots}" }
 //! ```
 
-mod template;
+pub mod template;
 mod validate;
 
-pub use template::{References, references};
+pub use template::{References, references, substitute, substitute_params};
 pub use validate::{RecipeError, validate};
 
 use crate::retry::RetryPolicy;

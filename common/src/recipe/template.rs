@@ -63,23 +63,30 @@ fn scan(s: &str, path: &str, refs: &mut References) {
 /// reference takes the parameter's JSON value (so numbers stay numbers); otherwise the value is
 /// spliced in as text.
 pub fn substitute_params(value: &Value, params: &dyn Fn(&str) -> Option<Value>) -> Value {
+    substitute(value, "params", params)
+}
+
+/// Replaces `${KIND.NAME}` references (`KIND` being `params` or `inputs`) whose value is known,
+/// as [`substitute_params`] does.
+pub fn substitute(value: &Value, kind: &str, lookup: &dyn Fn(&str) -> Option<Value>) -> Value {
+    let open = format!("${{{kind}.");
     match value {
         Value::String(s) => {
             if let Some(name) = s
-                .strip_prefix("${params.")
+                .strip_prefix(open.as_str())
                 .and_then(|r| r.strip_suffix('}'))
                 && !name.contains('}')
-                && let Some(v) = params(name)
+                && let Some(v) = lookup(name)
             {
                 return v;
             }
             let mut out = String::new();
             let mut rest = s.as_str();
-            while let Some(start) = rest.find("${params.") {
-                let after = &rest[start + 9..];
+            while let Some(start) = rest.find(open.as_str()) {
+                let after = &rest[start + open.len()..];
                 match after
                     .find('}')
-                    .and_then(|end| params(&after[..end]).map(|v| (end, v)))
+                    .and_then(|end| lookup(&after[..end]).map(|v| (end, v)))
                 {
                     Some((end, v)) => {
                         out.push_str(&rest[..start]);
@@ -87,7 +94,7 @@ pub fn substitute_params(value: &Value, params: &dyn Fn(&str) -> Option<Value>) 
                         rest = &after[end + 1..];
                     }
                     None => {
-                        out.push_str(&rest[..start + 9]);
+                        out.push_str(&rest[..start + open.len()]);
                         rest = after;
                     }
                 }
@@ -96,11 +103,11 @@ pub fn substitute_params(value: &Value, params: &dyn Fn(&str) -> Option<Value>) 
             Value::String(out)
         }
         Value::Array(items) => {
-            Value::Array(items.iter().map(|v| substitute_params(v, params)).collect())
+            Value::Array(items.iter().map(|v| substitute(v, kind, lookup)).collect())
         }
         Value::Object(map) => Value::Object(
             map.iter()
-                .map(|(k, v)| (k.clone(), substitute_params(v, params)))
+                .map(|(k, v)| (k.clone(), substitute(v, kind, lookup)))
                 .collect(),
         ),
         other => other.clone(),

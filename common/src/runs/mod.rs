@@ -1,0 +1,352 @@
+//! Runs of a recipe, kept in Redis and moved forward by the workers themselves (choreography):
+//! the producer stores the run and publishes its roots; the worker that ends a node calls one
+//! script that marks it, stores its outputs and names the dependents that became ready, which
+//! that worker then publishes. Every key of a run shares one hash tag, so the script is atomic
+//! on Redis Cluster too.
+
+use crate::{
+    TaskEnvelope,
+    recipe::{Recipe, When, substitute, substitute_params},
+    retry::RetryPolicy,
+};
+use deadpool_redis::{
+    Pool, Runtime,
+    redis::{AsyncCommands, Script},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use uuid::Uuid;
+
+/// A node as stored with its run: parameters filled in, dependents known, task id fixed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredNode {
+    /// Node id.
+    pub id: String,
+    /// Task id of this node in this run (the idempotency key; a resume reuses it).
+    pub task_id: Uuid,
+    /// Node type.
+    #[serde(rename = "type")]
+    pub node_type: String,
+    /// Config with parameters filled in (inputs are filled in when it is published).
+    pub config: Value,
+    /// Input name → `node.output`.
+    pub inputs: BTreeMap<String, String>,
+    /// Declared outputs.
+    pub outputs: Vec<String>,
+    /// Retry policy.
+    pub retry: Option<RetryPolicy>,
+    /// Timeout, ms.
+    pub timeout_ms: Option<u64>,
+    /// Breaker key.
+    pub service: Option<String>,
+    /// Failure degrades the run instead of failing it.
+    pub optional: bool,
+    /// `success` or `always`.
+    pub when: String,
+    /// Nodes that take an input from this one.
+    pub dependents: Vec<String>,
+}
+
+/// Errors of the run store.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Redis failed.
+    #[error("Redis: {0} (check REDIS_URL)")]
+    Redis(String),
+    /// No such run.
+    #[error("no run {0} in this namespace (runs are kept 7 days)")]
+    UnknownRun(String),
+    /// Stored data does not parse.
+    #[error("run data is damaged: {0}")]
+    Corrupt(String),
+}
+
+impl From<deadpool_redis::redis::RedisError> for RunError {
+    fn from(e: deadpool_redis::redis::RedisError) -> Self {
+        Self::Redis(e.to_string())
+    }
+}
+
+impl From<deadpool_redis::PoolError> for RunError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        Self::Redis(e.to_string())
+    }
+}
+
+/// How long a run's keys are kept after its last change.
+const RUN_TTL_SECS: i64 = 7 * 24 * 3600;
+
+/// A run's state as `producer status` shows it.
+#[derive(Debug, Serialize)]
+pub struct RunStatus {
+    /// Run id.
+    pub run_id: String,
+    /// running, succeeded, partial or failed.
+    pub status: String,
+    /// The required node whose failure failed the run.
+    pub blocking_node: Option<String>,
+    /// Node id → pending, queued, succeeded, failed or skipped.
+    pub nodes: BTreeMap<String, String>,
+}
+
+/// Redis access for runs of one namespace.
+pub struct RunStore {
+    pool: Pool,
+    ns: String,
+    node_end: Script,
+}
+
+impl RunStore {
+    /// A store on `url` for namespace `ns`.
+    pub fn new(url: &str, ns: &str) -> Result<Self, RunError> {
+        let pool = deadpool_redis::Config::from_url(url)
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| RunError::Redis(format!("invalid REDIS_URL: {e}")))?;
+        Ok(Self {
+            pool,
+            ns: ns.to_string(),
+            node_end: Script::new(include_str!("node_end.lua")),
+        })
+    }
+
+    fn key(&self, run: &str, part: &str) -> String {
+        format!("sf:{{{}:run:{run}}}:{part}", self.ns)
+    }
+
+    fn keys(&self, run: &str) -> [String; 5] {
+        ["nodes", "state", "waiting", "outputs", "unpublished"].map(|p| self.key(run, p))
+    }
+
+    /// Stores a new run of a validated `recipe` and returns its id and its root nodes.
+    pub async fn create(
+        &self,
+        recipe: &Recipe,
+        params: &BTreeMap<String, Value>,
+    ) -> Result<(Uuid, Vec<StoredNode>), RunError> {
+        let run_id = Uuid::now_v7();
+        let value_of = |name: &str| {
+            params
+                .get(name)
+                .cloned()
+                .or_else(|| recipe.parameters.get(name).and_then(|p| p.default.clone()))
+        };
+        let mut dependents: HashMap<&str, Vec<String>> = HashMap::new();
+        for node in &recipe.nodes {
+            for source in node.inputs.values() {
+                if let Some((up, _)) = source.split_once('.') {
+                    let list = dependents.entry(up).or_default();
+                    if !list.contains(&node.id) {
+                        list.push(node.id.clone());
+                    }
+                }
+            }
+        }
+        let stored: Vec<StoredNode> = recipe
+            .nodes
+            .iter()
+            .map(|n| StoredNode {
+                id: n.id.clone(),
+                task_id: Uuid::now_v7(),
+                node_type: n.node_type.clone(),
+                config: substitute_params(&n.config, &value_of),
+                inputs: n.inputs.clone(),
+                outputs: n.outputs.clone(),
+                retry: n.retry.clone(),
+                timeout_ms: n
+                    .timeout
+                    .as_deref()
+                    .and_then(|t| crate::duration::parse_ms(t).ok()),
+                service: n.service.clone(),
+                optional: n.optional,
+                when: if n.when == When::Always {
+                    "always".into()
+                } else {
+                    "success".into()
+                },
+                dependents: dependents.remove(n.id.as_str()).unwrap_or_default(),
+            })
+            .collect();
+        let [nodes, state, waiting, ..] = self.keys(&run_id.to_string());
+        let mut pipe = deadpool_redis::redis::pipe();
+        pipe.atomic();
+        for n in &stored {
+            let upstreams = n
+                .inputs
+                .values()
+                .filter_map(|s| s.split_once('.'))
+                .map(|(up, _)| up)
+                .collect::<std::collections::HashSet<_>>()
+                .len();
+            pipe.hset(&nodes, &n.id, serde_json::to_string(n).unwrap_or_default());
+            pipe.hset(
+                &state,
+                &n.id,
+                if upstreams == 0 { "queued" } else { "pending" },
+            );
+            pipe.hset(&waiting, &n.id, upstreams);
+        }
+        pipe.hset(&state, "_total", stored.len())
+            .hset(&state, "_run", "running")
+            .hset(&state, "_name", &recipe.name);
+        pipe.hset(&state, "_created_at", crate::now_ms());
+        for key in self.keys(&run_id.to_string()) {
+            pipe.expire(key, RUN_TTL_SECS);
+        }
+        let mut conn = self.pool.get().await?;
+        pipe.query_async::<()>(&mut conn).await?;
+        let roots = stored.into_iter().filter(|n| n.inputs.is_empty()).collect();
+        Ok((run_id, roots))
+    }
+
+    /// Records that `node` ended (`ok` with `output`, or failed) and returns the dependents
+    /// that became ready and the run's status. Calling it again for an ended node returns the
+    /// dependents whose publish was not confirmed yet ([`RunStore::published`]).
+    pub async fn node_end(
+        &self,
+        run: &str,
+        node: &StoredNode,
+        output: Option<&Value>,
+    ) -> Result<(Vec<StoredNode>, String), RunError> {
+        let keys = self.keys(run);
+        let selected = output
+            .map(|o| select_outputs(node, o))
+            .unwrap_or(Value::Null);
+        let mut invocation = self.node_end.prepare_invoke();
+        for k in &keys {
+            invocation.key(k);
+        }
+        invocation
+            .arg(&node.id)
+            .arg(if output.is_some() { "ok" } else { "failed" })
+            .arg(selected.to_string())
+            .arg(crate::now_ms());
+        let mut conn = self.pool.get().await?;
+        let (ready, status): (String, String) = invocation.invoke_async(&mut conn).await?;
+        let ids: Vec<String> =
+            serde_json::from_str(&ready).map_err(|e| RunError::Corrupt(e.to_string()))?;
+        let nodes = self.nodes(run, &ids).await?;
+        Ok((nodes, status))
+    }
+
+    /// Confirms that the dependents `node_end` returned for `node` were published.
+    pub async fn published(&self, run: &str, node: &str) -> Result<(), RunError> {
+        let mut conn = self.pool.get().await?;
+        conn.hdel::<_, _, ()>(self.key(run, "unpublished"), node)
+            .await?;
+        Ok(())
+    }
+
+    /// The stored specs of `ids`.
+    pub async fn nodes(&self, run: &str, ids: &[String]) -> Result<Vec<StoredNode>, RunError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.get().await?;
+        let raw: Vec<Option<String>> = deadpool_redis::redis::cmd("HMGET")
+            .arg(self.key(run, "nodes"))
+            .arg(ids)
+            .query_async(&mut conn)
+            .await?;
+        raw.into_iter()
+            .zip(ids)
+            .map(|(r, id)| {
+                let text = r.ok_or_else(|| RunError::Corrupt(format!("node `{id}` missing")))?;
+                serde_json::from_str(&text).map_err(|e| RunError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// The task envelope of `node`, its inputs taken from its upstreams' stored outputs.
+    pub async fn envelope(&self, run: Uuid, node: &StoredNode) -> Result<TaskEnvelope, RunError> {
+        let upstreams: Vec<String> = node
+            .inputs
+            .values()
+            .filter_map(|s| s.split_once('.'))
+            .map(|(up, _)| up.to_string())
+            .collect();
+        let mut outputs: HashMap<String, Value> = HashMap::new();
+        if !upstreams.is_empty() {
+            let mut conn = self.pool.get().await?;
+            let raw: Vec<Option<String>> = deadpool_redis::redis::cmd("HMGET")
+                .arg(self.key(&run.to_string(), "outputs"))
+                .arg(&upstreams)
+                .query_async(&mut conn)
+                .await?;
+            for (up, r) in upstreams.iter().zip(raw) {
+                if let Some(text) = r {
+                    outputs.insert(
+                        up.clone(),
+                        serde_json::from_str(&text).unwrap_or(Value::Null),
+                    );
+                }
+            }
+        }
+        let mut inputs = Map::new();
+        let mut partial = Vec::new();
+        for (name, source) in &node.inputs {
+            let value = source
+                .split_once('.')
+                .and_then(|(up, out)| outputs.get(up).and_then(|o| o.get(out)).cloned());
+            if value.is_none() {
+                partial.push(Value::String(name.clone()));
+            }
+            inputs.insert(name.clone(), value.unwrap_or(Value::Null));
+        }
+        let lookup = |name: &str| inputs.get(name).cloned();
+        let config = substitute(&node.config, "inputs", &lookup);
+        if !partial.is_empty() {
+            inputs.insert("_partial".into(), Value::Array(partial));
+        }
+        let mut task = TaskEnvelope::new(node.node_type.clone(), config);
+        task.task_id = node.task_id;
+        task.run_id = Some(run);
+        task.node_id = node.id.clone();
+        task.inputs = inputs;
+        task.retry.clone_from(&node.retry);
+        task.timeout_ms = node.timeout_ms;
+        task.service.clone_from(&node.service);
+        Ok(task)
+    }
+
+    /// The state of every node of `run`.
+    pub async fn status(&self, run: &str) -> Result<RunStatus, RunError> {
+        let mut conn = self.pool.get().await?;
+        let state: HashMap<String, String> = conn.hgetall(self.key(run, "state")).await?;
+        if state.is_empty() {
+            return Err(RunError::UnknownRun(run.to_string()));
+        }
+        let nodes = state
+            .iter()
+            .filter(|(k, _)| !k.starts_with('_'))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(RunStatus {
+            run_id: run.to_string(),
+            status: state.get("_run").cloned().unwrap_or_default(),
+            blocking_node: state.get("_blocking").cloned(),
+            nodes,
+        })
+    }
+
+    /// Deletes a run's keys (tests).
+    pub async fn delete(&self, run: &str) -> Result<(), RunError> {
+        let mut conn = self.pool.get().await?;
+        conn.del::<_, ()>(self.keys(run).to_vec()).await?;
+        Ok(())
+    }
+}
+
+/// The declared outputs of a node picked from its handler's output: a field of that name, or
+/// the whole output when the node declares exactly one.
+pub fn select_outputs(node: &StoredNode, output: &Value) -> Value {
+    let mut selected = Map::new();
+    for name in &node.outputs {
+        let value = output
+            .get(name)
+            .cloned()
+            .or_else(|| (node.outputs.len() == 1).then(|| output.clone()));
+        selected.insert(name.clone(), value.unwrap_or(Value::Null));
+    }
+    Value::Object(selected)
+}

@@ -1,0 +1,64 @@
+-- A node of a run ended. Marks it, stores its outputs, updates its dependents and returns the
+-- ones that became ready to publish. Exactly once: a second call for an ended node changes
+-- nothing and returns the dependents whose publish was never confirmed.
+-- KEYS[1] nodes hash (id -> spec JSON), KEYS[2] state hash (id -> state, plus run fields),
+-- KEYS[3] waiting hash (id -> upstreams not ended), KEYS[4] outputs hash, KEYS[5] unpublished hash
+-- ARGV[1] node id, ARGV[2] "ok" | "failed", ARGV[3] outputs JSON (ok only), ARGV[4] now ms
+local nodes, state, waiting, outputs, unpublished = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local node, outcome = ARGV[1], ARGV[2]
+local current = redis.call('HGET', state, node)
+if current == 'succeeded' or current == 'failed' or current == 'skipped' then
+  return {redis.call('HGET', unpublished, node) or '[]', redis.call('HGET', state, '_run') or 'running'}
+end
+local ready = {}
+-- Work list of (node, ended well?) so skipped nodes cascade without recursion.
+local todo = {{node, outcome == 'ok'}}
+if outcome == 'ok' then
+  redis.call('HSET', state, node, 'succeeded')
+  redis.call('HSET', outputs, node, ARGV[3])
+else
+  redis.call('HSET', state, node, 'failed')
+  local spec = cjson.decode(redis.call('HGET', nodes, node))
+  if not spec.optional then
+    redis.call('HSETNX', state, '_blocking', node)
+  else
+    redis.call('HSET', state, '_partial', '1')
+  end
+end
+redis.call('HINCRBY', state, '_ended', 1)
+local i = 1
+while i <= #todo do
+  local id, well = todo[i][1], todo[i][2]
+  local spec = cjson.decode(redis.call('HGET', nodes, id))
+  for _, d in ipairs(spec.dependents) do
+    local dspec = cjson.decode(redis.call('HGET', nodes, d))
+    -- A failed optional upstream still feeds its dependents (marked partial); a failed
+    -- required one blocks them, unless they run whatever happens.
+    if not well and not spec.optional and dspec.when ~= 'always' then
+      redis.call('HSET', state, '_blocked:' .. d, id)
+    end
+    local left = redis.call('HINCRBY', waiting, d, -1)
+    if left == 0 then
+      if redis.call('HEXISTS', state, '_blocked:' .. d) == 1 then
+        redis.call('HSET', state, d, 'skipped')
+        redis.call('HINCRBY', state, '_ended', 1)
+        table.insert(todo, {d, false})
+      else
+        redis.call('HSET', state, d, 'queued')
+        table.insert(ready, d)
+      end
+    end
+  end
+  i = i + 1
+end
+local encoded = cjson.encode(ready)
+if #ready == 0 then encoded = '[]' end
+redis.call('HSET', unpublished, node, encoded)
+local run = 'running'
+if tonumber(redis.call('HGET', state, '_ended')) == tonumber(redis.call('HGET', state, '_total')) then
+  if redis.call('HEXISTS', state, '_blocking') == 1 then run = 'failed'
+  elseif redis.call('HEXISTS', state, '_partial') == 1 then run = 'partial'
+  else run = 'succeeded' end
+  redis.call('HSET', state, '_run', run, '_ended_at', ARGV[4])
+end
+return {encoded, run}

@@ -1,0 +1,207 @@
+//! Recipes run as DAGs across several workers against the real RabbitMQ and Redis:
+//! choreographed continuation, outputs passed along, failure semantics.
+
+use secflow_producer::recipes::submit;
+use secflow_tests::TestNs;
+use serde_json::Value;
+use std::{collections::BTreeMap, collections::HashMap, time::Duration};
+
+fn recipe_file(ns: &TestNs, name: &str, yaml: &str) -> String {
+    let path = std::env::temp_dir().join(format!("{}-{name}.yaml", ns.name));
+    std::fs::write(&path, yaml).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// Completions per node id for `run`.
+fn completions(
+    events: &[secflow_common::events::TaskEvent],
+    run: uuid::Uuid,
+) -> HashMap<String, Vec<Option<Value>>> {
+    let mut out: HashMap<String, Vec<Option<Value>>> = HashMap::new();
+    for e in events
+        .iter()
+        .filter(|e| e.kind == "node.completed" && e.run_id == Some(run))
+    {
+        out.entry(e.node_id.clone().unwrap_or_default())
+            .or_default()
+            .push(e.output.clone());
+    }
+    out
+}
+
+/// Proves: a diamond runs each node exactly once across three workers, and the join node gets
+/// both branches' outputs through its inputs and its config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diamond_runs_each_node_once_and_passes_outputs() {
+    let ns = TestNs::new().await;
+    let tap = ns.tap_events().await;
+    let workers: Vec<_> = (0..3)
+        .map(|_| ns.spawn_worker(ns.worker_config()))
+        .collect();
+    let path = recipe_file(
+        &ns,
+        "diamond",
+        r#"
+version: 1
+name: diamond
+parameters: { word: { default: hello } }
+nodes:
+  - { id: a, type: builtin.echo, config: { w: "${params.word}" }, outputs: [echo] }
+  - { id: b, type: builtin.echo, inputs: { x: a.echo }, config: { left: "${inputs.x}" }, outputs: [echo] }
+  - { id: c, type: builtin.echo, inputs: { x: a.echo }, config: { right: "${inputs.x}" }, outputs: [echo] }
+  - { id: d, type: builtin.echo, inputs: { l: b.echo, r: c.echo }, config: { joined: "${inputs.l} + ${inputs.r}" } }
+"#,
+    );
+    let mut params = BTreeMap::new();
+    params.insert("word".to_string(), Value::from("scan"));
+    let run = submit(&ns.broker(), &path, &params, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(run.status.as_deref(), Some("succeeded"));
+    assert_eq!(run.roots, ["a"]);
+    tap.wait_until("4 completions", Duration::from_secs(10), |ev| {
+        completions(ev, run.run_id).len() == 4
+    })
+    .await;
+    for w in workers {
+        w.stop().await;
+    }
+    let done = completions(&tap.snapshot(), run.run_id);
+    assert!(
+        done.values().all(|v| v.len() == 1),
+        "every node ran once: {done:?}"
+    );
+    let d = done["d"][0].clone().unwrap();
+    assert_eq!(d["inputs"]["l"], serde_json::json!({"left": {"w": "scan"}}));
+    assert_eq!(
+        d["echo"]["joined"],
+        r#"{"left":{"w":"scan"}} + {"right":{"w":"scan"}}"#
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+/// Proves: a 200-node fan-out / fan-in completes with every node run exactly once, the sink
+/// receiving all 200 outputs, even with branches finishing at the same instant on 3 workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_fan_in_of_200_nodes() {
+    let ns = TestNs::new().await;
+    let tap = ns.tap_events().await;
+    let workers: Vec<_> = (0..3)
+        .map(|_| ns.spawn_worker(ns.worker_config()))
+        .collect();
+    let mut yaml = String::from(
+        "version: 1\nname: fan\nnodes:\n  - { id: root, type: builtin.echo, config: { n: 0 }, outputs: [echo] }\n",
+    );
+    let mut sink_inputs = Vec::new();
+    for i in 0..200 {
+        yaml.push_str(&format!("  - {{ id: m{i}, type: builtin.echo, inputs: {{ x: root.echo }}, config: {{ i: {i} }}, outputs: [echo] }}\n"));
+        sink_inputs.push(format!("i{i}: m{i}.echo"));
+    }
+    yaml.push_str(&format!(
+        "  - {{ id: sink, type: builtin.echo, inputs: {{ {} }} }}\n",
+        sink_inputs.join(", ")
+    ));
+    let path = recipe_file(&ns, "fan", &yaml);
+    let run = submit(
+        &ns.broker(),
+        &path,
+        &BTreeMap::new(),
+        Some(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(run.status.as_deref(), Some("succeeded"));
+    tap.wait_until("202 completions", Duration::from_secs(20), |ev| {
+        completions(ev, run.run_id).len() == 202
+    })
+    .await;
+    for w in workers {
+        w.stop().await;
+    }
+    let done = completions(&tap.snapshot(), run.run_id);
+    assert_eq!(done.len(), 202);
+    assert!(done.values().all(|v| v.len() == 1), "a node ran twice");
+    let sink = done["sink"][0].clone().unwrap();
+    let inputs = sink["inputs"].as_object().unwrap();
+    assert_eq!(inputs.len(), 200);
+    assert!(
+        (0..200).all(|i| inputs[&format!("i{i}")] == serde_json::json!({"i": i})),
+        "each branch's output reached the sink"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+/// Proves: a failed required node blocks its dependents and fails the run (naming it), a
+/// `when: always` node still runs, and a failed optional node lets its dependent run with the
+/// input marked partial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_block_optional_degrades_always_runs() {
+    let ns = TestNs::new().await;
+    let tap = ns.tap_events().await;
+    let worker = ns.spawn_worker(ns.worker_config());
+    let path = recipe_file(
+        &ns,
+        "failing",
+        r#"
+version: 1
+name: failing
+nodes:
+  - { id: discover, type: builtin.echo, outputs: [echo] }
+  - { id: scan, type: builtin.fail, inputs: { h: discover.echo }, config: { class: permanent, message: "scanner crashed" }, outputs: [findings] }
+  - { id: triage, type: builtin.echo, inputs: { f: scan.findings } }
+  - { id: enrich, type: builtin.fail, optional: true, inputs: { h: discover.echo }, config: { class: permanent }, outputs: [intel] }
+  - { id: report, type: builtin.echo, inputs: { intel: enrich.intel, h: discover.echo } }
+  - { id: cleanup, type: builtin.echo, when: always, inputs: { f: scan.findings } }
+"#,
+    );
+    let run = submit(
+        &ns.broker(),
+        &path,
+        &BTreeMap::new(),
+        Some(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(run.status.as_deref(), Some("failed"));
+    let runs = secflow_common::runs::RunStore::new(&ns.broker().redis_url, &ns.name).unwrap();
+    let status = runs.status(&run.run_id.to_string()).await.unwrap();
+    assert_eq!(status.blocking_node.as_deref(), Some("scan"));
+    let state = |n: &str| status.nodes[n].as_str();
+    assert_eq!(
+        [
+            state("discover"),
+            state("scan"),
+            state("triage"),
+            state("enrich"),
+            state("report"),
+            state("cleanup")
+        ],
+        [
+            "succeeded",
+            "failed",
+            "skipped",
+            "failed",
+            "succeeded",
+            "succeeded"
+        ]
+    );
+    tap.wait_until(
+        "report and cleanup completed",
+        Duration::from_secs(10),
+        |ev| {
+            let done = completions(ev, run.run_id);
+            done.contains_key("report") && done.contains_key("cleanup")
+        },
+    )
+    .await;
+    worker.stop().await;
+    let done = completions(&tap.snapshot(), run.run_id);
+    assert!(!done.contains_key("triage"), "a blocked node never runs");
+    let report = done["report"][0].clone().unwrap();
+    assert_eq!(
+        report["inputs"]["_partial"],
+        serde_json::json!(["intel"]),
+        "the failed optional input is marked partial"
+    );
+    let _ = std::fs::remove_file(path);
+}
