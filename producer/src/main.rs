@@ -62,6 +62,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-run a run's failed nodes (or one of them); upstream outputs are kept.
+    Resume {
+        /// Run id.
+        run: String,
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Show a run: its status and each node's state.
     Status {
         /// Run id.
@@ -161,6 +169,11 @@ async fn main() -> anyhow::Result<()> {
                     submitted.status.unwrap_or_default()
                 );
             }
+        }
+        Command::Resume { run, node } => {
+            let nodes =
+                secflow_producer::recipes::resume(&cli.broker, &run, node.as_deref()).await?;
+            println!("resumed {} of run {run}", nodes.join(", "));
         }
         Command::Status { run, json } => {
             let runs =

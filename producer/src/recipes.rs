@@ -137,3 +137,33 @@ pub async fn submit(
     let _ = conn.close(200, "submitted".into()).await;
     Ok(submitted)
 }
+
+/// Publishes the failed nodes of `run` again (or just `node`), with their original task ids;
+/// the worker that takes one puts the run back to running. Upstream outputs are kept.
+pub async fn resume(
+    broker: &secflow_common::config::BrokerArgs,
+    run: &str,
+    node: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
+    let runs = secflow_common::runs::RunStore::new(&broker.redis_url, &broker.namespace)?;
+    let run_id: uuid::Uuid = run
+        .parse()
+        .map_err(|_| anyhow::anyhow!("`{run}` is not a run id"))?;
+    let mut failed = runs.failed_nodes(run).await?;
+    if let Some(only) = node {
+        failed.retain(|n| n.id == only);
+        anyhow::ensure!(
+            !failed.is_empty(),
+            "node `{only}` of run {run} has not failed: nothing to resume"
+        );
+    }
+    anyhow::ensure!(!failed.is_empty(), "run {run} has no failed node to resume");
+    let (conn, topology) = crate::connect(broker, "secflow-producer-resume").await?;
+    let publisher = secflow_common::amqp::Publisher::new(&conn).await?;
+    for n in &failed {
+        let task = runs.envelope(run_id, n).await?;
+        secflow_common::amqp::publish_task(&publisher, &topology, &task).await?;
+    }
+    let _ = conn.close(200, "resumed".into()).await;
+    Ok(failed.into_iter().map(|n| n.id).collect())
+}

@@ -205,3 +205,125 @@ nodes:
     );
     let _ = std::fs::remove_file(path);
 }
+
+/// A run whose `scan` fails until `marker` exists (then dead-lettered at once).
+fn fixable_recipe(ns: &TestNs, name: &str, marker: &std::path::Path) -> String {
+    recipe_file(
+        ns,
+        name,
+        &format!(
+            r#"
+version: 1
+name: fixable
+nodes:
+  - {{ id: discover, type: builtin.echo, config: {{ target: "10.0.0.5" }}, outputs: [echo] }}
+  - {{ id: scan, type: exec, inputs: {{ h: discover.echo }}, config: {{ argv: ["sh", "-c", "test -f {}"] }}, retry: {{ max_attempts: 1 }}, outputs: [stdout] }}
+  - {{ id: report, type: builtin.echo, inputs: {{ s: scan.stdout, h: discover.echo }} }}
+"#,
+            marker.display()
+        ),
+    )
+}
+
+/// Proves: a failing node goes to the DLQ and fails the run; once the cause is fixed, either
+/// `dlq-inspector requeue` or `producer resume` lets the run continue from that node and
+/// succeed, the upstream node never running again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_node_requeued_or_resumed_continues_the_run() {
+    let ns = TestNs::new().await;
+    let tap = ns.tap_events().await;
+    let worker = ns.spawn_worker(ns.worker_config());
+    let runs = secflow_common::runs::RunStore::new(&ns.broker().redis_url, &ns.name).unwrap();
+    let marker = std::env::temp_dir().join(format!("{}-fixed", ns.name));
+    let ended = |run: uuid::Uuid, status: &'static str| {
+        move |ev: &[secflow_common::events::TaskEvent]| {
+            ev.iter().any(|e| {
+                e.kind == "workflow.completed"
+                    && e.run_id == Some(run)
+                    && e.output.as_ref().is_some_and(|o| o["status"] == status)
+            })
+        }
+    };
+    let first = submit(
+        &ns.broker(),
+        &fixable_recipe(&ns, "a", &marker),
+        &BTreeMap::new(),
+        Some(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
+    let second = submit(
+        &ns.broker(),
+        &fixable_recipe(&ns, "b", &marker),
+        &BTreeMap::new(),
+        Some(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (first.status.as_deref(), second.status.as_deref()),
+        (Some("failed"), Some("failed"))
+    );
+    assert_eq!(
+        runs.status(&first.run_id.to_string())
+            .await
+            .unwrap()
+            .blocking_node
+            .as_deref(),
+        Some("scan")
+    );
+
+    std::fs::write(&marker, b"fixed").unwrap();
+    // First run: through the DLQ, as an operator would.
+    let out = std::process::Command::new(secflow_tests::bin("dlq-inspector"))
+        .args([
+            "--namespace",
+            &ns.name,
+            "requeue",
+            "--filter",
+            &format!("run={}", first.run_id),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tap.wait_until(
+        "the requeued run to succeed",
+        Duration::from_secs(20),
+        ended(first.run_id, "succeeded"),
+    )
+    .await;
+    // Second run: with producer resume.
+    let resumed = secflow_producer::recipes::resume(&ns.broker(), &second.run_id.to_string(), None)
+        .await
+        .unwrap();
+    assert_eq!(resumed, ["scan"]);
+    tap.wait_until(
+        "the resumed run to succeed",
+        Duration::from_secs(20),
+        ended(second.run_id, "succeeded"),
+    )
+    .await;
+    worker.stop().await;
+    let _ = std::fs::remove_file(&marker);
+
+    for run in [first.run_id, second.run_id] {
+        let done = completions(&tap.snapshot(), run);
+        assert_eq!(
+            done["discover"].len(),
+            1,
+            "the upstream node did not run again"
+        );
+        assert_eq!((done["scan"].len(), done["report"].len()), (1, 1));
+        let status = runs.status(&run.to_string()).await.unwrap();
+        assert_eq!(status.status, "succeeded");
+        assert!(
+            status.nodes.values().all(|s| s == "succeeded"),
+            "{:?}",
+            status.nodes
+        );
+    }
+}

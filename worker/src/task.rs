@@ -126,6 +126,7 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
             .settle(&delivery, Some(&task), &meta, later, lease.as_ref())
             .await;
     }
+    crate::workflow::prepare(&shared.runs, &task).await;
     let Some(outcome) = run_handler(shared, &task, &meta, lease.as_ref()).await else {
         tracing::warn!(task_id, "shutdown: handing the task back unfinished");
         return settler

@@ -13,6 +13,22 @@ use secflow_common::{
 };
 use serde_json::json;
 
+/// Before a workflow node runs: if it had failed (it is back from the DLQ, or resumed), put it
+/// and the nodes its failure skipped back to waiting. A store error is logged: the node still
+/// runs, and its end will be recorded (or retried) as usual.
+pub async fn prepare(runs: &RunStore, task: &TaskEnvelope) {
+    let Some(run) = task.run_id else { return };
+    match runs.rewind(&run.to_string(), &task.node_id).await {
+        Ok(true) => {
+            tracing::info!(%run, node = %task.node_id, "failed node runs again: its run is running again")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(%run, node = %task.node_id, error = %e, "cannot check the node's state in its run")
+        }
+    }
+}
+
 /// Moves the run of `task` forward after `disposition`, or turns the disposition into a retry
 /// when the run store cannot be reached (the continuation must not be lost).
 pub async fn advance(

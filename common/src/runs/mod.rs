@@ -95,6 +95,7 @@ pub struct RunStore {
     pool: Pool,
     ns: String,
     node_end: Script,
+    rewind: Script,
 }
 
 impl RunStore {
@@ -107,6 +108,7 @@ impl RunStore {
             pool,
             ns: ns.to_string(),
             node_end: Script::new(include_str!("node_end.lua")),
+            rewind: Script::new(include_str!("rewind.lua")),
         })
     }
 
@@ -227,6 +229,34 @@ impl RunStore {
             serde_json::from_str(&ready).map_err(|e| RunError::Corrupt(e.to_string()))?;
         let nodes = self.nodes(run, &ids).await?;
         Ok((nodes, status))
+    }
+
+    /// Puts a failed node (and what its failure skipped) back to waiting before it runs again;
+    /// false when the node had not failed.
+    pub async fn rewind(&self, run: &str, node: &str) -> Result<bool, RunError> {
+        let [nodes, state, waiting, ..] = self.keys(run);
+        let mut conn = self.pool.get().await?;
+        let rewound: i64 = self
+            .rewind
+            .key(nodes)
+            .key(state)
+            .key(waiting)
+            .arg(node)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(rewound == 1)
+    }
+
+    /// The failed nodes of a run (what `producer resume` re-runs).
+    pub async fn failed_nodes(&self, run: &str) -> Result<Vec<StoredNode>, RunError> {
+        let status = self.status(run).await?;
+        let ids: Vec<String> = status
+            .nodes
+            .into_iter()
+            .filter(|(_, s)| s == "failed")
+            .map(|(id, _)| id)
+            .collect();
+        self.nodes(run, &ids).await
     }
 
     /// Confirms that the dependents `node_end` returned for `node` were published.
