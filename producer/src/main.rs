@@ -70,6 +70,17 @@ enum Command {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Follow a run live until it ends; exit 0 only if it succeeded.
+    Watch {
+        /// Run id.
+        run: String,
+    },
+    /// Cancel a run: queued nodes are skipped, running ones stopped (exec process groups
+    /// killed); `when: always` nodes still run.
+    Cancel {
+        /// Run id.
+        run: String,
+    },
     /// Show a run: its status and each node's state.
     Status {
         /// Run id.
@@ -168,6 +179,23 @@ async fn main() -> anyhow::Result<()> {
                     submitted.run_id,
                     submitted.status.unwrap_or_default()
                 );
+            }
+        }
+        Command::Watch { run } => {
+            let status =
+                secflow_producer::recipes::watch(&cli.broker, &run, |line| println!("{line}"))
+                    .await?;
+            if status != "succeeded" {
+                anyhow::bail!("run {run} ended {status}");
+            }
+        }
+        Command::Cancel { run } => {
+            if secflow_producer::recipes::cancel(&cli.broker, &run).await? {
+                println!(
+                    "cancelling run {run}: queued nodes are skipped, running ones stopped, `when: always` nodes still run"
+                );
+            } else {
+                anyhow::bail!("run {run} has already ended; nothing to cancel");
             }
         }
         Command::Resume { run, node } => {

@@ -167,3 +167,106 @@ pub async fn resume(
     let _ = conn.close(200, "resumed".into()).await;
     Ok(failed.into_iter().map(|n| n.id).collect())
 }
+
+/// Follows `run` on the events exchange, calling `on_line` with a progress line per event,
+/// until it ends; returns its final status.
+pub async fn watch(
+    broker: &secflow_common::config::BrokerArgs,
+    run: &str,
+    mut on_line: impl FnMut(String),
+) -> anyhow::Result<String> {
+    use futures_util::StreamExt;
+    let runs = secflow_common::runs::RunStore::new(&broker.redis_url, &broker.namespace)?;
+    let run_id: uuid::Uuid = run
+        .parse()
+        .map_err(|_| anyhow::anyhow!("`{run}` is not a run id"))?;
+    let (conn, topology) = crate::connect(broker, "secflow-producer-watch").await?;
+    let ch = conn.create_channel().await?;
+    // Subscribe first, then read the state: no event falls between the two.
+    let mut events = secflow_common::events::subscribe(&ch, &topology, "#").await?;
+    let status = runs.status(run).await?;
+    let total = status.nodes.len();
+    let ended = |s: &str| matches!(s, "succeeded" | "failed" | "skipped" | "cancelled");
+    let mut done = status.nodes.values().filter(|s| ended(s)).count();
+    on_line(format!(
+        "run {run}: {}, {done}/{total} nodes ended",
+        status.status
+    ));
+    if status.status != "running" {
+        return Ok(status.status);
+    }
+    while let Some(delivery) = events.next().await {
+        let Ok(delivery) = delivery else {
+            anyhow::bail!("lost the events subscription")
+        };
+        for e in secflow_common::events::decode(&delivery.data).unwrap_or_default() {
+            if e.run_id != Some(run_id) {
+                continue;
+            }
+            if e.kind == "workflow.completed" {
+                let final_status = e
+                    .output
+                    .as_ref()
+                    .and_then(|o| o["status"].as_str())
+                    .unwrap_or("ended")
+                    .to_string();
+                on_line(format!("run {run}: {final_status}"));
+                return Ok(final_status);
+            }
+            if matches!(
+                e.kind.as_str(),
+                "node.completed" | "node.dead_lettered" | "node.cancelled"
+            ) {
+                done += 1;
+            }
+            on_line(format!("[{done}/{total}] {}", crate::events::describe(&e)));
+        }
+    }
+    anyhow::bail!("the events subscription ended before run {run} did")
+}
+
+/// Cancels `run`: marks it so queued nodes are skipped and tells the workers (event
+/// `run.cancelled`) to stop its running nodes. `when: always` nodes still run. False when the
+/// run had already ended.
+pub async fn cancel(
+    broker: &secflow_common::config::BrokerArgs,
+    run: &str,
+) -> anyhow::Result<bool> {
+    let runs = secflow_common::runs::RunStore::new(&broker.redis_url, &broker.namespace)?;
+    let run_id: uuid::Uuid = run
+        .parse()
+        .map_err(|_| anyhow::anyhow!("`{run}` is not a run id"))?;
+    if !runs.cancel(run).await? {
+        return Ok(false);
+    }
+    let (conn, topology) = crate::connect(broker, "secflow-producer-cancel").await?;
+    let publisher = secflow_common::amqp::Publisher::new(&conn).await?;
+    let event = secflow_common::events::TaskEvent {
+        kind: "run.cancelled".into(),
+        task_id: None,
+        run_id: Some(run_id),
+        node_id: None,
+        node_type: None,
+        worker: "producer".into(),
+        retry_count: 0,
+        at_ms: secflow_common::now_ms(),
+        output: None,
+        error: None,
+        next_delay_ms: None,
+        scheduled_delay_ms: None,
+        observed_delay_ms: None,
+    };
+    let body = serde_json::to_vec(&[event])?;
+    let props = secflow_common::amqp::json_properties(run, Default::default());
+    publisher
+        .publish(
+            &topology.events_exchange(),
+            "run.cancelled",
+            &body,
+            props,
+            false,
+        )
+        .await?;
+    let _ = conn.close(200, "cancelled".into()).await;
+    Ok(true)
+}

@@ -327,3 +327,81 @@ async fn failed_node_requeued_or_resumed_continues_the_run() {
         );
     }
 }
+
+/// Proves: `producer cancel` stops a running `exec` node (its process is killed), skips what
+/// depends on it, still runs the `when: always` cleanup, and ends the run `cancelled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_the_running_exec_and_runs_cleanup() {
+    let ns = TestNs::new().await;
+    let tap = ns.tap_events().await;
+    let worker = ns.spawn_worker(ns.worker_config());
+    let pidfile = std::env::temp_dir().join(format!("{}-scan.pid", ns.name));
+    let path = recipe_file(
+        &ns,
+        "cancel",
+        &format!(
+            r#"
+version: 1
+name: long-scan
+nodes:
+  - {{ id: scan, type: exec, config: {{ argv: ["sh", "-c", "echo $$ > {}; exec sleep 60"] }}, outputs: [stdout] }}
+  - {{ id: triage, type: builtin.echo, inputs: {{ s: scan.stdout }} }}
+  - {{ id: cleanup, type: builtin.echo, when: always, inputs: {{ s: scan.stdout }} }}
+"#,
+            pidfile.display()
+        ),
+    );
+    let run = submit(&ns.broker(), &path, &BTreeMap::new(), None)
+        .await
+        .unwrap();
+    secflow_tests::wait_for("the scan to start", Duration::from_secs(20), || async {
+        std::fs::read_to_string(&pidfile).is_ok_and(|p| !p.trim().is_empty())
+    })
+    .await;
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        secflow_producer::recipes::cancel(&ns.broker(), &run.run_id.to_string())
+            .await
+            .unwrap()
+    );
+    tap.wait_until("the run to end cancelled", Duration::from_secs(20), |ev| {
+        ev.iter().any(|e| {
+            e.kind == "workflow.completed"
+                && e.run_id == Some(run.run_id)
+                && e.output
+                    .as_ref()
+                    .is_some_and(|o| o["status"] == "cancelled")
+        })
+    })
+    .await;
+    worker.stop().await;
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    });
+    assert!(!alive, "the scan's process {pid} was killed");
+    let runs = secflow_common::runs::RunStore::new(&ns.broker().redis_url, &ns.name).unwrap();
+    let status = runs.status(&run.run_id.to_string()).await.unwrap();
+    assert_eq!(status.status, "cancelled");
+    assert_eq!(
+        [
+            status.nodes["scan"].as_str(),
+            status.nodes["triage"].as_str(),
+            status.nodes["cleanup"].as_str()
+        ],
+        ["failed", "skipped", "succeeded"]
+    );
+    assert!(
+        tap.of_kind("node.cancelled")
+            .iter()
+            .any(|e| e.node_id.as_deref() == Some("scan"))
+    );
+    let _ = std::fs::remove_file(pidfile);
+    let _ = std::fs::remove_file(path);
+}

@@ -109,6 +109,7 @@ pub async fn run_with_stats(
         },
         runs: secflow_common::runs::RunStore::new(&cfg.broker.redis_url, &cfg.broker.namespace)
             .map_err(|e| WorkerError::Config(e.to_string()))?,
+        cancels: Arc::default(),
         store,
         breakers,
         policies: cfg.policies(),
@@ -123,6 +124,12 @@ pub async fn run_with_stats(
             escalate_window_ms: cfg.escalate_window_secs.saturating_mul(1000),
         },
     });
+    crate::workflow::listen_for_cancels(
+        &conn,
+        &shared.settler.topology,
+        Arc::clone(&shared.cancels),
+    )
+    .await?;
     let stop_endpoints = CancellationToken::new();
     if let Some(addr) = cfg.metrics_addr {
         let stats = Arc::clone(&shared.settler.stats);

@@ -25,6 +25,7 @@ pub(crate) struct Shared {
     pub settler: Settler,
     pub store: Arc<Store>,
     pub runs: secflow_common::runs::RunStore,
+    pub cancels: Arc<crate::workflow::RunCancels>,
     pub breakers: Breakers,
     pub policies: PolicyTable,
     pub default_timeout: Duration,
@@ -126,8 +127,21 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
             .settle(&delivery, Some(&task), &meta, later, lease.as_ref())
             .await;
     }
-    crate::workflow::prepare(&shared.runs, &task).await;
-    let Some(outcome) = run_handler(shared, &task, &meta, lease.as_ref()).await else {
+    let outcome = if crate::workflow::prepare(&shared.runs, &task).await {
+        let cancel = task.run_id.map(|run| shared.cancels.enter(run));
+        let outcome = run_handler(shared, &task, &meta, lease.as_ref(), cancel.as_ref()).await;
+        if let Some(run) = task.run_id {
+            shared.cancels.release(run);
+        }
+        outcome
+    } else {
+        Some(Err(TaskError::new(
+            ErrorClass::Cancelled,
+            "run_cancelled",
+            "its run was cancelled before it started",
+        )))
+    };
+    let Some(outcome) = outcome else {
         tracing::warn!(task_id, "shutdown: handing the task back unfinished");
         return settler
             .settle(
@@ -163,6 +177,7 @@ async fn run_handler(
     task: &TaskEnvelope,
     meta: &DeliveryMeta,
     lease: Option<&Lease>,
+    cancel: Option<&CancellationToken>,
 ) -> Option<Result<Value, TaskError>> {
     let timeout = task
         .timeout_ms
@@ -184,6 +199,9 @@ async fn run_handler(
             ErrorClass::Transient, "timeout", format!("{} did not finish within {} ms", task.node_type, timeout.as_millis()),
         )))),
         () = keep_alive => None,
+        () = async { match cancel { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
+            Some(Err(TaskError::new(ErrorClass::Cancelled, "run_cancelled", "its run was cancelled while it ran; stopped")))
+        }
         () = shared.hard_stop.cancelled() => None,
     }
 }

@@ -12,13 +12,21 @@ use secflow_common::{
     runs::{RunError, RunStore},
 };
 use serde_json::json;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// Before a workflow node runs: if it had failed (it is back from the DLQ, or resumed), put it
-/// and the nodes its failure skipped back to waiting. A store error is logged: the node still
-/// runs, and its end will be recorded (or retried) as usual.
-pub async fn prepare(runs: &RunStore, task: &TaskEnvelope) {
-    let Some(run) = task.run_id else { return };
-    match runs.rewind(&run.to_string(), &task.node_id).await {
+/// and the nodes its failure skipped back to waiting. Returns false when its run was cancelled
+/// and the node is not a `when: always` one: it must not run. A store error is logged and the
+/// node runs; its end is recorded (or retried) as usual.
+pub async fn prepare(runs: &RunStore, task: &TaskEnvelope) -> bool {
+    let Some(run) = task.run_id else { return true };
+    let run_key = run.to_string();
+    match runs.rewind(&run_key, &task.node_id).await {
         Ok(true) => {
             tracing::info!(%run, node = %task.node_id, "failed node runs again: its run is running again")
         }
@@ -27,6 +35,85 @@ pub async fn prepare(runs: &RunStore, task: &TaskEnvelope) {
             tracing::warn!(%run, node = %task.node_id, error = %e, "cannot check the node's state in its run")
         }
     }
+    if !runs.is_cancelled(&run_key).await.unwrap_or(false) {
+        return true;
+    }
+    let always = runs
+        .nodes(&run_key, std::slice::from_ref(&task.node_id))
+        .await
+        .ok()
+        .and_then(|n| n.first().map(|n| n.when == "always"));
+    always.unwrap_or(false)
+}
+
+/// Cancellation tokens of the runs this worker has nodes of in flight.
+#[derive(Default)]
+pub struct RunCancels {
+    runs: Mutex<HashMap<Uuid, (CancellationToken, usize)>>,
+}
+
+impl RunCancels {
+    /// A token cancelled if `run` is cancelled while the caller holds it; release with
+    /// [`RunCancels::release`].
+    pub fn enter(&self, run: Uuid) -> CancellationToken {
+        let mut runs = self
+            .runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = runs
+            .entry(run)
+            .or_insert_with(|| (CancellationToken::new(), 0));
+        entry.1 += 1;
+        entry.0.clone()
+    }
+
+    /// Ends a holder of `run`'s token.
+    pub fn release(&self, run: Uuid) {
+        let mut runs = self
+            .runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entry) = runs.get_mut(&run) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                runs.remove(&run);
+            }
+        }
+    }
+
+    /// Stops this worker's running nodes of `run`.
+    pub fn cancel(&self, run: Uuid) {
+        let runs = self
+            .runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((token, n)) = runs.get(&run) {
+            tracing::warn!(%run, running = n, "run cancelled: stopping its running nodes");
+            token.cancel();
+        }
+    }
+}
+
+/// Listens for `run.cancelled` events and stops this worker's running nodes of those runs.
+pub async fn listen_for_cancels(
+    conn: &lapin::Connection,
+    topology: &secflow_common::Topology,
+    cancels: Arc<RunCancels>,
+) -> secflow_common::Result<()> {
+    use futures_util::StreamExt;
+    let ch = conn.create_channel().await?;
+    let mut events = secflow_common::events::subscribe(&ch, topology, "run.cancelled").await?;
+    tokio::spawn(async move {
+        let _ch = ch;
+        while let Some(Ok(delivery)) = events.next().await {
+            for event in secflow_common::events::decode(&delivery.data).unwrap_or_default() {
+                if let Some(run) = event.run_id {
+                    cancels.cancel(run);
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Moves the run of `task` forward after `disposition`, or turns the disposition into a retry

@@ -247,6 +247,29 @@ impl RunStore {
         Ok(rewound == 1)
     }
 
+    /// Marks a run cancelled: its queued nodes are skipped when they arrive (but for
+    /// `when: always` ones), running ones are stopped by the workers that hear of it. False when
+    /// the run had already ended.
+    pub async fn cancel(&self, run: &str) -> Result<bool, RunError> {
+        let status = self.status(run).await?;
+        if status.status != "running" {
+            return Ok(false);
+        }
+        let mut conn = self.pool.get().await?;
+        conn.hset_multiple::<_, _, _, ()>(
+            self.key(run, "state"),
+            &[("_cancelled", "1"), ("_run", "cancelling")],
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Whether `run` was cancelled.
+    pub async fn is_cancelled(&self, run: &str) -> Result<bool, RunError> {
+        let mut conn = self.pool.get().await?;
+        Ok(conn.hexists(self.key(run, "state"), "_cancelled").await?)
+    }
+
     /// The failed nodes of a run (what `producer resume` re-runs).
     pub async fn failed_nodes(&self, run: &str) -> Result<Vec<StoredNode>, RunError> {
         let status = self.status(run).await?;

@@ -56,7 +56,8 @@ if #ready == 0 then encoded = '[]' end
 redis.call('HSET', unpublished, node, encoded)
 local run = 'running'
 if tonumber(redis.call('HGET', state, '_ended')) == tonumber(redis.call('HGET', state, '_total')) then
-  if redis.call('HEXISTS', state, '_blocking') == 1 then run = 'failed'
+  if redis.call('HEXISTS', state, '_cancelled') == 1 then run = 'cancelled'
+  elseif redis.call('HEXISTS', state, '_blocking') == 1 then run = 'failed'
   elseif redis.call('HEXISTS', state, '_partial') == 1 then run = 'partial'
   else run = 'succeeded' end
   redis.call('HSET', state, '_run', run, '_ended_at', ARGV[4])
