@@ -39,6 +39,10 @@ pub struct TaskEnvelope {
     /// Circuit-breaker key of the service the task calls (defaults to its type).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// Workflow nodes: whether a cached output of the same (type, config, inputs) may stand in
+    /// for running it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache: bool,
     /// Handler timeout in milliseconds, overriding the worker's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -90,6 +94,7 @@ impl TaskEnvelope {
             inputs: Map::new(),
             retry: None,
             service: None,
+            cache: false,
             timeout_ms: None,
             created_at_ms: crate::now_ms(),
         }
@@ -206,5 +211,23 @@ mod tests {
         env.schema = SCHEMA_VERSION;
         env.config = json!([1]);
         assert!(env.check().unwrap_err().contains("config"));
+    }
+}
+
+impl TaskEnvelope {
+    /// SHA-256 (hex) of what determines the node's result: type, config and inputs.
+    pub fn cache_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(self.node_type.as_bytes());
+        hasher.update([0]);
+        hasher.update(self.config.to_string().as_bytes());
+        hasher.update([0]);
+        hasher.update(
+            serde_json::Value::Object(self.inputs.clone())
+                .to_string()
+                .as_bytes(),
+        );
+        hex::encode(hasher.finalize())
     }
 }

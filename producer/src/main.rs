@@ -55,6 +55,9 @@ enum Command {
         /// Wait until the run ends; exit 0 only if it succeeded.
         #[arg(long)]
         wait: bool,
+        /// Run every node, even those whose output is cached from an earlier identical run.
+        #[arg(long)]
+        no_cache: bool,
         /// With --wait, give up waiting after this many seconds.
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
@@ -153,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
             recipe,
             params,
             wait,
+            no_cache,
             timeout,
             json,
         } => {
@@ -160,7 +164,8 @@ async fn main() -> anyhow::Result<()> {
                 secflow_producer::recipes::parse_params(&params).map_err(anyhow::Error::msg)?;
             let wait = wait.then(|| std::time::Duration::from_secs(timeout));
             let submitted =
-                secflow_producer::recipes::submit(&cli.broker, &recipe, &params, wait).await?;
+                secflow_producer::recipes::submit(&cli.broker, &recipe, &params, wait, !no_cache)
+                    .await?;
             if json {
                 println!("{}", serde_json::to_string(&submitted)?);
             } else {

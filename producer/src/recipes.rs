@@ -82,6 +82,7 @@ pub async fn submit(
     path: &str,
     params: &BTreeMap<String, Value>,
     wait: Option<std::time::Duration>,
+    cache: bool,
 ) -> anyhow::Result<Submitted> {
     use futures_util::StreamExt;
     let summary = load(path, params).map_err(|errors| {
@@ -105,7 +106,7 @@ pub async fn submit(
         }
         None => None,
     };
-    let (run_id, roots) = runs.create(&summary.recipe, params).await?;
+    let (run_id, roots) = runs.create(&summary.recipe, params, cache).await?;
     let publisher = secflow_common::amqp::Publisher::new(&conn).await?;
     for root in &roots {
         let task = runs.envelope(run_id, root).await?;

@@ -54,9 +54,15 @@ nodes:
     );
     let mut params = BTreeMap::new();
     params.insert("word".to_string(), Value::from("scan"));
-    let run = submit(&ns.broker(), &path, &params, Some(Duration::from_secs(30)))
-        .await
-        .unwrap();
+    let run = submit(
+        &ns.broker(),
+        &path,
+        &params,
+        Some(Duration::from_secs(30)),
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(run.status.as_deref(), Some("succeeded"));
     assert_eq!(run.roots, ["a"]);
     tap.wait_until("4 completions", Duration::from_secs(10), |ev| {
@@ -107,6 +113,7 @@ async fn fan_out_fan_in_of_200_nodes() {
         &path,
         &BTreeMap::new(),
         Some(Duration::from_secs(60)),
+        false,
     )
     .await
     .unwrap();
@@ -159,6 +166,7 @@ nodes:
         &path,
         &BTreeMap::new(),
         Some(Duration::from_secs(30)),
+        false,
     )
     .await
     .unwrap();
@@ -249,6 +257,7 @@ async fn failed_node_requeued_or_resumed_continues_the_run() {
         &fixable_recipe(&ns, "a", &marker),
         &BTreeMap::new(),
         Some(Duration::from_secs(30)),
+        false,
     )
     .await
     .unwrap();
@@ -257,6 +266,7 @@ async fn failed_node_requeued_or_resumed_continues_the_run() {
         &fixable_recipe(&ns, "b", &marker),
         &BTreeMap::new(),
         Some(Duration::from_secs(30)),
+        false,
     )
     .await
     .unwrap();
@@ -351,7 +361,7 @@ nodes:
             pidfile.display()
         ),
     );
-    let run = submit(&ns.broker(), &path, &BTreeMap::new(), None)
+    let run = submit(&ns.broker(), &path, &BTreeMap::new(), None, false)
         .await
         .unwrap();
     secflow_tests::wait_for("the scan to start", Duration::from_secs(20), || async {
@@ -404,4 +414,87 @@ nodes:
     );
     let _ = std::fs::remove_file(pidfile);
     let _ = std::fs::remove_file(path);
+}
+
+/// Proves: a warm re-run of a finished recipe completes without running nodes whose output is
+/// cached (their side effect does not happen again); `--no-cache` runs them; an output over the
+/// size limit fails its node with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_rerun_uses_cached_outputs_and_outputs_are_bounded() {
+    let ns = TestNs::new().await;
+    let worker = ns.spawn_worker(ns.worker_config());
+    let effects = std::env::temp_dir().join(format!("{}-effects", ns.name));
+    let path = recipe_file(
+        &ns,
+        "cached",
+        &format!(
+            r#"
+version: 1
+name: cached
+nodes:
+  - {{ id: scan, type: exec, config: {{ argv: ["sh", "-c", "echo scanned >> {0}; echo open:443"] }}, outputs: [stdout] }}
+  - {{ id: enrich, type: exec, inputs: {{ s: scan.stdout }}, config: {{ argv: ["sh", "-c", "echo enriched >> {0}"] }} }}
+"#,
+            effects.display()
+        ),
+    );
+    let lines = || {
+        std::fs::read_to_string(&effects)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let wait = Some(Duration::from_secs(30));
+    assert_eq!(
+        submit(&ns.broker(), &path, &BTreeMap::new(), wait, true)
+            .await
+            .unwrap()
+            .status
+            .as_deref(),
+        Some("succeeded")
+    );
+    assert_eq!(lines(), 2);
+    assert_eq!(
+        submit(&ns.broker(), &path, &BTreeMap::new(), wait, true)
+            .await
+            .unwrap()
+            .status
+            .as_deref(),
+        Some("succeeded")
+    );
+    assert_eq!(lines(), 2, "the warm re-run ran nothing");
+    assert_eq!(
+        submit(&ns.broker(), &path, &BTreeMap::new(), wait, false)
+            .await
+            .unwrap()
+            .status
+            .as_deref(),
+        Some("succeeded")
+    );
+    assert_eq!(lines(), 4, "--no-cache runs every node");
+
+    let big = recipe_file(
+        &ns,
+        "big",
+        &format!(
+            "version: 1\nname: big\nnodes:\n  - {{ id: huge, type: builtin.echo, config: {{ blob: \"{}\" }} }}\n",
+            "x".repeat(1_100_000)
+        ),
+    );
+    let run = submit(&ns.broker(), &big, &BTreeMap::new(), wait, false)
+        .await
+        .unwrap();
+    assert_eq!(run.status.as_deref(), Some("failed"));
+    let dead = ns.take_dlq(1, Duration::from_secs(10)).await;
+    let message =
+        secflow_common::headers::get_str(dead[0].properties.headers().as_ref(), "x-error-message")
+            .unwrap()
+            .to_string();
+    assert!(
+        message.contains("node `huge` produced") && message.contains("limit"),
+        "{message}"
+    );
+    worker.stop().await;
+    for f in [effects.to_string_lossy().into_owned(), path, big] {
+        let _ = std::fs::remove_file(f);
+    }
 }

@@ -127,19 +127,21 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
             .settle(&delivery, Some(&task), &meta, later, lease.as_ref())
             .await;
     }
-    let outcome = if crate::workflow::prepare(&shared.runs, &task).await {
+    let outcome = if !crate::workflow::prepare(&shared.runs, &task).await {
+        Some(Err(TaskError::new(
+            ErrorClass::Cancelled,
+            "run_cancelled",
+            "its run was cancelled before it started",
+        )))
+    } else if let Some(output) = crate::workflow::cached_output(&shared.runs, &task).await {
+        Some(Ok(output))
+    } else {
         let cancel = task.run_id.map(|run| shared.cancels.enter(run));
         let outcome = run_handler(shared, &task, &meta, lease.as_ref(), cancel.as_ref()).await;
         if let Some(run) = task.run_id {
             shared.cancels.release(run);
         }
         outcome
-    } else {
-        Some(Err(TaskError::new(
-            ErrorClass::Cancelled,
-            "run_cancelled",
-            "its run was cancelled before it started",
-        )))
     };
     let Some(outcome) = outcome else {
         tracing::warn!(task_id, "shutdown: handing the task back unfinished");

@@ -4,12 +4,15 @@
 //! between leaves them "unpublished", so the redelivered node publishes them again; their
 //! fixed task ids let the done markers absorb any duplicate.
 
-use crate::{disposition::Disposition, settle::Settler};
+use crate::{
+    disposition::{DeadReason, Disposition},
+    settle::Settler,
+};
 use secflow_common::{
     ErrorClass, TaskEnvelope, TaskError,
     amqp::publish_task,
     events::TaskEvent,
-    runs::{RunError, RunStore},
+    runs::{MAX_OUTPUT_BYTES, RunError, RunStore},
 };
 use serde_json::json;
 use std::{
@@ -44,6 +47,19 @@ pub async fn prepare(runs: &RunStore, task: &TaskEnvelope) -> bool {
         .ok()
         .and_then(|n| n.first().map(|n| n.when == "always"));
     always.unwrap_or(false)
+}
+
+/// A cached output that stands in for running a workflow node whose type, config and inputs
+/// were already run to success (warm re-runs). `None` when caching is off or nothing matches.
+pub async fn cached_output(runs: &RunStore, task: &TaskEnvelope) -> Option<serde_json::Value> {
+    if task.run_id.is_none() || !task.cache {
+        return None;
+    }
+    let hit = runs.cached(&task.cache_key()).await.ok().flatten();
+    if hit.is_some() {
+        tracing::info!(task_id = %task.task_id, node = %task.node_id, "cached output: not running the node");
+    }
+    hit
 }
 
 /// Cancellation tokens of the runs this worker has nodes of in flight.
@@ -127,6 +143,7 @@ pub async fn advance(
     let Some(run) = task.run_id else {
         return disposition;
     };
+    let disposition = check_and_cache(runs, task, disposition).await;
     let output = match &disposition {
         Disposition::Complete(output) => Some(output),
         Disposition::DeadLetter { .. } | Disposition::Cancelled(_) => None,
@@ -147,6 +164,35 @@ pub async fn advance(
             }
         }
     }
+}
+
+/// A completed node's output must fit in its run; a fitting one is cached for warm re-runs.
+async fn check_and_cache(
+    runs: &RunStore,
+    task: &TaskEnvelope,
+    disposition: Disposition,
+) -> Disposition {
+    let Disposition::Complete(output) = &disposition else {
+        return disposition;
+    };
+    let size = output.to_string().len();
+    if size > MAX_OUTPUT_BYTES {
+        let message = format!(
+            "node `{}` produced {size} bytes of output, above the {MAX_OUTPUT_BYTES}-byte limit of a run's stored outputs",
+            task.node_id
+        );
+        let error = TaskError::validation("output_too_large", message);
+        return Disposition::DeadLetter {
+            reason: DeadReason::Validation,
+            error,
+        };
+    }
+    if task.cache
+        && let Err(e) = runs.cache(&task.cache_key(), output).await
+    {
+        tracing::warn!(task_id = %task.task_id, error = %e, "could not cache the node's output");
+    }
+    disposition
 }
 
 async fn continue_run(

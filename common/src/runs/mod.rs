@@ -40,6 +40,9 @@ pub struct StoredNode {
     pub timeout_ms: Option<u64>,
     /// Breaker key.
     pub service: Option<String>,
+    /// Whether a cached output may stand in for running it.
+    #[serde(default)]
+    pub cache: bool,
     /// Failure degrades the run instead of failing it.
     pub optional: bool,
     /// `success` or `always`.
@@ -73,6 +76,11 @@ impl From<deadpool_redis::PoolError> for RunError {
         Self::Redis(e.to_string())
     }
 }
+
+/// Largest output a node may store in its run (its dependents receive it as input).
+pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// How long cached outputs are kept.
+const CACHE_TTL_SECS: u64 = 24 * 3600;
 
 /// How long a run's keys are kept after its last change.
 const RUN_TTL_SECS: i64 = 7 * 24 * 3600;
@@ -121,10 +129,12 @@ impl RunStore {
     }
 
     /// Stores a new run of a validated `recipe` and returns its id and its root nodes.
+    /// `cache` lets cached outputs stand in for running nodes (`--no-cache` turns it off).
     pub async fn create(
         &self,
         recipe: &Recipe,
         params: &BTreeMap<String, Value>,
+        cache: bool,
     ) -> Result<(Uuid, Vec<StoredNode>), RunError> {
         let run_id = Uuid::now_v7();
         let value_of = |name: &str| {
@@ -160,6 +170,7 @@ impl RunStore {
                     .as_deref()
                     .and_then(|t| crate::duration::parse_ms(t).ok()),
                 service: n.service.clone(),
+                cache,
                 optional: n.optional,
                 when: if n.when == When::Always {
                     "always".into()
@@ -359,6 +370,7 @@ impl RunStore {
         task.retry.clone_from(&node.retry);
         task.timeout_ms = node.timeout_ms;
         task.service.clone_from(&node.service);
+        task.cache = node.cache;
         Ok(task)
     }
 
@@ -380,6 +392,25 @@ impl RunStore {
             blocking_node: state.get("_blocking").cloned(),
             nodes,
         })
+    }
+
+    /// The cached output for `key` (see [`TaskEnvelope::cache_key`]).
+    pub async fn cached(&self, key: &str) -> Result<Option<Value>, RunError> {
+        let mut conn = self.pool.get().await?;
+        let raw: Option<String> = conn.get(format!("sf:{{{}:cache:{key}}}", self.ns)).await?;
+        Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+    }
+
+    /// Caches a successful output under `key`.
+    pub async fn cache(&self, key: &str, output: &Value) -> Result<(), RunError> {
+        let mut conn = self.pool.get().await?;
+        conn.set_ex::<_, _, ()>(
+            format!("sf:{{{}:cache:{key}}}", self.ns),
+            output.to_string(),
+            CACHE_TTL_SECS,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Deletes a run's keys (tests).
