@@ -155,6 +155,24 @@ impl TaskEnvelope {
     }
 }
 
+impl TaskEnvelope {
+    /// SHA-256 (hex) of what determines the node's result: type, config and inputs.
+    pub fn cache_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(self.node_type.as_bytes());
+        hasher.update([0]);
+        hasher.update(self.config.to_string().as_bytes());
+        hasher.update([0]);
+        hasher.update(
+            serde_json::Value::Object(self.inputs.clone())
+                .to_string()
+                .as_bytes(),
+        );
+        hex::encode(hasher.finalize())
+    }
+}
+
 /// A node type is dot-separated lowercase words (`scan.nuclei`), usable as a routing key.
 pub fn check_node_type(node_type: &str) -> Result<(), String> {
     let word_ok = |w: &str| {
@@ -211,23 +229,5 @@ mod tests {
         env.schema = SCHEMA_VERSION;
         env.config = json!([1]);
         assert!(env.check().unwrap_err().contains("config"));
-    }
-}
-
-impl TaskEnvelope {
-    /// SHA-256 (hex) of what determines the node's result: type, config and inputs.
-    pub fn cache_key(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let mut hasher = Sha256::new();
-        hasher.update(self.node_type.as_bytes());
-        hasher.update([0]);
-        hasher.update(self.config.to_string().as_bytes());
-        hasher.update([0]);
-        hasher.update(
-            serde_json::Value::Object(self.inputs.clone())
-                .to_string()
-                .as_bytes(),
-        );
-        hex::encode(hasher.finalize())
     }
 }
