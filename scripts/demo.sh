@@ -19,6 +19,7 @@ trap cleanup EXIT
 
 echo "== local HTTP target on 127.0.0.1:18080"
 mkdir -p "$work/site" && echo '{"service":"demo target","status":"up"}' > "$work/site/health.json"
+printf 'User-agent: *\nDisallow: /admin/\n' > "$work/site/robots.txt"
 python3 -m http.server 18080 --bind 127.0.0.1 --directory "$work/site" >/dev/null 2>&1 & pids+=($!)
 
 echo "== two workers on namespace $SECFLOW_NAMESPACE"
@@ -48,6 +49,13 @@ completed=$(grep -c "node.completed" "$work/events.log" || true)
 dead=$(grep -c "node.dead_lettered" "$work/events.log" || true)
 retried=$(grep -c "node.retrying" "$work/events.log" || true)
 echo "== summary: $completed completed, $retried retries scheduled, $dead dead-lettered to $SECFLOW_NAMESPACE.dlq"
+echo
+echo "== a workflow: recipes/web-discovery.yaml (discovery -> probes -> enrichment -> report)"
+echo "   the enrichment service (127.0.0.1:18081) is down on purpose: the node is optional, so the run ends partial"
+$bin/producer validate recipes/web-discovery.yaml
+run=$($bin/producer submit recipes/web-discovery.yaml --no-cache --wait --timeout 60 2>/dev/null || true)
+$bin/producer status "$run" || true
+
 echo
 echo "== the DLQ, as an operator reviews it (dlq-inspector list; requeue, purge and export work the same way)"
 $bin/dlq-inspector list --filter newer=1m
