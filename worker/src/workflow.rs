@@ -8,6 +8,7 @@ use crate::{
     disposition::{DeadReason, Disposition},
     settle::Settler,
 };
+use futures_util::{StreamExt, TryStreamExt};
 use secflow_common::{
     ErrorClass, TaskEnvelope, TaskError,
     amqp::publish_task,
@@ -21,6 +22,9 @@ use std::{
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// Dependents published at once after a node ends.
+const PUBLISH_WINDOW: usize = 128;
 
 /// Before a workflow node runs: if it had failed (it is back from the DLQ, or resumed), put it
 /// and the nodes its failure skipped back to waiting. Returns false when its run was cancelled
@@ -214,12 +218,18 @@ async fn continue_run(
         .node_end(&run_key, node, output)
         .await
         .map_err(|e| e.to_string())?;
-    for next in &ready {
-        let envelope = runs.envelope(run, next).await.map_err(|e| e.to_string())?;
-        publish_task(&settler.publisher, &settler.topology, &envelope)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+    // A fan-out can make thousands of nodes ready at once: publish them with confirms in flight
+    // together, and fail (so the node is retried and they are re-published) if any one fails.
+    futures_util::stream::iter(ready)
+        .map(|next| async move {
+            let envelope = runs.envelope(run, &next).await.map_err(|e| e.to_string())?;
+            publish_task(&settler.publisher, &settler.topology, &envelope)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .buffer_unordered(PUBLISH_WINDOW)
+        .try_collect::<Vec<()>>()
+        .await?;
     runs.published(&run_key, &task.node_id)
         .await
         .map_err(|e| e.to_string())?;

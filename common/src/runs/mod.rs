@@ -124,8 +124,10 @@ impl RunStore {
         format!("sf:{{{}:run:{run}}}:{part}", self.ns)
     }
 
+    /// The keys the scripts take: links (what each node leads to, small), state, waiting,
+    /// outputs, unpublished. The full node specs live under `nodes`.
     fn keys(&self, run: &str) -> [String; 5] {
-        ["nodes", "state", "waiting", "outputs", "unpublished"].map(|p| self.key(run, p))
+        ["links", "state", "waiting", "outputs", "unpublished"].map(|p| self.key(run, p))
     }
 
     /// Stores a new run of a validated `recipe` and returns its id and its root nodes.
@@ -180,10 +182,13 @@ impl RunStore {
                 dependents: dependents.remove(n.id.as_str()).unwrap_or_default(),
             })
             .collect();
-        let [nodes, state, waiting, ..] = self.keys(&run_id.to_string());
+        let [links, state, waiting, ..] = self.keys(&run_id.to_string());
+        let nodes = self.key(&run_id.to_string(), "nodes");
         let mut pipe = deadpool_redis::redis::pipe();
         pipe.atomic();
         for n in &stored {
+            let link = serde_json::json!({ "d": n.dependents, "o": n.optional, "w": n.when });
+            pipe.hset(&links, &n.id, link.to_string());
             let upstreams = n
                 .inputs
                 .values()
@@ -203,7 +208,11 @@ impl RunStore {
             .hset(&state, "_run", "running")
             .hset(&state, "_name", &recipe.name);
         pipe.hset(&state, "_created_at", crate::now_ms());
-        for key in self.keys(&run_id.to_string()) {
+        for key in self
+            .keys(&run_id.to_string())
+            .into_iter()
+            .chain([nodes.clone()])
+        {
             pipe.expire(key, RUN_TTL_SECS);
         }
         let mut conn = self.pool.get().await?;
@@ -245,11 +254,11 @@ impl RunStore {
     /// Puts a failed node (and what its failure skipped) back to waiting before it runs again;
     /// false when the node had not failed.
     pub async fn rewind(&self, run: &str, node: &str) -> Result<bool, RunError> {
-        let [nodes, state, waiting, ..] = self.keys(run);
+        let [links, state, waiting, ..] = self.keys(run);
         let mut conn = self.pool.get().await?;
         let rewound: i64 = self
             .rewind
-            .key(nodes)
+            .key(links)
             .key(state)
             .key(waiting)
             .arg(node)
@@ -416,7 +425,9 @@ impl RunStore {
     /// Deletes a run's keys (tests).
     pub async fn delete(&self, run: &str) -> Result<(), RunError> {
         let mut conn = self.pool.get().await?;
-        conn.del::<_, ()>(self.keys(run).to_vec()).await?;
+        let mut keys = self.keys(run).to_vec();
+        keys.push(self.key(run, "nodes"));
+        conn.del::<_, ()>(keys).await?;
         Ok(())
     }
 }

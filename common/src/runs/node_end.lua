@@ -1,7 +1,7 @@
 -- A node of a run ended. Marks it, stores its outputs, updates its dependents and returns the
 -- ones that became ready to publish. Exactly once: a second call for an ended node changes
 -- nothing and returns the dependents whose publish was never confirmed.
--- KEYS[1] nodes hash (id -> spec JSON), KEYS[2] state hash (id -> state, plus run fields),
+-- KEYS[1] links hash (id -> {"d": dependents, "o": optional, "w": when}), KEYS[2] state hash (id -> state, plus run fields),
 -- KEYS[3] waiting hash (id -> upstreams not ended), KEYS[4] outputs hash, KEYS[5] unpublished hash
 -- ARGV[1] node id, ARGV[2] "ok" | "failed", ARGV[3] outputs JSON (ok only), ARGV[4] now ms
 local nodes, state, waiting, outputs, unpublished = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -18,8 +18,8 @@ if outcome == 'ok' then
   redis.call('HSET', outputs, node, ARGV[3])
 else
   redis.call('HSET', state, node, 'failed')
-  local spec = cjson.decode(redis.call('HGET', nodes, node))
-  if not spec.optional then
+  local links = cjson.decode(redis.call('HGET', nodes, node))
+  if not links.o then
     redis.call('HSETNX', state, '_blocking', node)
   else
     redis.call('HSET', state, '_partial', '1')
@@ -29,12 +29,12 @@ redis.call('HINCRBY', state, '_ended', 1)
 local i = 1
 while i <= #todo do
   local id, well = todo[i][1], todo[i][2]
-  local spec = cjson.decode(redis.call('HGET', nodes, id))
-  for _, d in ipairs(spec.dependents) do
-    local dspec = cjson.decode(redis.call('HGET', nodes, d))
+  local links = cjson.decode(redis.call('HGET', nodes, id))
+  for _, d in ipairs(links.d) do
+    local dlinks = cjson.decode(redis.call('HGET', nodes, d))
     -- A failed optional upstream still feeds its dependents (marked partial); a failed
     -- required one blocks them, unless they run whatever happens.
-    if not well and not spec.optional and dspec.when ~= 'always' then
+    if not well and not links.o and dlinks.w ~= 'always' then
       redis.call('HSET', state, '_blocked:' .. d, id)
     end
     local left = redis.call('HINCRBY', waiting, d, -1)

@@ -2,7 +2,7 @@
 -- the nodes its failure skipped back to waiting, so its next end moves the run on as if the
 -- failure had not happened. Upstream outputs stay. Returns 1 if it rewound, 0 if the node was
 -- not failed (nothing to do).
--- KEYS[1] nodes hash, KEYS[2] state hash, KEYS[3] waiting hash; ARGV[1] node id
+-- KEYS[1] links hash, KEYS[2] state hash, KEYS[3] waiting hash; ARGV[1] node id
 local nodes, state, waiting = KEYS[1], KEYS[2], KEYS[3]
 local node = ARGV[1]
 if redis.call('HGET', state, node) ~= 'failed' then
@@ -20,8 +20,8 @@ local todo = {node}
 local i = 1
 while i <= #todo do
   local id = todo[i]
-  local spec = cjson.decode(redis.call('HGET', nodes, id))
-  for _, d in ipairs(spec.dependents) do
+  local links = cjson.decode(redis.call('HGET', nodes, id))
+  for _, d in ipairs(links.d) do
     local s = redis.call('HGET', state, d)
     if s == 'pending' or s == 'skipped' or s == 'queued' then
       redis.call('HINCRBY', waiting, d, 1)
