@@ -498,3 +498,74 @@ nodes:
         let _ = std::fs::remove_file(f);
     }
 }
+
+/// Proves: when a run fails after a node succeeded, that node's compensation runs (with the
+/// node's outputs as input); a succeeding run never runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compensation_runs_only_when_the_run_fails() {
+    let ns = TestNs::new().await;
+    let worker = ns.spawn_worker(ns.worker_config());
+    let undone = std::env::temp_dir().join(format!("{}-undone", ns.name));
+    let recipe = |fail: bool| {
+        format!(
+            r#"
+version: 1
+name: provisioned-scan
+nodes:
+  - {{ id: provision, type: builtin.echo, config: {{ sandbox: "sb-42" }}, outputs: [echo], compensate: teardown }}
+  - {{ id: scan, type: builtin.fail, inputs: {{ sb: provision.echo }}, config: {{ class: permanent {} }} }}
+  - {{ id: teardown, type: exec, inputs: {{ sb: provision.echo }}, config: {{ argv: ["sh", "-c", "echo '${{inputs.sb}}' >> {}"] }} }}
+"#,
+            if fail { "" } else { ", times: 0" },
+            undone.display()
+        )
+    };
+    let wait = Some(Duration::from_secs(30));
+    let ok = submit(
+        &ns.broker(),
+        &recipe_file(&ns, "ok", &recipe(false)),
+        &BTreeMap::new(),
+        wait,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status.as_deref(), Some("succeeded"));
+    let failed = submit(
+        &ns.broker(),
+        &recipe_file(&ns, "failed", &recipe(true)),
+        &BTreeMap::new(),
+        wait,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(failed.status.as_deref(), Some("failed"));
+    secflow_tests::wait_for(
+        "the compensation to run",
+        Duration::from_secs(20),
+        || async { std::fs::read_to_string(&undone).is_ok() },
+    )
+    .await;
+    let runs = secflow_common::runs::RunStore::new(&ns.broker().redis_url, &ns.name).unwrap();
+    secflow_tests::wait_for(
+        "the compensation to be recorded",
+        Duration::from_secs(10),
+        || async {
+            runs.status(&failed.run_id.to_string()).await.unwrap().nodes["teardown"] == "succeeded"
+        },
+    )
+    .await;
+    worker.stop().await;
+    assert_eq!(
+        std::fs::read_to_string(&undone).unwrap().trim(),
+        r#"{"sandbox":"sb-42"}"#,
+        "it ran once, with the node's output"
+    );
+    assert_eq!(
+        runs.status(&ok.run_id.to_string()).await.unwrap().nodes["teardown"],
+        "standby",
+        "a run that succeeded undoes nothing"
+    );
+    let _ = std::fs::remove_file(undone);
+}

@@ -233,7 +233,7 @@ async fn continue_run(
     runs.published(&run_key, &task.node_id)
         .await
         .map_err(|e| e.to_string())?;
-    if status != "running" {
+    if !status.is_empty() && status != "running" {
         tracing::info!(%run, status, "workflow run ended");
         let event = TaskEvent {
             kind: "workflow.completed".into(),

@@ -110,6 +110,33 @@ pub fn validate(
     for node in &recipe.nodes {
         check_node(node, recipe, &by_id, &value_of, &mut err);
     }
+    let compensators: HashSet<&str> = recipe
+        .nodes
+        .iter()
+        .filter_map(|n| n.compensate.as_deref())
+        .collect();
+    for node in &recipe.nodes {
+        for (name, source) in &node.inputs {
+            if let Some((up, _)) = source.split_once('.')
+                && compensators.contains(up)
+            {
+                err(
+                    Some(&node.id),
+                    &format!("inputs.{name}"),
+                    format!(
+                        "`{up}` is a compensation node (it only runs after a failure): no node may take its outputs"
+                    ),
+                );
+            }
+        }
+        if compensators.contains(node.id.as_str()) && node.compensate.is_some() {
+            err(
+                Some(&node.id),
+                "compensate",
+                "a compensation node cannot have a compensation of its own".into(),
+            );
+        }
+    }
     if let Some(cycle) = find_cycle(&recipe.nodes, &by_id) {
         err(
             Some(&cycle[0]),

@@ -49,6 +49,9 @@ pub struct StoredNode {
     pub when: String,
     /// Nodes that take an input from this one.
     pub dependents: Vec<String>,
+    /// This node only runs to undo another's effects after the run failed.
+    #[serde(default)]
+    pub compensation: bool,
 }
 
 /// Errors of the run store.
@@ -126,8 +129,16 @@ impl RunStore {
 
     /// The keys the scripts take: links (what each node leads to, small), state, waiting,
     /// outputs, unpublished. The full node specs live under `nodes`.
-    fn keys(&self, run: &str) -> [String; 5] {
-        ["links", "state", "waiting", "outputs", "unpublished"].map(|p| self.key(run, p))
+    fn keys(&self, run: &str) -> [String; 6] {
+        [
+            "links",
+            "state",
+            "waiting",
+            "outputs",
+            "unpublished",
+            "compensations",
+        ]
+        .map(|p| self.key(run, p))
     }
 
     /// Stores a new run of a validated `recipe` and returns its id and its root nodes.
@@ -145,8 +156,14 @@ impl RunStore {
                 .cloned()
                 .or_else(|| recipe.parameters.get(name).and_then(|p| p.default.clone()))
         };
+        let compensations: HashMap<&str, &str> = recipe
+            .nodes
+            .iter()
+            .filter_map(|n| n.compensate.as_deref().map(|c| (n.id.as_str(), c)))
+            .collect();
+        let is_compensation = |id: &str| compensations.values().any(|c| *c == id);
         let mut dependents: HashMap<&str, Vec<String>> = HashMap::new();
-        for node in &recipe.nodes {
+        for node in recipe.nodes.iter().filter(|n| !is_compensation(&n.id)) {
             for source in node.inputs.values() {
                 if let Some((up, _)) = source.split_once('.') {
                     let list = dependents.entry(up).or_default();
@@ -180,6 +197,7 @@ impl RunStore {
                     "success".into()
                 },
                 dependents: dependents.remove(n.id.as_str()).unwrap_or_default(),
+                compensation: is_compensation(&n.id),
             })
             .collect();
         let [links, state, waiting, ..] = self.keys(&run_id.to_string());
@@ -187,7 +205,7 @@ impl RunStore {
         let mut pipe = deadpool_redis::redis::pipe();
         pipe.atomic();
         for n in &stored {
-            let link = serde_json::json!({ "d": n.dependents, "o": n.optional, "w": n.when });
+            let link = serde_json::json!({ "d": n.dependents, "o": n.optional, "w": n.when, "c": n.compensation });
             pipe.hset(&links, &n.id, link.to_string());
             let upstreams = n
                 .inputs
@@ -200,13 +218,27 @@ impl RunStore {
             pipe.hset(
                 &state,
                 &n.id,
-                if upstreams == 0 { "queued" } else { "pending" },
+                if n.compensation {
+                    "standby"
+                } else if upstreams == 0 {
+                    "queued"
+                } else {
+                    "pending"
+                },
             );
             pipe.hset(&waiting, &n.id, upstreams);
         }
-        pipe.hset(&state, "_total", stored.len())
-            .hset(&state, "_run", "running")
-            .hset(&state, "_name", &recipe.name);
+        let [.., compensations_key] = self.keys(&run_id.to_string());
+        for (node, comp) in &compensations {
+            pipe.hset(&compensations_key, *node, *comp);
+        }
+        pipe.hset(
+            &state,
+            "_total",
+            stored.iter().filter(|n| !n.compensation).count(),
+        )
+        .hset(&state, "_run", "running")
+        .hset(&state, "_name", &recipe.name);
         pipe.hset(&state, "_created_at", crate::now_ms());
         for key in self
             .keys(&run_id.to_string())
@@ -217,7 +249,10 @@ impl RunStore {
         }
         let mut conn = self.pool.get().await?;
         pipe.query_async::<()>(&mut conn).await?;
-        let roots = stored.into_iter().filter(|n| n.inputs.is_empty()).collect();
+        let roots = stored
+            .into_iter()
+            .filter(|n| n.inputs.is_empty() && !n.compensation)
+            .collect();
         Ok((run_id, roots))
     }
 

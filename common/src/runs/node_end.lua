@@ -2,7 +2,8 @@
 -- ones that became ready to publish. Exactly once: a second call for an ended node changes
 -- nothing and returns the dependents whose publish was never confirmed.
 -- KEYS[1] links hash (id -> {"d": dependents, "o": optional, "w": when}), KEYS[2] state hash (id -> state, plus run fields),
--- KEYS[3] waiting hash (id -> upstreams not ended), KEYS[4] outputs hash, KEYS[5] unpublished hash
+-- KEYS[3] waiting hash (id -> upstreams not ended), KEYS[4] outputs hash, KEYS[5] unpublished hash,
+-- KEYS[6] compensations hash (node -> its compensation node)
 -- ARGV[1] node id, ARGV[2] "ok" | "failed", ARGV[3] outputs JSON (ok only), ARGV[4] now ms
 local nodes, state, waiting, outputs, unpublished = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local node, outcome = ARGV[1], ARGV[2]
@@ -11,6 +12,15 @@ if current == 'succeeded' or current == 'failed' or current == 'skipped' then
   return {redis.call('HGET', unpublished, node) or '[]', redis.call('HGET', state, '_run') or 'running'}
 end
 local ready = {}
+local own = cjson.decode(redis.call('HGET', nodes, node))
+if own.c then
+  -- A compensation node: it undoes another's effects after the run failed; the run's own
+  -- accounting is already closed.
+  redis.call('HSET', state, node, outcome == 'ok' and 'succeeded' or 'failed')
+  if outcome == 'ok' then redis.call('HSET', outputs, node, ARGV[3]) end
+  redis.call('HSET', unpublished, node, '[]')
+  return {'[]', ''}
+end
 -- Work list of (node, ended well?) so skipped nodes cascade without recursion.
 local todo = {{node, outcome == 'ok'}}
 if outcome == 'ok' then
@@ -51,9 +61,6 @@ while i <= #todo do
   end
   i = i + 1
 end
-local encoded = cjson.encode(ready)
-if #ready == 0 then encoded = '[]' end
-redis.call('HSET', unpublished, node, encoded)
 local run = 'running'
 if tonumber(redis.call('HGET', state, '_ended')) == tonumber(redis.call('HGET', state, '_total')) then
   if redis.call('HEXISTS', state, '_cancelled') == 1 then run = 'cancelled'
@@ -61,5 +68,18 @@ if tonumber(redis.call('HGET', state, '_ended')) == tonumber(redis.call('HGET', 
   elseif redis.call('HEXISTS', state, '_partial') == 1 then run = 'partial'
   else run = 'succeeded' end
   redis.call('HSET', state, '_run', run, '_ended_at', ARGV[4])
+  -- A failed (or cancelled) run undoes what succeeded: each succeeded node's compensation runs.
+  if run == 'failed' or run == 'cancelled' then
+    local comp = redis.call('HGETALL', KEYS[6])
+    for j = 1, #comp, 2 do
+      if redis.call('HGET', state, comp[j]) == 'succeeded' then
+        redis.call('HSET', state, comp[j + 1], 'queued')
+        table.insert(ready, comp[j + 1])
+      end
+    end
+  end
 end
+local encoded = cjson.encode(ready)
+if #ready == 0 then encoded = '[]' end
+redis.call('HSET', unpublished, node, encoded)
 return {encoded, run}
