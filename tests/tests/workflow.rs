@@ -569,3 +569,80 @@ nodes:
     );
     let _ = std::fs::remove_file(undone);
 }
+
+/// Proves: recording a node's end is exactly once: a second call (a redelivery after a crash
+/// before the dependents' publish was confirmed) returns the same ready dependents and changes
+/// nothing; once the publish is confirmed, a further call returns none.
+#[tokio::test]
+async fn node_end_is_exactly_once_across_redeliveries() {
+    let ns = TestNs::new().await;
+    let recipe = secflow_common::recipe::parse(
+        "r.yaml",
+        "version: 1\nname: r\nnodes:\n  - { id: a, type: builtin.echo, outputs: [echo] }\n  - { id: b, type: builtin.echo, inputs: { x: a.echo } }\n  - { id: c, type: builtin.echo, inputs: { x: a.echo } }\n",
+    )
+    .unwrap();
+    let runs = secflow_common::runs::RunStore::new(&ns.broker().redis_url, &ns.name).unwrap();
+    let (run, roots) = runs.create(&recipe, &BTreeMap::new(), false).await.unwrap();
+    let run = run.to_string();
+    let output = serde_json::json!({"echo": {"host": "10.0.0.5"}});
+    let (first, status) = runs.node_end(&run, &roots[0], Some(&output)).await.unwrap();
+    let mut ids: Vec<_> = first.iter().map(|n| n.id.clone()).collect();
+    ids.sort();
+    assert_eq!(
+        (ids, status.as_str()),
+        (vec!["b".to_string(), "c".to_string()], "running")
+    );
+    let (again, _) = runs.node_end(&run, &roots[0], Some(&output)).await.unwrap();
+    assert_eq!(
+        again.len(),
+        2,
+        "a redelivery before the publish was confirmed publishes them again"
+    );
+    runs.published(&run, "a").await.unwrap();
+    let (after, _) = runs.node_end(&run, &roots[0], Some(&output)).await.unwrap();
+    assert!(
+        after.is_empty(),
+        "once confirmed, a redelivery publishes nothing"
+    );
+    let status = runs.status(&run).await.unwrap();
+    assert_eq!(
+        (status.nodes["a"].as_str(), status.nodes["b"].as_str()),
+        ("succeeded", "queued")
+    );
+}
+
+/// Proves: `producer watch` follows a running run live and exits 0 when it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_follows_a_run_to_its_end() {
+    let ns = TestNs::new().await;
+    let worker = ns.spawn_worker(ns.worker_config());
+    let path = recipe_file(
+        &ns,
+        "watched",
+        "version: 1\nname: watched\nnodes:\n  - { id: a, type: builtin.sleep, config: { ms: 400 }, outputs: [slept_ms] }\n  - { id: b, type: builtin.sleep, inputs: { x: a.slept_ms }, config: { ms: 400 } }\n",
+    );
+    let run = submit(&ns.broker(), &path, &BTreeMap::new(), None, false)
+        .await
+        .unwrap();
+    let out = tokio::process::Command::new(secflow_tests::bin("producer"))
+        .args(["--namespace", &ns.name, "watch", &run.run_id.to_string()])
+        .output()
+        .await
+        .unwrap();
+    worker.stop().await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.lines().next().unwrap_or("").contains("running"),
+        "{text}"
+    );
+    assert!(
+        text.contains("node.completed") && text.trim_end().ends_with("succeeded"),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(path);
+}
