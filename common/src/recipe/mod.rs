@@ -17,6 +17,7 @@
 //!     config: { text: "${inputs.robots}" }
 //! ```
 
+mod cycle;
 pub mod template;
 mod validate;
 

@@ -4,81 +4,20 @@
 //! that worker then publishes. Every key of a run shares one hash tag, so the script is atomic
 //! on Redis Cluster too.
 
-use crate::{
-    TaskEnvelope,
-    recipe::{Recipe, When, substitute, substitute_params},
-    retry::RetryPolicy,
-};
+use crate::recipe::{Recipe, When, substitute_params};
 use deadpool_redis::{
     Pool, Runtime,
     redis::{AsyncCommands, Script},
 };
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
-/// A node as stored with its run: parameters filled in, dependents known, task id fixed.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StoredNode {
-    /// Node id.
-    pub id: String,
-    /// Task id of this node in this run (the idempotency key; a resume reuses it).
-    pub task_id: Uuid,
-    /// Node type.
-    #[serde(rename = "type")]
-    pub node_type: String,
-    /// Config with parameters filled in (inputs are filled in when it is published).
-    pub config: Value,
-    /// Input name → `node.output`.
-    pub inputs: BTreeMap<String, String>,
-    /// Declared outputs.
-    pub outputs: Vec<String>,
-    /// Retry policy.
-    pub retry: Option<RetryPolicy>,
-    /// Timeout, ms.
-    pub timeout_ms: Option<u64>,
-    /// Breaker key.
-    pub service: Option<String>,
-    /// Whether a cached output may stand in for running it.
-    #[serde(default)]
-    pub cache: bool,
-    /// Failure degrades the run instead of failing it.
-    pub optional: bool,
-    /// `success` or `always`.
-    pub when: String,
-    /// Nodes that take an input from this one.
-    pub dependents: Vec<String>,
-    /// This node only runs to undo another's effects after the run failed.
-    #[serde(default)]
-    pub compensation: bool,
-}
+mod inputs;
+mod model;
 
-/// Errors of the run store.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// Redis failed.
-    #[error("Redis: {0} (check REDIS_URL)")]
-    Redis(String),
-    /// No such run.
-    #[error("no run {0} in this namespace (runs are kept 7 days)")]
-    UnknownRun(String),
-    /// Stored data does not parse.
-    #[error("run data is damaged: {0}")]
-    Corrupt(String),
-}
-
-impl From<deadpool_redis::redis::RedisError> for RunError {
-    fn from(e: deadpool_redis::redis::RedisError) -> Self {
-        Self::Redis(e.to_string())
-    }
-}
-
-impl From<deadpool_redis::PoolError> for RunError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
-        Self::Redis(e.to_string())
-    }
-}
+pub use inputs::select_outputs;
+pub use model::{RunError, RunStatus, StoredNode};
 
 /// Largest output a node may store in its run (its dependents receive it as input).
 pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
@@ -87,19 +26,6 @@ const CACHE_TTL_SECS: u64 = 24 * 3600;
 
 /// How long a run's keys are kept after its last change.
 const RUN_TTL_SECS: i64 = 7 * 24 * 3600;
-
-/// A run's state as `producer status` shows it.
-#[derive(Debug, Serialize)]
-pub struct RunStatus {
-    /// Run id.
-    pub run_id: String,
-    /// running, succeeded, partial or failed.
-    pub status: String,
-    /// The required node whose failure failed the run.
-    pub blocking_node: Option<String>,
-    /// Node id → pending, queued, succeeded, failed or skipped.
-    pub nodes: BTreeMap<String, String>,
-}
 
 /// Redis access for runs of one namespace.
 pub struct RunStore {
@@ -365,59 +291,6 @@ impl RunStore {
             .collect()
     }
 
-    /// The task envelope of `node`, its inputs taken from its upstreams' stored outputs.
-    pub async fn envelope(&self, run: Uuid, node: &StoredNode) -> Result<TaskEnvelope, RunError> {
-        let upstreams: Vec<String> = node
-            .inputs
-            .values()
-            .filter_map(|s| s.split_once('.'))
-            .map(|(up, _)| up.to_string())
-            .collect();
-        let mut outputs: HashMap<String, Value> = HashMap::new();
-        if !upstreams.is_empty() {
-            let mut conn = self.pool.get().await?;
-            let raw: Vec<Option<String>> = deadpool_redis::redis::cmd("HMGET")
-                .arg(self.key(&run.to_string(), "outputs"))
-                .arg(&upstreams)
-                .query_async(&mut conn)
-                .await?;
-            for (up, r) in upstreams.iter().zip(raw) {
-                if let Some(text) = r {
-                    outputs.insert(
-                        up.clone(),
-                        serde_json::from_str(&text).unwrap_or(Value::Null),
-                    );
-                }
-            }
-        }
-        let mut inputs = Map::new();
-        let mut partial = Vec::new();
-        for (name, source) in &node.inputs {
-            let value = source
-                .split_once('.')
-                .and_then(|(up, out)| outputs.get(up).and_then(|o| o.get(out)).cloned());
-            if value.is_none() {
-                partial.push(Value::String(name.clone()));
-            }
-            inputs.insert(name.clone(), value.unwrap_or(Value::Null));
-        }
-        let lookup = |name: &str| inputs.get(name).cloned();
-        let config = substitute(&node.config, "inputs", &lookup);
-        if !partial.is_empty() {
-            inputs.insert("_partial".into(), Value::Array(partial));
-        }
-        let mut task = TaskEnvelope::new(node.node_type.clone(), config);
-        task.task_id = node.task_id;
-        task.run_id = Some(run);
-        task.node_id = node.id.clone();
-        task.inputs = inputs;
-        task.retry.clone_from(&node.retry);
-        task.timeout_ms = node.timeout_ms;
-        task.service.clone_from(&node.service);
-        task.cache = node.cache;
-        Ok(task)
-    }
-
     /// The state of every node of `run`.
     pub async fn status(&self, run: &str) -> Result<RunStatus, RunError> {
         let mut conn = self.pool.get().await?;
@@ -465,18 +338,4 @@ impl RunStore {
         conn.del::<_, ()>(keys).await?;
         Ok(())
     }
-}
-
-/// The declared outputs of a node picked from its handler's output: a field of that name, or
-/// the whole output when the node declares exactly one.
-pub fn select_outputs(node: &StoredNode, output: &Value) -> Value {
-    let mut selected = Map::new();
-    for name in &node.outputs {
-        let value = output
-            .get(name)
-            .cloned()
-            .or_else(|| (node.outputs.len() == 1).then(|| output.clone()));
-        selected.insert(name.clone(), value.unwrap_or(Value::Null));
-    }
-    Value::Object(selected)
 }

@@ -1,0 +1,77 @@
+//! What flows between nodes: the outputs a node stores, and the task a dependent receives
+//! with its inputs filled in.
+
+use super::{RunError, RunStore, StoredNode};
+use crate::{TaskEnvelope, recipe::substitute};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+impl RunStore {
+    /// The task envelope of `node`, its inputs taken from its upstreams' stored outputs.
+    pub async fn envelope(&self, run: Uuid, node: &StoredNode) -> Result<TaskEnvelope, RunError> {
+        let upstreams: Vec<String> = node
+            .inputs
+            .values()
+            .filter_map(|s| s.split_once('.'))
+            .map(|(up, _)| up.to_string())
+            .collect();
+        let mut outputs: HashMap<String, Value> = HashMap::new();
+        if !upstreams.is_empty() {
+            let mut conn = self.pool.get().await?;
+            let raw: Vec<Option<String>> = deadpool_redis::redis::cmd("HMGET")
+                .arg(self.key(&run.to_string(), "outputs"))
+                .arg(&upstreams)
+                .query_async(&mut conn)
+                .await?;
+            for (up, r) in upstreams.iter().zip(raw) {
+                if let Some(text) = r {
+                    outputs.insert(
+                        up.clone(),
+                        serde_json::from_str(&text).unwrap_or(Value::Null),
+                    );
+                }
+            }
+        }
+        let mut inputs = Map::new();
+        let mut partial = Vec::new();
+        for (name, source) in &node.inputs {
+            let value = source
+                .split_once('.')
+                .and_then(|(up, out)| outputs.get(up).and_then(|o| o.get(out)).cloned());
+            if value.is_none() {
+                partial.push(Value::String(name.clone()));
+            }
+            inputs.insert(name.clone(), value.unwrap_or(Value::Null));
+        }
+        let lookup = |name: &str| inputs.get(name).cloned();
+        let config = substitute(&node.config, "inputs", &lookup);
+        if !partial.is_empty() {
+            inputs.insert("_partial".into(), Value::Array(partial));
+        }
+        let mut task = TaskEnvelope::new(node.node_type.clone(), config);
+        task.task_id = node.task_id;
+        task.run_id = Some(run);
+        task.node_id = node.id.clone();
+        task.inputs = inputs;
+        task.retry.clone_from(&node.retry);
+        task.timeout_ms = node.timeout_ms;
+        task.service.clone_from(&node.service);
+        task.cache = node.cache;
+        Ok(task)
+    }
+}
+
+/// The declared outputs of a node picked from its handler's output: a field of that name, or
+/// the whole output when the node declares exactly one.
+pub fn select_outputs(node: &StoredNode, output: &Value) -> Value {
+    let mut selected = Map::new();
+    for name in &node.outputs {
+        let value = output
+            .get(name)
+            .cloned()
+            .or_else(|| (node.outputs.len() == 1).then(|| output.clone()));
+        selected.insert(name.clone(), value.unwrap_or(Value::Null));
+    }
+    Value::Object(selected)
+}

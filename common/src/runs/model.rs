@@ -1,0 +1,82 @@
+//! What the run store keeps and returns: stored nodes, run status, errors.
+
+use crate::retry::RetryPolicy;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// A node as stored with its run: parameters filled in, dependents known, task id fixed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredNode {
+    /// Node id.
+    pub id: String,
+    /// Task id of this node in this run (the idempotency key; a resume reuses it).
+    pub task_id: Uuid,
+    /// Node type.
+    #[serde(rename = "type")]
+    pub node_type: String,
+    /// Config with parameters filled in (inputs are filled in when it is published).
+    pub config: Value,
+    /// Input name → `node.output`.
+    pub inputs: BTreeMap<String, String>,
+    /// Declared outputs.
+    pub outputs: Vec<String>,
+    /// Retry policy.
+    pub retry: Option<RetryPolicy>,
+    /// Timeout, ms.
+    pub timeout_ms: Option<u64>,
+    /// Breaker key.
+    pub service: Option<String>,
+    /// Whether a cached output may stand in for running it.
+    #[serde(default)]
+    pub cache: bool,
+    /// Failure degrades the run instead of failing it.
+    pub optional: bool,
+    /// `success` or `always`.
+    pub when: String,
+    /// Nodes that take an input from this one.
+    pub dependents: Vec<String>,
+    /// This node only runs to undo another's effects after the run failed.
+    #[serde(default)]
+    pub compensation: bool,
+}
+
+/// Errors of the run store.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Redis failed.
+    #[error("Redis: {0} (check REDIS_URL)")]
+    Redis(String),
+    /// No such run.
+    #[error("no run {0} in this namespace (runs are kept 7 days)")]
+    UnknownRun(String),
+    /// Stored data does not parse.
+    #[error("run data is damaged: {0}")]
+    Corrupt(String),
+}
+
+impl From<deadpool_redis::redis::RedisError> for RunError {
+    fn from(e: deadpool_redis::redis::RedisError) -> Self {
+        Self::Redis(e.to_string())
+    }
+}
+
+impl From<deadpool_redis::PoolError> for RunError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        Self::Redis(e.to_string())
+    }
+}
+
+/// A run's state as `producer status` shows it.
+#[derive(Debug, Serialize)]
+pub struct RunStatus {
+    /// Run id.
+    pub run_id: String,
+    /// running, succeeded, partial or failed.
+    pub status: String,
+    /// The required node whose failure failed the run.
+    pub blocking_node: Option<String>,
+    /// Node id → pending, queued, succeeded, failed or skipped.
+    pub nodes: BTreeMap<String, String>,
+}
