@@ -48,37 +48,32 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Resul
     run_with_stats(cfg, Arc::default(), shutdown).await
 }
 
-/// [`run`], counting settlements into `stats`.
+/// The parts of a worker that outlive a broker connection.
+struct Parts {
+    handlers: Arc<Handlers>,
+    store: Arc<Store>,
+    breakers: Arc<Breakers>,
+    runs: Arc<secflow_common::runs::RunStore>,
+    cancels: Arc<crate::workflow::RunCancels>,
+}
+
+/// [`run`], counting settlements into `stats`. A lost broker connection is re-established
+/// with backoff (queues redeclared, consuming resumed); only the first connection must succeed
+/// within `--connect-timeout`.
 pub async fn run_with_stats(
     cfg: WorkerConfig,
     stats: Arc<WorkerStats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     cfg.validate().map_err(WorkerError::Config)?;
-    let ns = cfg.broker.namespace()?;
-    let topology = Arc::new(Topology::new(ns, cfg.broker.delivery_limit));
+    let topology = Arc::new(Topology::new(
+        cfg.broker.namespace()?,
+        cfg.broker.delivery_limit,
+    ));
     let classifier = match &cfg.rules {
         Some(path) => Classifier::with_file(path).map_err(WorkerError::Config)?,
         None => Classifier::defaults(),
     };
-    let handlers = Handlers::new(cfg.max_output_bytes, classifier).map_err(WorkerError::Config)?;
-    let worker_id = cfg.worker_id();
-    let conn = amqp::connect(
-        &cfg.broker.amqp_url,
-        &format!("secflow-worker {worker_id}"),
-        Duration::from_secs(cfg.broker.connect_timeout_secs),
-    )
-    .await?;
-    let declare = conn
-        .create_channel()
-        .await
-        .map_err(secflow_common::Error::from)?;
-    topology
-        .declare_pool(&declare, &cfg.pool, &cfg.bind)
-        .await?;
-    let _ = declare.close(200, "declared".into()).await;
-
-    let queue = topology.work_queue(&cfg.pool);
     let store = Store::new(
         &cfg.broker.redis_url,
         &cfg.broker.namespace,
@@ -88,30 +83,129 @@ pub async fn run_with_stats(
     if !store.check().await {
         tracing::warn!(url = %redact_url(&cfg.broker.redis_url), "starting without Redis: local breakers until it answers");
     }
-    let breakers = Breakers::new(
-        Arc::clone(&store),
-        cfg.breaker_default.clone(),
-        cfg.breakers.iter().cloned().collect(),
-    );
-    let shared = Arc::new(Shared {
-        handlers,
-        settler: Settler {
-            events: EventBatcher::start(
-                amqp::Publisher::new(&conn).await?,
-                topology.events_exchange(),
-            ),
-            publisher: amqp::Publisher::new(&conn).await?,
-            topology,
-            worker_id: worker_id.clone(),
-            queue: queue.clone(),
-            stats,
-            done_ttl_ms: cfg.done_ttl_secs.saturating_mul(1000),
-        },
-        runs: secflow_common::runs::RunStore::new(&cfg.broker.redis_url, &cfg.broker.namespace)
-            .map_err(|e| WorkerError::Config(e.to_string()))?,
+    let parts = Parts {
+        handlers: Arc::new(
+            Handlers::new(cfg.max_output_bytes, classifier).map_err(WorkerError::Config)?,
+        ),
+        breakers: Arc::new(Breakers::new(
+            Arc::clone(&store),
+            cfg.breaker_default.clone(),
+            cfg.breakers.iter().cloned().collect(),
+        )),
+        runs: Arc::new(
+            secflow_common::runs::RunStore::new(&cfg.broker.redis_url, &cfg.broker.namespace)
+                .map_err(|e| WorkerError::Config(e.to_string()))?,
+        ),
         cancels: Arc::default(),
         store,
-        breakers,
+    };
+    let stop_endpoints = CancellationToken::new();
+    if let Some(addr) = cfg.metrics_addr {
+        observe::serve(
+            addr,
+            Arc::clone(&stats),
+            stop_endpoints.clone().cancelled_owned(),
+        )
+        .await
+        .map_err(WorkerError::Config)?;
+    }
+    let worker_id = cfg.worker_id();
+    let name = format!("secflow-worker {worker_id}");
+    tokio::pin!(shutdown);
+    let mut connected_once = false;
+    let mut backoff = RECONNECT_MIN;
+    let result = loop {
+        // The first connection has a deadline (a wrong URL must say so); later ones retry until
+        // the broker is back or the worker is told to stop.
+        let timeout = if connected_once {
+            Duration::from_secs(24 * 3600)
+        } else {
+            Duration::from_secs(cfg.broker.connect_timeout_secs)
+        };
+        let conn = tokio::select! {
+            c = amqp::connect(&cfg.broker.amqp_url, &name, timeout) => c,
+            () = &mut shutdown => break Ok(()),
+        };
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => break Err(e.into()),
+        };
+        if connected_once {
+            tracing::info!("reconnected to RabbitMQ: redeclaring and resuming");
+        }
+        connected_once = true;
+        let outcome = session(
+            &conn,
+            &cfg,
+            &topology,
+            &parts,
+            &stats,
+            &worker_id,
+            shutdown.as_mut(),
+        )
+        .await;
+        let _ = conn.close(200, "worker stopped".into()).await;
+        match outcome {
+            Ok(()) => break Ok(()),
+            Err(WorkerError::Broker(e)) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "lost the RabbitMQ connection: in-flight deliveries go back to the queue; reconnecting");
+                let wait =
+                    backoff + backoff.mul_f64(rand::RngExt::random::<f64>(&mut rand::rng()) * 0.5);
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = &mut shutdown => break Ok(()),
+                }
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    stop_endpoints.cancel();
+    result
+}
+
+/// Delays between reconnection attempts (doubling, with jitter).
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(10);
+
+/// One connection's worth of work: declare, consume until shutdown (`Ok`) or the connection
+/// is lost (`Err(Broker)`).
+async fn session(
+    conn: &Connection,
+    cfg: &WorkerConfig,
+    topology: &Arc<Topology>,
+    parts: &Parts,
+    stats: &Arc<WorkerStats>,
+    worker_id: &str,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<(), WorkerError> {
+    let declare = conn
+        .create_channel()
+        .await
+        .map_err(secflow_common::Error::from)?;
+    topology
+        .declare_pool(&declare, &cfg.pool, &cfg.bind)
+        .await?;
+    let _ = declare.close(200, "declared".into()).await;
+    let queue = topology.work_queue(&cfg.pool);
+    let shared = Arc::new(Shared {
+        handlers: Arc::clone(&parts.handlers),
+        settler: Settler {
+            events: EventBatcher::start(
+                amqp::Publisher::new(conn).await?,
+                topology.events_exchange(),
+            ),
+            publisher: amqp::Publisher::new(conn).await?,
+            topology: Arc::clone(topology),
+            worker_id: worker_id.to_string(),
+            queue: queue.clone(),
+            stats: Arc::clone(stats),
+            done_ttl_ms: cfg.done_ttl_secs.saturating_mul(1000),
+        },
+        runs: Arc::clone(&parts.runs),
+        cancels: Arc::clone(&parts.cancels),
+        store: Arc::clone(&parts.store),
+        breakers: Arc::clone(&parts.breakers),
         policies: cfg.policies(),
         default_timeout: Duration::from_secs(cfg.task_timeout_secs),
         isolation: RwLock::new(()),
@@ -124,23 +218,8 @@ pub async fn run_with_stats(
             escalate_window_ms: cfg.escalate_window_secs.saturating_mul(1000),
         },
     });
-    crate::workflow::listen_for_cancels(
-        &conn,
-        &shared.settler.topology,
-        Arc::clone(&shared.cancels),
-    )
-    .await?;
-    let stop_endpoints = CancellationToken::new();
-    if let Some(addr) = cfg.metrics_addr {
-        let stats = Arc::clone(&shared.settler.stats);
-        observe::serve(addr, stats, stop_endpoints.clone().cancelled_owned())
-            .await
-            .map_err(WorkerError::Config)?;
-    }
-    let result = consume(&conn, &cfg, &queue, &shared, shutdown).await;
-    stop_endpoints.cancel();
-    let _ = conn.close(200, "worker stopped".into()).await;
-    result
+    crate::workflow::listen_for_cancels(conn, topology, Arc::clone(&shared.cancels)).await?;
+    consume(conn, cfg, &queue, &shared, shutdown).await
 }
 
 async fn consume(
@@ -148,7 +227,7 @@ async fn consume(
     cfg: &WorkerConfig,
     queue: &str,
     shared: &Arc<Shared>,
-    shutdown: impl Future<Output = ()>,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<(), WorkerError> {
     let channel = conn
         .create_channel()
@@ -168,10 +247,17 @@ async fn consume(
     stats.consuming.store(true, Ordering::SeqCst);
     tracing::info!(worker = %shared.settler.worker_id, queue, prefetch = cfg.prefetch, "worker consuming");
     let tracker = TaskTracker::new();
-    tokio::pin!(shutdown);
+    // The consumer stream does not always end when the server closes the connection; the
+    // connection's own events say so.
+    let mut connection_events = conn.events_listener();
     let outcome = loop {
         tokio::select! {
             () = &mut shutdown => break Ok(()),
+            event = connection_events.next() => match event {
+                Some(lapin::Event::Error(e)) => break Err(WorkerError::Broker(e.into())),
+                Some(_) => {}
+                None => break Err(WorkerError::Broker(secflow_common::Error::Config("the connection's event stream ended".into()))),
+            },
             next = consumer.next() => match next {
                 Some(Ok(delivery)) if DeliveryMeta::read(&delivery).is_suspect() => {
                     if isolate(&channel, &tag, &mut consumer, delivery, shared, &tracker, shutdown.as_mut()).await {
@@ -184,11 +270,17 @@ async fn consume(
                     tracker.spawn(async move { process(&shared, delivery, false).await });
                 }
                 Some(Err(e)) => break Err(WorkerError::Broker(e.into())),
-                None => break Err(WorkerError::Config("the broker cancelled the consumer (queue deleted?)".into())),
+                // The broker cancelled the consumer (queue deleted, node restarted): start over.
+                None => break Err(WorkerError::Broker(secflow_common::Error::Config("the broker cancelled the consumer".into()))),
             },
         }
     };
     stats.consuming.store(false, Ordering::SeqCst);
+    if outcome.is_err() {
+        // The channel is gone: no in-flight delivery can be settled, the broker redelivers
+        // them all. Stop their handlers now rather than run them for nothing.
+        shared.hard_stop.cancel();
+    }
     tracing::info!(
         in_flight = tracker.len(),
         grace_secs = cfg.grace_secs,
@@ -219,7 +311,7 @@ async fn consume(
         let _ = tokio::time::timeout(HAND_BACK_TIMEOUT, tracker.wait()).await;
     }
     let _ = channel.close(200, "worker stopped".into()).await;
-    tracing::info!("worker stopped");
+    tracing::info!("consumer stopped");
     outcome
 }
 

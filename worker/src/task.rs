@@ -21,12 +21,12 @@ use tokio_util::sync::CancellationToken;
 
 /// What every in-flight task of a worker shares.
 pub(crate) struct Shared {
-    pub handlers: Handlers,
+    pub handlers: Arc<Handlers>,
     pub settler: Settler,
     pub store: Arc<Store>,
-    pub runs: secflow_common::runs::RunStore,
+    pub runs: Arc<secflow_common::runs::RunStore>,
     pub cancels: Arc<crate::workflow::RunCancels>,
-    pub breakers: Breakers,
+    pub breakers: Arc<Breakers>,
     pub policies: PolicyTable,
     pub default_timeout: Duration,
     /// Suspect tasks run alone (write lock) so a task that kills the process does not take
