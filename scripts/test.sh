@@ -8,11 +8,16 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The process tests spawn the real binaries.
 cargo build --workspace --bins --quiet
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-status=0
-cargo test --workspace --quiet 2>&1 | tee "$log" || status=$?
-# One closing line for the whole run (cargo prints one per test binary).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
-     END { printf "%d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+if cargo nextest --version >/dev/null 2>&1; then
+  # Each test in its own process, hung tests killed (see .config/nextest.toml).
+  cargo nextest run --workspace
+else
+  log=$(mktemp)
+  trap 'rm -f "$log"' EXIT
+  status=0
+  cargo test --workspace --quiet 2>&1 | tee "$log" || status=$?
+  # One closing line for the whole run (cargo prints one per test binary).
+  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+       END { printf "%d passed, %d failed\n", p, f }' "$log"
+  exit "$status"
+fi
