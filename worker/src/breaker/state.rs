@@ -150,15 +150,27 @@ pub fn transition(
             n.mode = Mode::HalfOpen;
             n.probes = 1;
             n.successes = 0;
+            // From now on `opened_at_ms` is when the latest probe was let through.
+            n.opened_at_ms = now_ms;
             (n, Verdict::Probe)
         }
         // Late reports from calls admitted before it opened change nothing.
         (Mode::Open, Input::Success | Input::Failure) => (n, Verdict::Recorded),
         (Mode::HalfOpen, Input::Admit) if s.probes < cfg.half_open_probes => {
             n.probes += 1;
+            n.opened_at_ms = now_ms;
             (n, Verdict::Probe)
         }
         // All probe permits are out; wait about one more open period for their outcome.
+        // A probe that never reported (its worker died, or reported to a local breaker while
+        // Redis was away) must not hold the breaker half-open for ever: after `max_open_ms` its
+        // permit is given to a new probe.
+        (Mode::HalfOpen, Input::Admit)
+            if now_ms >= s.opened_at_ms.saturating_add(cfg.max_open_ms) =>
+        {
+            n.opened_at_ms = now_ms;
+            (n, Verdict::Probe)
+        }
         (Mode::HalfOpen, Input::Admit) => (
             n,
             Verdict::Reject {
@@ -295,6 +307,29 @@ mod tests {
         assert_eq!((s.mode, s.open_ms), (Mode::Open, 200));
         let (s, _) = run(&s, &[(Input::Admit, 500), (Input::Failure, 501)]);
         assert_eq!(s.open_ms, 350, "capped at max_open_ms");
+    }
+
+    #[test]
+    fn a_lost_probe_does_not_hold_the_breaker_half_open() {
+        let (open, _) = run(
+            &BreakerState::default(),
+            &[
+                (Input::Failure, 0),
+                (Input::Failure, 1),
+                (Input::Failure, 2),
+            ],
+        );
+        let (s, v) = transition(&open, Input::Admit, 200, &cfg());
+        assert_eq!(v, Verdict::Probe);
+        assert!(matches!(
+            transition(&s, Input::Admit, 300, &cfg()).1,
+            Verdict::Reject { .. }
+        ));
+        // The probe never reports; after max_open_ms another one is let through.
+        assert_eq!(
+            transition(&s, Input::Admit, 200 + 350, &cfg()).1,
+            Verdict::Probe
+        );
     }
 
     #[test]
