@@ -365,3 +365,53 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Publishes `tasks` to the namespace's tasks exchange with confirms; their ids in order.
+pub async fn publish(ns: &TestNs, tasks: &[secflow_common::TaskEnvelope]) -> Vec<uuid::Uuid> {
+    let publisher = secflow_common::amqp::Publisher::new(&ns.conn)
+        .await
+        .unwrap();
+    secflow_producer::publish::publish_envelopes(&publisher, &ns.topology(), tasks)
+        .await
+        .unwrap()
+}
+
+/// An ad-hoc publish request for `count` tasks of `node_type`.
+pub fn request(
+    node_type: &str,
+    config: serde_json::Value,
+    count: usize,
+) -> secflow_producer::PublishRequest {
+    secflow_producer::PublishRequest {
+        node_type: node_type.into(),
+        config,
+        count,
+        retry: None,
+        timeout_ms: None,
+    }
+}
+
+/// Writes a recipe for this namespace's test to a temporary file; its path.
+pub fn recipe_file(ns: &TestNs, name: &str, yaml: &str) -> String {
+    let path = std::env::temp_dir().join(format!("{}-{name}.yaml", ns.name));
+    std::fs::write(&path, yaml).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// Outputs of the `node.completed` events of `run`, by node id.
+pub fn completions(
+    events: &[TaskEvent],
+    run: uuid::Uuid,
+) -> std::collections::HashMap<String, Vec<Option<serde_json::Value>>> {
+    let mut out: std::collections::HashMap<String, Vec<Option<serde_json::Value>>> =
+        std::collections::HashMap::new();
+    for e in events
+        .iter()
+        .filter(|e| e.kind == "node.completed" && e.run_id == Some(run))
+    {
+        out.entry(e.node_id.clone().unwrap_or_default())
+            .or_default()
+            .push(e.output.clone());
+    }
+    out
+}

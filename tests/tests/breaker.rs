@@ -2,9 +2,8 @@
 //! fleet, a local fallback when Redis is gone, and no second run of a completed task.
 
 use axum::{Router, http::StatusCode, routing::get};
-use secflow_common::{TaskEnvelope, amqp::Publisher};
-use secflow_producer::publish::publish_envelopes;
-use secflow_tests::{PrivateRedis, TestNs, redis_done_markers, wait_for};
+use secflow_common::TaskEnvelope;
+use secflow_tests::{PrivateRedis, TestNs, publish, redis_done_markers, wait_for};
 use secflow_worker::{WorkerConfig, WorkerStats, breaker::state::BreakerConfig};
 use serde_json::json;
 use std::{
@@ -15,13 +14,6 @@ use std::{
     time::{Duration, Instant},
 };
 use tokio_util::sync::CancellationToken;
-
-async fn publish(ns: &TestNs, tasks: &[TaskEnvelope]) -> Vec<uuid::Uuid> {
-    let publisher = Publisher::new(&ns.conn).await.unwrap();
-    publish_envelopes(&publisher, &ns.topology(), tasks)
-        .await
-        .unwrap()
-}
 
 /// A scanned service that answers 503 while `down`, and logs when each request came.
 async fn service(down: Arc<AtomicBool>, log: Arc<Mutex<Vec<Instant>>>) -> String {

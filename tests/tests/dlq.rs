@@ -6,9 +6,8 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use secflow_common::{TaskEnvelope, amqp::Publisher};
-use secflow_producer::publish::publish_envelopes;
-use secflow_tests::{TestNs, bin, wait_for};
+use secflow_common::TaskEnvelope;
+use secflow_tests::{TestNs, bin, publish, wait_for};
 use serde_json::{Value, json};
 use std::{
     collections::{HashMap, HashSet},
@@ -38,13 +37,6 @@ fn json_lines(out: &Output) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-async fn publish(ns: &TestNs, tasks: &[TaskEnvelope]) -> Vec<uuid::Uuid> {
-    let publisher = Publisher::new(&ns.conn).await.unwrap();
-    publish_envelopes(&publisher, &ns.topology(), tasks)
-        .await
-        .unwrap()
 }
 
 /// `n` tasks that fail permanently at once.

@@ -5,22 +5,14 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use secflow_common::{TaskEnvelope, amqp::Publisher, headers as h};
-use secflow_producer::publish::publish_envelopes;
-use secflow_tests::{TestNs, wait_for};
+use secflow_common::{TaskEnvelope, headers as h};
+use secflow_tests::{TestNs, publish, wait_for};
 use serde_json::json;
 use std::{
     collections::HashMap,
     process::Child,
     time::{Duration, Instant},
 };
-
-async fn publish(ns: &TestNs, tasks: &[TaskEnvelope]) -> Vec<uuid::Uuid> {
-    let publisher = Publisher::new(&ns.conn).await.unwrap();
-    publish_envelopes(&publisher, &ns.topology(), tasks)
-        .await
-        .unwrap()
-}
 
 fn echoes(n: usize) -> Vec<TaskEnvelope> {
     (0..n)

@@ -2,20 +2,10 @@
 //! test binaries one after another, and a delay measurement needs a machine that is not also
 //! draining thousands of tasks for other tests.
 
-use secflow_producer::{PublishRequest, publish_tasks};
-use secflow_tests::TestNs;
+use secflow_producer::publish_tasks;
+use secflow_tests::{TestNs, request};
 use serde_json::json;
 use std::time::Duration;
-
-fn request(node_type: &str, config: serde_json::Value, count: usize) -> PublishRequest {
-    PublishRequest {
-        node_type: node_type.into(),
-        config,
-        count,
-        retry: None,
-        timeout_ms: None,
-    }
-}
 
 /// Proves: a task failing transiently twice is retried through the broker with x-retry-count
 /// 1 then 2, each redelivery arriving within 10% (+50 ms) of its scheduled jittered delay.

@@ -2,20 +2,10 @@
 //! operation, broker-side retries with measured delays, dead-lettering with full headers.
 
 use secflow_common::headers as h;
-use secflow_producer::{PublishRequest, publish_tasks};
-use secflow_tests::{TestNs, wait_for};
+use secflow_producer::publish_tasks;
+use secflow_tests::{TestNs, request, wait_for};
 use serde_json::json;
 use std::{collections::HashMap, time::Duration};
-
-fn request(node_type: &str, config: serde_json::Value, count: usize) -> PublishRequest {
-    PublishRequest {
-        node_type: node_type.into(),
-        config,
-        count,
-        retry: None,
-        timeout_ms: None,
-    }
-}
 
 /// Proves: 1,000 tasks across 3 workers each complete exactly once, and nothing stays queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

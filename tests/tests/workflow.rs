@@ -2,32 +2,9 @@
 //! choreographed continuation, outputs passed along, failure semantics.
 
 use secflow_producer::recipes::submit;
-use secflow_tests::TestNs;
+use secflow_tests::{TestNs, completions, recipe_file};
 use serde_json::Value;
-use std::{collections::BTreeMap, collections::HashMap, time::Duration};
-
-fn recipe_file(ns: &TestNs, name: &str, yaml: &str) -> String {
-    let path = std::env::temp_dir().join(format!("{}-{name}.yaml", ns.name));
-    std::fs::write(&path, yaml).unwrap();
-    path.to_string_lossy().into_owned()
-}
-
-/// Completions per node id for `run`.
-fn completions(
-    events: &[secflow_common::events::TaskEvent],
-    run: uuid::Uuid,
-) -> HashMap<String, Vec<Option<Value>>> {
-    let mut out: HashMap<String, Vec<Option<Value>>> = HashMap::new();
-    for e in events
-        .iter()
-        .filter(|e| e.kind == "node.completed" && e.run_id == Some(run))
-    {
-        out.entry(e.node_id.clone().unwrap_or_default())
-            .or_default()
-            .push(e.output.clone());
-    }
-    out
-}
+use std::{collections::BTreeMap, time::Duration};
 
 /// Proves: a diamond runs each node exactly once across three workers, and the join node gets
 /// both branches' outputs through its inputs and its config.
