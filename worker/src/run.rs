@@ -144,7 +144,8 @@ pub async fn run_with_stats(
             shutdown.as_mut(),
         )
         .await;
-        let _ = conn.close(200, "worker stopped".into()).await;
+        // A close the broker never answers must not keep a stopping worker alive.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "worker stopped".into())).await;
         match outcome {
             Ok(()) => break Ok(()),
             Err(WorkerError::Broker(e)) => {
@@ -163,6 +164,9 @@ pub async fn run_with_stats(
     stop_endpoints.cancel();
     result
 }
+
+/// Longest wait for the broker to confirm a channel or connection close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Delays between reconnection attempts (doubling, with jitter).
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
@@ -310,7 +314,7 @@ async fn consume(
         shared.hard_stop.cancel();
         let _ = tokio::time::timeout(HAND_BACK_TIMEOUT, tracker.wait()).await;
     }
-    let _ = channel.close(200, "worker stopped".into()).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "worker stopped".into())).await;
     tracing::info!("consumer stopped");
     outcome
 }
