@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 bash scripts/services.sh
 cargo build --workspace --bins --quiet
 export SECFLOW_NAMESPACE="${SECFLOW_NAMESPACE:-demo}" SECFLOW_LOG_FORMAT=text RUST_LOG=warn
+# Tasks are signed: a fresh key for this demo's producer and workers (ID:SECRET).
+export SECFLOW_SIGNING_KEY="${SECFLOW_SIGNING_KEY:-demo:$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')}"
+# What `exec` tasks may run here; /no/such/scanner below is refused as a security failure.
+export SECFLOW_EXEC_ALLOW="${SECFLOW_EXEC_ALLOW:-uname,python3}"
 bin=target/debug
 work=$(mktemp -d)
 pids=()

@@ -4,7 +4,7 @@
 //! confirm and turns a nack or a returned (unroutable, `mandatory`) message into an error, so
 //! a caller that gets `Ok` knows the broker has the message.
 
-use crate::{Error, Result, config::redact_url};
+use crate::{Error, Result, config::redact_url, signing::Keyring};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
@@ -37,19 +37,49 @@ pub async fn connect(url: &str, client_name: &str, timeout: Duration) -> Result<
 }
 
 /// A channel in confirm mode, shared by every task of a process.
+/// Tasks published through it are signed with its keyring (when it has one) and refused above
+/// its size limit.
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    signer: Option<Keyring>,
+    max_message_bytes: usize,
 }
 
 impl Publisher {
-    /// Opens a channel on `conn` and switches it to confirm mode.
+    /// Opens a channel on `conn` and switches it to confirm mode; tasks go out unsigned.
     pub async fn new(conn: &Connection) -> Result<Self> {
         let channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Self { channel })
+        Ok(Self {
+            channel,
+            signer: None,
+            max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
+        })
+    }
+
+    /// A publisher for tasks as `broker` says: its signing keys (an error if there are none and
+    /// signing was not disabled explicitly) and its message size limit.
+    pub async fn for_tasks(conn: &Connection, broker: &crate::config::BrokerArgs) -> Result<Self> {
+        let signer = broker.keyring()?;
+        let mut publisher = Self::new(conn).await?;
+        publisher.signer = signer;
+        publisher.max_message_bytes = broker.max_message_bytes;
+        Ok(publisher)
+    }
+
+    /// Refuses tasks over `bytes`.
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Signs the tasks it publishes with `keyring`.
+    pub fn with_signer(mut self, keyring: Option<Keyring>) -> Self {
+        self.signer = keyring;
+        self
     }
 
     /// Publishes and waits for the broker's confirm. With `mandatory`, a message no queue
@@ -130,19 +160,32 @@ pub fn copy_properties(p: &BasicProperties, headers: FieldTable) -> BasicPropert
     out
 }
 
-/// Publishes one task to the tasks exchange (routing key = its type), confirmed and mandatory.
+/// Publishes one task to the tasks exchange (routing key = its type), confirmed and mandatory,
+/// signed when the publisher has keys; a task over the size limit is refused unpublished.
 pub async fn publish_task(
     publisher: &Publisher,
     topology: &crate::Topology,
     task: &crate::TaskEnvelope,
 ) -> Result<()> {
-    let props = json_properties(&task.task_id.to_string(), FieldTable::default())
-        .with_type(task.node_type.as_str().into());
+    let body = task.to_body();
+    if body.len() > publisher.max_message_bytes {
+        return Err(Error::TooLarge {
+            what: format!("task {} ({})", task.task_id, task.node_id),
+            bytes: body.len(),
+            limit: publisher.max_message_bytes,
+        });
+    }
+    let message_id = task.task_id.to_string();
+    let mut headers = FieldTable::default();
+    if let Some(signer) = &publisher.signer {
+        signer.sign(&mut headers, &message_id, &body);
+    }
+    let props = json_properties(&message_id, headers).with_type(task.node_type.as_str().into());
     publisher
         .publish(
             &topology.tasks_exchange(),
             &task.node_type,
-            &task.to_body(),
+            &body,
             props,
             true,
         )

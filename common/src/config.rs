@@ -26,7 +26,17 @@ pub struct BrokerArgs {
     /// Seconds to keep trying to reach the broker at start-up.
     #[arg(long, env = "SECFLOW_CONNECT_TIMEOUT", default_value_t = 30)]
     pub connect_timeout_secs: u64,
+    /// Largest task message, bytes: producers refuse to publish more, workers dead-letter more
+    /// unread (`too_large`).
+    #[arg(long, env = "SECFLOW_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+    /// Task signing.
+    #[command(flatten)]
+    pub signing: crate::signing::SigningArgs,
 }
+
+/// Default largest task message: room for several upstream outputs of up to 1 MiB each.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 << 20;
 
 impl BrokerArgs {
     /// Settings for `namespace` on the default loopback services.
@@ -37,6 +47,8 @@ impl BrokerArgs {
             namespace: namespace.into(),
             delivery_limit: 5,
             connect_timeout_secs: 30,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            signing: crate::signing::SigningArgs::default(),
         }
     }
 
@@ -54,7 +66,18 @@ impl BrokerArgs {
                 self.delivery_limit
             )));
         }
+        if !(1024..=(128 << 20)).contains(&self.max_message_bytes) {
+            return Err(Error::Config(format!(
+                "--max-message-bytes {} must be between 1 KiB and 128 MiB (RabbitMQ's own limit)",
+                self.max_message_bytes
+            )));
+        }
         Ok(())
+    }
+
+    /// The signing keys, or `None` if signing was disabled explicitly.
+    pub fn keyring(&self) -> Result<Option<crate::signing::Keyring>> {
+        self.signing.keyring().map_err(Error::Config)
     }
 }
 

@@ -50,6 +50,16 @@ pub enum Error {
         /// Routing key used.
         routing_key: String,
     },
+    /// A message is over the size limit.
+    #[error("{what} is {bytes} bytes, over the {limit}-byte message limit (--max-message-bytes)")]
+    TooLarge {
+        /// What was too large.
+        what: String,
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -12,8 +12,10 @@ pub mod headers;
 pub mod logging;
 pub mod nodes;
 pub mod recipe;
+pub mod redact;
 pub mod retry;
 pub mod runs;
+pub mod signing;
 pub mod task_error;
 pub mod topology;
 

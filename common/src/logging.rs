@@ -1,5 +1,24 @@
 //! Log set-up shared by the binaries: `RUST_LOG` filters, logs go to stderr (stdout carries
-//! command output), as JSON lines for collectors or as text for people.
+//! command output), as JSON lines for collectors or as text for people. Every line passes
+//! through the process's redactor ([`crate::redact`]) on its way out.
+
+use std::io::Write;
+
+/// Stderr with secrets masked. The fmt layer writes each event with one call, so each call
+/// holds whole lines.
+struct RedactingStderr;
+
+impl Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(crate::redact::redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
 
 /// Installs the global subscriber. `json` picks JSON lines; `default_filter` applies when
 /// `RUST_LOG` is unset.
@@ -8,7 +27,7 @@ pub fn init(json: bool, default_filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| RedactingStderr);
     if json {
         builder
             .json()

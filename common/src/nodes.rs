@@ -14,6 +14,7 @@ pub const KNOWN_TYPES: &[&str] = &[
     "builtin.fail",
     "builtin.crash",
     "builtin.hang",
+    "builtin.batch",
     "exec",
     "http",
 ];
@@ -24,6 +25,43 @@ pub const KNOWN_TYPES: &[&str] = &[
 pub struct SleepConfig {
     /// Milliseconds to sleep.
     pub ms: u64,
+}
+
+/// `builtin.batch`: processes `items` items one after the other, checkpointing its progress
+/// so a crash resumes where it stopped.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Items to process (1 to 1,000,000).
+    pub items: u64,
+    /// Milliseconds each item takes.
+    #[serde(default)]
+    pub item_ms: u64,
+    /// Save progress after every this many items (at least 1).
+    #[serde(default = "one")]
+    pub checkpoint_every: u64,
+    /// Fault injection: abort the worker process once this many items are checkpointed, unless
+    /// the attempt resumed at or past that point (so the resumed attempt completes).
+    #[serde(default)]
+    pub crash_after: Option<u64>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl BatchConfig {
+    fn check(&self) -> Result<(), String> {
+        if !(1..=1_000_000).contains(&self.items) {
+            return Err("builtin.batch: invalid config: items must be 1 to 1000000".into());
+        }
+        if self.checkpoint_every == 0 {
+            return Err(
+                "builtin.batch: invalid config: checkpoint_every must be at least 1".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `builtin.fail`.
@@ -102,6 +140,7 @@ pub fn check_config(node_type: &str, config: &Value) -> Result<(), String> {
     match node_type {
         "builtin.sleep" => parse_config::<SleepConfig>(node_type, config).map(drop),
         "builtin.fail" => parse_config::<FailConfig>(node_type, config).map(drop),
+        "builtin.batch" => parse_config::<BatchConfig>(node_type, config)?.check(),
         "exec" => {
             let cfg: ExecConfig = parse_config(node_type, config)?;
             if cfg.argv.is_empty() {

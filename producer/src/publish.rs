@@ -70,7 +70,7 @@ pub async fn publish_tasks(
 ) -> Result<Vec<Uuid>, PublishError> {
     let tasks = req.envelopes()?;
     let (conn, topology) = crate::connect(broker, "secflow-producer").await?;
-    let publisher = Publisher::new(&conn).await?;
+    let publisher = Publisher::for_tasks(&conn, broker).await?;
     let result = publish_envelopes(&publisher, &topology, &tasks).await;
     let _ = conn.close(200, "producer done".into()).await;
     result

@@ -26,6 +26,22 @@ mod redis_helpers;
 use redis_helpers::delete_redis_keys;
 pub use redis_helpers::{PrivateRedis, redis_done_markers, redis_keys};
 
+/// The signing key every test process shares (`ID:SECRET`).
+pub const TEST_SIGNING_KEY: &str = "test:secflow-test-signing-key-0123456789";
+
+/// A workspace binary as a command, with the test signing key and `sh` allowed for `exec`.
+pub fn command(name: &str) -> Command {
+    let mut cmd = Command::new(bin(name));
+    cmd.env("SECFLOW_SIGNING_KEY", TEST_SIGNING_KEY)
+        .env("SECFLOW_EXEC_ALLOW", "sh");
+    cmd
+}
+
+/// The test signing keys.
+pub fn test_keyring() -> secflow_common::signing::Keyring {
+    secflow_common::signing::Keyring::parse(TEST_SIGNING_KEY).unwrap()
+}
+
 /// An isolated namespace on the local broker; everything in it is deleted on drop.
 pub struct TestNs {
     /// Namespace name (`t-` + random).
@@ -73,6 +89,7 @@ impl TestNs {
     pub fn broker(&self) -> BrokerArgs {
         BrokerArgs {
             delivery_limit: self.delivery_limit,
+            signing: secflow_common::signing::SigningArgs::with_key(TEST_SIGNING_KEY),
             ..BrokerArgs::local(&self.name)
         }
     }
@@ -86,6 +103,7 @@ impl TestNs {
     pub fn worker_config(&self) -> WorkerConfig {
         WorkerConfig {
             broker: self.broker(),
+            exec_allow: vec!["sh".into()],
             ..WorkerConfig::local(&self.name)
         }
     }
@@ -117,8 +135,22 @@ impl TestNs {
         q
     }
 
-    /// Publishes a raw body to the tasks exchange under `routing_key` (for malformed input).
+    /// Publishes a raw body to the tasks exchange under `routing_key` (for malformed input),
+    /// signed with the test key like a producer's bug would be.
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
+        let mut headers = props.headers().clone().unwrap_or_default();
+        let id = props
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        test_keyring().sign(&mut headers, &id, body);
+        self.publish_unsigned(routing_key, body, props.with_headers(headers))
+            .await;
+    }
+
+    /// Publishes a raw body with exactly the given properties (no signature added).
+    pub async fn publish_unsigned(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
         let publisher = secflow_common::amqp::Publisher::new(&self.conn)
             .await
             .unwrap();
@@ -202,7 +234,7 @@ impl TestNs {
 
     /// Starts the `worker` binary as a child process on this namespace.
     pub fn spawn_worker_process(&self, extra: &[&str]) -> Child {
-        Command::new(bin("worker"))
+        command("worker")
             .args([
                 "--namespace",
                 &self.name,
@@ -370,7 +402,8 @@ pub fn free_port() -> u16 {
 pub async fn publish(ns: &TestNs, tasks: &[secflow_common::TaskEnvelope]) -> Vec<uuid::Uuid> {
     let publisher = secflow_common::amqp::Publisher::new(&ns.conn)
         .await
-        .unwrap();
+        .unwrap()
+        .with_signer(Some(test_keyring()));
     secflow_producer::publish::publish_envelopes(&publisher, &ns.topology(), tasks)
         .await
         .unwrap()

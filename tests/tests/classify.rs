@@ -1,13 +1,10 @@
 //! The built-in classification rules against a labelled corpus of real error messages
 //! (`tests/corpus/errors.yaml`), through `worker classify --stdin --json` as an operator runs it.
 
-use secflow_tests::bin;
+use secflow_tests::command;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::{
-    io::Write,
-    process::{Command, Stdio},
-};
+use std::{io::Write, process::Stdio};
 
 #[derive(Deserialize)]
 struct Labelled {
@@ -28,7 +25,7 @@ fn accuracy(name: &str, corpus: &[Labelled]) -> (f64, usize) {
         .iter()
         .map(|l| json!({"message": l.message, "exit_code": l.exit_code, "signal": l.signal, "http_status": l.http_status}).to_string() + "\n")
         .collect();
-    let mut child = Command::new(bin("worker"))
+    let mut child = command("worker")
         .args(["classify", "--stdin", "--json"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -118,7 +115,7 @@ fn default_rules_on_held_out_messages() {
 /// stdin lines get an error line, not a crash.
 #[test]
 fn classify_command_line() {
-    let out = Command::new(bin("worker"))
+    let out = command("worker")
         .args(["classify", "--exit-code", "127", "sh: 1: nmapx: not found"])
         .output()
         .unwrap();
@@ -128,7 +125,7 @@ fn classify_command_line() {
     );
     let rules = std::env::temp_dir().join(format!("secflow-cli-rules-{}.yaml", std::process::id()));
     std::fs::write(&rules, "version: 1\nrules:\n  - name: scanner_quota\n    class: resource\n    message: 'scan quota'\n").unwrap();
-    let out = Command::new(bin("worker"))
+    let out = command("worker")
         .args([
             "classify",
             "--json",
@@ -143,7 +140,7 @@ fn classify_command_line() {
         (v["class"].as_str(), v["rule"].as_str()),
         (Some("resource"), Some("scanner_quota"))
     );
-    let mut child = Command::new(bin("worker"))
+    let mut child = command("worker")
         .args(["classify", "--stdin", "--json"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

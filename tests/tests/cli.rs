@@ -1,10 +1,9 @@
 //! The `producer` binary as an operator runs it.
 
-use secflow_tests::{TestNs, bin};
-use std::process::Command;
+use secflow_tests::{TestNs, command};
 
 fn producer(ns: &TestNs, args: &[&str]) -> std::process::Output {
-    Command::new(bin("producer"))
+    command("producer")
         .args(["--namespace", &ns.name])
         .args(args)
         .output()
@@ -85,7 +84,7 @@ async fn publish_rejects_bad_input_clearly() {
         0,
         "nothing was published"
     );
-    let out = Command::new(bin("producer"))
+    let out = command("producer")
         .args([
             "--amqp-url",
             "amqp://guest:guest@127.0.0.1:1/%2f",

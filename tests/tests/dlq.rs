@@ -7,16 +7,16 @@ use nix::{
     unistd::Pid,
 };
 use secflow_common::TaskEnvelope;
-use secflow_tests::{TestNs, bin, publish, wait_for};
+use secflow_tests::{TestNs, command, publish, wait_for};
 use serde_json::{Value, json};
 use std::{
     collections::{HashMap, HashSet},
-    process::{Command, Output},
+    process::Output,
     time::Duration,
 };
 
 fn inspector(ns: &TestNs, args: &[&str]) -> Output {
-    Command::new(bin("dlq-inspector"))
+    command("dlq-inspector")
         .args(["--namespace", &ns.name])
         .args(args)
         .output()
@@ -178,7 +178,7 @@ async fn sigkill_during_requeue_loses_nothing() {
         .collect();
     let work = ns.topology().work_queue("default");
     let dlq = ns.topology().dlq();
-    let mut child = Command::new(bin("dlq-inspector"))
+    let mut child = command("dlq-inspector")
         .args(["--namespace", &ns.name, "requeue", "--all", "--rate", "200"])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -234,7 +234,7 @@ async fn two_inspectors_never_share_the_dlq() {
     let ns = TestNs::new().await;
     dead_letter(&ns, &doomed(100)).await;
     let work = ns.topology().work_queue("default");
-    let mut first = Command::new(bin("dlq-inspector"))
+    let mut first = command("dlq-inspector")
         .args(["--namespace", &ns.name, "requeue", "--all", "--rate", "50"])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -296,7 +296,7 @@ async fn mistakes_are_clear_errors_and_purge_exports_first() {
         err(inspector(&ns, &["list", "--filter", "colour=red"]))
             .contains("unknown filter key `colour`")
     );
-    let unreachable = Command::new(bin("dlq-inspector"))
+    let unreachable = command("dlq-inspector")
         .args([
             "--amqp-url",
             "amqp://guest:guest@127.0.0.1:1/%2f",

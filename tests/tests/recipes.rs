@@ -1,11 +1,11 @@
 //! `producer validate` on the example recipes and on broken ones: every error names the file,
 //! the node and the field, and the exit code says it failed.
 
-use secflow_tests::bin;
-use std::process::{Command, Output};
+use secflow_tests::command;
+use std::process::Output;
 
 fn validate(path: &str, params: &[&str]) -> Output {
-    let mut cmd = Command::new(bin("producer"));
+    let mut cmd = command("producer");
     cmd.args(["validate", path]);
     for p in params {
         cmd.args(["--param", p]);

@@ -245,7 +245,7 @@ async fn watch_follows_a_run_to_its_end() {
     let run = submit(&ns.broker(), &path, &BTreeMap::new(), None, false)
         .await
         .unwrap();
-    let out = tokio::process::Command::new(secflow_tests::bin("producer"))
+    let out = tokio::process::Command::from(secflow_tests::command("producer"))
         .args(["--namespace", &ns.name, "watch", &run.run_id.to_string()])
         .output()
         .await

@@ -77,7 +77,7 @@ async fn failed_node_requeued_or_resumed_continues_the_run() {
 
     std::fs::write(&marker, b"fixed").unwrap();
     // First run: through the DLQ, as an operator would.
-    let out = std::process::Command::new(secflow_tests::bin("dlq-inspector"))
+    let out = secflow_tests::command("dlq-inspector")
         .args([
             "--namespace",
             &ns.name,

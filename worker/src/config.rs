@@ -81,6 +81,36 @@ pub struct WorkerConfig {
     /// Window for counting a fingerprint's failures, seconds.
     #[arg(long, env = "SECFLOW_ESCALATE_WINDOW", default_value_t = 60)]
     pub escalate_window_secs: u64,
+    /// Programs `exec` tasks may run: names (resolved on PATH at start) or absolute paths,
+    /// comma-separated. Empty: no `exec` task runs here. `*`: any program (unsafe).
+    #[arg(long, env = "SECFLOW_EXEC_ALLOW", value_delimiter = ',')]
+    pub exec_allow: Vec<String>,
+    /// Directory under which each `exec` task gets its own working directory (removed after).
+    #[arg(long, env = "SECFLOW_EXEC_WORKDIR")]
+    pub exec_workdir: Option<std::path::PathBuf>,
+    /// Address-space limit of `exec` programs, MiB (none by default).
+    #[arg(long, env = "SECFLOW_EXEC_MEMORY_MB")]
+    pub exec_memory_mb: Option<u64>,
+    /// Handler version by node type, TYPE=VERSION (repeatable): checkpoints written by another
+    /// version are ignored.
+    #[arg(long = "handler-version", value_parser = parse_handler_version)]
+    pub handler_versions: Vec<(String, String)>,
+    /// Extra redaction pattern (regex, repeatable): matches are masked in logs, DLQ headers
+    /// and events, on top of the built-in credential patterns.
+    #[arg(long = "redact-pattern", env = "SECFLOW_REDACT_PATTERN")]
+    pub redact_patterns: Vec<String>,
+    /// Fault injection as JSON, e.g. {"fail":{"transient":0.05},"latency_ms":[0,100],
+    /// "crash":0.001,"hang":0.001,"types":["builtin.echo"]}. Off unless given.
+    #[arg(long, env = "SECFLOW_CHAOS", value_parser = crate::chaos::ChaosConfig::parse)]
+    pub chaos: Option<crate::chaos::ChaosConfig>,
+}
+
+fn parse_handler_version(s: &str) -> Result<(String, String), String> {
+    let (t, v) = s.split_once('=').ok_or("expected TYPE=VERSION")?;
+    if t.is_empty() || v.is_empty() {
+        return Err("expected TYPE=VERSION".into());
+    }
+    Ok((t.to_string(), v.to_string()))
 }
 
 fn parse_breaker(s: &str) -> Result<BreakerConfig, String> {
@@ -130,6 +160,12 @@ impl WorkerConfig {
             max_defers: 200,
             escalate_after: 50,
             escalate_window_secs: 60,
+            exec_allow: Vec::new(),
+            exec_workdir: None,
+            exec_memory_mb: None,
+            handler_versions: Vec::new(),
+            redact_patterns: Vec::new(),
+            chaos: None,
         }
     }
 

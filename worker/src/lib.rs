@@ -2,6 +2,8 @@
 //! task's type, and settles every delivery (ack, retry through a delay queue, or dead-letter).
 
 pub mod breaker;
+pub mod chaos;
+pub mod checkpoint;
 pub mod classify;
 pub mod config;
 pub mod disposition;

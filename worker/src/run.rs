@@ -6,7 +6,7 @@ use crate::{
     config::WorkerConfig,
     disposition::Disposition,
     events::EventBatcher,
-    handlers::Handlers,
+    handlers::{ExecPolicy, Handlers},
     observe,
     settle::{DeliveryMeta, Settler},
     stats::WorkerStats,
@@ -50,6 +50,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Resul
 
 /// The parts of a worker that outlive a broker connection.
 struct Parts {
+    keyring: Option<secflow_common::signing::Keyring>,
     handlers: Arc<Handlers>,
     store: Arc<Store>,
     breakers: Arc<Breakers>,
@@ -66,6 +67,22 @@ pub async fn run_with_stats(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     cfg.validate().map_err(WorkerError::Config)?;
+    secflow_common::redact::install(&cfg.redact_patterns).map_err(WorkerError::Config)?;
+    let keyring = cfg.broker.keyring()?;
+    if keyring.is_none() {
+        tracing::warn!(
+            "task signing is disabled (--insecure-no-signing): this worker runs unsigned tasks from anyone who can publish"
+        );
+    }
+    let exec_policy = ExecPolicy::new(
+        &cfg.exec_allow,
+        cfg.exec_workdir.clone(),
+        cfg.exec_memory_mb,
+    )
+    .map_err(WorkerError::Config)?;
+    if let Some(chaos) = cfg.chaos.as_ref().filter(|c| c.enabled()) {
+        tracing::warn!(?chaos, "chaos injection is on");
+    }
     let topology = Arc::new(Topology::new(
         cfg.broker.namespace()?,
         cfg.broker.delivery_limit,
@@ -84,8 +101,15 @@ pub async fn run_with_stats(
         tracing::warn!(url = %redact_url(&cfg.broker.redis_url), "starting without Redis: local breakers until it answers");
     }
     let parts = Parts {
+        keyring,
         handlers: Arc::new(
-            Handlers::new(cfg.max_output_bytes, classifier).map_err(WorkerError::Config)?,
+            Handlers::new(
+                cfg.max_output_bytes,
+                classifier,
+                exec_policy,
+                cfg.handler_versions.iter().cloned().collect(),
+            )
+            .map_err(WorkerError::Config)?,
         ),
         breakers: Arc::new(Breakers::new(
             Arc::clone(&store),
@@ -199,7 +223,10 @@ async fn session(
                 amqp::Publisher::new(conn).await?,
                 topology.events_exchange(),
             ),
-            publisher: amqp::Publisher::new(conn).await?,
+            publisher: amqp::Publisher::new(conn)
+                .await?
+                .with_signer(parts.keyring.clone())
+                .with_max_message_bytes(cfg.broker.max_message_bytes),
             topology: Arc::clone(topology),
             worker_id: worker_id.to_string(),
             queue: queue.clone(),
@@ -221,6 +248,9 @@ async fn session(
             escalate_after: cfg.escalate_after,
             escalate_window_ms: cfg.escalate_window_secs.saturating_mul(1000),
         },
+        keyring: parts.keyring.clone(),
+        max_message_bytes: cfg.broker.max_message_bytes,
+        chaos: cfg.chaos.clone().filter(crate::chaos::ChaosConfig::enabled),
     });
     crate::workflow::listen_for_cancels(conn, topology, Arc::clone(&shared.cancels)).await?;
     consume(conn, cfg, &queue, &shared, shutdown).await

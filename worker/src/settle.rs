@@ -109,7 +109,10 @@ impl Settler {
         let result = match &disposition {
             Disposition::Complete(output) => {
                 self.emit("node.completed", task, meta, |e| {
-                    e.output = Some(output.clone())
+                    // Events are for watching, not for data: secrets in outputs are masked.
+                    let mut output = output.clone();
+                    secflow_common::redact::global().redact_json(&mut output);
+                    e.output = Some(output);
                 })
                 .await
             }
@@ -372,7 +375,10 @@ fn event_error(error: &TaskError) -> EventError {
     }
 }
 
+/// The message as it may leave the worker: secrets masked, length bounded.
 fn truncate(message: &str) -> String {
+    let message = secflow_common::redact::redact(message);
+    let message = message.as_ref();
     if message.len() <= MAX_ERROR_MESSAGE {
         return message.to_string();
     }

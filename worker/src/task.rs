@@ -4,6 +4,7 @@
 
 use crate::{
     breaker::{Breakers, state::Verdict},
+    chaos::Injection,
     disposition::{DeadReason, Disposition, decide, defer},
     fingerprint::fingerprint,
     handlers::{Handlers, TaskContext},
@@ -37,6 +38,12 @@ pub(crate) struct Shared {
     /// Cancelled when the grace period is over: unfinished tasks are handed back.
     pub hard_stop: CancellationToken,
     pub limits: Limits,
+    /// Verifies task signatures; `None` only when signing was disabled explicitly.
+    pub keyring: Option<secflow_common::signing::Keyring>,
+    /// Larger messages are dead-lettered unread.
+    pub max_message_bytes: usize,
+    /// Fault injection, when switched on.
+    pub chaos: Option<crate::chaos::ChaosConfig>,
 }
 
 /// Idempotency, deferral and escalation settings.
@@ -57,6 +64,9 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
         .message_id()
         .as_ref()
         .map(|id| id.as_str());
+    if let Some(refusal) = screen(shared, &delivery, message_id) {
+        return settler.settle(&delivery, None, &meta, refusal, None).await;
+    }
     let task = match TaskEnvelope::decode(&delivery.data, message_id) {
         Ok(task) => task,
         Err(e) => {
@@ -143,6 +153,8 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
         }
         outcome
     };
+    // Error texts leave the worker (DLQ headers, events, logs): secrets are masked here, once.
+    let outcome = outcome.map(|o| o.map_err(redact_error));
     let Some(outcome) = outcome else {
         tracing::warn!(task_id, "shutdown: handing the task back unfinished");
         return settler
@@ -167,9 +179,62 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
     let unit = rand::rng().random::<f64>();
     let disposition = escalate(shared, &task, decide(outcome, retries, policy, unit)).await;
     let disposition = crate::workflow::advance(&shared.runs, settler, &task, disposition).await;
+    let completed = matches!(disposition, Disposition::Complete(_));
     settler
         .settle(&delivery, Some(&task), &meta, disposition, lease.as_ref())
         .await;
+    if completed {
+        checkpoint(shared, &task).clear().await;
+    }
+}
+
+/// The task's checkpoint handle, for its handler's version.
+fn checkpoint(shared: &Shared, task: &TaskEnvelope) -> crate::checkpoint::Checkpoint {
+    crate::checkpoint::Checkpoint::new(
+        Arc::clone(&shared.store),
+        task.task_id.to_string(),
+        shared.handlers.version(&task.node_type),
+    )
+}
+
+fn redact_error(mut e: TaskError) -> TaskError {
+    if let std::borrow::Cow::Owned(m) = secflow_common::redact::redact(&e.message) {
+        e.message = m;
+    }
+    e
+}
+
+/// What is refused before the body is even parsed: an oversized message, and (unless signing
+/// was disabled explicitly) one whose signature is missing or wrong.
+fn screen(shared: &Shared, delivery: &Delivery, message_id: Option<&str>) -> Option<Disposition> {
+    if delivery.data.len() > shared.max_message_bytes {
+        let message = format!(
+            "message is {} bytes, over this worker's {}-byte limit (--max-message-bytes); not read",
+            delivery.data.len(),
+            shared.max_message_bytes
+        );
+        tracing::error!(
+            bytes = delivery.data.len(),
+            "oversized message: dead-lettering it"
+        );
+        return Some(Disposition::DeadLetter {
+            reason: DeadReason::Malformed,
+            error: TaskError::validation("too_large", message),
+        });
+    }
+    let keyring = shared.keyring.as_ref()?;
+    let forgery = keyring
+        .verify(
+            delivery.properties.headers().as_ref(),
+            message_id.unwrap_or_default(),
+            &delivery.data,
+        )
+        .err()?;
+    metrics::counter!("secflow_security_rejections_total", "code" => forgery.code()).increment(1);
+    Some(Disposition::DeadLetter {
+        reason: DeadReason::Security,
+        error: TaskError::new(ErrorClass::Security, forgery.code(), forgery.to_string()),
+    })
 }
 
 /// Runs the handler under its timeout, keeping the lease alive; `None` if the worker's grace
@@ -189,6 +254,30 @@ async fn run_handler(
         task,
         retry_count: meta.retry_count,
         timeout,
+        checkpoint: checkpoint(shared, task),
+    };
+    let handler = async {
+        if let Some(chaos) = &shared.chaos {
+            let (latency, injection) = chaos.draw(&task.node_type);
+            tokio::time::sleep(latency).await;
+            match injection {
+                Injection::None => {}
+                Injection::Fail(e) => {
+                    metrics::counter!("secflow_chaos_injected_total", "kind" => "fail")
+                        .increment(1);
+                    return Err(e);
+                }
+                Injection::Crash => {
+                    tracing::error!(task_id = %task.task_id, "chaos: aborting the worker mid-task");
+                    std::process::abort();
+                }
+                Injection::Hang => {
+                    tracing::warn!(task_id = %task.task_id, "chaos: hanging the task until its timeout");
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+        shared.handlers.run(&ctx).await
     };
     let keep_alive = async {
         match lease {
@@ -197,7 +286,7 @@ async fn run_handler(
         }
     };
     tokio::select! {
-        r = tokio::time::timeout(timeout, shared.handlers.run(&ctx)) => Some(r.unwrap_or_else(|_| Err(TaskError::new(
+        r = tokio::time::timeout(timeout, handler) => Some(r.unwrap_or_else(|_| Err(TaskError::new(
             ErrorClass::Transient, "timeout", format!("{} did not finish within {} ms", task.node_type, timeout.as_millis()),
         )))),
         () = keep_alive => None,

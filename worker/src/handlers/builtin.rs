@@ -1,9 +1,10 @@
 //! Builtin handlers for demos, benchmarks and fault injection.
 
 use super::parse_config;
+use crate::checkpoint::Checkpoint;
 use secflow_common::{
     TaskEnvelope, TaskError,
-    nodes::{FailConfig, SleepConfig},
+    nodes::{BatchConfig, FailConfig, SleepConfig},
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -54,6 +55,57 @@ pub fn crash() -> ! {
 pub async fn hang() -> Result<Value, TaskError> {
     std::future::pending::<()>().await;
     Ok(Value::Null)
+}
+
+/// Processes `config.items` items of `config.item_ms` each, checkpointing progress every
+/// `checkpoint_every` items; a redelivered task resumes from its last checkpoint. The output's
+/// `sum` (of the item indices) is the same whether or not the task was interrupted.
+pub async fn batch(config: &Value, checkpoint: &Checkpoint) -> Result<Value, TaskError> {
+    let cfg: BatchConfig = parse_config("builtin.batch", config)?;
+    secflow_common::nodes::check_config("builtin.batch", config)
+        .map_err(|e| TaskError::validation("invalid_config", e))?;
+    let saved = checkpoint.load().await;
+    let start = saved
+        .as_ref()
+        .and_then(|p| p["next"].as_u64())
+        .unwrap_or(0)
+        .min(cfg.items);
+    let mut sum = saved
+        .as_ref()
+        .and_then(|p| p["sum"].as_u64())
+        .filter(|_| start > 0)
+        .unwrap_or(0);
+    if start > 0 {
+        tracing::info!(
+            resumed_from = start,
+            items = cfg.items,
+            "batch resumes from its checkpoint"
+        );
+    }
+    for i in start..cfg.items {
+        if cfg.item_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(cfg.item_ms)).await;
+        }
+        sum += i;
+        let done = i + 1;
+        if done % cfg.checkpoint_every == 0 || done == cfg.items {
+            checkpoint.save(&json!({ "next": done, "sum": sum })).await;
+        }
+        if cfg.crash_after == Some(done) && start < done {
+            tracing::error!(
+                items_done = done,
+                "builtin.batch: injected crash after a checkpoint"
+            );
+            std::process::abort();
+        }
+    }
+    Ok(json!({
+        "items": cfg.items,
+        "sum": sum,
+        "resumed_from": start,
+        "processed": cfg.items - start,
+        "handler_version": checkpoint.version(),
+    }))
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! `exec`: runs a program by argv (never through a shell) with a timeout that kills its whole
+//! `exec`: runs an allowed program by argv (never through a shell) in a fresh working
+//! directory, with a scrubbed environment, resource limits, a timeout that kills its whole
 //! process group, bounded output capture, and classified failures.
 
 use super::parse_config;
@@ -6,10 +7,123 @@ use crate::classify::{Classifier, Failure, io_kind_name};
 use nix::{sys::signal::Signal, unistd::Pid};
 use secflow_common::{ErrorClass, TaskError, nodes::ExecConfig};
 use serde_json::{Value, json};
-use std::{process::Stdio, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Component, Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// The only PATH a program sees.
+const SAFE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Variables a task may not set: they change what the loader or a shell runs.
+fn forbidden_env(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    n.starts_with("LD_")
+        || n.starts_with("DYLD_")
+        || ["BASH_ENV", "ENV", "PATH", "IFS", "SHELLOPTS", "PS4"].contains(&n.as_str())
+}
+
+/// Which programs a worker pool may run, where, and within which limits.
+#[derive(Debug)]
+pub struct ExecPolicy {
+    /// `None`: any program (explicit `--exec-allow '*'`); otherwise name or path → resolved path.
+    allow: Option<BTreeMap<String, PathBuf>>,
+    workdir_root: PathBuf,
+    memory_limit_bytes: Option<u64>,
+}
+
+impl ExecPolicy {
+    /// Resolves the allowlist now, at start: names through the worker's `PATH` (a name that is
+    /// not found is an error), absolute paths as given. `*` alone allows everything.
+    pub fn new(
+        allow: &[String],
+        workdir_root: Option<PathBuf>,
+        memory_limit_mb: Option<u64>,
+    ) -> Result<Self, String> {
+        let workdir_root =
+            workdir_root.unwrap_or_else(|| std::env::temp_dir().join("secflow-exec"));
+        create_private_dir(&workdir_root).map_err(|e| {
+            format!(
+                "cannot create exec working directory root {}: {e}",
+                workdir_root.display()
+            )
+        })?;
+        let allow = if allow.iter().any(|a| a == "*") {
+            if allow.len() > 1 {
+                return Err("--exec-allow: `*` cannot be combined with other entries".into());
+            }
+            None
+        } else {
+            let search = std::env::var("PATH").unwrap_or_else(|_| SAFE_PATH.into());
+            let mut map = BTreeMap::new();
+            for entry in allow.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
+                let path = if entry.contains('/') {
+                    if !entry.starts_with('/') {
+                        return Err(format!(
+                            "--exec-allow `{entry}`: give a name or an absolute path"
+                        ));
+                    }
+                    PathBuf::from(entry)
+                } else {
+                    search
+                        .split(':')
+                        .map(|dir| Path::new(dir).join(entry))
+                        .find(|p| p.is_file())
+                        .ok_or_else(|| {
+                            format!("--exec-allow `{entry}`: not found on PATH ({search})")
+                        })?
+                };
+                map.insert(entry.to_string(), path.clone());
+                map.insert(path.to_string_lossy().into_owned(), path);
+            }
+            Some(map)
+        };
+        Ok(Self {
+            allow,
+            workdir_root,
+            memory_limit_bytes: memory_limit_mb.map(|mb| mb.saturating_mul(1 << 20)),
+        })
+    }
+
+    /// A policy allowing any program, for unit tests and `--exec-allow '*'`.
+    #[cfg(test)]
+    fn any() -> Self {
+        Self::new(&["*".into()], None, None).unwrap()
+    }
+
+    /// The path to run for `program`, or a security error if the pool does not allow it.
+    fn resolve(&self, program: &str) -> Result<PathBuf, TaskError> {
+        let Some(allow) = &self.allow else {
+            return Ok(PathBuf::from(program));
+        };
+        allow.get(program).cloned().ok_or_else(|| {
+            let names: Vec<&str> = allow
+                .keys()
+                .filter(|k| !k.starts_with('/'))
+                .map(String::as_str)
+                .collect();
+            TaskError::new(
+                ErrorClass::Security,
+                "exec_not_allowed",
+                format!(
+                    "exec: `{program}` is not in this worker pool's allowlist (--exec-allow; allowed: {})",
+                    if names.is_empty() { "absolute paths only".to_string() } else { names.join(", ") }
+                ),
+            )
+        })
+    }
+}
+
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
 
 /// Kills the process group when dropped: on timeout, on cancellation, and to reap helpers
 /// the program left behind.
@@ -24,8 +138,23 @@ impl Drop for GroupGuard {
     }
 }
 
+/// The task's working directory, removed with everything in it when dropped.
+struct Workdir(PathBuf);
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.0.display(), error = %e, "could not remove an exec working directory");
+        }
+    }
+}
+
 /// Runs the configured program and returns its exit code and captured output.
 pub async fn run(
+    policy: &ExecPolicy,
+    task_id: &str,
     config: &Value,
     timeout: Duration,
     max_output: usize,
@@ -38,25 +167,72 @@ pub async fn run(
             "exec: config.argv must name a program",
         ));
     };
-    let mut cmd = tokio::process::Command::new(program);
+    let path = policy.resolve(program)?;
+    if let Some(name) = cfg.env.keys().find(|k| forbidden_env(k)) {
+        return Err(TaskError::new(
+            ErrorClass::Security,
+            "exec_env_forbidden",
+            format!("exec: the task may not set `{name}` (it changes what gets run)"),
+        ));
+    }
+    let dir = policy.workdir_root.join(format!(
+        "{task_id}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    create_private_dir(&dir).map_err(|e| {
+        TaskError::new(
+            ErrorClass::Resource,
+            "workdir_unavailable",
+            format!(
+                "exec: cannot create working directory {}: {e}",
+                dir.display()
+            ),
+        )
+    })?;
+    let workdir = Workdir(dir);
+    let cwd = match &cfg.cwd {
+        Some(rel) => {
+            let rel = Path::new(rel);
+            if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+                return Err(TaskError::validation(
+                    "invalid_config",
+                    format!(
+                        "exec: config.cwd `{}` must be a relative path inside the task's working directory",
+                        rel.display()
+                    ),
+                ));
+            }
+            let cwd = workdir.0.join(rel);
+            create_private_dir(&cwd).map_err(|e| {
+                TaskError::new(
+                    ErrorClass::Resource,
+                    "workdir_unavailable",
+                    format!("exec: {e}"),
+                )
+            })?;
+            cwd
+        }
+        None => workdir.0.clone(),
+    };
+    let mut cmd = tokio::process::Command::new(&path);
     cmd.args(args)
         .env_clear()
-        .env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
-        )
+        .env("PATH", SAFE_PATH)
+        .env("HOME", &workdir.0)
+        .env("TMPDIR", &workdir.0)
+        .env("LANG", "C.UTF-8")
         .envs(&cfg.env)
+        .current_dir(&cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(dir) = &cfg.cwd {
-        cmd.current_dir(dir);
-    }
+    limit_resources(&mut cmd, policy.memory_limit_bytes);
     let mut child = cmd
         .spawn()
         .map_err(|e| spawn_error(program, &e, classifier))?;
+    // Dropped before `workdir` (reverse order): the group is dead before its directory goes.
     let _guard = GroupGuard(
         child
             .id()
@@ -127,6 +303,23 @@ pub async fn run(
     ))
 }
 
+/// No core dumps; with a memory limit, an address-space cap (the program sees allocation
+/// failures, or is killed, past it).
+fn limit_resources(cmd: &mut tokio::process::Command, memory_limit_bytes: Option<u64>) {
+    use nix::sys::resource::{Resource, setrlimit};
+    // SAFETY: the closure runs in the child between fork and exec; it only calls setrlimit,
+    // which is async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(std::io::Error::from)?;
+            if let Some(bytes) = memory_limit_bytes {
+                setrlimit(Resource::RLIMIT_AS, bytes, bytes).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Reads a pipe to its end, keeping the first `limit` bytes; says whether it cut anything.
 async fn capture<R: AsyncRead + Unpin>(pipe: Option<R>, limit: usize) -> (Vec<u8>, bool) {
     let Some(mut pipe) = pipe else {
@@ -177,7 +370,15 @@ mod tests {
         timeout: Duration,
         max: usize,
     ) -> Result<Value, TaskError> {
-        run(config, timeout, max, &Classifier::defaults()).await
+        run(
+            &ExecPolicy::any(),
+            "t",
+            config,
+            timeout,
+            max,
+            &Classifier::defaults(),
+        )
+        .await
     }
 
     #[tokio::test]

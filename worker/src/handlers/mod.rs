@@ -4,11 +4,13 @@ mod builtin;
 mod exec;
 mod http;
 
-use crate::classify::Classifier;
+pub use exec::ExecPolicy;
+
+use crate::{checkpoint::Checkpoint, classify::Classifier};
 use secflow_common::{TaskEnvelope, TaskError};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 /// Every node type this worker can run.
 pub use secflow_common::nodes::KNOWN_TYPES;
@@ -21,6 +23,8 @@ pub struct TaskContext<'a> {
     pub retry_count: u64,
     /// Time the handler may take; `exec` kills its process group past it.
     pub timeout: Duration,
+    /// Where a long task saves its progress.
+    pub checkpoint: Checkpoint,
 }
 
 /// The handler table with what handlers share (an HTTP client, output limits).
@@ -28,12 +32,24 @@ pub struct Handlers {
     http: reqwest::Client,
     max_output_bytes: usize,
     classifier: Classifier,
+    exec: ExecPolicy,
+    versions: BTreeMap<String, String>,
 }
+
+/// Version of the built-in handlers' checkpoint format.
+const BUILTIN_VERSION: &str = concat!("builtin-", env!("CARGO_PKG_VERSION"));
 
 impl Handlers {
     /// Builds the handlers; `max_output_bytes` bounds captured stdout/stderr and HTTP bodies,
     /// `classifier` turns exit codes, stderr and HTTP statuses into error classes.
-    pub fn new(max_output_bytes: usize, classifier: Classifier) -> Result<Self, String> {
+    /// `exec` runs what `exec` allows; `versions` overrides handler versions by node type
+    /// (a changed version makes old checkpoints of that type void).
+    pub fn new(
+        max_output_bytes: usize,
+        classifier: Classifier,
+        exec: ExecPolicy,
+        versions: BTreeMap<String, String>,
+    ) -> Result<Self, String> {
         // reqwest is built without a default TLS provider; a second install is a no-op error.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
@@ -45,7 +61,17 @@ impl Handlers {
             http,
             max_output_bytes,
             classifier,
+            exec,
+            versions,
         })
+    }
+
+    /// The version of `node_type`'s handler, recorded with its checkpoints.
+    pub fn version(&self, node_type: &str) -> String {
+        self.versions
+            .get(node_type)
+            .cloned()
+            .unwrap_or_else(|| BUILTIN_VERSION.to_string())
     }
 
     /// Whether `node_type` has a handler here.
@@ -63,7 +89,18 @@ impl Handlers {
             "builtin.fail" => builtin::fail(config, ctx.retry_count),
             "builtin.crash" => builtin::crash(),
             "builtin.hang" => builtin::hang().await,
-            "exec" => exec::run(config, ctx.timeout, self.max_output_bytes, &self.classifier).await,
+            "builtin.batch" => builtin::batch(config, &ctx.checkpoint).await,
+            "exec" => {
+                exec::run(
+                    &self.exec,
+                    &ctx.task.task_id.to_string(),
+                    config,
+                    ctx.timeout,
+                    self.max_output_bytes,
+                    &self.classifier,
+                )
+                .await
+            }
             "http" => {
                 http::run(
                     &self.http,

@@ -322,6 +322,38 @@ impl Store {
         Ok(())
     }
 
+    /// A task's saved checkpoint (JSON), if any.
+    pub async fn checkpoint_get(
+        self: &Arc<Self>,
+        task_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let mut get = deadpool_redis::redis::cmd("GET");
+        get.arg(self.key("checkpoint", task_id, ""));
+        self.command(get).await
+    }
+
+    /// Saves a task's checkpoint for `ttl_ms`.
+    pub async fn checkpoint_set(
+        self: &Arc<Self>,
+        task_id: &str,
+        json: &str,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut set = deadpool_redis::redis::cmd("SET");
+        set.arg(self.key("checkpoint", task_id, ""))
+            .arg(json)
+            .arg("PX")
+            .arg(ttl_ms);
+        self.command::<()>(set).await
+    }
+
+    /// Drops a task's checkpoint (it completed).
+    pub async fn checkpoint_delete(self: &Arc<Self>, task_id: &str) -> Result<(), StoreError> {
+        let mut del = deadpool_redis::redis::cmd("DEL");
+        del.arg(self.key("checkpoint", task_id, ""));
+        self.command::<i64>(del).await.map(drop)
+    }
+
     /// Counts one more failure with `fingerprint` in a window of `window_ms`; returns the count.
     pub async fn bump_fingerprint(
         self: &Arc<Self>,

@@ -1,0 +1,316 @@
+//! Message authenticity: HMAC-SHA256 over what decides what a task does.
+//!
+//! A task is signed over its message id (the task id, also the idempotency key), the key id and
+//! its body (type, config, inputs, retry policy, timeout). Headers that only count attempts
+//! (`x-retry-count`, deferrals, requeues) are bookkeeping the fleet rewrites on every retry; they
+//! are not signed, and forging them can only shorten a task's retries, never change what runs.
+//! Copies made for retries, deferrals and the DLQ keep body, message id and signature, so a
+//! requeued task still verifies.
+//!
+//! Keys are `ID:SECRET` pairs; the first signs, all verify, so a key can be rotated by adding the
+//! new one first on every binary, then removing the old one once its tasks have drained.
+
+use hmac::{KeyInit, Mac};
+use lapin::types::FieldTable;
+use sha2::Sha256;
+use std::{collections::HashMap, fmt, sync::Arc};
+
+/// Header carrying the signature (`v1=` + hex).
+pub const SIGNATURE: &str = "x-signature";
+/// Header naming the key that made the signature.
+pub const KEY_ID: &str = "x-signature-key-id";
+/// Shortest secret accepted, bytes.
+pub const MIN_SECRET_LEN: usize = 16;
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+/// Why a message fails verification. Every variant means: do not run it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Forgery {
+    /// No signature header at all.
+    #[error("the task is not signed (no {SIGNATURE} header) and this worker requires signatures")]
+    Unsigned,
+    /// Signed with a key id this worker does not hold.
+    #[error("the task is signed with key id `{0}`, which this worker does not know")]
+    UnknownKey(String),
+    /// The signature header is not `v1=` followed by 64 hex digits.
+    #[error("the task's signature header is malformed")]
+    Malformed,
+    /// The signature does not match body, message id and key.
+    #[error("the task's signature does not match its content (tampered or forged)")]
+    Mismatch,
+}
+
+impl Forgery {
+    /// Error code for DLQ headers and events.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unsigned => "unsigned",
+            Self::UnknownKey(_) => "unknown_signing_key",
+            Self::Malformed => "malformed_signature",
+            Self::Mismatch => "bad_signature",
+        }
+    }
+}
+
+/// The keys a process signs and verifies with.
+#[derive(Clone)]
+pub struct Keyring {
+    signer: String,
+    keys: Arc<HashMap<String, Vec<u8>>>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut ids: Vec<&String> = self.keys.keys().collect();
+        ids.sort();
+        write!(f, "Keyring(signs with {}, verifies {ids:?})", self.signer)
+    }
+}
+
+impl Keyring {
+    /// Parses `ID:SECRET` entries separated by commas or newlines (blank lines and `#` comments
+    /// ignored); the first entry signs. Errors name the entry but never show a secret.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut keys = HashMap::new();
+        let mut signer = None;
+        for (n, entry) in text
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|e| !e.is_empty() && !e.starts_with('#'))
+            .enumerate()
+        {
+            let Some((id, secret)) = entry.split_once(':') else {
+                return Err(format!("signing key entry {} is not ID:SECRET", n + 1));
+            };
+            let id = id.trim();
+            if id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                return Err(format!(
+                    "signing key entry {}: key id must be 1-64 of A-Z a-z 0-9 . _ -",
+                    n + 1
+                ));
+            }
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(format!(
+                    "signing key `{id}`: secret is {} bytes, at least {MIN_SECRET_LEN} are required",
+                    secret.len()
+                ));
+            }
+            if keys
+                .insert(id.to_string(), secret.as_bytes().to_vec())
+                .is_some()
+            {
+                return Err(format!("signing key id `{id}` appears twice"));
+            }
+            signer.get_or_insert_with(|| id.to_string());
+        }
+        let signer = signer.ok_or("no signing key given")?;
+        Ok(Self {
+            signer,
+            keys: Arc::new(keys),
+        })
+    }
+
+    /// Id of the key that signs.
+    pub fn signer(&self) -> &str {
+        &self.signer
+    }
+
+    /// Adds the signature headers for a message with `message_id` and `body`.
+    pub fn sign(&self, headers: &mut FieldTable, message_id: &str, body: &[u8]) {
+        let tag = self.tag(&self.signer, message_id, body).unwrap_or_default();
+        crate::headers::set_str(headers, KEY_ID, &self.signer);
+        crate::headers::set_str(headers, SIGNATURE, &format!("v1={}", hex::encode(tag)));
+    }
+
+    /// Checks the signature of a message; constant time in the comparison.
+    pub fn verify(
+        &self,
+        headers: Option<&FieldTable>,
+        message_id: &str,
+        body: &[u8],
+    ) -> Result<(), Forgery> {
+        let Some(signature) = crate::headers::get_str(headers, SIGNATURE) else {
+            return Err(Forgery::Unsigned);
+        };
+        let key_id = crate::headers::get_str(headers, KEY_ID).unwrap_or_default();
+        let Some(key) = self.keys.get(key_id) else {
+            return Err(Forgery::UnknownKey(printable(key_id)));
+        };
+        let given = signature
+            .strip_prefix("v1=")
+            .and_then(|h| hex::decode(h).ok())
+            .filter(|b| b.len() == 32)
+            .ok_or(Forgery::Malformed)?;
+        let mac = mac(key, key_id, message_id, body).ok_or(Forgery::Mismatch)?;
+        mac.verify_slice(&given).map_err(|_| Forgery::Mismatch)
+    }
+
+    fn tag(&self, key_id: &str, message_id: &str, body: &[u8]) -> Option<Vec<u8>> {
+        let key = self.keys.get(key_id)?;
+        Some(
+            mac(key, key_id, message_id, body)?
+                .finalize()
+                .into_bytes()
+                .to_vec(),
+        )
+    }
+}
+
+fn mac(key: &[u8], key_id: &str, message_id: &str, body: &[u8]) -> Option<HmacSha256> {
+    let mut mac = HmacSha256::new_from_slice(key).ok()?;
+    mac.update(b"secflow-task-v1\n");
+    mac.update(key_id.as_bytes());
+    mac.update(b"\n");
+    mac.update(message_id.as_bytes());
+    mac.update(b"\n");
+    mac.update(body);
+    Some(mac)
+}
+
+/// A header value fit for an error message: bounded, control characters replaced.
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// Signing settings every binary that publishes or runs tasks shares.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SigningArgs {
+    /// Task signing keys as ID:SECRET[,ID:SECRET...]; the first signs, all verify.
+    #[arg(long, env = "SECFLOW_SIGNING_KEY", hide_env_values = true)]
+    pub signing_key: Option<String>,
+    /// File with signing keys, one ID:SECRET per line (first signs), e.g. a mounted Secret.
+    #[arg(long, env = "SECFLOW_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<std::path::PathBuf>,
+    /// Publish unsigned tasks and run tasks without checking signatures. Anyone who can
+    /// publish to the broker can then run any task type with any config.
+    #[arg(long, env = "SECFLOW_INSECURE_NO_SIGNING")]
+    pub insecure_no_signing: bool,
+}
+
+impl SigningArgs {
+    /// Settings signing with `keys` (`ID:SECRET`).
+    pub fn with_key(keys: &str) -> Self {
+        Self {
+            signing_key: Some(keys.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The keyring, or `None` when signing was disabled explicitly. No key and no explicit
+    /// opt-out is an error: a fleet never runs unsigned tasks by accident.
+    pub fn keyring(&self) -> Result<Option<Keyring>, String> {
+        let mut text = String::new();
+        if let Some(keys) = &self.signing_key {
+            text.push_str(keys);
+            text.push('\n');
+        }
+        if let Some(path) = &self.signing_key_file {
+            let file = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read signing key file {}: {e}", path.display()))?;
+            text.push_str(&file);
+        }
+        let given = !text.trim().is_empty();
+        match (given, self.insecure_no_signing) {
+            (true, true) => {
+                Err("signing keys are given and --insecure-no-signing is set: choose one".into())
+            }
+            (true, false) => Keyring::parse(&text).map(Some),
+            (false, true) => Ok(None),
+            (false, false) => Err("no task signing key: set SECFLOW_SIGNING_KEY (ID:SECRET), \
+                 --signing-key-file, or disable signing explicitly with --insecure-no-signing"
+                .into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(s: &str) -> Keyring {
+        Keyring::parse(s).unwrap()
+    }
+
+    #[test]
+    fn signed_message_verifies_and_any_change_fails() {
+        let k = ring("k1:0123456789abcdef0123");
+        let mut h = FieldTable::default();
+        k.sign(&mut h, "id-1", b"{\"a\":1}");
+        assert_eq!(k.verify(Some(&h), "id-1", b"{\"a\":1}"), Ok(()));
+        assert_eq!(
+            k.verify(Some(&h), "id-1", b"{\"a\":2}"),
+            Err(Forgery::Mismatch)
+        );
+        assert_eq!(
+            k.verify(Some(&h), "id-2", b"{\"a\":1}"),
+            Err(Forgery::Mismatch)
+        );
+        assert_eq!(k.verify(None, "id-1", b"{\"a\":1}"), Err(Forgery::Unsigned));
+        let other = ring("k1:another-secret-of-enough-length");
+        assert_eq!(
+            other.verify(Some(&h), "id-1", b"{\"a\":1}"),
+            Err(Forgery::Mismatch)
+        );
+        crate::headers::set_str(&mut h, SIGNATURE, "v1=zz");
+        assert_eq!(
+            k.verify(Some(&h), "id-1", b"{\"a\":1}"),
+            Err(Forgery::Malformed)
+        );
+    }
+
+    #[test]
+    fn rotation_old_key_still_verifies_new_key_signs() {
+        let old = ring("k1:0123456789abcdef0123");
+        let mut h = FieldTable::default();
+        old.sign(&mut h, "id", b"body");
+        let rotated = ring("k2:fedcba9876543210fedc,k1:0123456789abcdef0123");
+        assert_eq!(rotated.signer(), "k2");
+        assert_eq!(rotated.verify(Some(&h), "id", b"body"), Ok(()));
+        let retired = ring("k2:fedcba9876543210fedc");
+        assert_eq!(
+            retired.verify(Some(&h), "id", b"body"),
+            Err(Forgery::UnknownKey("k1".into()))
+        );
+    }
+
+    #[test]
+    fn bad_key_config_is_named_without_the_secret() {
+        let short = Keyring::parse("k1:short").unwrap_err();
+        assert!(
+            short.contains("at least 16") && !short.contains("short`"),
+            "{short}"
+        );
+        assert!(Keyring::parse("nocolon").unwrap_err().contains("ID:SECRET"));
+        assert!(
+            Keyring::parse("a b:0123456789abcdef0")
+                .unwrap_err()
+                .contains("key id")
+        );
+        assert!(
+            Keyring::parse("k:0123456789abcdef0,k:0123456789abcdef1")
+                .unwrap_err()
+                .contains("twice")
+        );
+        let none = SigningArgs::default().keyring().unwrap_err();
+        assert!(none.contains("--insecure-no-signing"), "{none}");
+        let off = SigningArgs {
+            insecure_no_signing: true,
+            ..SigningArgs::default()
+        };
+        assert!(off.keyring().unwrap().is_none());
+        let missing = SigningArgs {
+            signing_key_file: Some("/nonexistent/keys".into()),
+            ..SigningArgs::default()
+        };
+        assert!(missing.keyring().unwrap_err().contains("/nonexistent/keys"));
+    }
+}
