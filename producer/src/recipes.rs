@@ -27,14 +27,26 @@ impl fmt::Display for Summary {
 
 /// Reads and validates the recipe at `path`; every problem is returned.
 pub fn load(path: &str, params: &BTreeMap<String, Value>) -> Result<Summary, Vec<RecipeError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let error = |message: String| {
         vec![RecipeError {
             source: path.to_string(),
             node: None,
             field: String::new(),
-            message: format!("cannot read the recipe: {e}"),
+            message,
         }]
-    })?;
+    };
+    // Checked before reading, so a huge file is never loaded into memory.
+    let size = std::fs::metadata(path)
+        .map_err(|e| error(format!("cannot read the recipe: {e}")))?
+        .len();
+    if size > recipe::MAX_RECIPE_BYTES as u64 {
+        return Err(error(format!(
+            "the recipe is {size} bytes, over the {}-byte limit",
+            recipe::MAX_RECIPE_BYTES
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| error(format!("cannot read the recipe: {e}")))?;
     let recipe = recipe::parse(path, &text).map_err(|e| vec![e])?;
     let errors = recipe::validate(path, &recipe, params);
     if !errors.is_empty() {

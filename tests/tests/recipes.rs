@@ -95,6 +95,21 @@ fn broken_recipes_get_precise_errors() {
             "FILE: not a valid recipe:",
         ),
         (
+            "too-many-nodes",
+            format!(
+                "{head}{}",
+                (0..20_001)
+                    .map(|i| format!("  - {{id: n{i}, type: builtin.noop}}\n"))
+                    .collect::<String>()
+            ),
+            "FILE: nodes: the recipe has 20001 nodes, over the limit of 20000",
+        ),
+        (
+            "too-large",
+            format!("{head}# {}\n  - {{id: a, type: builtin.noop}}\n", "x".repeat(5 << 20)),
+            "over the 4194304-byte limit",
+        ),
+        (
             "unknown-key",
             format!("{head}  - {{id: a, type: builtin.echo, retires: 3}}\n"),
             "unknown field `retires`",

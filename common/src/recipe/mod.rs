@@ -115,12 +115,36 @@ fn empty_object() -> Value {
     Value::Object(serde_json::Map::new())
 }
 
-/// Parses a recipe; the error names the source, and the line and field serde reports.
+/// Largest recipe file read, bytes.
+pub const MAX_RECIPE_BYTES: usize = 4 << 20;
+/// Most nodes a recipe may have.
+pub const MAX_NODES: usize = 20_000;
+
+/// Parses a recipe; the error names the source, and the line and field serde reports. Recipes
+/// over [`MAX_RECIPE_BYTES`] or [`MAX_NODES`] are refused before anything else is checked.
 pub fn parse(source: &str, text: &str) -> Result<Recipe, RecipeError> {
-    yaml_serde::from_str(text).map_err(|e| RecipeError {
+    let error = |message: String| RecipeError {
         source: source.to_string(),
         node: None,
         field: String::new(),
-        message: format!("not a valid recipe: {e}"),
-    })
+        message,
+    };
+    if text.len() > MAX_RECIPE_BYTES {
+        return Err(error(format!(
+            "the recipe is {} bytes, over the {MAX_RECIPE_BYTES}-byte limit",
+            text.len()
+        )));
+    }
+    let recipe: Recipe =
+        yaml_serde::from_str(text).map_err(|e| error(format!("not a valid recipe: {e}")))?;
+    if recipe.nodes.len() > MAX_NODES {
+        return Err(RecipeError {
+            field: "nodes".into(),
+            ..error(format!(
+                "the recipe has {} nodes, over the limit of {MAX_NODES}",
+                recipe.nodes.len()
+            ))
+        });
+    }
+    Ok(recipe)
 }
