@@ -45,8 +45,8 @@ pub fn load(path: &str, params: &BTreeMap<String, Value>) -> Result<Summary, Vec
             recipe::MAX_RECIPE_BYTES
         )));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| error(format!("cannot read the recipe: {e}")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| error(format!("cannot read the recipe: {e}")))?;
     let recipe = recipe::parse(path, &text).map_err(|e| vec![e])?;
     let errors = recipe::validate(path, &recipe, params);
     if !errors.is_empty() {

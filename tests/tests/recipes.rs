@@ -106,7 +106,10 @@ fn broken_recipes_get_precise_errors() {
         ),
         (
             "too-large",
-            format!("{head}# {}\n  - {{id: a, type: builtin.noop}}\n", "x".repeat(5 << 20)),
+            format!(
+                "{head}# {}\n  - {{id: a, type: builtin.noop}}\n",
+                "x".repeat(5 << 20)
+            ),
             "over the 4194304-byte limit",
         ),
         (
