@@ -12,6 +12,9 @@ use lapin::{
 };
 use std::time::{Duration, Instant};
 
+/// Longest pause between connection attempts.
+const CONNECT_RETRY_MAX: Duration = Duration::from_secs(1);
+
 /// Connects to `url`, retrying with backoff until `timeout` has passed.
 pub async fn connect(url: &str, client_name: &str, timeout: Duration) -> Result<Connection> {
     let deadline = Instant::now() + timeout;
@@ -28,13 +31,20 @@ pub async fn connect(url: &str, client_name: &str, timeout: Duration) -> Result<
                 });
             }
             Err(e) => {
-                tracing::warn!(url = %redact_url(url), error = %e, retry_in_ms = wait.as_millis() as u64, "broker not reachable yet");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
+                // Jittered so a fleet does not reconnect in step; capped at 1 s so a client is
+                // back within about a second of the broker accepting connections again.
+                let jittered =
+                    wait.mul_f64(0.75 + rand::RngExt::random::<f64>(&mut rand::rng()) * 0.5);
+                tracing::warn!(url = %redact_url(url), error = %e, retry_in_ms = jittered.as_millis() as u64, "broker not reachable yet");
+                tokio::time::sleep(jittered).await;
+                wait = (wait * 2).min(CONNECT_RETRY_MAX);
             }
         }
     }
 }
+
+/// Longest wait for a publisher confirm.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A channel in confirm mode, shared by every task of a process.
 /// Tasks published through it are signed with its keyring (when it has one) and refused above
@@ -96,17 +106,26 @@ impl Publisher {
             mandatory,
             ..BasicPublishOptions::default()
         };
-        let confirm = self
-            .channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                body,
-                properties,
-            )
-            .await?
-            .await?;
+        let publish = async {
+            self.channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    options,
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        // A confirm that never comes (a connection dying half-way) must not hold the caller
+        // for ever: it is reported like a lost connection and the message treated as unsent.
+        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, publish)
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("the confirm of a publish to `{exchange}`/`{routing_key}`"),
+                after: CONFIRM_TIMEOUT,
+            })??;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) => Err(Error::Unroutable {

@@ -50,6 +50,17 @@ pub enum Error {
         /// Routing key used.
         routing_key: String,
     },
+    /// The broker did not answer in time.
+    #[error("RabbitMQ did not answer within {after:?}: {what}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        after: std::time::Duration,
+    },
+    /// Lifecycle events could not be published (their publisher lost its channel).
+    #[error("publishing lifecycle events failed: {0}")]
+    Events(String),
     /// A message is over the size limit.
     #[error("{what} is {bytes} bytes, over the {limit}-byte message limit (--max-message-bytes)")]
     TooLarge {
@@ -66,4 +77,19 @@ pub enum Error {
     /// Any other broker error.
     #[error("RabbitMQ error: {0}")]
     Amqp(#[from] lapin::Error),
+}
+
+impl Error {
+    /// Whether trying again on a new connection may succeed (lost connection, broker busy),
+    /// as opposed to a mistake that repeats (unroutable, too large, bad settings).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. }
+                | Self::Nacked { .. }
+                | Self::Amqp(_)
+                | Self::Timeout { .. }
+                | Self::Events(_)
+        )
+    }
 }

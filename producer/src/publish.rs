@@ -1,6 +1,7 @@
 //! Ad-hoc single-node tasks: `producer publish`.
 
-use futures_util::{StreamExt, stream};
+use futures_util::{StreamExt, stream::FuturesUnordered};
+use rand::RngExt;
 use secflow_common::{
     Error, Result, TaskEnvelope, Topology,
     amqp::{self, Publisher},
@@ -8,6 +9,7 @@ use secflow_common::{
     retry::RetryPolicy,
 };
 use serde_json::Value;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// Publishes in flight at once: enough to keep the broker's confirm batching busy.
@@ -64,16 +66,86 @@ pub enum PublishError {
 
 /// Connects, declares the exchanges and publishes the tasks, returning their ids in order.
 /// Every id returned was confirmed by the broker and routed to a work queue.
+///
+/// A connection lost mid-way (broker restart, dropped connection) is re-established with
+/// backoff and jitter and the tasks not yet confirmed are published again; a task the broker
+/// had already stored may then arrive twice, which the workers' done markers absorb (same task
+/// id). An outage longer than `--connect-timeout` ends the publish with the unconfirmed tasks
+/// listed as failed.
 pub async fn publish_tasks(
     broker: &BrokerArgs,
     req: &PublishRequest,
 ) -> Result<Vec<Uuid>, PublishError> {
     let tasks = req.envelopes()?;
-    let (conn, topology) = crate::connect(broker, "secflow-producer").await?;
-    let publisher = Publisher::for_tasks(&conn, broker).await?;
-    let result = publish_envelopes(&publisher, &topology, &tasks).await;
-    let _ = conn.close(200, "producer done".into()).await;
-    result
+    broker.keyring()?;
+    let outage_limit = Duration::from_secs(broker.connect_timeout_secs);
+    let mut pending: Vec<&TaskEnvelope> = tasks.iter().collect();
+    let mut failed: Vec<(Uuid, String)> = Vec::new();
+    let mut outage: Option<Instant> = None;
+    let mut backoff = RECONNECT_MIN;
+    let mut connected_once = false;
+    while !pending.is_empty() {
+        let session = async {
+            let (conn, topology) = crate::connect(broker, "secflow-producer").await?;
+            let publisher = Publisher::for_tasks(&conn, broker).await?;
+            Ok::<_, Error>((conn, topology, publisher))
+        }
+        .await;
+        let lost = match session {
+            Ok((conn, topology, publisher)) => {
+                connected_once = true;
+                let failures = publish_each(&publisher, &topology, &pending).await;
+                let _ = conn.close(200, "producer done".into()).await;
+                let mut retry = Vec::new();
+                for (task, e) in failures {
+                    if e.is_transient() {
+                        retry.push((task, e.to_string()));
+                    } else {
+                        failed.push((task.task_id, e.to_string()));
+                    }
+                }
+                if retry.len() < pending.len() {
+                    // Progress: a new outage starts counting from now.
+                    outage = None;
+                    backoff = RECONNECT_MIN;
+                }
+                retry
+            }
+            // Nothing was published and the broker never answered: a plain setup error.
+            Err(e) if !connected_once => return Err(PublishError::Setup(e)),
+            Err(e) => pending.iter().map(|t| (*t, e.to_string())).collect(),
+        };
+        if lost.is_empty() {
+            break;
+        }
+        let started = *outage.get_or_insert_with(Instant::now);
+        if started.elapsed() >= outage_limit {
+            failed.extend(lost.into_iter().map(|(t, e)| (t.task_id, e)));
+            break;
+        }
+        let wait = jittered(backoff);
+        tracing::warn!(
+            unconfirmed = lost.len(),
+            error = %lost[0].1,
+            retry_in_ms = wait.as_millis() as u64,
+            "broker connection lost: publishing the unconfirmed tasks again after reconnecting"
+        );
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(RECONNECT_MAX);
+        pending = lost.into_iter().map(|(t, _)| t).collect();
+    }
+    outcome(&tasks, failed)
+}
+
+/// First wait before reconnecting, then doubled up to [`RECONNECT_MAX`].
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+/// Longest wait between reconnection attempts: short, so publishing resumes soon after the
+/// broker is back.
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+/// `d` plus or minus up to a half (no two producers reconnect in step).
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.5 + rand::rng().random::<f64>())
 }
 
 /// Publishes `tasks` to the tasks exchange with a window of outstanding confirms and returns
@@ -83,15 +155,40 @@ pub async fn publish_envelopes(
     topology: &Topology,
     tasks: &[TaskEnvelope],
 ) -> Result<Vec<Uuid>, PublishError> {
-    let failed: Vec<(Uuid, String)> = stream::iter(tasks)
-        .map(|task| async move {
-            let result = amqp::publish_task(publisher, topology, task).await;
-            result.err().map(|e| (task.task_id, e.to_string()))
-        })
-        .buffer_unordered(CONFIRM_WINDOW)
-        .filter_map(|failure| async move { failure })
-        .collect()
-        .await;
+    let refs: Vec<&TaskEnvelope> = tasks.iter().collect();
+    let failed = publish_each(publisher, topology, &refs)
+        .await
+        .into_iter()
+        .map(|(t, e)| (t.task_id, e.to_string()))
+        .collect();
+    outcome(tasks, failed)
+}
+
+/// Publishes each task (a window of confirms in flight); the ones that failed, with why.
+async fn publish_each<'a>(
+    publisher: &Publisher,
+    topology: &Topology,
+    tasks: &[&'a TaskEnvelope],
+) -> Vec<(&'a TaskEnvelope, Error)> {
+    let mut failures = Vec::new();
+    let mut in_flight = FuturesUnordered::new();
+    let mut next = tasks.iter().copied();
+    loop {
+        while in_flight.len() < CONFIRM_WINDOW {
+            let Some(task) = next.next() else { break };
+            in_flight
+                .push(async move { (task, amqp::publish_task(publisher, topology, task).await) });
+        }
+        match in_flight.next().await {
+            Some((task, Err(e))) => failures.push((task, e)),
+            Some((_, Ok(()))) => {}
+            None => return failures,
+        }
+    }
+}
+
+/// All ids in order, or the confirmed and failed ones.
+fn outcome(tasks: &[TaskEnvelope], failed: Vec<(Uuid, String)>) -> Result<Vec<Uuid>, PublishError> {
     let confirmed_ids = || tasks.iter().map(|t| t.task_id);
     if failed.is_empty() {
         return Ok(confirmed_ids().collect());

@@ -21,7 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use secflow_common::headers;
 
+mod rabbit;
 mod redis_helpers;
+
+pub use rabbit::PrivateRabbit;
 
 use redis_helpers::delete_redis_keys;
 pub use redis_helpers::{PrivateRedis, redis_done_markers, redis_keys};
@@ -48,6 +51,8 @@ pub struct TestNs {
     pub name: String,
     /// Delivery limit its work queues use.
     pub delivery_limit: u32,
+    /// The broker it lives on.
+    pub amqp_url: String,
     /// A connection for the test's own use.
     pub conn: Connection,
     /// A channel on it.
@@ -62,19 +67,20 @@ impl TestNs {
 
     /// A fresh namespace whose work queues allow `delivery_limit` deliveries.
     pub async fn with_delivery_limit(delivery_limit: u32) -> Self {
+        Self::on_broker(secflow_common::config::DEFAULT_AMQP_URL, delivery_limit).await
+    }
+
+    /// A fresh namespace on the broker at `amqp_url` (e.g. a [`PrivateRabbit`]).
+    pub async fn on_broker(amqp_url: &str, delivery_limit: u32) -> Self {
         let name = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let broker = BrokerArgs::local(&name);
-        let conn = secflow_common::amqp::connect(
-            &broker.amqp_url,
-            "secflow-test",
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("RabbitMQ must run on 127.0.0.1:5672 (bash .ci/run starts it)");
+        let conn = secflow_common::amqp::connect(amqp_url, "secflow-test", Duration::from_secs(30))
+            .await
+            .expect("RabbitMQ must run on 127.0.0.1:5672 (bash .ci/run starts it)");
         let ch = conn.create_channel().await.unwrap();
         let ns = Self {
             name,
             delivery_limit,
+            amqp_url: amqp_url.to_string(),
             conn,
             ch,
         };
@@ -89,6 +95,7 @@ impl TestNs {
     pub fn broker(&self) -> BrokerArgs {
         BrokerArgs {
             delivery_limit: self.delivery_limit,
+            amqp_url: self.amqp_url.clone(),
             signing: secflow_common::signing::SigningArgs::with_key(TEST_SIGNING_KEY),
             ..BrokerArgs::local(&self.name)
         }
@@ -235,6 +242,7 @@ impl TestNs {
     /// Starts the `worker` binary as a child process on this namespace.
     pub fn spawn_worker_process(&self, extra: &[&str]) -> Child {
         command("worker")
+            .env("AMQP_URL", &self.amqp_url)
             .args([
                 "--namespace",
                 &self.name,
@@ -255,6 +263,7 @@ impl Drop for TestNs {
     fn drop(&mut self) {
         let name = self.name.clone();
         let limit = self.delivery_limit;
+        let url = self.amqp_url.clone();
         // Runs on its own thread and runtime: Drop cannot await, and the test's runtime may be
         // shutting down.
         let _ = std::thread::spawn(move || {
@@ -263,9 +272,8 @@ impl Drop for TestNs {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let broker = BrokerArgs::local(&name);
                 if let Ok(conn) = secflow_common::amqp::connect(
-                    &broker.amqp_url,
+                    &url,
                     "secflow-test-cleanup",
                     Duration::from_secs(5),
                 )
@@ -359,7 +367,11 @@ where
 /// Path of a workspace binary next to the test executable (`target/<profile>/<name>`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    // Test executables live in target/<profile>/deps, binaries of this crate beside the others.
+    let mut dir = exe.parent().unwrap();
+    if dir.ends_with("deps") {
+        dir = dir.parent().unwrap();
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -194,7 +194,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Delays between reconnection attempts (doubling, with jitter).
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
-const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// Short: after a broker restart the worker must be consuming again within seconds.
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// One connection's worth of work: declare, consume until shutdown (`Ok`) or the connection
 /// is lost (`Err(Broker)`).

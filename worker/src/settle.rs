@@ -161,7 +161,12 @@ impl Settler {
             Err(e) => {
                 WorkerStats::bump(&self.stats.settle_failures);
                 metrics::counter!("secflow_settle_failures_total").increment(1);
-                tracing::error!(task_id, error = %e, "could not publish the settlement; handing the delivery back");
+                if e.is_transient() {
+                    // The connection is going: every in-flight task says so at once.
+                    tracing::warn!(task_id, error = %e, "could not publish the settlement (broker connection lost?); the delivery goes back to the queue");
+                } else {
+                    tracing::error!(task_id, error = %e, "could not publish the settlement; handing the delivery back");
+                }
                 let _ = delivery
                     .acker
                     .nack(BasicNackOptions {
@@ -358,7 +363,7 @@ impl Settler {
         self.events
             .emit(event)
             .await
-            .map_err(secflow_common::Error::Config)
+            .map_err(secflow_common::Error::Events)
     }
 }
 
