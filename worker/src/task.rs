@@ -11,6 +11,7 @@ use crate::{
     policies::PolicyTable,
     settle::{DeliveryMeta, Settler},
     store::{Lease, Refused, Store},
+    workflow::Prepared,
 };
 use lapin::message::Delivery;
 use rand::RngExt;
@@ -137,7 +138,14 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
             .settle(&delivery, Some(&task), &meta, later, lease.as_ref())
             .await;
     }
-    let outcome = if !crate::workflow::prepare(&shared.runs, &task).await {
+    let prepared = crate::workflow::prepare(&shared.runs, &task).await;
+    if prepared == Prepared::AlreadySucceeded {
+        let disposition = crate::workflow::finish_recorded(&shared.runs, settler, &task).await;
+        return settler
+            .settle(&delivery, Some(&task), &meta, disposition, lease.as_ref())
+            .await;
+    }
+    let outcome = if prepared == Prepared::Cancelled {
         Some(Err(TaskError::new(
             ErrorClass::Cancelled,
             "run_cancelled",

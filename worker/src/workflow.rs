@@ -13,7 +13,7 @@ use secflow_common::{
     ErrorClass, TaskEnvelope, TaskError,
     amqp::publish_task,
     events::TaskEvent,
-    runs::{MAX_OUTPUT_BYTES, RunError, RunStore},
+    runs::{MAX_OUTPUT_BYTES, Rewind, RunError, RunStore},
 };
 use serde_json::json;
 use std::{
@@ -26,31 +26,73 @@ use uuid::Uuid;
 /// Dependents published at once after a node ends.
 const PUBLISH_WINDOW: usize = 128;
 
+/// Whether a delivered workflow node may run.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Prepared {
+    /// Run it.
+    Run,
+    /// Its run was cancelled (and it is not a `when: always` node).
+    Cancelled,
+    /// Its end is already recorded (a worker died after recording it, before acking): do not
+    /// run it again; only finish what that attempt left undone.
+    AlreadySucceeded,
+}
+
 /// Before a workflow node runs: if it had failed (it is back from the DLQ, or resumed), put it
-/// and the nodes its failure skipped back to waiting. Returns false when its run was cancelled
-/// and the node is not a `when: always` one: it must not run. A store error is logged and the
-/// node runs; its end is recorded (or retried) as usual.
-pub async fn prepare(runs: &RunStore, task: &TaskEnvelope) -> bool {
-    let Some(run) = task.run_id else { return true };
+/// and the nodes its failure skipped back to waiting. A store error is logged and the node
+/// runs; its end is recorded (or retried) as usual.
+pub async fn prepare(runs: &RunStore, task: &TaskEnvelope) -> Prepared {
+    let Some(run) = task.run_id else {
+        return Prepared::Run;
+    };
     let run_key = run.to_string();
     match runs.rewind(&run_key, &task.node_id).await {
-        Ok(true) => {
+        Ok(Rewind::Rewound) => {
             tracing::info!(%run, node = %task.node_id, "failed node runs again: its run is running again")
         }
-        Ok(false) => {}
+        Ok(Rewind::AlreadySucceeded) => return Prepared::AlreadySucceeded,
+        Ok(Rewind::NotFailed) => {}
         Err(e) => {
             tracing::warn!(%run, node = %task.node_id, error = %e, "cannot check the node's state in its run")
         }
     }
     if !runs.is_cancelled(&run_key).await.unwrap_or(false) {
-        return true;
+        return Prepared::Run;
     }
     let always = runs
         .nodes(&run_key, std::slice::from_ref(&task.node_id))
         .await
         .ok()
         .and_then(|n| n.first().map(|n| n.when == "always"));
-    always.unwrap_or(false)
+    if always.unwrap_or(false) {
+        Prepared::Run
+    } else {
+        Prepared::Cancelled
+    }
+}
+
+/// A node whose end was recorded by an attempt that died before acking: publishes the
+/// dependents that attempt never confirmed, then the delivery is a duplicate (acked, not run).
+pub async fn finish_recorded(
+    runs: &RunStore,
+    settler: &Settler,
+    task: &TaskEnvelope,
+) -> Disposition {
+    let Some(run) = task.run_id else {
+        return Disposition::Duplicate;
+    };
+    tracing::info!(task_id = %task.task_id, %run, node = %task.node_id, "node already recorded as succeeded: not running it again");
+    match continue_run(runs, settler, task, run, None).await {
+        Ok(()) => Disposition::Duplicate,
+        Err(e) => Disposition::Retry {
+            delay: std::time::Duration::from_secs(2),
+            error: TaskError::new(
+                ErrorClass::Transient,
+                "run_store_unavailable",
+                format!("run {run}: {e}"),
+            ),
+        },
+    }
 }
 
 /// A cached output that stands in for running a workflow node whose type, config and inputs

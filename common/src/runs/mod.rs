@@ -27,6 +27,17 @@ const CACHE_TTL_SECS: u64 = 24 * 3600;
 /// How long a run's keys are kept after its last change.
 const RUN_TTL_SECS: i64 = 7 * 24 * 3600;
 
+/// What [`RunStore::rewind`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rewind {
+    /// The node had failed: it and what its failure skipped are waiting again.
+    Rewound,
+    /// The node already succeeded: its end is recorded, it must not run again.
+    AlreadySucceeded,
+    /// Neither: nothing changed.
+    NotFailed,
+}
+
 /// Redis access for runs of one namespace.
 pub struct RunStore {
     pool: Pool,
@@ -212,9 +223,8 @@ impl RunStore {
         Ok((nodes, status))
     }
 
-    /// Puts a failed node (and what its failure skipped) back to waiting before it runs again;
-    /// false when the node had not failed.
-    pub async fn rewind(&self, run: &str, node: &str) -> Result<bool, RunError> {
+    /// Puts a failed node (and what its failure skipped) back to waiting before it runs again.
+    pub async fn rewind(&self, run: &str, node: &str) -> Result<Rewind, RunError> {
         let [links, state, waiting, ..] = self.keys(run);
         let mut conn = self.pool.get().await?;
         let rewound: i64 = self
@@ -225,7 +235,11 @@ impl RunStore {
             .arg(node)
             .invoke_async(&mut conn)
             .await?;
-        Ok(rewound == 1)
+        Ok(match rewound {
+            1 => Rewind::Rewound,
+            2 => Rewind::AlreadySucceeded,
+            _ => Rewind::NotFailed,
+        })
     }
 
     /// Marks a run cancelled: its queued nodes are skipped when they arrive (but for

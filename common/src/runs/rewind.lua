@@ -1,11 +1,15 @@
 -- A failed node is about to run again (requeued from the DLQ, or `producer resume`): put it and
 -- the nodes its failure skipped back to waiting, so its next end moves the run on as if the
--- failure had not happened. Upstream outputs stay. Returns 1 if it rewound, 0 if the node was
--- not failed (nothing to do).
+-- failure had not happened. Upstream outputs stay. Returns 1 if it rewound, 2 if the node
+-- already succeeded (a redelivery after its end was recorded), 0 otherwise (nothing to do).
 -- KEYS[1] links hash, KEYS[2] state hash, KEYS[3] waiting hash; ARGV[1] node id
 local nodes, state, waiting = KEYS[1], KEYS[2], KEYS[3]
 local node = ARGV[1]
-if redis.call('HGET', state, node) ~= 'failed' then
+local current = redis.call('HGET', state, node)
+if current == 'succeeded' then
+  return 2
+end
+if current ~= 'failed' then
   return 0
 end
 redis.call('HSET', state, node, 'queued')
