@@ -52,6 +52,9 @@ pub struct PrivateRedis {
     /// Its port.
     pub port: u16,
     child: Option<Child>,
+    /// With a data directory: an append-only file synced on every write, so a SIGKILL loses
+    /// nothing it acknowledged.
+    data: Option<std::path::PathBuf>,
 }
 
 impl PrivateRedis {
@@ -60,6 +63,21 @@ impl PrivateRedis {
         let mut redis = Self {
             port: free_port(),
             child: None,
+            data: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    /// Starts one that keeps its data across kills (AOF, fsync always).
+    pub async fn start_persistent() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("secflow-redis-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Self {
+            port,
+            child: None,
+            data: Some(dir),
         };
         redis.restart().await;
         redis
@@ -80,17 +98,22 @@ impl PrivateRedis {
 
     /// Starts it again on the same port and waits until it answers.
     pub async fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ]);
+        match &self.data {
+            Some(dir) => cmd
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir),
+            None => cmd.args(["--appendonly", "no"]),
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (bash scripts/services.sh installs it)");
@@ -122,5 +145,8 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.data {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

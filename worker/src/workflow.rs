@@ -71,8 +71,12 @@ pub async fn prepare(runs: &RunStore, task: &TaskEnvelope) -> Prepared {
     }
 }
 
-/// A node whose end was recorded by an attempt that died before acking: publishes the
-/// dependents that attempt never confirmed, then the delivery is a duplicate (acked, not run).
+/// A node whose success was recorded by an attempt that did not settle (its worker died, or
+/// its broker connection was lost before the completion event was confirmed): publishes the
+/// dependents that attempt left unpublished and completes with the recorded output, so the
+/// completion event and done marker are written. The handler does not run again. (Only an
+/// attempt killed between its event's confirm and its done marker, a sub-millisecond window,
+/// leads to a second completion event.)
 pub async fn finish_recorded(
     runs: &RunStore,
     settler: &Settler,
@@ -82,16 +86,22 @@ pub async fn finish_recorded(
         return Disposition::Duplicate;
     };
     tracing::info!(task_id = %task.task_id, %run, node = %task.node_id, "node already recorded as succeeded: not running it again");
-    match continue_run(runs, settler, task, run, None).await {
-        Ok(()) => Disposition::Duplicate,
-        Err(e) => Disposition::Retry {
-            delay: std::time::Duration::from_secs(2),
-            error: TaskError::new(
-                ErrorClass::Transient,
-                "run_store_unavailable",
-                format!("run {run}: {e}"),
-            ),
-        },
+    let recorded = runs.recorded_output(run, &task.node_id).await;
+    let published = continue_run(runs, settler, task, run, None).await;
+    let failure = match (published, recorded) {
+        (Ok(()), Ok(output)) => {
+            return Disposition::Complete(output.unwrap_or(serde_json::Value::Null));
+        }
+        (Err(e), _) => e,
+        (_, Err(e)) => e.to_string(),
+    };
+    Disposition::Retry {
+        delay: std::time::Duration::from_secs(2),
+        error: TaskError::new(
+            ErrorClass::Transient,
+            "run_store_unavailable",
+            format!("run {run}: {failure}"),
+        ),
     }
 }
 

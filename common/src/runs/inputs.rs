@@ -8,6 +8,17 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 impl RunStore {
+    /// The outputs recorded for `node` when it succeeded.
+    pub async fn recorded_output(&self, run: Uuid, node: &str) -> Result<Option<Value>, RunError> {
+        let mut conn = self.pool.get().await?;
+        let raw: Option<String> = deadpool_redis::redis::cmd("HGET")
+            .arg(self.key(&run.to_string(), "outputs"))
+            .arg(node)
+            .query_async(&mut conn)
+            .await?;
+        Ok(raw.map(|text| serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
     /// The task envelope of `node`, its inputs taken from its upstreams' stored outputs.
     pub async fn envelope(&self, run: Uuid, node: &StoredNode) -> Result<TaskEnvelope, RunError> {
         let upstreams: Vec<String> = node
