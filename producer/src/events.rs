@@ -6,34 +6,58 @@ use std::time::Duration;
 
 /// Prints (through `on_event`) every event matching `pattern` until `idle` passes without one,
 /// or forever when `idle` is `None`. Events that are not valid JSON are reported, not fatal.
+/// A lost connection is re-established (backoff with jitter, up to `--connect-timeout` per
+/// outage) and the subscription renewed; events published while it was down are not seen
+/// (the subscription queue is the follower's own and goes with its connection).
 pub async fn follow(
     broker: &BrokerArgs,
     pattern: &str,
     idle: Option<Duration>,
     mut on_event: impl FnMut(&TaskEvent),
 ) -> Result<()> {
-    let (conn, topology) = crate::connect(broker, "secflow-producer-events").await?;
-    let ch = conn.create_channel().await?;
-    let mut consumer = secflow_common::events::subscribe(&ch, &topology, pattern).await?;
+    let mut first = true;
     loop {
-        let next = match idle {
-            Some(idle) => match tokio::time::timeout(idle, consumer.next()).await {
-                Ok(next) => next,
-                Err(_) => break,
-            },
-            None => consumer.next().await,
+        // `connect` itself retries with backoff until --connect-timeout.
+        let (conn, topology) = crate::connect(broker, "secflow-producer-events").await?;
+        if !first {
+            tracing::warn!(
+                "reconnected to RabbitMQ: following events again (some may have been missed)"
+            );
+        }
+        first = false;
+        let ch = conn.create_channel().await?;
+        let mut consumer = secflow_common::events::subscribe(&ch, &topology, pattern).await?;
+        let lost = loop {
+            let next = match idle {
+                Some(idle) => match tokio::time::timeout(idle, consumer.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break None,
+                },
+                None => consumer.next().await,
+            };
+            match next {
+                Some(Ok(delivery)) => match secflow_common::events::decode(&delivery.data) {
+                    Ok(events) => events.iter().for_each(&mut on_event),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "skipping an event that is not SecFlow JSON")
+                    }
+                },
+                Some(Err(e)) => break Some(Error::Amqp(e)),
+                None => {
+                    break (!conn.status().connected())
+                        .then(|| Error::Config("connection closed".into()));
+                }
+            }
         };
-        match next {
-            Some(Ok(delivery)) => match secflow_common::events::decode(&delivery.data) {
-                Ok(events) => events.iter().for_each(&mut on_event),
-                Err(e) => tracing::warn!(error = %e, "skipping an event that is not SecFlow JSON"),
-            },
-            Some(Err(e)) => return Err(Error::Amqp(e)),
-            None => break,
+        let _ = tokio::time::timeout(Duration::from_secs(3), conn.close(200, "done".into())).await;
+        match lost {
+            None => return Ok(()),
+            Some(e) => {
+                tracing::warn!(error = %e, "lost the RabbitMQ connection while following events: reconnecting");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
-    let _ = conn.close(200, "done".into()).await;
-    Ok(())
 }
 
 /// One human-readable line for an event.

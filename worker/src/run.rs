@@ -295,10 +295,11 @@ async fn consume(
             },
             next = consumer.next() => match next {
                 Some(Ok(delivery)) if DeliveryMeta::read(&delivery).is_suspect() => {
-                    if isolate(&channel, &tag, &mut consumer, delivery, shared, &tracker, shutdown.as_mut()).await {
-                        break Ok(());
+                    match isolate(&channel, &tag, &mut consumer, delivery, shared, &tracker, shutdown.as_mut(), &mut connection_events).await {
+                        Isolation::Done => consumer = subscribe(&channel, queue, &tag).await?,
+                        Isolation::Shutdown => break Ok(()),
+                        Isolation::Lost(e) => break Err(e),
                     }
-                    consumer = subscribe(&channel, queue, &tag).await?;
                 }
                 Some(Ok(delivery)) => {
                     let shared = Arc::clone(shared);
@@ -321,9 +322,11 @@ async fn consume(
         grace_secs = cfg.grace_secs,
         "stopping: no new deliveries, finishing in-flight tasks"
     );
-    let _ = channel
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await;
+    let _ = tokio::time::timeout(
+        CLOSE_TIMEOUT,
+        channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+    )
+    .await;
     // Deliveries already prefetched but not started go straight back, as fresh copies: a
     // nack would count as a failed delivery and bring them nearer the delivery limit.
     while let Some(delivery) = next_buffered(&mut consumer).await {
@@ -375,7 +378,7 @@ async fn next_buffered(consumer: &mut Consumer) -> Option<Delivery> {
 /// consumption stops, prefetched deliveries are handed back as fresh copies, in-flight tasks
 /// finish, then the suspect runs alone. If it kills the process, it alone is charged a
 /// delivery; innocent tasks never reach the delivery limit by standing next to it.
-/// Returns true when shutdown was requested meanwhile.
+#[allow(clippy::too_many_arguments)]
 async fn isolate(
     channel: &Channel,
     tag: &str,
@@ -384,15 +387,18 @@ async fn isolate(
     shared: &Arc<Shared>,
     tracker: &TaskTracker,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> bool {
+    connection_events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin),
+) -> Isolation {
     let meta = DeliveryMeta::read(&suspect);
     tracing::warn!(
         deliveries = meta.unsettled_total(),
         "redelivered after an unsettled attempt: running it in isolation"
     );
-    let _ = channel
-        .basic_cancel(tag.into(), BasicCancelOptions::default())
-        .await;
+    let _ = tokio::time::timeout(
+        CLOSE_TIMEOUT,
+        channel.basic_cancel(tag.into(), BasicCancelOptions::default()),
+    )
+    .await;
     while let Some(delivery) = next_buffered(consumer).await {
         let meta = DeliveryMeta::read(&delivery);
         shared
@@ -401,9 +407,28 @@ async fn isolate(
             .await;
     }
     let shared = Arc::clone(shared);
-    let run = tracker.spawn(async move { process(&shared, suspect, true).await });
-    tokio::select! {
-        _ = run => false,
-        () = &mut shutdown => true,
+    let mut run = tracker.spawn(async move { process(&shared, suspect, true).await });
+    // Waiting for in-flight tasks and then the suspect can take a while: a connection lost
+    // meanwhile ends the session at once (their deliveries are redelivered anyway).
+    loop {
+        tokio::select! {
+            _ = &mut run => return Isolation::Done,
+            () = &mut shutdown => return Isolation::Shutdown,
+            event = connection_events.next() => match event {
+                Some(lapin::Event::Error(e)) => return Isolation::Lost(WorkerError::Broker(e.into())),
+                Some(_) => {}
+                None => return Isolation::Lost(WorkerError::Broker(secflow_common::Error::Config("the connection's event stream ended".into()))),
+            },
+        }
     }
+}
+
+/// How running a suspect task alone ended.
+enum Isolation {
+    /// It was settled (or handed back): consume again.
+    Done,
+    /// Shutdown was requested meanwhile.
+    Shutdown,
+    /// The broker connection was lost.
+    Lost(WorkerError),
 }
