@@ -206,21 +206,23 @@ async fn node_end_is_exactly_once_across_redeliveries() {
     let (run, roots) = runs.create(&recipe, &BTreeMap::new(), false).await.unwrap();
     let run = run.to_string();
     let output = serde_json::json!({"echo": {"host": "10.0.0.5"}});
-    let (first, status) = runs.node_end(&run, &roots[0], Some(&output)).await.unwrap();
+    let (first, status, already) = runs.node_end(&run, &roots[0], Some(&output)).await.unwrap();
+    assert!(!already);
     let mut ids: Vec<_> = first.iter().map(|n| n.id.clone()).collect();
     ids.sort();
     assert_eq!(
         (ids, status.as_str()),
         (vec!["b".to_string(), "c".to_string()], "running")
     );
-    let (again, _) = runs.node_end(&run, &roots[0], Some(&output)).await.unwrap();
+    let (again, _, already) = runs.node_end(&run, &roots[0], Some(&output)).await.unwrap();
+    assert!(already, "a second end of the node is flagged");
     assert_eq!(
         again.len(),
         2,
         "a redelivery before the publish was confirmed publishes them again"
     );
     runs.published(&run, "a").await.unwrap();
-    let (after, _) = runs.node_end(&run, &roots[0], Some(&output)).await.unwrap();
+    let (after, _, _) = runs.node_end(&run, &roots[0], Some(&output)).await.unwrap();
     assert!(
         after.is_empty(),
         "once confirmed, a redelivery publishes nothing"

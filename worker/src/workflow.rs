@@ -89,7 +89,7 @@ pub async fn finish_recorded(
     let recorded = runs.recorded_output(run, &task.node_id).await;
     let published = continue_run(runs, settler, task, run, None).await;
     let failure = match (published, recorded) {
-        (Ok(()), Ok(output)) => {
+        (Ok(_), Ok(output)) => {
             return Disposition::Complete(output.unwrap_or(serde_json::Value::Null));
         }
         (Err(e), _) => e,
@@ -206,7 +206,13 @@ pub async fn advance(
         _ => return disposition,
     };
     match continue_run(runs, settler, task, run, output).await {
-        Ok(()) => disposition,
+        // Another attempt of this task recorded the node's end first (two copies ran while
+        // idempotency was unavailable): that attempt reports the completion, this one does not.
+        Ok(true) if matches!(disposition, Disposition::Complete(_)) => {
+            tracing::warn!(task_id = %task.task_id, %run, node = %task.node_id, "node already recorded by another attempt: this completion is a duplicate");
+            Disposition::Duplicate
+        }
+        Ok(_) => disposition,
         Err(e) => {
             tracing::error!(task_id = %task.task_id, %run, error = %e, "cannot record the node's end in its run: retrying the node");
             let error = TaskError::new(
@@ -257,7 +263,7 @@ async fn continue_run(
     task: &TaskEnvelope,
     run: uuid::Uuid,
     output: Option<&serde_json::Value>,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let run_key = run.to_string();
     let node = runs
         .nodes(&run_key, std::slice::from_ref(&task.node_id))
@@ -266,7 +272,7 @@ async fn continue_run(
     let node = node.first().ok_or_else(|| {
         RunError::Corrupt(format!("node `{}` not in its run", task.node_id)).to_string()
     })?;
-    let (ready, status) = runs
+    let (ready, status, already) = runs
         .node_end(&run_key, node, output)
         .await
         .map_err(|e| e.to_string())?;
@@ -304,5 +310,5 @@ async fn continue_run(
         };
         settler.events.emit(event).await?;
     }
-    Ok(())
+    Ok(already)
 }

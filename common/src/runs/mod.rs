@@ -194,14 +194,15 @@ impl RunStore {
     }
 
     /// Records that `node` ended (`ok` with `output`, or failed) and returns the dependents
-    /// that became ready and the run's status. Calling it again for an ended node returns the
-    /// dependents whose publish was not confirmed yet ([`RunStore::published`]).
+    /// that became ready, the run's status, and whether the node had already ended (another
+    /// attempt recorded it first). Calling it again for an ended node changes nothing and
+    /// returns the dependents whose publish was not confirmed yet ([`RunStore::published`]).
     pub async fn node_end(
         &self,
         run: &str,
         node: &StoredNode,
         output: Option<&Value>,
-    ) -> Result<(Vec<StoredNode>, String), RunError> {
+    ) -> Result<(Vec<StoredNode>, String, bool), RunError> {
         let keys = self.keys(run);
         let selected = output
             .map(|o| select_outputs(node, o))
@@ -216,11 +217,12 @@ impl RunStore {
             .arg(selected.to_string())
             .arg(crate::now_ms());
         let mut conn = self.pool.get().await?;
-        let (ready, status): (String, String) = invocation.invoke_async(&mut conn).await?;
+        let (ready, status, already): (String, String, String) =
+            invocation.invoke_async(&mut conn).await?;
         let ids: Vec<String> =
             serde_json::from_str(&ready).map_err(|e| RunError::Corrupt(e.to_string()))?;
         let nodes = self.nodes(run, &ids).await?;
-        Ok((nodes, status))
+        Ok((nodes, status, already == "1"))
     }
 
     /// Puts a failed node (and what its failure skipped) back to waiting before it runs again.

@@ -1,6 +1,7 @@
 -- A node of a run ended. Marks it, stores its outputs, updates its dependents and returns the
 -- ones that became ready to publish. Exactly once: a second call for an ended node changes
--- nothing and returns the dependents whose publish was never confirmed.
+-- nothing and returns the dependents whose publish was never confirmed, flagged "already".
+-- Returns {ready dependents JSON, run status, "1" if the node had already ended else "0"}.
 -- KEYS[1] links hash (id -> {"d": dependents, "o": optional, "w": when}), KEYS[2] state hash (id -> state, plus run fields),
 -- KEYS[3] waiting hash (id -> upstreams not ended), KEYS[4] outputs hash, KEYS[5] unpublished hash,
 -- KEYS[6] compensations hash (node -> its compensation node)
@@ -9,7 +10,7 @@ local nodes, state, waiting, outputs, unpublished = KEYS[1], KEYS[2], KEYS[3], K
 local node, outcome = ARGV[1], ARGV[2]
 local current = redis.call('HGET', state, node)
 if current == 'succeeded' or current == 'failed' or current == 'skipped' then
-  return {redis.call('HGET', unpublished, node) or '[]', redis.call('HGET', state, '_run') or 'running'}
+  return {redis.call('HGET', unpublished, node) or '[]', redis.call('HGET', state, '_run') or 'running', '1'}
 end
 local ready = {}
 local own = cjson.decode(redis.call('HGET', nodes, node))
@@ -19,7 +20,7 @@ if own.c then
   redis.call('HSET', state, node, outcome == 'ok' and 'succeeded' or 'failed')
   if outcome == 'ok' then redis.call('HSET', outputs, node, ARGV[3]) end
   redis.call('HSET', unpublished, node, '[]')
-  return {'[]', ''}
+  return {'[]', '', '0'}
 end
 -- Work list of (node, ended well?) so skipped nodes cascade without recursion.
 local todo = {{node, outcome == 'ok'}}
@@ -82,4 +83,4 @@ end
 local encoded = cjson.encode(ready)
 if #ready == 0 then encoded = '[]' end
 redis.call('HSET', unpublished, node, encoded)
-return {encoded, run}
+return {encoded, run, '0'}

@@ -168,7 +168,7 @@ async fn all_ready(ports: &[u16]) -> (usize, usize) {
 
 /// Node completions seen on the events exchange, by node id (a durable tap queue, consumed by
 /// a loop that reconnects across the broker restart).
-type Seen = Arc<Mutex<HashMap<String, usize>>>;
+type Seen = Arc<Mutex<HashMap<String, Vec<String>>>>;
 
 async fn tap(url: String, topology: Arc<Topology>, seen: Seen) {
     let queue = format!("{}.chaos-tap", topology.namespace().as_str());
@@ -211,7 +211,8 @@ async fn tap(url: String, topology: Arc<Topology>, seen: Seen) {
                 for e in secflow_common::events::decode(&delivery.data).unwrap_or_default() {
                     if e.kind == "node.completed" {
                         let node = e.node_id.clone().unwrap_or_default();
-                        *seen.lock().unwrap().entry(node).or_default() += 1;
+                        let what = format!("{} at {} (retry {})", e.worker, e.at_ms, e.retry_count);
+                        seen.lock().unwrap().entry(node).or_default().push(what);
                     }
                 }
                 delivery.acker.ack(BasicAckOptions::default()).await?;
@@ -574,7 +575,8 @@ async fn main() -> Result<()> {
 
     let succeeded = status.nodes.values().filter(|s| *s == "succeeded").count();
     let seen = seen.lock().unwrap().clone();
-    let duplicates: Vec<(&String, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    let duplicates: Vec<(&String, &Vec<String>)> =
+        seen.iter().filter(|(_, n)| n.len() > 1).collect();
     let node_ids: std::collections::HashSet<String> = status.nodes.keys().cloned().collect();
     let poison_ids: HashMap<&str, (&str, &str)> = poisoned
         .iter()
