@@ -122,7 +122,20 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
                 .settle(&delivery, Some(&task), &meta, later, None)
                 .await;
         }
-        // Redis unreachable: run anyway (at least once), the store has said so.
+        // Redis unreachable: a workflow node waits (its end could not be recorded, so running
+        // it would only repeat its effects later); an ad-hoc task runs anyway (at least once),
+        // the store has said so.
+        Err(_) if task.run_id.is_some() => {
+            let later = defer(
+                meta.defer_count,
+                shared.limits.max_defers,
+                jittered(1_000),
+                "Redis unreachable: the node's run cannot be recorded",
+            );
+            return settler
+                .settle(&delivery, Some(&task), &meta, later, None)
+                .await;
+        }
         Err(_) => None,
     };
     let service = task.service().to_string();
