@@ -206,8 +206,17 @@ async fn tap(url: String, topology: Arc<Topology>, seen: Seen) {
                     FieldTable::default(),
                 )
                 .await?;
-            while let Some(delivery) = consumer.next().await {
-                let delivery = delivery?;
+            loop {
+                // The stream does not always end when the broker goes away: look at the
+                // connection whenever it is quiet.
+                let next = match tokio::time::timeout(Duration::from_secs(1), consumer.next()).await
+                {
+                    Ok(Some(next)) => next,
+                    Ok(None) => break,
+                    Err(_) if conn.status().connected() => continue,
+                    Err(_) => break,
+                };
+                let delivery = next?;
                 for e in secflow_common::events::decode(&delivery.data).unwrap_or_default() {
                     if e.kind == "node.completed" {
                         let node = e.node_id.clone().unwrap_or_default();
