@@ -189,6 +189,9 @@ pub async fn run_with_stats(
     result
 }
 
+/// How long tasks of a lost connection get to notice before the worker reconnects without them.
+const LOST_TASKS_WAIT: Duration = Duration::from_secs(1);
+
 /// Longest wait for the broker to confirm a channel or connection close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -329,7 +332,10 @@ async fn consume(
     .await;
     // Deliveries already prefetched but not started go straight back, as fresh copies: a
     // nack would count as a failed delivery and bring them nearer the delivery limit.
-    while let Some(delivery) = next_buffered(&mut consumer).await {
+    // (On a lost connection they are redelivered anyway.)
+    while outcome.is_ok()
+        && let Some(delivery) = next_buffered(&mut consumer).await
+    {
         let meta = DeliveryMeta::read(&delivery);
         shared
             .settler
@@ -337,7 +343,20 @@ async fn consume(
             .await;
     }
     tracker.close();
-    if tokio::time::timeout(Duration::from_secs(cfg.grace_secs), tracker.wait())
+    if outcome.is_err() {
+        // Nothing in flight can be settled on a dead channel; their deliveries are already on
+        // their way back to the queue. Waiting for them (a publish that never gets its confirm)
+        // would only keep the worker from reconnecting: give them a moment, then leave them.
+        if tokio::time::timeout(LOST_TASKS_WAIT, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                unfinished = tracker.len(),
+                "not waiting for tasks of the lost connection"
+            );
+        }
+    } else if tokio::time::timeout(Duration::from_secs(cfg.grace_secs), tracker.wait())
         .await
         .is_err()
     {

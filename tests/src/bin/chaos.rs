@@ -36,6 +36,7 @@ struct Settings {
     branches: usize,
     workers: usize,
     timeout: Duration,
+    logs: Option<std::path::PathBuf>,
 }
 
 fn settings() -> Result<Settings> {
@@ -43,6 +44,7 @@ fn settings() -> Result<Settings> {
         branches: 2_000,
         workers: 4,
         timeout: Duration::from_secs(600),
+        logs: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -57,8 +59,13 @@ fn settings() -> Result<Settings> {
             "--branches" => s.branches = usize::try_from(value()?)?,
             "--workers" => s.workers = usize::try_from(value()?)?,
             "--timeout" => s.timeout = Duration::from_secs(value()?),
+            "--logs" => {
+                let dir = std::path::PathBuf::from(it.next().context("--logs needs a directory")?);
+                std::fs::create_dir_all(&dir)?;
+                s.logs = Some(dir);
+            }
             "--help" | "-h" => {
-                println!("chaos [--branches 2000] [--workers 4] [--timeout 600]");
+                println!("chaos [--branches 2000] [--workers 4] [--timeout 600] [--logs DIR]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument `{other}` (try --help)"),
@@ -77,6 +84,8 @@ struct Fleet {
     redis_url: String,
     ns: String,
     workers: Vec<(Child, u16)>,
+    /// Where worker logs go (`--logs DIR`), if anywhere.
+    logs: Option<std::path::PathBuf>,
     kills: usize,
     restarts: usize,
 }
@@ -89,7 +98,7 @@ impl Fleet {
             .env("REDIS_URL", &self.redis_url)
             .env("SECFLOW_NAMESPACE", &self.ns)
             .env("SECFLOW_SIGNING_KEY", TEST_SIGNING_KEY)
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", "info")
             .args(["--worker-id", &format!("chaos-w{index}")])
             .args([
                 "--prefetch",
@@ -117,7 +126,15 @@ impl Fleet {
             // Injected failures all share one fingerprint; they are not one broken cause.
             .args(["--escalate-after", "1000000"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(match &self.logs {
+                Some(dir) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.join(format!("worker-{index}.log")))?,
+                ),
+                None => Stdio::null(),
+            })
             .spawn()
             .context("spawn a worker")?;
         Ok((child, port))
@@ -460,6 +477,7 @@ async fn main() -> Result<()> {
         redis_url: broker.redis_url.clone(),
         ns: ns.clone(),
         workers: Vec::new(),
+        logs: settings.logs.clone(),
         kills: 0,
         restarts: 0,
     };
