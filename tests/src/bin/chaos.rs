@@ -237,8 +237,20 @@ async fn tap(url: String, topology: Arc<Topology>, seen: Seen) {
                 for e in secflow_common::events::decode(&delivery.data).unwrap_or_default() {
                     if e.kind == "node.completed" {
                         let node = e.node_id.clone().unwrap_or_default();
-                        let what = format!("{} at {} (retry {})", e.worker, e.at_ms, e.retry_count);
-                        seen.lock().unwrap().entry(node).or_default().push(what);
+                        let what = format!(
+                            "{} at {} (task {}, retry {})",
+                            e.worker,
+                            e.at_ms,
+                            e.task_id.map(|t| t.to_string()).unwrap_or_default(),
+                            e.retry_count
+                        );
+                        // Events are delivered at least once (the tap's own ack can be lost
+                        // with its connection): the same event twice is one completion.
+                        let mut seen = seen.lock().unwrap();
+                        let list = seen.entry(node).or_default();
+                        if !list.contains(&what) {
+                            list.push(what);
+                        }
                     }
                 }
                 delivery.acker.ack(BasicAckOptions::default()).await?;
