@@ -21,6 +21,9 @@ pub use model::{RunError, RunStatus, StoredNode};
 
 /// Largest output a node may store in its run (its dependents receive it as input).
 pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// Longest wait for a Redis connection from the pool (or a new one).
+const POOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long cached outputs are kept.
 const CACHE_TTL_SECS: u64 = 24 * 3600;
 
@@ -49,7 +52,14 @@ pub struct RunStore {
 impl RunStore {
     /// A store on `url` for namespace `ns`.
     pub fn new(url: &str, ns: &str) -> Result<Self, RunError> {
-        let pool = deadpool_redis::Config::from_url(url)
+        let mut cfg = deadpool_redis::Config::from_url(url);
+        // A Redis that does not answer must not hold a worker's tasks for ever.
+        let mut pool_cfg = deadpool_redis::PoolConfig::new(16);
+        pool_cfg.timeouts.wait = Some(POOL_TIMEOUT);
+        pool_cfg.timeouts.create = Some(POOL_TIMEOUT);
+        pool_cfg.timeouts.recycle = Some(POOL_TIMEOUT);
+        cfg.pool = Some(pool_cfg);
+        let pool = cfg
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|e| RunError::Redis(format!("invalid REDIS_URL: {e}")))?;
         Ok(Self {
