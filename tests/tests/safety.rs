@@ -374,3 +374,88 @@ async fn secrets_are_redacted_from_dlq_headers_events_and_logs() {
         "{header}"
     );
 }
+
+/// Proves: each kind of poison message (not JSON, wrong schema, wrong field types, invalid
+/// UTF-8, unknown node type) is dead-lettered with its own reason and code, and the worker goes
+/// on to complete a good task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_with_their_reason_and_the_worker_goes_on() {
+    let ns = TestNs::new().await;
+    let tap = ns.tap_events().await;
+    let worker = ns.spawn_worker(ns.worker_config());
+    let with_id = |id: &str| {
+        BasicProperties::default()
+            .with_message_id(id.into())
+            .with_delivery_mode(2)
+    };
+    let mut unknown = TaskEnvelope::new("scan.nonexistent", json!({}));
+    unknown.node_id = "x".into();
+    let cases: Vec<(String, Vec<u8>, &str, &str, &str)> = vec![
+        (
+            "p-not-json".into(),
+            b"not json {".to_vec(),
+            "builtin.echo",
+            "malformed",
+            "malformed_body",
+        ),
+        (
+            "p-schema".into(),
+            br#"{"schema":1,"hello":"world"}"#.to_vec(),
+            "builtin.echo",
+            "malformed",
+            "invalid_envelope",
+        ),
+        (
+            "p-types".into(),
+            br#"{"schema":"one","task_id":5,"node_id":[],"type":7,"created_at_ms":"now"}"#.to_vec(),
+            "builtin.echo",
+            "malformed",
+            "invalid_envelope",
+        ),
+        (
+            "p-utf8".into(),
+            b"{\"schema\":1,\"node_id\":\"\xff\xfe\"}".to_vec(),
+            "builtin.echo",
+            "malformed",
+            "malformed_body",
+        ),
+        (
+            unknown.task_id.to_string(),
+            unknown.to_body(),
+            "scan.nonexistent",
+            "validation",
+            "unknown_type",
+        ),
+    ];
+    for (id, body, key, _, _) in &cases {
+        ns.publish_raw(key, body, with_id(id)).await;
+    }
+    let dead = dead_letters(&ns, cases.len()).await;
+    for (id, _, _, reason, code) in &cases {
+        let (r, _, c, message) = &dead[id];
+        assert_eq!(
+            (r.as_str(), c.as_str()),
+            (*reason, *code),
+            "{id}: {message}"
+        );
+        assert!(!message.is_empty(), "{id}: the DLQ says why");
+    }
+    let good = publish(
+        &ns,
+        &[TaskEnvelope::new(
+            "builtin.echo",
+            json!({"after": "poison"}),
+        )],
+    )
+    .await[0];
+    tap.wait_until(
+        "a good task after the poison",
+        Duration::from_secs(20),
+        |ev| {
+            ev.iter()
+                .any(|e| e.task_id == Some(good) && e.kind == "node.completed")
+        },
+    )
+    .await;
+    worker.stop().await;
+}
