@@ -15,6 +15,11 @@ use uuid::Uuid;
 pub struct TaskEvent {
     /// `node.completed`, `node.retrying`, `node.deferred`, `node.dead_lettered`, `node.cancelled`.
     pub kind: String,
+    /// Identity of the event for consumers that deduplicate: events are delivered at least
+    /// once, and a completion re-reported after a lost connection keeps its id
+    /// (`TASK:node.completed`, `RUN:workflow.completed`); other kinds get a fresh id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
     /// Task id (absent for messages too malformed to have one).
     pub task_id: Option<Uuid>,
     /// Run id, for workflow tasks.
@@ -98,4 +103,13 @@ pub async fn subscribe(ch: &Channel, topology: &Topology, pattern: &str) -> Resu
             FieldTable::default(),
         )
         .await?)
+}
+
+/// The event id of `kind` for `subject` (a task or run id): stable for completions, which
+/// happen once however often they are reported, fresh for everything else.
+pub fn event_id(subject: Option<Uuid>, kind: &str) -> String {
+    match subject {
+        Some(id) if kind.ends_with(".completed") => format!("{id}:{kind}"),
+        _ => Uuid::now_v7().to_string(),
+    }
 }

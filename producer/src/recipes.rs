@@ -256,6 +256,10 @@ pub async fn cancel(
     let publisher = secflow_common::amqp::Publisher::new(&conn).await?;
     let event = secflow_common::events::TaskEvent {
         kind: "run.cancelled".into(),
+        event_id: Some(secflow_common::events::event_id(
+            Some(run_id),
+            "run.cancelled",
+        )),
         task_id: None,
         run_id: Some(run_id),
         node_id: None,

@@ -346,6 +346,10 @@ impl Settler {
     ) -> secflow_common::Result<()> {
         let mut event = TaskEvent {
             kind: kind.to_string(),
+            event_id: Some(secflow_common::events::event_id(
+                task.map(|t| t.task_id),
+                kind,
+            )),
             task_id: task.map(|t| t.task_id),
             run_id: task.and_then(|t| t.run_id),
             node_id: task.map(|t| t.node_id.clone()),

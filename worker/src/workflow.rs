@@ -295,6 +295,10 @@ async fn continue_run(
         tracing::info!(%run, status, "workflow run ended");
         let event = TaskEvent {
             kind: "workflow.completed".into(),
+            event_id: Some(secflow_common::events::event_id(
+                Some(run),
+                "workflow.completed",
+            )),
             task_id: Some(task.task_id),
             run_id: Some(run),
             node_id: Some(task.node_id.clone()),
