@@ -16,8 +16,9 @@ pub struct TaskEvent {
     /// `node.completed`, `node.retrying`, `node.deferred`, `node.dead_lettered`, `node.cancelled`.
     pub kind: String,
     /// Identity of the event for consumers that deduplicate: events are delivered at least
-    /// once, and a completion re-reported after a lost connection keeps its id
-    /// (`TASK:node.completed`, `RUN:workflow.completed`); other kinds get a fresh id.
+    /// once, and a completion reported again (its worker died or lost its connection while
+    /// reporting it) keeps its id: `TASK:node.completed:ATTEMPT`, `RUN:workflow.completed`.
+    /// Other kinds get a fresh id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
     /// Task id (absent for messages too malformed to have one).

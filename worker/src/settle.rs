@@ -108,7 +108,22 @@ impl Settler {
         }
         let result = match &disposition {
             Disposition::Complete(output) => {
+                // Recorded before the event goes out: if this attempt dies before its done
+                // marker, a redelivery reports the completion again under the same event id
+                // instead of running the task.
+                if let Some(lease) = lease {
+                    lease.completing(self.done_ttl_ms).await;
+                }
+                let event_id = match (lease, task) {
+                    (Some(lease), Some(t)) => {
+                        Some(format!("{}:node.completed:{}", t.task_id, lease.owner()))
+                    }
+                    _ => None,
+                };
                 self.emit("node.completed", task, meta, |e| {
+                    if event_id.is_some() {
+                        e.event_id = event_id;
+                    }
                     // Events are for watching, not for data: secrets in outputs are masked.
                     let mut output = output.clone();
                     secflow_common::redact::global().redact_json(&mut output);

@@ -102,6 +102,37 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
                 .settle(&delivery, Some(&task), &meta, Disposition::Duplicate, None)
                 .await;
         }
+        Ok(Err(Refused::Completing { since_ms, owner }))
+            if now_ms().saturating_sub(since_ms) < shared.limits.lease_ms =>
+        {
+            // The attempt is reporting its completion right now: look again in a moment, when
+            // its done marker is there.
+            let later = defer(
+                meta.defer_count,
+                shared.limits.max_defers,
+                jittered(200),
+                "another attempt is reporting the task's completion",
+            );
+            tracing::debug!(task_id, attempt = %owner, "completion being reported: deferring the copy");
+            return settler
+                .settle(&delivery, Some(&task), &meta, later, None)
+                .await;
+        }
+        Ok(Err(Refused::Completing { owner, .. })) => {
+            // An attempt completed the task and stopped while reporting it: report it again
+            // under that attempt's identity (same event id), never run it again.
+            tracing::info!(task_id, attempt = %owner, "completed by an attempt that did not finish reporting it: reporting it again");
+            let adopted = Lease::adopt(&shared.store, &task_id, owner, shared.limits.lease_ms);
+            let disposition = if task.run_id.is_some() {
+                crate::workflow::finish_recorded(&shared.runs, settler, &task).await
+            } else {
+                // Ad-hoc tasks keep no output outside their event: the repeat carries none.
+                Disposition::Complete(Value::Null)
+            };
+            return settler
+                .settle(&delivery, Some(&task), &meta, disposition, Some(&adopted))
+                .await;
+        }
         Ok(Err(Refused::Leased(ms))) => {
             // A live holder renews every third of the lease; look again about then rather than
             // at its expiry, so a lease given up early does not hold the task back long.

@@ -43,7 +43,7 @@ fn settings() -> Result<Settings> {
     let mut s = Settings {
         branches: 2_000,
         workers: 4,
-        timeout: Duration::from_secs(600),
+        timeout: Duration::from_secs(300),
         logs: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -65,7 +65,7 @@ fn settings() -> Result<Settings> {
                 s.logs = Some(dir);
             }
             "--help" | "-h" => {
-                println!("chaos [--branches 2000] [--workers 4] [--timeout 600] [--logs DIR]");
+                println!("chaos [--branches 2000] [--workers 4] [--timeout 300] [--logs DIR]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument `{other}` (try --help)"),
@@ -185,7 +185,10 @@ async fn all_ready(ports: &[u16]) -> (usize, usize) {
 
 /// Node completions seen on the events exchange, by node id (a durable tap queue, consumed by
 /// a loop that reconnects across the broker restart).
-type Seen = Arc<Mutex<HashMap<String, Vec<String>>>>;
+/// Completions of one node: (event id, the distinct reports of it).
+type Reports = Vec<(String, Vec<String>)>;
+/// Node id → its completions.
+type Seen = Arc<Mutex<HashMap<String, Reports>>>;
 
 async fn tap(url: String, topology: Arc<Topology>, seen: Seen) {
     let queue = format!("{}.chaos-tap", topology.namespace().as_str());
@@ -244,12 +247,19 @@ async fn tap(url: String, topology: Arc<Topology>, seen: Seen) {
                             e.task_id.map(|t| t.to_string()).unwrap_or_default(),
                             e.retry_count
                         );
-                        // Events are delivered at least once (the tap's own ack can be lost
-                        // with its connection): the same event twice is one completion.
+                        // Events are delivered at least once, and a completion whose worker died
+                        // while reporting it is reported again: both keep the event id, so a
+                        // completion counts once per event id; a repeat is counted apart.
+                        let id = e.event_id.clone().unwrap_or_else(|| what.clone());
                         let mut seen = seen.lock().unwrap();
                         let list = seen.entry(node).or_default();
-                        if !list.contains(&what) {
-                            list.push(what);
+                        match list.iter_mut().find(|(known, _)| *known == id) {
+                            Some((_, reports)) => {
+                                if !reports.contains(&what) {
+                                    reports.push(what);
+                                }
+                            }
+                            None => list.push((id, vec![what])),
                         }
                     }
                 }
@@ -428,6 +438,55 @@ async fn drain_dlq(url: &str, topology: &Topology) -> Result<Vec<(String, String
     Ok(out)
 }
 
+/// What a stalled run looks like: node states, queue depths, worker readiness.
+async fn stall_report(
+    runs: &RunStore,
+    run: &str,
+    url: &str,
+    topology: &Topology,
+    fleet: &Fleet,
+) -> String {
+    let mut out = String::new();
+    if let Ok(status) = runs.status(run).await {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for state in status.nodes.values() {
+            *counts.entry(state.as_str()).or_default() += 1;
+        }
+        let open: Vec<&String> = status
+            .nodes
+            .iter()
+            .filter(|(_, s)| !matches!(s.as_str(), "succeeded" | "failed" | "skipped"))
+            .map(|(n, _)| n)
+            .take(10)
+            .collect();
+        out.push_str(&format!("  node states: {counts:?}; not ended: {open:?}\n"));
+    }
+    if let Ok(conn) = amqp::connect(url, "chaos-diagnose", Duration::from_secs(5)).await {
+        for queue in [topology.work_queue("default"), topology.dlq()] {
+            if let Ok(ch) = conn.create_channel().await {
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                if let Ok(q) = ch
+                    .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                    .await
+                {
+                    out.push_str(&format!(
+                        "  {queue}: {} ready, {} consumers\n",
+                        q.message_count(),
+                        q.consumer_count()
+                    ));
+                }
+            }
+        }
+        let _ = conn.close(200, "diagnosed".into()).await;
+    }
+    let (ready, total) = all_ready(&fleet.ports()).await;
+    out.push_str(&format!("  workers ready: {ready}/{total}"));
+    out
+}
+
 fn recipe(branches: usize) -> String {
     let mut yaml = String::from(
         "version: 1\nname: chaos\nnodes:\n  - { id: seed, type: builtin.echo, config: { scope: chaos }, outputs: [echo] }\n",
@@ -595,11 +654,13 @@ async fn main() -> Result<()> {
         {
             break s;
         }
-        ensure!(
-            started.elapsed() < settings.timeout,
-            "the run did not end within {:?}",
-            settings.timeout
-        );
+        if started.elapsed() >= settings.timeout {
+            let diagnosis = stall_report(&runs, &run, &broker.amqp_url, &topology, &fleet).await;
+            bail!(
+                "the run did not end within {:?}\n{diagnosis}",
+                settings.timeout
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let ended = t0.elapsed();
@@ -614,8 +675,12 @@ async fn main() -> Result<()> {
 
     let succeeded = status.nodes.values().filter(|s| *s == "succeeded").count();
     let seen = seen.lock().unwrap().clone();
-    let duplicates: Vec<(&String, &Vec<String>)> =
-        seen.iter().filter(|(_, n)| n.len() > 1).collect();
+    let duplicates: Vec<(&String, &Reports)> = seen.iter().filter(|(_, n)| n.len() > 1).collect();
+    let repeated = seen
+        .values()
+        .flatten()
+        .filter(|(_, reports)| reports.len() > 1)
+        .count();
     let node_ids: std::collections::HashSet<String> = status.nodes.keys().cloned().collect();
     let poison_ids: HashMap<&str, (&str, &str)> = poisoned
         .iter()
@@ -666,7 +731,13 @@ async fn main() -> Result<()> {
         println!("      {n:>5}  {reason}");
     }
     println!("  lost:                   {lost}");
-    println!("  duplicate completions:  {}", duplicates.len());
+    println!(
+        "  duplicate completions:  {} (completions with different attempts' event ids)",
+        duplicates.len()
+    );
+    println!(
+        "  completions reported again under their own event id (a worker died while reporting): {repeated}"
+    );
     if let Some((first, all)) = recovery {
         println!(
             "  recovery after the broker restart: first worker consuming {:.2} s, all {total} {:.2} s after RabbitMQ accepted connections",

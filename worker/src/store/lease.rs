@@ -4,12 +4,15 @@ use super::{Claim, Store, StoreError};
 use std::{sync::Arc, time::Duration};
 
 /// Why an attempt may not run a task now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refused {
     /// It already completed.
     Done,
     /// Another attempt holds it for this many more ms.
     Leased(u64),
+    /// An attempt completed it and is reporting it (or died doing so): since when (ms since the
+    /// epoch) and which attempt.
+    Completing { since_ms: u64, owner: String },
 }
 
 /// This attempt's hold on a task: renewed while it runs, turned into a done marker when it
@@ -39,7 +42,40 @@ impl Lease {
             }),
             Claim::Done => Err(Refused::Done),
             Claim::Leased(ms) => Err(Refused::Leased(ms)),
+            Claim::Completing(marker) => {
+                let (since, owner) = marker.split_once(':').unwrap_or(("0", marker.as_str()));
+                Err(Refused::Completing {
+                    since_ms: since.parse().unwrap_or(0),
+                    owner: owner.to_string(),
+                })
+            }
         })
+    }
+
+    /// The hold of attempt `owner` that completed the task but may not have reported it, taken
+    /// over to report it under that attempt's identity.
+    pub fn adopt(store: &Arc<Store>, task_id: &str, owner: String, lease_ms: u64) -> Self {
+        Self {
+            store: Arc::clone(store),
+            task_id: task_id.to_string(),
+            owner,
+            lease_ms,
+        }
+    }
+
+    /// The attempt's identity (`worker/uuid`).
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Records that this attempt completed the task and is reporting it (before the
+    /// completion event): a redelivery then reports it again under the same event id instead of
+    /// running it.
+    pub async fn completing(&self, ttl_ms: u64) {
+        let _ = self
+            .store
+            .completing(&self.task_id, &self.owner, ttl_ms)
+            .await;
     }
 
     /// Keeps the lease alive until the returned future is dropped.

@@ -42,6 +42,9 @@ pub enum Claim {
     Done,
     /// Another attempt holds the lease for this long, ms: do not run it concurrently.
     Leased(u64),
+    /// An attempt completed the task and is reporting it, or stopped while doing so:
+    /// `"{since_ms}:{owner}"`.
+    Completing(String),
     /// This attempt holds the lease.
     Claimed,
 }
@@ -266,7 +269,7 @@ impl Store {
         if claimed.is_some() {
             return Ok(Claim::Claimed);
         }
-        let (status, ttl): (String, i64) = self
+        let (status, ttl, completing): (String, i64, String) = self
             .run(
                 &self.scripts.claim,
                 &[&key],
@@ -275,6 +278,7 @@ impl Store {
             .await?;
         Ok(match status.as_str() {
             "done" => Claim::Done,
+            "completing" => Claim::Completing(completing),
             "leased" => Claim::Leased(u64::try_from(ttl).unwrap_or(lease_ms)),
             _ => Claim::Claimed,
         })
@@ -296,6 +300,22 @@ impl Store {
             )
             .await?;
         Ok(renewed == 1)
+    }
+
+    /// Marks the task as being reported complete by `owner` (replacing its lease), before the
+    /// completion event goes out: one plain `SET`.
+    pub async fn completing(
+        self: &Arc<Self>,
+        task_id: &str,
+        owner: &str,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut set = deadpool_redis::redis::cmd("SET");
+        set.arg(self.key("task", task_id, ""))
+            .arg(format!("completing:{}:{owner}", secflow_common::now_ms()))
+            .arg("PX")
+            .arg(ttl_ms);
+        self.command::<()>(set).await
     }
 
     /// Marks the task done for `ttl_ms` (replacing this attempt's lease): one plain `SET`.
