@@ -28,7 +28,10 @@ async fn main() -> anyhow::Result<()> {
     let chain = env_or("SECFLOW_BENCH_CHAIN", 300);
     let dag = env_or("SECFLOW_BENCH_DAG", 10_000);
     let ns = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let broker = BrokerArgs::local(&ns);
+    let broker = BrokerArgs {
+        signing: secflow_common::signing::SigningArgs::with_key(secflow_tests::TEST_SIGNING_KEY),
+        ..BrokerArgs::local(&ns)
+    };
     let conn = amqp::connect(&broker.amqp_url, "secflow-bench", Duration::from_secs(30)).await?;
     let ch = conn.create_channel().await?;
     let topology = Topology::new(broker.namespace()?, broker.delivery_limit);
@@ -39,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(secflow_worker::run(
                 WorkerConfig {
                     worker_id: Some(format!("bench-{i}")),
+                    broker: broker.clone(),
                     ..WorkerConfig::local(&ns)
                 },
                 stop.clone().cancelled_owned(),
