@@ -213,6 +213,18 @@ impl Store {
         Ok(conn)
     }
 
+    /// `SET key value PX ttl_ms`: one plain command, replacing whatever the key held.
+    async fn set_px(
+        self: &Arc<Self>,
+        key: String,
+        value: &str,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut set = deadpool_redis::redis::cmd("SET");
+        set.arg(key).arg(value).arg("PX").arg(ttl_ms);
+        self.command::<()>(set).await
+    }
+
     fn key(&self, kind: &str, id: &str, suffix: &str) -> String {
         format!("sf:{{{}:{kind}:{id}}}{suffix}", self.ns)
     }
@@ -310,12 +322,9 @@ impl Store {
         owner: &str,
         ttl_ms: u64,
     ) -> Result<(), StoreError> {
-        let mut set = deadpool_redis::redis::cmd("SET");
-        set.arg(self.key("task", task_id, ""))
-            .arg(format!("completing:{}:{owner}", secflow_common::now_ms()))
-            .arg("PX")
-            .arg(ttl_ms);
-        self.command::<()>(set).await
+        let marker = format!("completing:{}:{owner}", secflow_common::now_ms());
+        self.set_px(self.key("task", task_id, ""), &marker, ttl_ms)
+            .await
     }
 
     /// Marks the task done for `ttl_ms` (replacing this attempt's lease): one plain `SET`.
@@ -325,12 +334,12 @@ impl Store {
         owner: &str,
         ttl_ms: u64,
     ) -> Result<(), StoreError> {
-        let mut set = deadpool_redis::redis::cmd("SET");
-        set.arg(self.key("task", task_id, ""))
-            .arg(format!("done:{owner}"))
-            .arg("PX")
-            .arg(ttl_ms);
-        self.command::<()>(set).await
+        self.set_px(
+            self.key("task", task_id, ""),
+            &format!("done:{owner}"),
+            ttl_ms,
+        )
+        .await
     }
 
     /// Drops this attempt's lease (the task was retried, deferred or dead-lettered).
@@ -359,12 +368,8 @@ impl Store {
         json: &str,
         ttl_ms: u64,
     ) -> Result<(), StoreError> {
-        let mut set = deadpool_redis::redis::cmd("SET");
-        set.arg(self.key("checkpoint", task_id, ""))
-            .arg(json)
-            .arg("PX")
-            .arg(ttl_ms);
-        self.command::<()>(set).await
+        self.set_px(self.key("checkpoint", task_id, ""), json, ttl_ms)
+            .await
     }
 
     /// Drops a task's checkpoint (it completed).
