@@ -205,8 +205,6 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
         }
         outcome
     };
-    // Error texts leave the worker (DLQ headers, events, logs): secrets are masked here, once.
-    let outcome = outcome.map(|o| o.map_err(redact_error));
     let Some(outcome) = outcome else {
         tracing::warn!(task_id, "shutdown: handing the task back unfinished");
         return settler
@@ -247,13 +245,6 @@ fn checkpoint(shared: &Shared, task: &TaskEnvelope) -> crate::checkpoint::Checkp
         task.task_id.to_string(),
         shared.handlers.version(&task.node_type),
     )
-}
-
-fn redact_error(mut e: TaskError) -> TaskError {
-    if let std::borrow::Cow::Owned(m) = secflow_common::redact::redact(&e.message) {
-        e.message = m;
-    }
-    e
 }
 
 /// What is refused before the body is even parsed: an oversized message, and (unless signing
