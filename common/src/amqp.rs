@@ -70,26 +70,18 @@ impl Publisher {
         })
     }
 
-    /// A publisher for tasks as `broker` says: its signing keys (an error if there are none and
-    /// signing was not disabled explicitly) and its message size limit.
-    pub async fn for_tasks(conn: &Connection, broker: &crate::config::BrokerArgs) -> Result<Self> {
-        let signer = broker.keyring()?;
+    /// A publisher for tasks: signed with `signer` (`None` only when signing was disabled
+    /// explicitly, see [`crate::config::BrokerArgs::keyring`]), refused above
+    /// `max_message_bytes`.
+    pub async fn for_tasks(
+        conn: &Connection,
+        signer: Option<Keyring>,
+        max_message_bytes: usize,
+    ) -> Result<Self> {
         let mut publisher = Self::new(conn).await?;
         publisher.signer = signer;
-        publisher.max_message_bytes = broker.max_message_bytes;
+        publisher.max_message_bytes = max_message_bytes;
         Ok(publisher)
-    }
-
-    /// Refuses tasks over `bytes`.
-    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
-        self.max_message_bytes = bytes;
-        self
-    }
-
-    /// Signs the tasks it publishes with `keyring`.
-    pub fn with_signer(mut self, keyring: Option<Keyring>) -> Self {
-        self.signer = keyring;
-        self
     }
 
     /// Publishes and waits for the broker's confirm. With `mandatory`, a message no queue

@@ -77,7 +77,7 @@ pub async fn publish_tasks(
     req: &PublishRequest,
 ) -> Result<Vec<Uuid>, PublishError> {
     let tasks = req.envelopes()?;
-    broker.keyring()?;
+    let signer = broker.keyring()?;
     let outage_limit = Duration::from_secs(broker.connect_timeout_secs);
     let mut pending: Vec<&TaskEnvelope> = tasks.iter().collect();
     let mut failed: Vec<(Uuid, String)> = Vec::new();
@@ -87,7 +87,8 @@ pub async fn publish_tasks(
     while !pending.is_empty() {
         let session = async {
             let (conn, topology) = crate::connect(broker, "secflow-producer").await?;
-            let publisher = Publisher::for_tasks(&conn, broker).await?;
+            let publisher =
+                Publisher::for_tasks(&conn, signer.clone(), broker.max_message_bytes).await?;
             Ok::<_, Error>((conn, topology, publisher))
         }
         .await;

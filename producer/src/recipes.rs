@@ -118,8 +118,14 @@ pub async fn submit(
         }
         None => None,
     };
+    // Before the run is stored: without signing keys nothing is stored either.
+    let publisher = secflow_common::amqp::Publisher::for_tasks(
+        &conn,
+        broker.keyring()?,
+        broker.max_message_bytes,
+    )
+    .await?;
     let (run_id, roots) = runs.create(&summary.recipe, params, cache).await?;
-    let publisher = secflow_common::amqp::Publisher::for_tasks(&conn, broker).await?;
     for root in &roots {
         let task = runs.envelope(run_id, root).await?;
         secflow_common::amqp::publish_task(&publisher, &topology, &task).await?;
@@ -172,7 +178,12 @@ pub async fn resume(
     }
     anyhow::ensure!(!failed.is_empty(), "run {run} has no failed node to resume");
     let (conn, topology) = crate::connect(broker, "secflow-producer-resume").await?;
-    let publisher = secflow_common::amqp::Publisher::for_tasks(&conn, broker).await?;
+    let publisher = secflow_common::amqp::Publisher::for_tasks(
+        &conn,
+        broker.keyring()?,
+        broker.max_message_bytes,
+    )
+    .await?;
     for n in &failed {
         let task = runs.envelope(run_id, n).await?;
         secflow_common::amqp::publish_task(&publisher, &topology, &task).await?;

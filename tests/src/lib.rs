@@ -412,10 +412,13 @@ pub fn free_port() -> u16 {
 
 /// Publishes `tasks` to the namespace's tasks exchange with confirms; their ids in order.
 pub async fn publish(ns: &TestNs, tasks: &[secflow_common::TaskEnvelope]) -> Vec<uuid::Uuid> {
-    let publisher = secflow_common::amqp::Publisher::new(&ns.conn)
-        .await
-        .unwrap()
-        .with_signer(Some(test_keyring()));
+    let publisher = secflow_common::amqp::Publisher::for_tasks(
+        &ns.conn,
+        Some(test_keyring()),
+        secflow_common::config::DEFAULT_MAX_MESSAGE_BYTES,
+    )
+    .await
+    .unwrap();
     secflow_producer::publish::publish_envelopes(&publisher, &ns.topology(), tasks)
         .await
         .unwrap()

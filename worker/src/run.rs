@@ -227,10 +227,12 @@ async fn session(
                 amqp::Publisher::new(conn).await?,
                 topology.events_exchange(),
             ),
-            publisher: amqp::Publisher::new(conn)
-                .await?
-                .with_signer(parts.keyring.clone())
-                .with_max_message_bytes(cfg.broker.max_message_bytes),
+            publisher: amqp::Publisher::for_tasks(
+                conn,
+                parts.keyring.clone(),
+                cfg.broker.max_message_bytes,
+            )
+            .await?,
             topology: Arc::clone(topology),
             worker_id: worker_id.to_string(),
             queue: queue.clone(),
