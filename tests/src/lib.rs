@@ -364,6 +364,36 @@ where
     }
 }
 
+/// Waits for `child` to exit, failing after `timeout`.
+pub async fn exit_status(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not exit within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SIGTERMs a worker process and checks it exits 0 within 15 s.
+pub async fn stop_gracefully(child: &mut Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = exit_status(child, Duration::from_secs(15)).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "graceful shutdown exits 0 ({status:?})"
+    );
+}
+
 /// Path of a workspace binary next to the test executable (`target/<profile>/<name>`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();

@@ -83,12 +83,6 @@ async fn worker_and_producer_survive_a_broker_restart() {
     })
     .await;
     assert_eq!(redis_done_markers(REDIS, &ns.name).await.unwrap(), TASKS);
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(worker.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    assert!(
-        worker.wait().unwrap().success(),
-        "the worker exits cleanly after it all"
-    );
+    // The worker exits cleanly after it all.
+    secflow_tests::stop_gracefully(&mut worker).await;
 }

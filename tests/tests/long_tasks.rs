@@ -3,27 +3,9 @@
 use secflow_producer::publish_tasks;
 use secflow_tests::{TestNs, redis_keys, request};
 use serde_json::json;
-use std::{
-    process::Child,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 const REDIS: &str = "redis://127.0.0.1:6379/";
-
-/// Waits for a child to exit on its own; its exit status.
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the worker did not exit within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Progress saved in the checkpoint of `task`, if any.
 async fn checkpointed(ns: &TestNs, task: uuid::Uuid) -> Option<u64> {
@@ -67,7 +49,7 @@ async fn crash_then_resume(abort: bool, second_args: &[&str]) -> (TestNs, serde_
         .await;
         first.kill().unwrap();
     }
-    let status = wait_exit(&mut first, Duration::from_secs(30));
+    let status = secflow_tests::exit_status(&mut first, Duration::from_secs(30)).await;
     assert!(!status.success(), "the first worker crashed mid-task");
     let mut second = ns.spawn_worker_process(&[&["--lease-ms", "1500"], second_args].concat());
     tap.wait_until("the batch completed", Duration::from_secs(30), |ev| {
@@ -75,11 +57,7 @@ async fn crash_then_resume(abort: bool, second_args: &[&str]) -> (TestNs, serde_
             .any(|e| e.task_id == Some(id) && e.kind == "node.completed")
     })
     .await;
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(second.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = second.wait();
+    secflow_tests::stop_gracefully(&mut second).await;
     let done: Vec<_> = tap
         .snapshot()
         .into_iter()

@@ -1,16 +1,11 @@
 //! Process-level guarantees with the real `worker` binary: a crashing task is dead-lettered
 //! after the delivery limit without taking other tasks with it; SIGTERM drains gracefully.
 
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
 use secflow_common::{TaskEnvelope, headers as h};
-use secflow_tests::{TestNs, publish, wait_for};
+use secflow_tests::{TestNs, publish, stop_gracefully, wait_for};
 use serde_json::json;
 use std::{
     collections::HashMap,
-    process::Child,
     time::{Duration, Instant},
 };
 
@@ -18,32 +13,6 @@ fn echoes(n: usize) -> Vec<TaskEnvelope> {
     (0..n)
         .map(|i| TaskEnvelope::new("builtin.echo", json!({ "i": i })))
         .collect()
-}
-
-/// SIGTERMs a worker and checks it exits 0.
-async fn stop_gracefully(child: &mut Child) {
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let status = exit_status(child, Duration::from_secs(15)).await;
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "graceful shutdown exits 0 ({status:?})"
-    );
-}
-
-/// Waits for `child` to exit, failing after `timeout`.
-async fn exit_status(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "worker did not exit within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Proves: `builtin.crash` aborts the worker each time it runs; the broker redelivers it and,
@@ -148,13 +117,7 @@ async fn sigterm_during_slow_tasks_exits_zero_and_every_task_completes() {
     )
     .await;
 
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let status = exit_status(&mut child, Duration::from_secs(15)).await;
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "graceful shutdown exits 0 ({status:?})"
-    );
+    stop_gracefully(&mut child).await;
     let done_before = tap.of_kind("node.completed").len();
     assert!(
         done_before < 50,

@@ -248,11 +248,7 @@ async fn exec_runs_only_allowed_programs_in_a_scrubbed_sandbox() {
         })
     })
     .await;
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(worker.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = worker.wait();
+    secflow_tests::stop_gracefully(&mut worker).await;
     let events = tap.snapshot();
     let end = |id| {
         events
@@ -341,11 +337,7 @@ async fn secrets_are_redacted_from_dlq_headers_events_and_logs() {
             .any(|e| e.task_id == Some(id) && e.kind == "node.dead_lettered")
     })
     .await;
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(worker.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = worker.wait();
+    secflow_tests::stop_gracefully(&mut worker).await;
     let event = tap
         .snapshot()
         .into_iter()
