@@ -45,10 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let n = env_or("SECFLOW_BENCH_TASKS", 50_000);
     let rounds = env_or("SECFLOW_BENCH_ROUNDS", 3);
     let ns = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let broker = BrokerArgs {
-        signing: secflow_common::signing::SigningArgs::with_key(secflow_tests::TEST_SIGNING_KEY),
-        ..BrokerArgs::local(&ns)
-    };
+    let broker = secflow_tests::signed_broker(&ns);
     let conn =
         secflow_common::amqp::connect(&broker.amqp_url, "secflow-bench", Duration::from_secs(30))
             .await?;
@@ -216,10 +213,9 @@ async fn worker(ns: &str, n: usize, redis_url: Option<&str>, prefetch: u16) -> a
     let stop = CancellationToken::new();
     let mut cfg = WorkerConfig {
         prefetch,
+        broker: secflow_tests::signed_broker(ns),
         ..WorkerConfig::local(ns)
     };
-    cfg.broker.signing =
-        secflow_common::signing::SigningArgs::with_key(secflow_tests::TEST_SIGNING_KEY);
     if let Some(url) = redis_url {
         cfg.broker.redis_url = url.to_string();
     }

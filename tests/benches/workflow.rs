@@ -7,7 +7,7 @@
 //! (SECFLOW_BENCH_CHAIN overrides 300 chain nodes, SECFLOW_BENCH_DAG 10,000 DAG nodes).
 
 use futures_util::StreamExt;
-use secflow_common::{Topology, amqp, config::BrokerArgs};
+use secflow_common::{Topology, amqp};
 use secflow_producer::recipes;
 use secflow_worker::WorkerConfig;
 use std::{
@@ -28,10 +28,7 @@ async fn main() -> anyhow::Result<()> {
     let chain = env_or("SECFLOW_BENCH_CHAIN", 300);
     let dag = env_or("SECFLOW_BENCH_DAG", 10_000);
     let ns = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let broker = BrokerArgs {
-        signing: secflow_common::signing::SigningArgs::with_key(secflow_tests::TEST_SIGNING_KEY),
-        ..BrokerArgs::local(&ns)
-    };
+    let broker = secflow_tests::signed_broker(&ns);
     let conn = amqp::connect(&broker.amqp_url, "secflow-bench", Duration::from_secs(30)).await?;
     let ch = conn.create_channel().await?;
     let topology = Topology::new(broker.namespace()?, broker.delivery_limit);

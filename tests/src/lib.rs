@@ -40,6 +40,14 @@ pub fn command(name: &str) -> Command {
     cmd
 }
 
+/// Loopback broker settings for namespace `ns`, signing with the test key.
+pub fn signed_broker(ns: &str) -> BrokerArgs {
+    BrokerArgs {
+        signing: secflow_common::signing::SigningArgs::with_key(TEST_SIGNING_KEY),
+        ..BrokerArgs::local(ns)
+    }
+}
+
 /// The test signing keys.
 pub fn test_keyring() -> secflow_common::signing::Keyring {
     secflow_common::signing::Keyring::parse(TEST_SIGNING_KEY).unwrap()
@@ -96,8 +104,7 @@ impl TestNs {
         BrokerArgs {
             delivery_limit: self.delivery_limit,
             amqp_url: self.amqp_url.clone(),
-            signing: secflow_common::signing::SigningArgs::with_key(TEST_SIGNING_KEY),
-            ..BrokerArgs::local(&self.name)
+            ..signed_broker(&self.name)
         }
     }
 

@@ -523,10 +523,11 @@ async fn main() -> Result<()> {
     let mut redis = PrivateRedis::start_persistent().await;
     let ns = format!("chaos-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let topology = Arc::new(Topology::new(Namespace::new(&ns)?, 5));
-    let mut broker = BrokerArgs::local(&ns);
-    broker.amqp_url = rabbit.url();
-    broker.redis_url = redis.url();
-    broker.signing = secflow_common::signing::SigningArgs::with_key(TEST_SIGNING_KEY);
+    let broker = BrokerArgs {
+        amqp_url: rabbit.url(),
+        redis_url: redis.url(),
+        ..secflow_tests::signed_broker(&ns)
+    };
     {
         let conn = amqp::connect(&broker.amqp_url, "chaos-setup", Duration::from_secs(30)).await?;
         let ch = conn.create_channel().await?;
