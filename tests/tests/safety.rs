@@ -12,6 +12,19 @@ fn props_for(task: &TaskEnvelope) -> BasicProperties {
     secflow_common::amqp::json_properties(&task.task_id.to_string(), Default::default())
 }
 
+/// Publishes `sent` to `exec` with the signature `keyring` makes for `signed` (the same task,
+/// unless the test swaps the body in transit).
+async fn signed_by(ns: &TestNs, keyring: &Keyring, signed: &TaskEnvelope, sent: &TaskEnvelope) {
+    let mut headers = lapin::types::FieldTable::default();
+    keyring.sign(&mut headers, &signed.task_id.to_string(), &signed.to_body());
+    ns.publish_unsigned(
+        "exec",
+        &sent.to_body(),
+        props_for(signed).with_headers(headers),
+    )
+    .await;
+}
+
 /// DLQ messages by task id: (reason, class, code, message).
 async fn dead_letters(ns: &TestNs, n: usize) -> HashMap<String, (String, String, String, String)> {
     ns.take_dlq(n, Duration::from_secs(20))
@@ -67,47 +80,16 @@ async fn forged_unsigned_and_oversized_tasks_never_run() {
     ns.publish_unsigned("exec", &unsigned.to_body(), props_for(&unsigned))
         .await;
     let wrong_key = probe("wrong-key");
-    let mut hd = lapin::types::FieldTable::default();
-    Keyring::parse("test:an-attackers-guess-at-the-key")
-        .unwrap()
-        .sign(
-            &mut hd,
-            &wrong_key.task_id.to_string(),
-            &wrong_key.to_body(),
-        );
-    ns.publish_unsigned(
-        "exec",
-        &wrong_key.to_body(),
-        props_for(&wrong_key).with_headers(hd),
-    )
-    .await;
+    let attacker = Keyring::parse("test:an-attackers-guess-at-the-key").unwrap();
+    signed_by(&ns, &attacker, &wrong_key, &wrong_key).await;
     // A signed task whose body was swapped for another command in transit.
     let tampered = probe("original");
-    let mut hd = lapin::types::FieldTable::default();
-    secflow_tests::test_keyring().sign(&mut hd, &tampered.task_id.to_string(), &tampered.to_body());
     let mut evil = tampered.clone();
     evil.config = json!({"argv": ["sh", "-c", format!("echo tampered >> {}", effects.display())]});
-    ns.publish_unsigned(
-        "exec",
-        &evil.to_body(),
-        props_for(&tampered).with_headers(hd),
-    )
-    .await;
+    signed_by(&ns, &secflow_tests::test_keyring(), &tampered, &evil).await;
     let unknown_key = probe("unknown-key");
-    let mut hd = lapin::types::FieldTable::default();
-    Keyring::parse("old:retired-secret-0123456789")
-        .unwrap()
-        .sign(
-            &mut hd,
-            &unknown_key.task_id.to_string(),
-            &unknown_key.to_body(),
-        );
-    ns.publish_unsigned(
-        "exec",
-        &unknown_key.to_body(),
-        props_for(&unknown_key).with_headers(hd),
-    )
-    .await;
+    let retired = Keyring::parse("old:retired-secret-0123456789").unwrap();
+    signed_by(&ns, &retired, &unknown_key, &unknown_key).await;
     let mut big = TaskEnvelope::new("builtin.echo", json!({"blob": "x".repeat(100 * 1024)}));
     big.node_id = "big".into();
     ns.publish_raw("builtin.echo", &big.to_body(), props_for(&big))
