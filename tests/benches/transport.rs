@@ -33,17 +33,10 @@ const NO_REDIS: &str = "redis://127.0.0.1:1/";
 /// worker's default, and a deeper one that hides the latency of confirming results first.
 const PREFETCHES: [u16; 2] = [64, 256];
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n = env_or("SECFLOW_BENCH_TASKS", 50_000);
-    let rounds = env_or("SECFLOW_BENCH_ROUNDS", 3);
+    let n = secflow_tests::env_or("SECFLOW_BENCH_TASKS", 50_000);
+    let rounds = secflow_tests::env_or("SECFLOW_BENCH_ROUNDS", 3);
     let ns = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let broker = secflow_tests::signed_broker(&ns);
     let conn =

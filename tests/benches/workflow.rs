@@ -16,17 +16,10 @@ use std::{
 };
 use tokio_util::sync::CancellationToken;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let chain = env_or("SECFLOW_BENCH_CHAIN", 300);
-    let dag = env_or("SECFLOW_BENCH_DAG", 10_000);
+    let chain = secflow_tests::env_or("SECFLOW_BENCH_CHAIN", 300);
+    let dag = secflow_tests::env_or("SECFLOW_BENCH_DAG", 10_000);
     let ns = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let broker = secflow_tests::signed_broker(&ns);
     let conn = amqp::connect(&broker.amqp_url, "secflow-bench", Duration::from_secs(30)).await?;
