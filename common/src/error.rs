@@ -80,6 +80,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the client dropped the connection because it could not parse what the broker
+    /// sent (a message whose names are not UTF-8: see [`crate::rawamqp`]).
+    pub fn is_unparseable_frame(&self) -> bool {
+        matches!(self, Self::Amqp(e) if matches!(e.kind(), lapin::ErrorKind::ParsingError(_)))
+    }
+
     /// Whether trying again on a new connection may succeed (lost connection, broker busy),
     /// as opposed to a mistake that repeats (unroutable, too large, bad settings).
     pub fn is_transient(&self) -> bool {

@@ -11,6 +11,7 @@ pub mod events;
 pub mod headers;
 pub mod logging;
 pub mod nodes;
+pub mod rawamqp;
 pub mod recipe;
 pub mod redact;
 pub mod retry;

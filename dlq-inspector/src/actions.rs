@@ -87,6 +87,12 @@ fn copy_of(session: &Session, i: usize, reset_retries: bool) -> Result<Copy, Str
     let record = &session.records[i];
     let delivery = &session.messages[i];
     let id = record.task_id.as_deref().unwrap_or("(no id)");
+    if record.code == "unparseable" {
+        return Err(format!(
+            "task {id}: the AMQP client could not read it as published ({}); export or purge it",
+            record.message
+        ));
+    }
     let (Some(exchange), Some(routing_key)) = (
         record.origin_exchange.clone(),
         record.origin_routing_key.clone(),

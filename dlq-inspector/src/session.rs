@@ -20,7 +20,7 @@ use lapin::{
     protocol::{AMQPErrorKind, AMQPSoftError},
     types::FieldTable,
 };
-use secflow_common::{Topology, amqp, config::BrokerArgs};
+use secflow_common::{Topology, amqp, config::BrokerArgs, headers as h};
 use std::time::{Duration, Instant};
 
 /// Most messages one run holds (AMQP's prefetch is 16 bits); a larger DLQ is worked on in runs.
@@ -69,6 +69,7 @@ impl From<lapin::Error> for InspectorError {
 
 /// The DLQ's messages, held unacked by this inspector until it settles or releases them.
 pub struct Session {
+    lock: Connection,
     conn: Connection,
     channel: Channel,
     /// The namespace's topology.
@@ -86,38 +87,63 @@ impl Session {
         broker.validate()?;
         let topology = Topology::new(broker.namespace()?, broker.delivery_limit);
         let timeout = Duration::from_secs(broker.connect_timeout_secs);
-        let conn = amqp::connect(&broker.amqp_url, "secflow-dlq-inspector", timeout).await?;
-        let declare = conn.create_channel().await?;
-        topology.declare_core(&declare).await?;
-        let _ = declare.close(200, "declared".into()).await;
+        // The lock lives on a connection of its own: a message the client cannot parse drops
+        // the reading connection, and the DLQ must stay ours while it is repaired.
+        let lock = amqp::connect(&broker.amqp_url, "secflow-dlq-inspector-lock", timeout).await?;
+        let declare = bounded("opening a channel", lock.create_channel()).await??;
+        bounded("declaring the DLQ", topology.declare_core(&declare)).await??;
         let queue = topology.dlq();
         let deadline = Instant::now() + lock_wait;
-        let (channel, consumer, count) = loop {
-            match take(&conn, &topology).await {
-                Ok(taken) => break taken,
+        loop {
+            // A refused exclusive declare closes its channel: each try gets a new one.
+            let channel = bounded("opening a channel", lock.create_channel()).await??;
+            match bounded("taking the DLQ lock", topology.lock_dlq(&channel)).await? {
+                Ok(()) => break,
                 Err(e) if is_locked(&e) && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(200)).await
                 }
                 Err(e) if is_locked(&e) => return Err(InspectorError::Locked(queue)),
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(InspectorError::from(e)),
             }
-        };
-        if count > u32::from(MAX_HELD) {
-            tracing::warn!(
-                count,
-                "the DLQ holds more messages than one run can take; this run covers the first {MAX_HELD}"
-            );
-            eprintln!(
-                "note: {queue} holds {count} messages; this run covers the first {MAX_HELD}, run again for the rest"
-            );
         }
-        let messages = read_all(consumer, count.min(u32::from(MAX_HELD))).await?;
+        let mut repaired = false;
+        let (conn, channel, messages) = loop {
+            let conn = amqp::connect(&broker.amqp_url, "secflow-dlq-inspector", timeout).await?;
+            let (channel, consumer, count) =
+                bounded("subscribing to the DLQ", take(&conn, &topology)).await??;
+            if count > u32::from(MAX_HELD) {
+                tracing::warn!(
+                    count,
+                    "the DLQ holds more messages than one run can take; this run covers the first {MAX_HELD}"
+                );
+                eprintln!(
+                    "note: {queue} holds {count} messages; this run covers the first {MAX_HELD}, run again for the rest"
+                );
+            }
+            let read = read_all(consumer, count.min(u32::from(MAX_HELD))).await;
+            let intact = read.is_ok() && conn.status().connected();
+            if intact || repaired {
+                if !intact {
+                    let _ = bounded("closing", conn.close(200, "giving up".into())).await;
+                }
+                break (conn, channel, read?);
+            }
+            // The connection dropped while reading: a message the client cannot parse (names
+            // that are not UTF-8). Rewrite such messages as readable records, then read again.
+            let _ = bounded("closing", conn.close(200, "repairing".into())).await;
+            let fixed = repair(&broker.amqp_url, &topology, count).await?;
+            eprintln!(
+                "note: {fixed} message(s) in {queue} could not be read by the AMQP client; they are kept as readable records with class malformed, code unparseable"
+            );
+            repaired = true;
+        };
         let records = messages
             .iter()
             .map(|d| DeadRecord::read(&d.properties, &d.data))
             .collect();
         let settled = vec![false; messages.len()];
         Ok(Self {
+            lock,
             conn,
             channel,
             topology,
@@ -129,10 +155,11 @@ impl Session {
 
     /// Acks message `i`: it leaves the DLQ for good (its copy, if any, is already confirmed).
     pub async fn ack(&mut self, i: usize) -> Result<(), InspectorError> {
-        self.messages[i]
-            .acker
-            .ack(BasicAckOptions::default())
-            .await?;
+        bounded(
+            "an ack",
+            self.messages[i].acker.ack(BasicAckOptions::default()),
+        )
+        .await??;
         self.settled[i] = true;
         Ok(())
     }
@@ -148,16 +175,30 @@ impl Session {
             .map(|(d, _)| d);
         if let Some(delivery) = last_unsettled {
             // One frame returns every unsettled delivery up to this tag; acked ones are gone.
-            delivery
-                .acker
-                .nack(BasicNackOptions {
+            bounded(
+                "handing messages back",
+                delivery.acker.nack(BasicNackOptions {
                     multiple: true,
                     requeue: true,
-                })
-                .await?;
+                }),
+            )
+            .await??;
         }
-        let _ = self.channel.close(200, "released".into()).await;
-        let _ = self.conn.close(200, "inspector done".into()).await;
+        let _ = bounded(
+            "closing the channel",
+            self.channel.close(200, "released".into()),
+        )
+        .await;
+        let _ = bounded(
+            "closing the connection",
+            self.conn.close(200, "inspector done".into()),
+        )
+        .await;
+        let _ = bounded(
+            "releasing the lock",
+            self.lock.close(200, "inspector done".into()),
+        )
+        .await;
         Ok(())
     }
 
@@ -172,7 +213,6 @@ async fn take(
     topology: &Topology,
 ) -> Result<(Channel, Consumer, u32), lapin::Error> {
     let channel = conn.create_channel().await?;
-    topology.lock_dlq(&channel).await?;
     let queue = topology.dlq();
     let queue = queue.as_str();
     // Every message is held until the command decides about it. Prefetch 0 would not do:
@@ -215,4 +255,64 @@ async fn read_all(mut consumer: Consumer, count: u32) -> Result<Vec<Delivery>, I
         }
     }
     Ok(out)
+}
+
+/// Deadline of every broker operation of the inspector.
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `fut` with the inspector's deadline.
+async fn bounded<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, InspectorError> {
+    tokio::time::timeout(OP_TIMEOUT, fut).await.map_err(|_| {
+        InspectorError::Broker(secflow_common::Error::Timeout {
+            what: what.to_string(),
+            after: OP_TIMEOUT,
+        })
+    })
+}
+
+/// Takes up to `count` (+ a margin) messages of the DLQ with the raw client, replaces each one
+/// the regular client cannot parse by a readable record of it, and hands the others back in
+/// place. How many were replaced.
+async fn repair(url: &str, topology: &Topology, count: u32) -> Result<usize, InspectorError> {
+    use secflow_common::rawamqp::{RawClient, RawValue, unparseable_dead_letter};
+    let raw_err = |e: secflow_common::rawamqp::RawError| {
+        InspectorError::Broker(secflow_common::Error::Config(e.to_string()))
+    };
+    let queue = topology.dlq();
+    let mut raw = RawClient::connect(url, Duration::from_secs(10))
+        .await
+        .map_err(raw_err)?;
+    let mut fixed = 0;
+    let result = async {
+        let mut taken = Vec::new();
+        while taken.len() < count as usize + 16 {
+            match raw.get(&queue).await? {
+                Some(msg) => taken.push(msg),
+                None => break,
+            }
+        }
+        for msg in &taken {
+            let unreadable = msg.unreadable_fields();
+            if unreadable.is_empty() {
+                continue;
+            }
+            let origin = match msg.properties.header(h::ORIGIN_QUEUE) {
+                Some(RawValue::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+                _ => "unknown".to_string(),
+            };
+            let props = unparseable_dead_letter(msg, &unreadable, &origin, "dlq-inspector");
+            raw.publish(b"", queue.as_bytes(), &props, &msg.body)
+                .await?;
+            raw.ack(msg.delivery_tag, false).await?;
+            fixed += 1;
+        }
+        raw.nack_all().await
+    }
+    .await;
+    raw.close().await;
+    result.map_err(raw_err)?;
+    Ok(fixed)
 }

@@ -11,6 +11,7 @@ pub mod events;
 pub mod fingerprint;
 pub mod handlers;
 pub mod observe;
+pub mod poison;
 pub mod policies;
 pub mod run;
 pub mod settle;

@@ -172,6 +172,31 @@ pub async fn run_with_stats(
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "worker stopped".into())).await;
         match outcome {
             Ok(()) => break Ok(()),
+            Err(WorkerError::Broker(e)) if e.is_unparseable_frame() => {
+                // Not a broker outage: a message the client cannot parse. Find it before
+                // consuming again, or it drops the next connection too.
+                let queue = topology.work_queue(&cfg.pool);
+                let limit = usize::from(cfg.prefetch.max(1)) + SWEEP_EXTRA;
+                tracing::warn!(
+                    queue,
+                    limit,
+                    "a delivery could not be parsed: sweeping the head of the queue with the raw reader"
+                );
+                let swept = tokio::select! {
+                    s = crate::poison::sweep(&cfg.broker.amqp_url, &topology, &queue, &worker_id, limit) => s,
+                    () = &mut shutdown => break Ok(()),
+                };
+                match swept {
+                    Ok(s) => tracing::info!(
+                        dead_lettered = s.dead_lettered,
+                        handed_back = s.handed_back,
+                        "sweep done"
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "sweep failed; the broker's delivery limit will dead-letter the message")
+                    }
+                }
+            }
             Err(WorkerError::Broker(e)) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "lost the RabbitMQ connection: in-flight deliveries go back to the queue; reconnecting");
                 let wait =
@@ -188,6 +213,9 @@ pub async fn run_with_stats(
     stop_endpoints.cancel();
     result
 }
+
+/// Messages past the prefetch that a sweep also takes (the poison may sit just behind them).
+const SWEEP_EXTRA: usize = 16;
 
 /// How long tasks of a lost connection get to notice before the worker reconnects without them.
 const LOST_TASKS_WAIT: Duration = Duration::from_secs(1);
