@@ -19,7 +19,8 @@ pub const ERROR_CLASS: &str = "x-error-class";
 pub const ERROR_CODE: &str = "x-error-code";
 /// Redacted message of the latest failure.
 pub const ERROR_MESSAGE: &str = "x-error-message";
-/// Why the task was dead-lettered: `exhausted`, `permanent`, `validation`, `security`, `malformed`.
+/// Why the task was dead-lettered: `exhausted`, `permanent`, `validation`, `security`,
+/// `malformed`, `delivery_limit`, `deferred_too_long`, `escalated`.
 pub const DEAD_LETTER_REASON: &str = "x-dead-letter-reason";
 /// Worker that settled the delivery last.
 pub const WORKER_ID: &str = "x-worker-id";

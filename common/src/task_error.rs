@@ -1,7 +1,7 @@
 //! Error classes and the typed error every handler returns.
 //!
-//! The class decides recovery (see DESIGN.md, guarantee 7); the code is a short stable
-//! identifier for dashboards and the DLQ; the message is for the human reading it.
+//! The class decides recovery (see `docs/ARCHITECTURE.md`, "Error classes"); the code is a
+//! short stable identifier for dashboards and the DLQ; the message is for the human reading it.
 
 use serde::{Deserialize, Serialize};
 use std::{fmt, str::FromStr, time::Duration};
@@ -27,7 +27,7 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
-    /// Every class, in the order the design lists them.
+    /// Every class, in the order `docs/ARCHITECTURE.md` lists them.
     pub const ALL: [ErrorClass; 7] = [
         Self::Transient,
         Self::Resource,

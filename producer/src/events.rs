@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// Prints (through `on_event`) every event matching `pattern` until `idle` passes without one,
 /// or forever when `idle` is `None`. Events that are not valid JSON are reported, not fatal.
-/// A lost connection is re-established (backoff with jitter, up to `--connect-timeout` per
+/// A lost connection is re-established (backoff with jitter, up to `--connect-timeout-secs` per
 /// outage) and the subscription renewed; events published while it was down are not seen
 /// (the subscription queue is the follower's own and goes with its connection).
 pub async fn follow(
@@ -17,7 +17,7 @@ pub async fn follow(
 ) -> Result<()> {
     let mut first = true;
     loop {
-        // `connect` itself retries with backoff until --connect-timeout.
+        // `connect` itself retries with backoff until --connect-timeout-secs.
         let (conn, topology) = crate::connect(broker, "secflow-producer-events").await?;
         if !first {
             tracing::warn!(

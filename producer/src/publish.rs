@@ -70,7 +70,7 @@ pub enum PublishError {
 /// A connection lost mid-way (broker restart, dropped connection) is re-established with
 /// backoff and jitter and the tasks not yet confirmed are published again; a task the broker
 /// had already stored may then arrive twice, which the workers' done markers absorb (same task
-/// id). An outage longer than `--connect-timeout` ends the publish with the unconfirmed tasks
+/// id). An outage longer than `--connect-timeout-secs` ends the publish with the unconfirmed tasks
 /// listed as failed.
 pub async fn publish_tasks(
     broker: &BrokerArgs,

@@ -1,5 +1,6 @@
-//! Guarantees 3 and 6 against the real RabbitMQ and Redis: one circuit breaker for the whole
-//! fleet, a local fallback when Redis is gone, and no second run of a completed task.
+//! Guarantees 3 and 6 of `docs/ARCHITECTURE.md` against the real RabbitMQ and Redis: one
+//! circuit breaker for the whole fleet, a local fallback when Redis is gone, and no second run
+//! of a completed task.
 
 use axum::{Router, http::StatusCode, routing::get};
 use secflow_common::TaskEnvelope;

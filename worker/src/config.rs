@@ -194,7 +194,7 @@ impl WorkerConfig {
             return Err("--lease-ms must be at least 300".into());
         }
         if self.escalate_after == 0 || self.escalate_window_secs == 0 {
-            return Err("--escalate-after and --escalate-window must be at least 1".into());
+            return Err("--escalate-after and --escalate-window-secs must be at least 1".into());
         }
         if self.bind.is_empty() {
             return Err("--bind needs at least one routing-key pattern".into());

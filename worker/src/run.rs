@@ -60,7 +60,7 @@ struct Parts {
 
 /// [`run`], counting settlements into `stats`. A lost broker connection is re-established
 /// with backoff (queues redeclared, consuming resumed); only the first connection must succeed
-/// within `--connect-timeout`.
+/// within `--connect-timeout-secs`.
 pub async fn run_with_stats(
     cfg: WorkerConfig,
     stats: Arc<WorkerStats>,

@@ -1,5 +1,7 @@
-//! `http`: one request with a timeout; 429/502/503/504 are transient and honour Retry-After,
-//! other 4xx are permanent.
+//! `http`: one request with a timeout; a status outside 2xx is classified by the rules
+//! (`worker/rules/default.yaml`: 408/429/502/503/504 transient, 400/422 and other malformed
+//! requests validation, other 4xx permanent, other 5xx unknown). Retry-After is honoured on
+//! transient failures.
 
 use super::parse_config;
 use crate::classify::{Classifier, Failure, io_kind_name};
