@@ -216,6 +216,36 @@ async fn garbage_breaker_value_is_repaired_without_degrading() {
     }
 }
 
+/// Proves: a checkpoint key of another type (a list) is corrupted state for its task alone: the
+/// task starts from scratch and completes, its saves replace the key, the worker does not
+/// degrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_type_checkpoint_is_ignored_without_degrading() {
+    let ns = TestNs::new().await;
+    let tap = ns.tap_events().await;
+    let mut conn = redis(secflow_common::config::DEFAULT_REDIS_URL).await;
+    let batch = TaskEnvelope::new(
+        "builtin.batch",
+        json!({"items": 4, "item_ms": 10, "checkpoint_every": 1}),
+    );
+    redis::cmd("LPUSH")
+        .arg(format!("sf:{{{}:checkpoint:{}}}", ns.name, batch.task_id))
+        .arg("not a checkpoint")
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap();
+    let worker = Worker::start(ns.worker_config());
+    publish(&ns, std::slice::from_ref(&batch)).await;
+    tap.wait_until("the batch to complete", Duration::from_secs(20), |ev| {
+        ev.iter().any(|e| e.kind == "node.completed")
+    })
+    .await;
+    let corrupted = WorkerStats::get(&worker.stats.state_corrupted);
+    let degraded = worker.stop().await;
+    assert!(!degraded, "a bad checkpoint never degrades the worker");
+    assert_eq!(corrupted, 1, "the bad key was counted once");
+}
+
 /// Proves: a `completing:` marker in no valid format is not taken for a completion, and a value
 /// in no known format without a TTL is not taken for a lease (deferring the task until
 /// `--max-defers`): both tasks are dead-lettered as `state_corrupted` at once, unrun.

@@ -128,7 +128,7 @@ impl Store {
         metrics::gauge!("secflow_redis_degraded").set(1.0);
         tracing::warn!(
             error = why,
-            "Redis unreachable: using local circuit breakers, running tasks without idempotency checks"
+            "Redis unreachable: using local circuit breakers; tasks of idempotent types run without idempotency checks, the others are deferred"
         );
         let store = Arc::clone(self);
         tokio::spawn(async move {
