@@ -13,6 +13,7 @@ pub mod logging;
 pub mod nodes;
 pub mod recipe;
 pub mod redact;
+pub mod redis_fault;
 pub mod retry;
 pub mod runs;
 pub mod signing;

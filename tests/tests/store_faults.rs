@@ -339,3 +339,54 @@ async fn non_idempotent_tasks_wait_for_redis() {
     assert_eq!(exec_done, 1);
     let _ = std::fs::remove_file(effects);
 }
+
+/// Proves: a workflow node whose run data in Redis is damaged (a run key of the wrong type) is
+/// dead-lettered as `state_corrupted` once it ran, naming the run's keys, instead of being
+/// retried (run again) against the same damaged data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_run_data_dead_letters_the_node() {
+    let ns = TestNs::new().await;
+    let tap = ns.tap_events().await;
+    let worker = Worker::start(ns.worker_config());
+    let recipe = secflow_tests::recipe_file(
+        &ns,
+        "damaged",
+        "version: 1\nname: damaged\nnodes:\n  - { id: a, type: builtin.sleep, config: { ms: 1500 }, outputs: [slept_ms] }\n  - { id: b, type: builtin.echo, inputs: { s: a.slept_ms }, outputs: [echo] }\n",
+    );
+    let submitted = secflow_producer::recipes::submit(
+        &ns.broker(),
+        &recipe,
+        &std::collections::BTreeMap::new(),
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    let run = submitted.run_id;
+    let url = secflow_common::config::DEFAULT_REDIS_URL;
+    wait_for("node a to be claimed", Duration::from_secs(20), || async {
+        secflow_tests::redis_keys(url, &ns.name)
+            .await
+            .is_ok_and(|keys| keys.iter().any(|k| k.contains(":task:")))
+    })
+    .await;
+    let links = format!("sf:{{{}:run:{run}}}:links", ns.name);
+    let mut conn = redis(url).await;
+    redis::cmd("SET")
+        .arg(&links)
+        .arg("garbage")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let dead = ns.take_dlq(1, Duration::from_secs(20)).await;
+    let degraded = worker.stop().await;
+
+    assert_state_corrupted(&dead[0], &format!("sf:{{{}:run:{run}}}:*", ns.name));
+    assert!(!degraded);
+    let runs_of_a = tap
+        .snapshot()
+        .iter()
+        .filter(|e| e.run_id == Some(run) && e.kind == "node.retrying")
+        .count();
+    assert_eq!(runs_of_a, 0, "not retried against the damaged data");
+}
