@@ -246,6 +246,50 @@ async fn wrong_type_checkpoint_is_ignored_without_degrading() {
     assert_eq!(corrupted, 1, "the bad key was counted once");
 }
 
+/// Proves: a failure counter of another type (escalation) is repaired, counting starts over,
+/// and the worker does not degrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_type_failure_counter_is_repaired() {
+    let ns = TestNs::new().await;
+    let mut conn = redis(secflow_common::config::DEFAULT_REDIS_URL).await;
+    let message = "upstream broke";
+    let counter = format!(
+        "sf:{{{}:fingerprint:{}}}",
+        ns.name,
+        secflow_worker::fingerprint::fingerprint("builtin.fail", "transient", message)
+    );
+    redis::cmd("LPUSH")
+        .arg(&counter)
+        .arg("not a count")
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap();
+    let worker = Worker::start(ns.worker_config());
+    let mut task = TaskEnvelope::new(
+        "builtin.fail",
+        json!({"class": "transient", "code": "broke", "message": message}),
+    );
+    task.retry = serde_json::from_value(
+        json!({"strategy": "fixed", "base_delay_ms": 50, "max_attempts": 3, "jitter": "none"}),
+    )
+    .unwrap();
+    publish(&ns, &[task]).await;
+    let dead = ns.take_dlq(1, Duration::from_secs(20)).await;
+    let corrupted = WorkerStats::get(&worker.stats.state_corrupted);
+    let degraded = worker.stop().await;
+
+    assert_eq!(header(&dead[0], headers::DEAD_LETTER_REASON), "exhausted");
+    assert!(!degraded, "a bad counter never degrades the worker");
+    assert_eq!(corrupted, 1, "counted once, then repaired");
+    let count: String = redis::cmd("GET")
+        .arg(&counter)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Two retries counted: the first bump found the list, repaired it and counted 1.
+    assert_eq!(count, "2", "counting started over and went on");
+}
+
 /// Proves: a `completing:` marker in no valid format is not taken for a completion, and a value
 /// in no known format without a TTL is not taken for a lease (deferring the task until
 /// `--max-defers`): both tasks are dead-lettered as `state_corrupted` at once, unrun.
