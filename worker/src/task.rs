@@ -169,7 +169,10 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
         // once), the store has said so.
         Err(_)
             if task.run_id.is_some()
-                || !(shared.limits.idempotent).is_idempotent(&task.node_type, &task.config) =>
+                || !shared
+                    .limits
+                    .idempotent
+                    .is_idempotent(&task.node_type, &task.config) =>
         {
             let why = if task.run_id.is_some() {
                 "Redis unreachable: the node's run cannot be recorded"
