@@ -14,6 +14,7 @@ pub mod nodes;
 pub mod rawamqp;
 pub mod recipe;
 pub mod redact;
+pub mod redis_fault;
 pub mod retry;
 pub mod runs;
 pub mod signing;

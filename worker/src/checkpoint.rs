@@ -7,6 +7,7 @@
 //! a crash restarts it from the last checkpoint that was saved.
 
 use crate::store::Store;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -35,7 +36,9 @@ impl Checkpoint {
         &self.version
     }
 
-    /// The progress last saved by this handler version, if any.
+    /// The progress last saved by this handler version, if any. A checkpoint in no format
+    /// this worker writes is corrupted state (logged, counted) and ignored: the task starts
+    /// from scratch, and its next save replaces it.
     pub async fn load(&self) -> Option<Value> {
         let raw = match self.store.checkpoint_get(&self.task_id).await {
             Ok(raw) => raw?,
@@ -44,24 +47,24 @@ impl Checkpoint {
                 return None;
             }
         };
-        let saved: Value = match serde_json::from_str(&raw) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(task_id = self.task_id, error = %e, "unreadable checkpoint ignored");
+        let saved = match parse_record(&raw) {
+            Ok(saved) => saved,
+            Err(detail) => {
+                let key = self.store.checkpoint_key(&self.task_id);
+                self.store.corrupted(&key, detail);
                 return None;
             }
         };
-        let version = saved["version"].as_str().unwrap_or_default();
-        if version != self.version {
+        if saved.version != self.version {
             tracing::info!(
                 task_id = self.task_id,
-                saved_version = version,
+                saved_version = saved.version,
                 handler_version = self.version,
                 "checkpoint from another handler version ignored: starting from scratch"
             );
             return None;
         }
-        Some(saved["progress"].clone())
+        Some(saved.progress)
     }
 
     /// Saves `progress`; `false` if it could not be saved (the task goes on regardless).
@@ -87,5 +90,55 @@ impl Checkpoint {
     /// Forgets the checkpoint once the task has completed.
     pub async fn clear(&self) {
         let _ = self.store.checkpoint_delete(&self.task_id).await;
+    }
+}
+
+/// A checkpoint as stored.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Saved {
+    /// Version of the handler that saved it.
+    pub version: String,
+    /// What the handler saved.
+    pub progress: Value,
+    /// When, ms since the epoch.
+    pub saved_at_ms: u64,
+}
+
+/// Parses a stored checkpoint strictly; the error says what is wrong with it.
+pub fn parse_record(raw: &str) -> Result<Saved, String> {
+    serde_json::from_str(raw).map_err(|e| format!("checkpoint is unreadable: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_save_writes_parses() {
+        let raw = json!({"version": "v1", "progress": {"done": 3}, "saved_at_ms": 7}).to_string();
+        assert_eq!(
+            parse_record(&raw),
+            Ok(Saved {
+                version: "v1".into(),
+                progress: json!({"done": 3}),
+                saved_at_ms: 7
+            })
+        );
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        for raw in [
+            "garbage",
+            "{}",
+            r#"{"version": 1, "progress": 3, "saved_at_ms": 7}"#,
+            r#"{"version": "v1", "saved_at_ms": 7}"#,
+            r#"{"version": "v1", "progress": 3, "saved_at_ms": -7}"#,
+            r#"{"version": "v1", "progress": 3, "saved_at_ms": 7, "extra": true}"#,
+        ] {
+            let err = parse_record(raw).unwrap_err();
+            assert!(err.contains("checkpoint is unreadable"), "{raw}: {err}");
+        }
     }
 }

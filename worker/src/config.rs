@@ -52,6 +52,17 @@ pub struct WorkerConfig {
     /// `http/transient={"max_attempts":8,"base_delay_ms":2000}`.
     #[arg(long = "retry-policy", value_parser = parse_scoped_policy)]
     pub retry_policies: Vec<(Scope, RetryPolicy)>,
+    /// Whether tasks of a type may run twice without harm, TYPE=true|false (repeatable or
+    /// comma-separated). While Redis is unreachable, only idempotent tasks run (at least once,
+    /// without a claim); the others are deferred until it answers. Default: built-ins and
+    /// `http` GET/HEAD are idempotent; `exec`, other `http` methods and other types are not.
+    #[arg(
+        long = "idempotent",
+        env = "SECFLOW_IDEMPOTENT",
+        value_delimiter = ',',
+        value_parser = crate::idempotency::parse_declaration
+    )]
+    pub idempotent: Vec<(String, bool)>,
     /// Circuit-breaker settings for every service, as JSON (failure_threshold, window_ms,
     /// open_ms, max_open_ms, half_open_probes, success_threshold).
     #[arg(long = "breaker-default", value_parser = parse_breaker, default_value = "{}")]
@@ -151,6 +162,7 @@ impl WorkerConfig {
             task_timeout_secs: 600,
             max_output_bytes: 1 << 20,
             retry_policies: Vec::new(),
+            idempotent: Vec::new(),
             breaker_default: BreakerConfig::default(),
             breakers: Vec::new(),
             metrics_addr: None,

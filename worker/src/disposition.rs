@@ -31,6 +31,9 @@ pub enum DeadReason {
     DeferredTooLong,
     /// The same failure keeps recurring across the fleet: retrying is burning attempts.
     Escalated,
+    /// Its bookkeeping in Redis is unusable (wrong type, unknown value): whether it ran is
+    /// unknown, so it is not run.
+    StateCorrupted,
 }
 
 impl DeadReason {
@@ -45,6 +48,7 @@ impl DeadReason {
             Self::DeliveryLimit => "delivery_limit",
             Self::DeferredTooLong => "deferred_too_long",
             Self::Escalated => "escalated",
+            Self::StateCorrupted => "state_corrupted",
         }
     }
 }
@@ -86,6 +90,19 @@ pub fn defer(defers: u64, cap: u64, delay: Duration, reason: &str) -> Dispositio
     Disposition::Defer {
         delay,
         reason: reason.to_string(),
+    }
+}
+
+/// Dead-letters a task whose Redis `key` holds unusable state (`detail`): `permanent` (a
+/// retry meets the same key), code `state_corrupted`, naming the key and what is wrong.
+pub fn state_corrupted(key: &str, detail: &str) -> Disposition {
+    let message = format!(
+        "its state in Redis key `{key}` is corrupted: {detail}; not run, since whether it already \
+         ran is unknown (inspect the key, delete it, then requeue the task)"
+    );
+    Disposition::DeadLetter {
+        reason: DeadReason::StateCorrupted,
+        error: TaskError::new(ErrorClass::Permanent, "state_corrupted", message),
     }
 }
 
@@ -186,6 +203,20 @@ mod tests {
         assert!(
             matches!(decide(slow, 0, &p, 0.5), Disposition::Retry { delay, .. } if delay == Duration::from_secs(2))
         );
+    }
+
+    #[test]
+    fn corrupted_state_is_dead_lettered_naming_the_key() {
+        let Disposition::DeadLetter { reason, error } = state_corrupted("sf:{n:task:1}", "bad")
+        else {
+            panic!("dead-lettered");
+        };
+        assert_eq!(reason, DeadReason::StateCorrupted);
+        assert_eq!(
+            (error.class, error.code.as_str()),
+            (ErrorClass::Permanent, "state_corrupted")
+        );
+        assert!(error.message.contains("sf:{n:task:1}") && error.message.contains("bad"));
     }
 
     #[test]

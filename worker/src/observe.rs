@@ -62,7 +62,7 @@ async fn ready(State(stats): State<Arc<WorkerStats>>) -> impl IntoResponse {
     let body = json!({
         "ready": consuming,
         "consuming": consuming,
-        "redis": if degraded { "unreachable: local circuit breakers, no idempotency checks" } else { "ok" },
+        "redis": if degraded { "unreachable: local circuit breakers; idempotent types run unclaimed, others are deferred" } else { "ok" },
     });
     let status = if consuming {
         StatusCode::OK

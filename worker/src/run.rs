@@ -281,6 +281,7 @@ async fn session(
             max_defers: cfg.max_defers,
             escalate_after: cfg.escalate_after,
             escalate_window_ms: cfg.escalate_window_secs.saturating_mul(1000),
+            idempotent: crate::idempotency::IdempotencyTable::new(&cfg.idempotent),
         },
         keyring: parts.keyring.clone(),
         max_message_bytes: cfg.broker.max_message_bytes,

@@ -21,6 +21,9 @@ pub struct WorkerStats {
     pub redis_degraded: AtomicBool,
     /// The worker is consuming its queue (readiness).
     pub consuming: AtomicBool,
+    /// Redis keys found holding unusable state (wrong type, unknown format): each affects
+    /// only its own task or service.
+    pub state_corrupted: AtomicU64,
     /// Settlements whose publish failed, so the delivery was nacked back to the broker.
     pub settle_failures: AtomicU64,
 }

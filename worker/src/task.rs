@@ -5,12 +5,12 @@
 use crate::{
     breaker::{Breakers, state::Verdict},
     chaos::Injection,
-    disposition::{DeadReason, Disposition, decide, defer},
+    disposition::{DeadReason, Disposition, decide, defer, state_corrupted},
     fingerprint::fingerprint,
     handlers::{Handlers, TaskContext},
     policies::PolicyTable,
     settle::{DeliveryMeta, Settler},
-    store::{Lease, Refused, Store},
+    store::{Lease, Refused, Store, StoreError},
     workflow::Prepared,
 };
 use lapin::message::Delivery;
@@ -53,6 +53,8 @@ pub(crate) struct Limits {
     pub max_defers: u64,
     pub escalate_after: u64,
     pub escalate_window_ms: u64,
+    /// Which tasks may run without a claim while Redis is unreachable.
+    pub idempotent: crate::idempotency::IdempotencyTable,
 }
 
 /// Decodes, runs and settles one delivery. Never panics on input. `exclusive` runs it with no
@@ -153,15 +155,35 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
                 .settle(&delivery, Some(&task), &meta, later, None)
                 .await;
         }
+        // Its key holds unusable state: whether it ran is unknown, so it does not run. Only
+        // this task is affected (the store has logged and counted it).
+        Err(StoreError::Corrupted(c)) => {
+            let dead = state_corrupted(&c.key, &c.detail);
+            return settler
+                .settle(&delivery, Some(&task), &meta, dead, None)
+                .await;
+        }
         // Redis unreachable: a workflow node waits (its end could not be recorded, so running
-        // it would only repeat its effects later); an ad-hoc task runs anyway (at least once),
-        // the store has said so.
-        Err(_) if task.run_id.is_some() => {
+        // it would only repeat its effects later), and so does a task not declared idempotent
+        // (`--idempotent`: it could run twice); an idempotent ad-hoc task runs anyway (at least
+        // once), the store has said so.
+        Err(_)
+            if task.run_id.is_some()
+                || !shared
+                    .limits
+                    .idempotent
+                    .is_idempotent(&task.node_type, &task.config) =>
+        {
+            let why = if task.run_id.is_some() {
+                "Redis unreachable: the node's run cannot be recorded"
+            } else {
+                "Redis unreachable: the task is not declared idempotent and cannot be claimed"
+            };
             let later = defer(
                 meta.defer_count,
                 shared.limits.max_defers,
                 jittered(1_000),
-                "Redis unreachable: the node's run cannot be recorded",
+                why,
             );
             return settler
                 .settle(&delivery, Some(&task), &meta, later, None)

@@ -5,7 +5,7 @@
 //! fixed task ids let the done markers absorb any duplicate.
 
 use crate::{
-    disposition::{DeadReason, Disposition},
+    disposition::{DeadReason, Disposition, state_corrupted},
     settle::Settler,
 };
 use futures_util::{StreamExt, TryStreamExt};
@@ -93,15 +93,53 @@ pub async fn finish_recorded(
             return Disposition::Complete(output.unwrap_or(serde_json::Value::Null));
         }
         (Err(e), _) => e,
-        (_, Err(e)) => e.to_string(),
+        (_, Err(e)) => e.into(),
     };
-    Disposition::Retry {
-        delay: std::time::Duration::from_secs(2),
-        error: TaskError::new(
-            ErrorClass::Transient,
-            "run_store_unavailable",
-            format!("run {run}: {failure}"),
-        ),
+    unrecorded(runs, run, failure)
+}
+
+/// Why a node's end could not be recorded and its run moved on.
+enum Unrecorded {
+    /// The run's stored data is damaged (a value of the wrong type or format): a retry would
+    /// meet the same data.
+    Corrupt(String),
+    /// Redis or the broker is unavailable: a retry may succeed.
+    Unavailable(String),
+}
+
+impl From<RunError> for Unrecorded {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Corrupt(detail) => Self::Corrupt(detail),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<String> for Unrecorded {
+    fn from(e: String) -> Self {
+        Self::Unavailable(e)
+    }
+}
+
+/// The node's disposition when its end could not be recorded: dead-lettered as corrupted state
+/// when its run's data is damaged, else retried shortly.
+fn unrecorded(runs: &RunStore, run: Uuid, failure: Unrecorded) -> Disposition {
+    match failure {
+        Unrecorded::Corrupt(detail) => {
+            let keys = runs.keys_pattern(&run.to_string());
+            tracing::warn!(%run, keys, detail, "corrupted run data in Redis: dead-lettering the node");
+            metrics::counter!("secflow_state_corrupted_total", "kind" => "run").increment(1);
+            state_corrupted(&keys, &detail)
+        }
+        Unrecorded::Unavailable(detail) => Disposition::Retry {
+            delay: std::time::Duration::from_secs(2),
+            error: TaskError::new(
+                ErrorClass::Transient,
+                "run_store_unavailable",
+                format!("run {run}: {detail}"),
+            ),
+        },
     }
 }
 
@@ -214,16 +252,10 @@ pub async fn advance(
         }
         Ok(_) => disposition,
         Err(e) => {
-            tracing::error!(task_id = %task.task_id, %run, error = %e, "cannot record the node's end in its run: retrying the node");
-            let error = TaskError::new(
-                ErrorClass::Transient,
-                "run_store_unavailable",
-                format!("run {run}: {e}"),
-            );
-            Disposition::Retry {
-                delay: std::time::Duration::from_secs(2),
-                error,
+            if let Unrecorded::Unavailable(detail) = &e {
+                tracing::error!(task_id = %task.task_id, %run, error = %detail, "cannot record the node's end in its run: retrying the node");
             }
+            unrecorded(runs, run, e)
         }
     }
 }
@@ -263,34 +295,28 @@ async fn continue_run(
     task: &TaskEnvelope,
     run: uuid::Uuid,
     output: Option<&serde_json::Value>,
-) -> Result<bool, String> {
+) -> Result<bool, Unrecorded> {
     let run_key = run.to_string();
     let node = runs
         .nodes(&run_key, std::slice::from_ref(&task.node_id))
-        .await
-        .map_err(|e| e.to_string())?;
-    let node = node.first().ok_or_else(|| {
-        RunError::Corrupt(format!("node `{}` not in its run", task.node_id)).to_string()
-    })?;
-    let (ready, status, already) = runs
-        .node_end(&run_key, node, output)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
+    let node = node
+        .first()
+        .ok_or_else(|| Unrecorded::Corrupt(format!("node `{}` not in its run", task.node_id)))?;
+    let (ready, status, already) = runs.node_end(&run_key, node, output).await?;
     // A fan-out can make thousands of nodes ready at once: publish them with confirms in flight
     // together, and fail (so the node is retried and they are re-published) if any one fails.
     futures_util::stream::iter(ready)
         .map(|next| async move {
-            let envelope = runs.envelope(run, &next).await.map_err(|e| e.to_string())?;
+            let envelope = runs.envelope(run, &next).await?;
             publish_task(&settler.publisher, &settler.topology, &envelope)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| Unrecorded::Unavailable(e.to_string()))
         })
         .buffer_unordered(PUBLISH_WINDOW)
         .try_collect::<Vec<()>>()
         .await?;
-    runs.published(&run_key, &task.node_id)
-        .await
-        .map_err(|e| e.to_string())?;
+    runs.published(&run_key, &task.node_id).await?;
     if !status.is_empty() && status != "running" {
         tracing::info!(%run, status, "workflow run ended");
         let event = TaskEvent {

@@ -74,6 +74,11 @@ impl RunStore {
         format!("sf:{{{}:run:{run}}}:{part}", self.ns)
     }
 
+    /// The pattern of `run`'s keys, for reports: `sf:{ns:run:ID}:*`.
+    pub fn keys_pattern(&self, run: &str) -> String {
+        self.key(run, "*")
+    }
+
     /// The keys the scripts take: links (what each node leads to, small), state, waiting,
     /// outputs, unpublished. The full node specs live under `nodes`.
     fn keys(&self, run: &str) -> [String; 6] {

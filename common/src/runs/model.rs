@@ -57,8 +57,15 @@ pub enum RunError {
 }
 
 impl From<deadpool_redis::redis::RedisError> for RunError {
+    /// A command Redis refused because of the value it found (wrong type, a script error on
+    /// it) is damaged run data, not an unavailable Redis.
     fn from(e: deadpool_redis::redis::RedisError) -> Self {
-        Self::Redis(e.to_string())
+        match crate::redis_fault::classify(&e) {
+            crate::redis_fault::Fault::BadValue => {
+                Self::Corrupt(format!("Redis refused a value: {e}"))
+            }
+            crate::redis_fault::Fault::Unreachable => Self::Redis(e.to_string()),
+        }
     }
 }
 

@@ -101,7 +101,17 @@ impl Breakers {
         let cfg = self.config(service);
         match self.apply_shared(service, input, now_ms, cfg).await {
             Ok(verdict) => verdict,
-            Err(_) => {
+            Err(e) => {
+                if let StoreError::Corrupted(c) = &e {
+                    // A key of another type: not even a compare-and-set can replace it. It is
+                    // only a breaker: drop it (the next call starts a fresh one), decide locally.
+                    if self.store.breaker_delete(service).await.is_ok() {
+                        tracing::warn!(
+                            key = c.key,
+                            "corrupted breaker state deleted: a fresh one starts with the next call"
+                        );
+                    }
+                }
                 let mut local = self
                     .local
                     .lock()
@@ -122,32 +132,44 @@ impl Breakers {
         now_ms: u64,
         cfg: &BreakerConfig,
     ) -> Result<Verdict, StoreError> {
-        let (mut version, mut json) = self.store.breaker_get(service).await?;
+        let mut stored = self.store.breaker_get(service).await?;
         let mut verdict = Verdict::Recorded;
         for _ in 0..CAS_ATTEMPTS {
-            // Unreadable stored state (another version wrote it) starts over as closed.
-            let current: BreakerState = json
-                .as_deref()
-                .and_then(|j| serde_json::from_str(j).ok())
-                .unwrap_or_default();
+            // A stored value in no format this worker writes is repaired: replaced by the state
+            // after this input from a fresh closed breaker (what a missing one would be).
+            let (version, current, repair) = match stored.as_deref().map(parse_record) {
+                None => (0, BreakerState::default(), false),
+                Some(Ok((version, state))) => (version, state, false),
+                Some(Err(detail)) => {
+                    let key = self.store.breaker_key(service);
+                    self.store.corrupted(&key, detail);
+                    (0, BreakerState::default(), true)
+                }
+            };
             let next;
             (next, verdict) = transition(&current, input, now_ms, cfg);
-            if next == current {
+            if next == current && !repair {
                 self.remember(service, next.mode, now_ms);
                 return Ok(verdict);
             }
-            let encoded = serde_json::to_string(&next).unwrap_or_default();
+            let record = encode_record(version + 1, &next);
             match self
                 .store
-                .breaker_cas(service, version, &encoded, STATE_TTL_MS)
+                .breaker_cas(service, stored.as_deref(), &record, STATE_TTL_MS)
                 .await?
             {
                 None => {
+                    if repair {
+                        tracing::warn!(
+                            service,
+                            "corrupted breaker state repaired: replaced by a fresh one"
+                        );
+                    }
                     log_change(service, current.mode, next.mode, "shared");
                     self.remember(service, next.mode, now_ms);
                     return Ok(verdict);
                 }
-                Some((v, j)) => (version, json) = (v, j),
+                Some(found) => stored = found,
             }
         }
         tracing::warn!(
@@ -156,6 +178,35 @@ impl Breakers {
         );
         Ok(verdict)
     }
+}
+
+/// Parses a stored breaker record, `<version>|<state JSON>`, strictly: the error says what is
+/// wrong with it.
+pub fn parse_record(raw: &str) -> Result<(u64, BreakerState), String> {
+    let (version, json) = raw
+        .split_once('|')
+        .ok_or("breaker record is not `<version>|<json>`")?;
+    if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "breaker record version `{}` is not a number",
+            version.escape_default()
+        ));
+    }
+    let version = version
+        .parse()
+        .map_err(|_| "breaker record version is out of range".to_string())?;
+    let state: BreakerState =
+        serde_json::from_str(json).map_err(|e| format!("breaker state is unreadable: {e}"))?;
+    Ok((version, state))
+}
+
+/// The stored form of `state` at `version`.
+pub fn encode_record(version: u64, state: &BreakerState) -> String {
+    // Serialising a plain struct of numbers cannot fail.
+    format!(
+        "{version}|{}",
+        serde_json::to_string(state).unwrap_or_default()
+    )
 }
 
 fn log_change(service: &str, from: Mode, to: Mode, scope: &str) {
@@ -183,6 +234,42 @@ fn log_change(service: &str, from: Mode, to: Mode, scope: &str) {
                 scope,
                 "circuit breaker closed: service healthy again"
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let state = BreakerState {
+            mode: Mode::Open,
+            opened_at_ms: 5,
+            open_ms: 10,
+            ..BreakerState::default()
+        };
+        assert_eq!(parse_record(&encode_record(7, &state)), Ok((7, state)));
+        assert_eq!(
+            parse_record(r#"1|{"mode":"closed"}"#),
+            Ok((1, BreakerState::default()))
+        );
+    }
+
+    #[test]
+    fn garbage_records_are_refused_with_what_is_wrong() {
+        for (raw, expected) in [
+            ("garbage", "not `<version>|<json>`"),
+            ("|{}", "not a number"),
+            ("-1|{}", "not a number"),
+            ("99999999999999999999999|{}", "out of range"),
+            ("3|{not json", "unreadable"),
+            (r#"3|{"mode":"ajar"}"#, "unreadable"),
+            (r#"3|{"mode":"open","probes":-1}"#, "unreadable"),
+        ] {
+            let err = parse_record(raw).unwrap_err();
+            assert!(err.contains(expected), "{raw}: {err}");
         }
     }
 }

@@ -42,13 +42,7 @@ impl Lease {
             }),
             Claim::Done => Err(Refused::Done),
             Claim::Leased(ms) => Err(Refused::Leased(ms)),
-            Claim::Completing(marker) => {
-                let (since, owner) = marker.split_once(':').unwrap_or(("0", marker.as_str()));
-                Err(Refused::Completing {
-                    since_ms: since.parse().unwrap_or(0),
-                    owner: owner.to_string(),
-                })
-            }
+            Claim::Completing { since_ms, owner } => Err(Refused::Completing { since_ms, owner }),
         })
     }
 

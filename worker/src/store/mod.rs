@@ -1,13 +1,20 @@
 //! The worker's Redis: breaker state, idempotency markers and leases, failure fingerprints.
 //!
-//! Every change is one atomic Lua script. Keys carry a hash tag (`sf:{ns:...}`) so each script
-//! touches one slot and also runs on Redis Cluster. When Redis fails, the store says so once,
-//! reports itself degraded (callers fall back to local state and keep working) and probes
-//! Redis in the background until it answers again.
+//! Every change is one atomic Lua script or one plain command. Keys carry a hash tag
+//! (`sf:{ns:...}`) so each script touches one slot and also runs on Redis Cluster. When Redis
+//! is unreachable, the store says so once, reports itself degraded (callers fall back to local
+//! state and keep working) and probes Redis in the background until it answers again. A key
+//! holding a value of the wrong type or format is corrupted state: reported (log, metric) and
+//! returned as [`StateCorrupted`] for that key's caller alone, never a reason to degrade.
 
+mod fault;
 mod lease;
+mod records;
+mod values;
 
+pub use fault::{Fault, StateCorrupted, StoreError, classify};
 pub use lease::{Lease, Refused};
+pub use values::{MAX_CLOCK_SKEW_MS, TaskValue, parse_task_value};
 
 use crate::stats::WorkerStats;
 use deadpool_redis::{
@@ -24,17 +31,6 @@ const OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often a degraded store checks whether Redis is back.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// Why a store call did not happen.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Redis is known to be unreachable; the call was not attempted.
-    #[error("Redis is unreachable (working on local state)")]
-    Degraded,
-    /// The call failed.
-    #[error("Redis call failed: {0}")]
-    Failed(String),
-}
-
 /// Outcome of claiming a task before running it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
@@ -42,9 +38,8 @@ pub enum Claim {
     Done,
     /// Another attempt holds the lease for this long, ms: do not run it concurrently.
     Leased(u64),
-    /// An attempt completed the task and is reporting it, or stopped while doing so:
-    /// `"{since_ms}:{owner}"`.
-    Completing(String),
+    /// An attempt completed the task and is reporting it, or stopped while doing so.
+    Completing { since_ms: u64, owner: String },
     /// This attempt holds the lease.
     Claimed,
 }
@@ -133,7 +128,7 @@ impl Store {
         metrics::gauge!("secflow_redis_degraded").set(1.0);
         tracing::warn!(
             error = why,
-            "Redis unreachable: using local circuit breakers, running tasks without idempotency checks"
+            "Redis unreachable: using local circuit breakers; tasks of idempotent types run without idempotency checks, the others are deferred"
         );
         let store = Arc::clone(self);
         tokio::spawn(async move {
@@ -151,7 +146,7 @@ impl Store {
         });
     }
 
-    /// Runs a script, degrading the store on failure.
+    /// Runs a script on `keys` (the first names the state for reports).
     async fn run<T: deadpool_redis::redis::FromRedisValue>(
         self: &Arc<Self>,
         script: &Script,
@@ -165,22 +160,29 @@ impl Store {
         for a in args {
             invocation.arg(*a);
         }
-        self.guarded(|mut conn| async move { invocation.invoke_async::<T>(&mut conn).await })
-            .await
+        let key = keys.first().copied().unwrap_or_default();
+        self.guarded(key, |mut conn| async move {
+            invocation.invoke_async::<T>(&mut conn).await
+        })
+        .await
     }
 
-    /// Runs one plain command, degrading the store on failure.
+    /// Runs one plain command on `key`.
     async fn command<T: deadpool_redis::redis::FromRedisValue>(
         self: &Arc<Self>,
+        key: &str,
         cmd: deadpool_redis::redis::Cmd,
     ) -> Result<T, StoreError> {
-        self.guarded(|mut conn| async move { cmd.query_async::<T>(&mut conn).await })
-            .await
+        self.guarded(key, |mut conn| async move {
+            cmd.query_async::<T>(&mut conn).await
+        })
+        .await
     }
 
-    /// Runs `call` on the shared connection under the store's timeout; a failure or timeout
-    /// degrades the store. Refused at once while Redis is known to be unreachable.
-    async fn guarded<T, F, Fut>(self: &Arc<Self>, call: F) -> Result<T, StoreError>
+    /// Runs `call` on the shared connection under the store's timeout. Refused at once while
+    /// Redis is known to be unreachable. A connection failure or timeout degrades the store;
+    /// an answer refusing `key`'s value (wrong type, script error on it) is corrupted state.
+    async fn guarded<T, F, Fut>(self: &Arc<Self>, key: &str, call: F) -> Result<T, StoreError>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = deadpool_redis::redis::RedisResult<T>>,
@@ -189,17 +191,43 @@ impl Store {
             return Err(StoreError::Degraded);
         }
         let attempt = async {
-            let conn = self.connection().await?;
-            call(conn).await.map_err(|e| e.to_string())
+            let conn = self.connection().await.map_err(Err)?;
+            call(conn).await.map_err(Ok)
         };
-        let result = match tokio::time::timeout(OP_TIMEOUT, attempt).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {} ms", OP_TIMEOUT.as_millis())),
+        let failure = match tokio::time::timeout(OP_TIMEOUT, attempt).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(Ok(e))) if classify(&e) == Fault::BadValue => {
+                return Err(self.corrupted(key, format!("Redis refused it: {e}")).into());
+            }
+            Ok(Err(Ok(e))) => e.to_string(),
+            Ok(Err(Err(pool))) => pool,
+            Err(_) => format!("no answer within {} ms", OP_TIMEOUT.as_millis()),
         };
-        result.map_err(|e| {
-            self.degrade(&e);
-            StoreError::Failed(e)
-        })
+        self.degrade(&failure);
+        Err(StoreError::Unreachable(failure))
+    }
+
+    /// Reports that `key` holds unusable state (`detail`): logged with the key and counted in
+    /// `secflow_state_corrupted_total{kind}`. Only its caller's task or service is affected.
+    pub fn corrupted(&self, key: &str, detail: String) -> StateCorrupted {
+        // Keys are `sf:{ns:KIND:ID}...`: the kind labels the metric.
+        let kind = key
+            .strip_prefix(&format!("sf:{{{}:", self.ns))
+            .and_then(|rest| rest.split(':').next())
+            .unwrap_or("other")
+            .to_string();
+        metrics::counter!("secflow_state_corrupted_total", "kind" => kind.clone()).increment(1);
+        WorkerStats::bump(&self.stats.state_corrupted);
+        tracing::warn!(
+            key,
+            kind,
+            detail,
+            "corrupted state in Redis: only this key's task or service is affected"
+        );
+        StateCorrupted {
+            key: key.to_string(),
+            detail,
+        }
     }
 
     /// The shared connection, taken from the pool when there is none yet.
@@ -221,49 +249,18 @@ impl Store {
         ttl_ms: u64,
     ) -> Result<(), StoreError> {
         let mut set = deadpool_redis::redis::cmd("SET");
-        set.arg(key).arg(value).arg("PX").arg(ttl_ms);
-        self.command::<()>(set).await
+        set.arg(&key).arg(value).arg("PX").arg(ttl_ms);
+        self.command::<()>(&key, set).await
     }
 
     fn key(&self, kind: &str, id: &str, suffix: &str) -> String {
         format!("sf:{{{}:{kind}:{id}}}{suffix}", self.ns)
     }
 
-    /// A breaker's stored state: its version and JSON (version 0 and `None` when absent).
-    pub async fn breaker_get(
-        self: &Arc<Self>,
-        service: &str,
-    ) -> Result<(u64, Option<String>), StoreError> {
-        let key = self.key("breaker", service, "");
-        // An empty expected version never matches, so this only reads.
-        let (_, version, json): (i64, u64, String) = self
-            .run(&self.scripts.cas, &[&key], &["-1", "", "0"])
-            .await?;
-        Ok((version, (!json.is_empty()).then_some(json)))
-    }
-
-    /// Swaps a breaker's state if it is still at `version`. `Ok(None)` when swapped, else the
-    /// current version and state to retry from.
-    pub async fn breaker_cas(
-        self: &Arc<Self>,
-        service: &str,
-        version: u64,
-        json: &str,
-        ttl_ms: u64,
-    ) -> Result<Option<(u64, Option<String>)>, StoreError> {
-        let key = self.key("breaker", service, "");
-        let (swapped, current, current_json): (i64, u64, String) = self
-            .run(
-                &self.scripts.cas,
-                &[&key],
-                &[&version.to_string(), json, &ttl_ms.to_string()],
-            )
-            .await?;
-        Ok((swapped != 1).then(|| (current, (!current_json.is_empty()).then_some(current_json))))
-    }
-
     /// Claims a task for this attempt (`owner`) for `lease_ms`. The common case (nobody holds
-    /// it, it never completed) is one plain `SET NX`; only a conflict runs a script.
+    /// it, it never completed) is one plain `SET NX`; only a conflict runs a script, whose
+    /// answer (the key's value) is parsed strictly: a value in no known format is corrupted
+    /// state, not a lease.
     pub async fn claim(
         self: &Arc<Self>,
         task_id: &str,
@@ -277,23 +274,28 @@ impl Store {
             .arg("NX")
             .arg("PX")
             .arg(lease_ms);
-        let claimed: Option<String> = self.command(set).await?;
+        let claimed: Option<String> = self.command(&key, set).await?;
         if claimed.is_some() {
             return Ok(Claim::Claimed);
         }
-        let (status, ttl, completing): (String, i64, String) = self
+        let (status, pttl, value): (String, i64, String) = self
             .run(
                 &self.scripts.claim,
                 &[&key],
                 &[&format!("lease:{owner}"), &lease_ms.to_string()],
             )
             .await?;
-        Ok(match status.as_str() {
-            "done" => Claim::Done,
-            "completing" => Claim::Completing(completing),
-            "leased" => Claim::Leased(u64::try_from(ttl).unwrap_or(lease_ms)),
-            _ => Claim::Claimed,
-        })
+        if status == "claimed" {
+            return Ok(Claim::Claimed);
+        }
+        match parse_task_value(&value, pttl, secflow_common::now_ms()) {
+            Ok(TaskValue::Done { .. }) => Ok(Claim::Done),
+            Ok(TaskValue::Completing { since_ms, owner }) => {
+                Ok(Claim::Completing { since_ms, owner })
+            }
+            Ok(TaskValue::Lease { ttl_ms, .. }) => Ok(Claim::Leased(ttl_ms)),
+            Err(detail) => Err(self.corrupted(&key, detail).into()),
+        }
     }
 
     /// Extends this attempt's lease; false if it was lost.
@@ -349,44 +351,5 @@ impl Store {
             .run(&self.scripts.release, &[&key], &[&format!("lease:{owner}")])
             .await?;
         Ok(())
-    }
-
-    /// A task's saved checkpoint (JSON), if any.
-    pub async fn checkpoint_get(
-        self: &Arc<Self>,
-        task_id: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let mut get = deadpool_redis::redis::cmd("GET");
-        get.arg(self.key("checkpoint", task_id, ""));
-        self.command(get).await
-    }
-
-    /// Saves a task's checkpoint for `ttl_ms`.
-    pub async fn checkpoint_set(
-        self: &Arc<Self>,
-        task_id: &str,
-        json: &str,
-        ttl_ms: u64,
-    ) -> Result<(), StoreError> {
-        self.set_px(self.key("checkpoint", task_id, ""), json, ttl_ms)
-            .await
-    }
-
-    /// Drops a task's checkpoint (it completed).
-    pub async fn checkpoint_delete(self: &Arc<Self>, task_id: &str) -> Result<(), StoreError> {
-        let mut del = deadpool_redis::redis::cmd("DEL");
-        del.arg(self.key("checkpoint", task_id, ""));
-        self.command::<i64>(del).await.map(drop)
-    }
-
-    /// Counts one more failure with `fingerprint` in a window of `window_ms`; returns the count.
-    pub async fn bump_fingerprint(
-        self: &Arc<Self>,
-        fingerprint: &str,
-        window_ms: u64,
-    ) -> Result<u64, StoreError> {
-        let key = self.key("fingerprint", fingerprint, "");
-        self.run(&self.scripts.bump, &[&key], &[&window_ms.to_string()])
-            .await
     }
 }
