@@ -16,7 +16,15 @@ use std::time::{Duration, Instant};
 const CONNECT_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Connects to `url`, retrying with backoff until `timeout` has passed.
+///
+/// A URL that does not parse and a refused login are configuration errors: they fail at once.
 pub async fn connect(url: &str, client_name: &str, timeout: Duration) -> Result<Connection> {
+    if let Err(e) = url.parse::<lapin::uri::AMQPUri>() {
+        return Err(Error::Config(format!(
+            "AMQP_URL `{}` is not an AMQP URL: {e} (expected amqp://USER:PASSWORD@HOST:PORT/VHOST or amqps://…)",
+            redact_url(url)
+        )));
+    }
     let deadline = Instant::now() + timeout;
     let mut wait = Duration::from_millis(100);
     loop {
@@ -24,6 +32,12 @@ pub async fn connect(url: &str, client_name: &str, timeout: Duration) -> Result<
             ConnectionProperties::default().with_connection_name(LongString::from(client_name));
         match Connection::connect(url, options).await {
             Ok(conn) => return Ok(conn),
+            Err(source) if crate::error::refused_for_good(&source) => {
+                return Err(Error::Login {
+                    url: redact_url(url),
+                    reason: source.to_string(),
+                });
+            }
             Err(source) if Instant::now() + wait >= deadline => {
                 return Err(Error::Connect {
                     url: redact_url(url),

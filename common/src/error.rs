@@ -74,9 +74,40 @@ pub enum Error {
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The broker refused the login: the credentials or the vhost are wrong.
+    #[error(
+        "RabbitMQ at {url} refused the login: {reason} (check the user, password and vhost in AMQP_URL)"
+    )]
+    Login {
+        /// The broker URL with the password redacted.
+        url: String,
+        /// The broker's reply.
+        reason: String,
+    },
+    /// The connection went away (broker restart, network, closed by the broker): reconnecting
+    /// may succeed.
+    #[error("lost the RabbitMQ connection: {0}")]
+    ConnectionLost(String),
     /// Any other broker error.
     #[error("RabbitMQ error: {0}")]
     Amqp(#[from] lapin::Error),
+}
+
+/// Whether the broker refused an operation for a reason that another try cannot change: a
+/// login or permission refusal, an argument that conflicts with what exists.
+pub fn refused_for_good(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => matches!(
+            amqp.kind(),
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED | AMQPSoftError::PRECONDITIONFAILED)
+                | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
+        ),
+        lapin::ErrorKind::InvalidProtocolVersion(_) | lapin::ErrorKind::AuthProviderError(_) => {
+            true
+        }
+        _ => false,
+    }
 }
 
 impl Error {
@@ -93,9 +124,9 @@ impl Error {
             self,
             Self::Connect { .. }
                 | Self::Nacked { .. }
-                | Self::Amqp(_)
                 | Self::Timeout { .. }
                 | Self::Events(_)
-        )
+                | Self::ConnectionLost(_)
+        ) || matches!(self, Self::Amqp(e) if !refused_for_good(e))
     }
 }

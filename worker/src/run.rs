@@ -197,6 +197,11 @@ pub async fn run_with_stats(
                     }
                 }
             }
+            Err(WorkerError::Broker(e)) if !e.is_transient() => {
+                // A topology conflict, a refused login or permission: retrying cannot fix it.
+                // Stop with the reason (a supervisor shows a crash loop saying why).
+                break Err(WorkerError::Broker(e));
+            }
             Err(WorkerError::Broker(e)) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "lost the RabbitMQ connection: in-flight deliveries go back to the queue; reconnecting");
                 let wait =
@@ -216,6 +221,20 @@ pub async fn run_with_stats(
 
 /// Messages past the prefetch that a sweep also takes (the poison may sit just behind them).
 const SWEEP_EXTRA: usize = 16;
+
+/// Longest wait for one setup step on a new connection (declare, open channels, subscribe).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `fut` with the setup deadline; a broker that does not answer is treated like a lost
+/// connection (the worker reconnects).
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> Result<T, WorkerError> {
+    tokio::time::timeout(SETUP_TIMEOUT, fut).await.map_err(|_| {
+        WorkerError::Broker(secflow_common::Error::Timeout {
+            what: what.to_string(),
+            after: SETUP_TIMEOUT,
+        })
+    })
+}
 
 /// How long tasks of a lost connection get to notice before the worker reconnects without them.
 const LOST_TASKS_WAIT: Duration = Duration::from_secs(1);
@@ -237,30 +256,34 @@ async fn session(
     parts: &Parts,
     stats: &Arc<WorkerStats>,
     worker_id: &str,
-    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<(), WorkerError> {
-    let declare = conn
-        .create_channel()
-        .await
-        .map_err(secflow_common::Error::from)?;
-    topology
-        .declare_pool(&declare, &cfg.pool, &cfg.bind)
-        .await?;
-    let _ = declare.close(200, "declared".into()).await;
     let queue = topology.work_queue(&cfg.pool);
+    let setup = within("declaring the topology and opening channels", async {
+        let declare = conn
+            .create_channel()
+            .await
+            .map_err(secflow_common::Error::from)?;
+        topology
+            .declare_pool(&declare, &cfg.pool, &cfg.bind)
+            .await?;
+        let _ = declare.close(200, "declared".into()).await;
+        let events = amqp::Publisher::new(conn).await?;
+        let publisher =
+            amqp::Publisher::for_tasks(conn, parts.keyring.clone(), cfg.broker.max_message_bytes)
+                .await?;
+        crate::workflow::listen_for_cancels(conn, topology, Arc::clone(&parts.cancels)).await?;
+        Ok::<_, WorkerError>((events, publisher))
+    });
+    let (events, publisher) = tokio::select! {
+        r = setup => r??,
+        () = shutdown.as_mut() => return Ok(()),
+    };
     let shared = Arc::new(Shared {
         handlers: Arc::clone(&parts.handlers),
         settler: Settler {
-            events: EventBatcher::start(
-                amqp::Publisher::new(conn).await?,
-                topology.events_exchange(),
-            ),
-            publisher: amqp::Publisher::for_tasks(
-                conn,
-                parts.keyring.clone(),
-                cfg.broker.max_message_bytes,
-            )
-            .await?,
+            events: EventBatcher::start(events, topology.events_exchange()),
+            publisher,
             topology: Arc::clone(topology),
             worker_id: worker_id.to_string(),
             queue: queue.clone(),
@@ -287,7 +310,6 @@ async fn session(
         max_message_bytes: cfg.broker.max_message_bytes,
         chaos: cfg.chaos.clone().filter(crate::chaos::ChaosConfig::enabled),
     });
-    crate::workflow::listen_for_cancels(conn, topology, Arc::clone(&shared.cancels)).await?;
     consume(conn, cfg, &queue, &shared, shutdown).await
 }
 
@@ -298,20 +320,27 @@ async fn consume(
     shared: &Arc<Shared>,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<(), WorkerError> {
-    let channel = conn
-        .create_channel()
-        .await
-        .map_err(secflow_common::Error::from)?;
-    channel
-        .basic_qos(cfg.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(secflow_common::Error::from)?;
     let tag = format!(
         "{}-{}",
         shared.settler.worker_id,
         uuid::Uuid::new_v4().simple()
     );
-    let mut consumer = subscribe(&channel, queue, &tag).await?;
+    let setup = within("opening the consumer", async {
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(secflow_common::Error::from)?;
+        channel
+            .basic_qos(cfg.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(secflow_common::Error::from)?;
+        let consumer = subscribe(&channel, queue, &tag).await?;
+        Ok::<_, WorkerError>((channel, consumer))
+    });
+    let (channel, mut consumer) = tokio::select! {
+        r = setup => r??,
+        () = shutdown.as_mut() => return Ok(()),
+    };
     let stats = &shared.settler.stats;
     stats.consuming.store(true, Ordering::SeqCst);
     tracing::info!(worker = %shared.settler.worker_id, queue, prefetch = cfg.prefetch, "worker consuming");
@@ -325,12 +354,12 @@ async fn consume(
             event = connection_events.next() => match event {
                 Some(lapin::Event::Error(e)) => break Err(WorkerError::Broker(e.into())),
                 Some(_) => {}
-                None => break Err(WorkerError::Broker(secflow_common::Error::Config("the connection's event stream ended".into()))),
+                None => break Err(WorkerError::Broker(secflow_common::Error::ConnectionLost("the connection's event stream ended".into()))),
             },
             next = consumer.next() => match next {
                 Some(Ok(delivery)) if DeliveryMeta::read(&delivery).is_suspect() => {
                     match isolate(&channel, &tag, &mut consumer, delivery, shared, &tracker, shutdown.as_mut(), &mut connection_events).await {
-                        Isolation::Done => consumer = subscribe(&channel, queue, &tag).await?,
+                        Isolation::Done => consumer = within("subscribing again", subscribe(&channel, queue, &tag)).await??,
                         Isolation::Shutdown => break Ok(()),
                         Isolation::Lost(e) => break Err(e),
                     }
@@ -341,7 +370,7 @@ async fn consume(
                 }
                 Some(Err(e)) => break Err(WorkerError::Broker(e.into())),
                 // The broker cancelled the consumer (queue deleted, node restarted): start over.
-                None => break Err(WorkerError::Broker(secflow_common::Error::Config("the broker cancelled the consumer".into()))),
+                None => break Err(WorkerError::Broker(secflow_common::Error::ConnectionLost("the broker cancelled the consumer".into()))),
             },
         }
     };
@@ -467,7 +496,7 @@ async fn isolate(
             event = connection_events.next() => match event {
                 Some(lapin::Event::Error(e)) => return Isolation::Lost(WorkerError::Broker(e.into())),
                 Some(_) => {}
-                None => return Isolation::Lost(WorkerError::Broker(secflow_common::Error::Config("the connection's event stream ended".into()))),
+                None => return Isolation::Lost(WorkerError::Broker(secflow_common::Error::ConnectionLost("the connection's event stream ended".into()))),
             },
         }
     }
