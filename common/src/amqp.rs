@@ -131,6 +131,11 @@ impl Publisher {
         }
     }
 
+    /// The keys tasks and bookkeeping headers are signed with (`None`: signing disabled).
+    pub fn signer(&self) -> Option<&Keyring> {
+        self.signer.as_ref()
+    }
+
     /// The underlying channel.
     pub fn channel(&self) -> &Channel {
         &self.channel
