@@ -299,7 +299,7 @@ async fn consume(
                 None => break Err(WorkerError::Broker(secflow_common::Error::Config("the connection's event stream ended".into()))),
             },
             next = consumer.next() => match next {
-                Some(Ok(delivery)) if DeliveryMeta::read(&delivery).is_suspect() => {
+                Some(Ok(delivery)) if DeliveryMeta::read(&delivery, shared.keyring.as_ref()).is_suspect() => {
                     match isolate(&channel, &tag, &mut consumer, delivery, shared, &tracker, shutdown.as_mut(), &mut connection_events).await {
                         Isolation::Done => consumer = subscribe(&channel, queue, &tag).await?,
                         Isolation::Shutdown => break Ok(()),
@@ -338,7 +338,7 @@ async fn consume(
     while outcome.is_ok()
         && let Some(delivery) = next_buffered(&mut consumer).await
     {
-        let meta = DeliveryMeta::read(&delivery);
+        let meta = DeliveryMeta::read(&delivery, shared.keyring.as_ref());
         shared
             .settler
             .settle(&delivery, None, &meta, Disposition::HandBack, None)
@@ -410,7 +410,7 @@ async fn isolate(
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
     connection_events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin),
 ) -> Isolation {
-    let meta = DeliveryMeta::read(&suspect);
+    let meta = DeliveryMeta::read(&suspect, shared.keyring.as_ref());
     tracing::warn!(
         deliveries = meta.unsettled_total(),
         "redelivered after an unsettled attempt: running it in isolation"
@@ -421,7 +421,7 @@ async fn isolate(
     )
     .await;
     while let Some(delivery) = next_buffered(consumer).await {
-        let meta = DeliveryMeta::read(&delivery);
+        let meta = DeliveryMeta::read(&delivery, shared.keyring.as_ref());
         shared
             .settler
             .settle(&delivery, None, &meta, Disposition::HandBack, None)
