@@ -74,16 +74,11 @@ impl Settler {
                 if let Some(lease) = lease {
                     lease.completing(self.done_ttl_ms).await;
                 }
-                let event_id = match (lease, task) {
-                    (Some(lease), Some(t)) => {
-                        Some(format!("{}:node.completed:{}", t.task_id, lease.owner()))
-                    }
-                    _ => None,
-                };
+                // The event id stays `TASK:node.completed` (set by `emit`) however often the
+                // completion is reported; `attempt` names the attempt that completed it.
+                let attempt = lease.map(|l| l.owner().to_string());
                 self.emit("node.completed", task, meta, |e| {
-                    if event_id.is_some() {
-                        e.event_id = event_id;
-                    }
+                    e.attempt = attempt;
                     // Events are for watching, not for data: secrets in outputs are masked.
                     let mut output = output.clone();
                     secflow_common::redact::global().redact_json(&mut output);
@@ -356,6 +351,7 @@ impl Settler {
             worker: self.worker_id.clone(),
             retry_count: meta.retry_count,
             at_ms: now_ms(),
+            attempt: None,
             output: None,
             error: None,
             next_delay_ms: None,

@@ -248,9 +248,10 @@ async fn tap(url: String, topology: Arc<Topology>, seen: Seen) {
                             e.retry_count
                         );
                         // Events are delivered at least once, and a completion whose worker died
-                        // while reporting it is reported again: both keep the event id, so a
-                        // completion counts once per event id; a repeat is counted apart.
-                        let id = e.event_id.clone().unwrap_or_else(|| what.clone());
+                        // while reporting it is reported again: both keep the event id and name
+                        // the same attempt, so a completion counts once per attempt; a repeat
+                        // is counted apart. Two attempts completing one node is a duplicate.
+                        let id = e.attempt.clone().unwrap_or_else(|| what.clone());
                         let mut seen = seen.lock().unwrap();
                         let list = seen.entry(node).or_default();
                         match list.iter_mut().find(|(known, _)| *known == id) {
@@ -733,11 +734,11 @@ async fn main() -> Result<()> {
     }
     println!("  lost:                   {lost}");
     println!(
-        "  duplicate completions:  {} (completions with different attempts' event ids)",
+        "  duplicate completions:  {} (completions by different attempts)",
         duplicates.len()
     );
     println!(
-        "  completions reported again under their own event id (a worker died while reporting): {repeated}"
+        "  completions reported again by the same attempt (a worker died while reporting): {repeated}"
     );
     if let Some((first, all)) = recovery {
         println!(
