@@ -330,7 +330,10 @@ mod tests {
         );
         assert_eq!(verify(None, Some(&forged), "id"), Ok(Trust::Unchecked));
         let kept = for_copy(Some(&forged), Some(Trust::Unchecked));
-        assert_eq!(h::get_str(Some(&kept), h::ORIGIN_EXCHANGE), Some("amq.direct"));
+        assert_eq!(
+            h::get_str(Some(&kept), h::ORIGIN_EXCHANGE),
+            Some("amq.direct")
+        );
     }
 
     #[test]
