@@ -224,7 +224,9 @@ async fn session(
         handlers: Arc::clone(&parts.handlers),
         settler: Settler {
             events: EventBatcher::start(
-                amqp::Publisher::new(conn).await?,
+                amqp::Publisher::new(conn)
+                    .await?
+                    .limited(cfg.broker.max_message_bytes),
                 topology.events_exchange(),
             ),
             publisher: amqp::Publisher::for_tasks(

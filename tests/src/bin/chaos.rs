@@ -273,6 +273,10 @@ async fn tap(url: String, topology: Arc<Topology>, seen: Seen) {
     }
 }
 
+/// The "reason" of a poison message the broker must refuse at publish (over its
+/// `max_message_size`): it never reaches a worker or the DLQ.
+const REFUSED: &str = "refused_by_broker";
+
 /// A poison message and the dead-letter reason and code it must end with.
 struct Poison {
     id: String,
@@ -332,8 +336,8 @@ fn poison() -> Vec<Poison> {
             vec![b'x'; 10 << 20],
             "builtin.echo",
             true,
-            "malformed",
-            "too_large",
+            REFUSED,
+            "max_message_size",
         ),
         p(
             kind("invalid-utf8"),
@@ -391,6 +395,25 @@ async fn publish_poison(
             .with_message_id(m.id.as_str().into())
             .with_delivery_mode(2)
             .with_headers(headers);
+        if m.reason == REFUSED {
+            // The refusal closes the channel: publish it on one of its own.
+            let own = amqp::Publisher::new(&conn).await?;
+            let sent = own
+                .publish(
+                    &topology.tasks_exchange(),
+                    m.routing_key,
+                    &m.body,
+                    props,
+                    true,
+                )
+                .await;
+            anyhow::ensure!(
+                sent.is_err(),
+                "the broker accepted the {} KiB poison message: is max_message_size set?",
+                m.body.len() / 1024
+            );
+            continue;
+        }
         publisher
             .publish(
                 &topology.tasks_exchange(),
