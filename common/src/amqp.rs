@@ -145,6 +145,23 @@ impl Publisher {
         }
     }
 
+    /// The same publisher refusing (or, for events, splitting) bodies over `max_message_bytes`:
+    /// the broker's `max_message_size` closes the channel of a larger publish.
+    pub fn limited(mut self, max_message_bytes: usize) -> Self {
+        self.max_message_bytes = max_message_bytes;
+        self
+    }
+
+    /// Largest body this publisher sends.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// The keys tasks and bookkeeping headers are signed with (`None`: signing disabled).
+    pub fn signer(&self) -> Option<&Keyring> {
+        self.signer.as_ref()
+    }
+
     /// The underlying channel.
     pub fn channel(&self) -> &Channel {
         &self.channel

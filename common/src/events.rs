@@ -17,8 +17,8 @@ pub struct TaskEvent {
     pub kind: String,
     /// Identity of the event for consumers that deduplicate: events are delivered at least
     /// once, and a completion reported again (its worker died or lost its connection while
-    /// reporting it) keeps its id: `TASK:node.completed:ATTEMPT`, `RUN:workflow.completed`.
-    /// Other kinds get a fresh id.
+    /// reporting it) keeps its id: `TASK:node.completed`, `RUN:workflow.completed`. Other
+    /// kinds get a fresh id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
     /// Task id (absent for messages too malformed to have one).
@@ -35,6 +35,10 @@ pub struct TaskEvent {
     pub retry_count: u64,
     /// Event time, ms since the epoch.
     pub at_ms: u64,
+    /// The attempt that completed the task (`node.completed`: worker id and a random
+    /// suffix): the same in a repeated report, different if two attempts ever completed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<String>,
     /// Handler output (`node.completed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,

@@ -81,6 +81,17 @@ pub fn set_str(headers: &mut FieldTable, name: &str, value: &str) {
     );
 }
 
+/// Removes the headers named `names` (the field table has no remove of its own).
+pub fn remove(headers: &mut FieldTable, names: &[&str]) {
+    let mut kept = FieldTable::default();
+    for (k, v) in headers.inner() {
+        if !names.contains(&k.as_str()) {
+            kept.insert(k.clone(), v.clone());
+        }
+    }
+    *headers = kept;
+}
+
 /// Times the task was deferred (open breaker, busy lease): not retries, capped separately.
 pub const DEFER_COUNT: &str = "x-defer-count";
 /// Times the inspector has requeued the task.

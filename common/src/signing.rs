@@ -1,11 +1,11 @@
 //! Message authenticity: HMAC-SHA256 over what decides what a task does.
 //!
 //! A task is signed over its message id (the task id, also the idempotency key), the key id and
-//! its body (type, config, inputs, retry policy, timeout). Headers that only count attempts
-//! (`x-retry-count`, deferrals, requeues) are bookkeeping the fleet rewrites on every retry; they
-//! are not signed, and forging them can only shorten a task's retries, never change what runs.
-//! Copies made for retries, deferrals and the DLQ keep body, message id and signature, so a
-//! requeued task still verifies.
+//! its body (type, config, inputs, retry policy, timeout). Headers that count attempts and
+//! record history (`x-retry-count`, deferrals, requeues, origin) are rewritten by the fleet on
+//! every retry; they carry a signature of their own (`crate::bookkeeping`). Copies made for
+//! retries, deferrals and the DLQ keep body, message id and task signature, so a requeued task
+//! still verifies.
 //!
 //! Keys are `ID:SECRET` pairs; the first signs, all verify, so a key can be rotated by adding the
 //! new one first on every binary, then removing the old one once its tasks have drained.
@@ -159,6 +159,22 @@ impl Keyring {
                 .into_bytes()
                 .to_vec(),
         )
+    }
+
+    /// HMAC-SHA256 of `data` (already framed by the caller) under key `key_id`; `None` if
+    /// this keyring does not hold it.
+    pub(crate) fn hmac(&self, key_id: &str, data: &[u8]) -> Option<Vec<u8>> {
+        let mut mac = HmacSha256::new_from_slice(self.keys.get(key_id)?).ok()?;
+        mac.update(data);
+        Some(mac.finalize().into_bytes().to_vec())
+    }
+
+    /// Whether `given` is the HMAC of `data` under `key_id`, compared in constant time;
+    /// `None` if this keyring does not hold the key.
+    pub(crate) fn check(&self, key_id: &str, data: &[u8], given: &[u8]) -> Option<bool> {
+        let mut mac = HmacSha256::new_from_slice(self.keys.get(key_id)?).ok()?;
+        mac.update(data);
+        Some(mac.verify_slice(given).is_ok())
     }
 }
 

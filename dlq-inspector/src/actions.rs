@@ -2,7 +2,7 @@
 
 use crate::session::{InspectorError, Session};
 use futures_util::{StreamExt, stream};
-use secflow_common::{amqp, headers as h, now_ms};
+use secflow_common::{TaskEnvelope, amqp, bookkeeping, headers as h, now_ms, signing::Keyring};
 use std::{io::Write, time::Duration};
 
 /// Copies in flight at once during a requeue: also the most duplicates a kill can leave.
@@ -26,20 +26,24 @@ pub struct RequeueReport {
     pub failed: Vec<(usize, String)>,
 }
 
-/// Republishes each selected message to where it came from, with confirms, and acks its DLQ
-/// copy only after the confirm. A message whose origin is unknown or unroutable stays.
+/// Republishes each selected message to the namespace's tasks exchange under its type, with
+/// confirms, and acks its DLQ copy only after the confirm; its bookkeeping headers are signed
+/// with `keyring` (`None` only when signing is disabled). A message that is not a task, whose
+/// bookkeeping does not verify (without `reset_retries`) or that is unroutable stays.
 pub async fn requeue(
     session: &mut Session,
     selected: &[usize],
     opts: RequeueOptions,
+    keyring: Option<&Keyring>,
 ) -> Result<RequeueReport, InspectorError> {
+    let exchange = session.topology.tasks_exchange();
     let publisher = amqp::Publisher::new(session.connection()).await?;
     let interval = (opts.rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(opts.rate)));
     let copies: Vec<(usize, Result<Copy, String>)> = selected
         .iter()
-        .map(|&i| (i, copy_of(session, i, opts.reset_retries)))
+        .map(|&i| (i, copy_of(session, i, opts.reset_retries, keyring)))
         .collect();
-    let publisher = &publisher;
+    let (publisher, exchange) = (&publisher, exchange.as_str());
     let results = stream::iter(copies)
         .then(|item| async move {
             if let Some(interval) = interval {
@@ -50,7 +54,7 @@ pub async fn requeue(
         .map(|(i, copy)| async move {
             let result = match copy {
                 Ok(c) => publisher
-                    .publish(&c.exchange, &c.routing_key, &c.body, c.props, true)
+                    .publish(exchange, &c.routing_key, &c.body, c.props, true)
                     .await
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e),
@@ -75,15 +79,22 @@ pub async fn requeue(
 
 /// A message ready to publish.
 struct Copy {
-    exchange: String,
     routing_key: String,
     props: lapin::BasicProperties,
     body: Vec<u8>,
 }
 
-/// The requeue copy of message `i`: same body and headers, requeue recorded, broker counters
-/// dropped (the copy is a fresh delivery, not a suspect).
-fn copy_of(session: &Session, i: usize, reset_retries: bool) -> Result<Copy, String> {
+/// The requeue copy of message `i`: same body and task signature, requeue recorded, broker
+/// counters dropped (the copy is a fresh delivery, not a suspect), bookkeeping signed again.
+/// It goes to the namespace's tasks exchange under the task's own (signed) type, never to an
+/// exchange or routing key a header names. Bookkeeping that does not verify is not carried
+/// over: such a message is requeued only with `reset_retries`, which starts it over.
+fn copy_of(
+    session: &Session,
+    i: usize,
+    reset_retries: bool,
+    keyring: Option<&Keyring>,
+) -> Result<Copy, String> {
     let record = &session.records[i];
     let delivery = &session.messages[i];
     let id = record.task_id.as_deref().unwrap_or("(no id)");
@@ -93,24 +104,36 @@ fn copy_of(session: &Session, i: usize, reset_retries: bool) -> Result<Copy, Str
             record.message
         ));
     }
-    let (Some(exchange), Some(routing_key)) = (
-        record.origin_exchange.clone(),
-        record.origin_routing_key.clone(),
-    ) else {
+    let Ok(task) = serde_json::from_slice::<TaskEnvelope>(&delivery.data) else {
         return Err(format!(
-            "task {id}: its origin exchange and routing key are unknown; export or purge it"
+            "task {id}: its body is not a task envelope, so it has no type to route by; export or purge it"
         ));
     };
-    let mut headers = h::for_copy(delivery.properties.headers().as_ref());
-    h::set_u64(&mut headers, h::REQUEUE_COUNT, record.requeue_count + 1);
+    let original = delivery.properties.headers().as_ref();
+    let message_id = delivery.properties.message_id().as_ref();
+    let message_id = message_id.map(|m| m.as_str()).unwrap_or_default();
+    let mut headers = match bookkeeping::verify(keyring, original, message_id) {
+        Ok(trust) => bookkeeping::for_copy(original, Some(trust)),
+        Err(_) if reset_retries => bookkeeping::for_copy(original, None),
+        Err(tampered) => {
+            return Err(format!(
+                "task {id}: {tampered}; not requeued. Look at it with `show`; `requeue --reset-retries` starts it over with a fresh retry budget, `purge` removes it"
+            ));
+        }
+    };
+    let requeues = h::get_u64(Some(&headers), h::REQUEUE_COUNT).unwrap_or(0);
+    h::set_u64(&mut headers, h::REQUEUE_COUNT, requeues + 1);
     h::set_u64(&mut headers, h::LAST_REQUEUED_AT, now_ms());
     if reset_retries {
         h::set_u64(&mut headers, h::RETRY_COUNT, 0);
     }
+    match keyring {
+        Some(keyring) => bookkeeping::sign(keyring, &mut headers, message_id),
+        None => h::remove(&mut headers, &[bookkeeping::SIGNATURE, bookkeeping::KEY_ID]),
+    }
     let props = amqp::copy_properties(&delivery.properties, headers);
     Ok(Copy {
-        exchange,
-        routing_key,
+        routing_key: task.node_type,
         props,
         body: delivery.data.clone(),
     })

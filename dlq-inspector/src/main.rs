@@ -114,13 +114,17 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     secflow_common::logging::init(false, "warn");
     let mut session = Session::open(&cli.broker, Duration::from_secs(cli.lock_wait)).await?;
-    let outcome = execute(&mut session, cli.command).await;
+    let outcome = execute(&mut session, cli.command, &cli.broker).await;
     // Whatever happened, hand every message not acted on back to the DLQ, in place.
     session.release().await?;
     outcome.map_err(Into::into)
 }
 
-async fn execute(session: &mut Session, command: Command) -> Result<(), InspectorError> {
+async fn execute(
+    session: &mut Session,
+    command: Command,
+    broker: &BrokerArgs,
+) -> Result<(), InspectorError> {
     let now = now_ms();
     let queue = session.topology.dlq();
     match command {
@@ -185,13 +189,13 @@ async fn execute(session: &mut Session, command: Command) -> Result<(), Inspecto
             selection.require_explicit()?;
             let selected = selection.apply(&session.records, &queue, now)?;
             if dry_run {
+                let exchange = session.topology.tasks_exchange();
                 for &i in &selected {
                     let r = &session.records[i];
                     println!(
-                        "would requeue {} to {}/{}",
+                        "would requeue {} to {exchange}/{}",
                         r.task_id.as_deref().unwrap_or("-"),
-                        r.origin_exchange.as_deref().unwrap_or("?"),
-                        r.origin_routing_key.as_deref().unwrap_or("?")
+                        r.node_type.as_deref().unwrap_or("?"),
                     );
                 }
                 println!(
@@ -201,6 +205,12 @@ async fn execute(session: &mut Session, command: Command) -> Result<(), Inspecto
                 );
                 return Ok(());
             }
+            // Requeue copies carry bookkeeping headers signed like a worker's.
+            let keyring = broker.keyring().map_err(|e| {
+                InspectorError::Usage(format!(
+                    "requeue signs each copy's retry count and history with the fleet's key: {e}"
+                ))
+            })?;
             let report = actions::requeue(
                 session,
                 &selected,
@@ -208,6 +218,7 @@ async fn execute(session: &mut Session, command: Command) -> Result<(), Inspecto
                     reset_retries,
                     rate,
                 },
+                keyring.as_ref(),
             )
             .await?;
             for (i, reason) in &report.failed {

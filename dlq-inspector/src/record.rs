@@ -43,9 +43,10 @@ pub struct DeadRecord {
     pub dead_lettered_ms: Option<u64>,
     /// Work queue it died in.
     pub origin_queue: Option<String>,
-    /// Exchange a requeue publishes to.
+    /// Exchange it was published to, as its headers say (shown only: a requeue always goes to
+    /// the namespace's tasks exchange under the task's type).
     pub origin_exchange: Option<String>,
-    /// Routing key a requeue publishes with.
+    /// Routing key it was published with, as its headers say (shown only).
     pub origin_routing_key: Option<String>,
 }
 

@@ -283,6 +283,7 @@ pub async fn cancel(
         next_delay_ms: None,
         scheduled_delay_ms: None,
         observed_delay_ms: None,
+        attempt: None,
     };
     let body = serde_json::to_vec(&[event])?;
     let props = secflow_common::amqp::json_properties(run, Default::default());

@@ -27,7 +27,12 @@ impl PrivateRabbit {
         std::fs::create_dir_all(dir.join("mnesia")).unwrap();
         std::fs::write(
             dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.1 = 127.0.0.1:{port}\nloopback_users = none\n"),
+            // The broker refuses messages over the fleet's default --max-message-bytes, as
+            // deploy/rabbitmq.conf makes it do in production.
+            format!(
+                "listeners.tcp.1 = 127.0.0.1:{port}\nloopback_users = none\nmax_message_size = {}\n",
+                secflow_common::config::DEFAULT_MAX_MESSAGE_BYTES
+            ),
         )
         .unwrap();
         std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();

@@ -62,8 +62,13 @@ async fn unparseable_poison_among_signed_tasks_charges_no_innocent() {
     ]);
 
     // Every signed task completes exactly once.
-    tap.wait_until("30 completions", Duration::from_secs(60), |events| {
-        events.iter().filter(|e| e.kind == "node.completed").count() >= 30
+    tap.wait_until("30 tasks completed", Duration::from_secs(60), |events| {
+        let done: std::collections::HashSet<_> = events
+            .iter()
+            .filter(|e| e.kind == "node.completed")
+            .filter_map(|e| e.task_id)
+            .collect();
+        done.len() >= 30
     })
     .await;
     let done: std::collections::HashSet<_> = tap

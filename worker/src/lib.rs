@@ -11,6 +11,7 @@ pub mod events;
 pub mod fingerprint;
 pub mod handlers;
 pub mod idempotency;
+pub mod meta;
 pub mod observe;
 pub mod poison;
 pub mod policies;

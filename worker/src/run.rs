@@ -268,7 +268,9 @@ async fn session(
             .declare_pool(&declare, &cfg.pool, &cfg.bind)
             .await?;
         let _ = declare.close(200, "declared".into()).await;
-        let events = amqp::Publisher::new(conn).await?;
+        let events = amqp::Publisher::new(conn)
+            .await?
+            .limited(cfg.broker.max_message_bytes);
         let publisher =
             amqp::Publisher::for_tasks(conn, parts.keyring.clone(), cfg.broker.max_message_bytes)
                 .await?;
@@ -357,7 +359,7 @@ async fn consume(
                 None => break Err(WorkerError::Broker(secflow_common::Error::ConnectionLost("the connection's event stream ended".into()))),
             },
             next = consumer.next() => match next {
-                Some(Ok(delivery)) if DeliveryMeta::read(&delivery).is_suspect() => {
+                Some(Ok(delivery)) if DeliveryMeta::read(&delivery, shared.keyring.as_ref()).is_suspect() => {
                     match isolate(&channel, &tag, &mut consumer, delivery, shared, &tracker, shutdown.as_mut(), &mut connection_events).await {
                         Isolation::Done => consumer = within("subscribing again", subscribe(&channel, queue, &tag)).await??,
                         Isolation::Shutdown => break Ok(()),
@@ -396,7 +398,7 @@ async fn consume(
     while outcome.is_ok()
         && let Some(delivery) = next_buffered(&mut consumer).await
     {
-        let meta = DeliveryMeta::read(&delivery);
+        let meta = DeliveryMeta::read(&delivery, shared.keyring.as_ref());
         shared
             .settler
             .settle(&delivery, None, &meta, Disposition::HandBack, None)
@@ -468,7 +470,7 @@ async fn isolate(
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
     connection_events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin),
 ) -> Isolation {
-    let meta = DeliveryMeta::read(&suspect);
+    let meta = DeliveryMeta::read(&suspect, shared.keyring.as_ref());
     tracing::warn!(
         deliveries = meta.unsettled_total(),
         "redelivered after an unsettled attempt: running it in isolation"
@@ -479,7 +481,7 @@ async fn isolate(
     )
     .await;
     while let Some(delivery) = next_buffered(consumer).await {
-        let meta = DeliveryMeta::read(&delivery);
+        let meta = DeliveryMeta::read(&delivery, shared.keyring.as_ref());
         shared
             .settler
             .settle(&delivery, None, &meta, Disposition::HandBack, None)

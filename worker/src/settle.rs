@@ -11,6 +11,7 @@ use crate::{
     store::Lease,
 };
 use lapin::{
+    BasicProperties,
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions},
     types::FieldTable,
@@ -18,6 +19,7 @@ use lapin::{
 use secflow_common::{
     ErrorClass, TaskEnvelope, TaskError, Topology,
     amqp::{Publisher, copy_properties},
+    bookkeeping,
     events::{EventError, TaskEvent},
     headers as h, now_ms,
     topology::delay_bucket,
@@ -27,49 +29,7 @@ use std::{sync::Arc, time::Duration};
 /// Longest error message kept in headers and events.
 const MAX_ERROR_MESSAGE: usize = 1_000;
 
-/// What the worker read from a delivery's headers before running it.
-#[derive(Clone, Debug, Default)]
-pub struct DeliveryMeta {
-    /// `x-retry-count`: classified failures so far.
-    pub retry_count: u64,
-    /// `x-delivery-count`: unsettled deliveries of this copy (crashes, lost channels).
-    pub delivery_count: u64,
-    /// Unsettled deliveries of earlier copies, carried over by hand-backs.
-    pub unsettled_before: u64,
-    /// `x-defer-count`: deferrals so far.
-    pub defer_count: u64,
-    /// Delay scheduled before this (retried) delivery, ms.
-    pub scheduled_delay_ms: Option<u64>,
-    /// How long this retried delivery really waited, ms.
-    pub observed_delay_ms: Option<u64>,
-}
-
-impl DeliveryMeta {
-    /// Deliveries of this task that ended without settlement, over all its copies.
-    pub fn unsettled_total(&self) -> u64 {
-        self.delivery_count.saturating_add(self.unsettled_before)
-    }
-
-    /// Whether an earlier delivery of this task was never settled: it may have killed the
-    /// worker that ran it.
-    pub fn is_suspect(&self) -> bool {
-        self.unsettled_total() > 0
-    }
-
-    /// Reads the counters and retry timing from `delivery`.
-    pub fn read(delivery: &Delivery) -> Self {
-        let headers = delivery.properties.headers().as_ref();
-        let published = h::get_u64(headers, h::RETRY_PUBLISHED_AT);
-        Self {
-            retry_count: h::get_u64(headers, h::RETRY_COUNT).unwrap_or(0),
-            delivery_count: h::get_u64(headers, h::DELIVERY_COUNT).unwrap_or(0),
-            unsettled_before: h::get_u64(headers, h::UNSETTLED_BEFORE).unwrap_or(0),
-            defer_count: h::get_u64(headers, h::DEFER_COUNT).unwrap_or(0),
-            scheduled_delay_ms: h::get_u64(headers, h::SCHEDULED_DELAY_MS),
-            observed_delay_ms: published.map(|p| now_ms().saturating_sub(p)),
-        }
-    }
-}
+pub use crate::meta::DeliveryMeta;
 
 /// Settles deliveries of one work queue.
 pub struct Settler {
@@ -88,6 +48,9 @@ pub struct Settler {
     /// Lifecycle events, batched.
     pub events: EventBatcher,
 }
+
+/// Longest wait for an ack or nack to be written (a stalled connection must not hold a task).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Settler {
     /// Publishes what replaces the delivery, then acks it; on failure hands it back (nack).
@@ -114,16 +77,11 @@ impl Settler {
                 if let Some(lease) = lease {
                     lease.completing(self.done_ttl_ms).await;
                 }
-                let event_id = match (lease, task) {
-                    (Some(lease), Some(t)) => {
-                        Some(format!("{}:node.completed:{}", t.task_id, lease.owner()))
-                    }
-                    _ => None,
-                };
+                // The event id stays `TASK:node.completed` (set by `emit`) however often the
+                // completion is reported; `attempt` names the attempt that completed it.
+                let attempt = lease.map(|l| l.owner().to_string());
                 self.emit("node.completed", task, meta, |e| {
-                    if event_id.is_some() {
-                        e.event_id = event_id;
-                    }
+                    e.attempt = attempt;
                     // Events are for watching, not for data: secrets in outputs are masked.
                     let mut output = output.clone();
                     secflow_common::redact::global().redact_json(&mut output);
@@ -168,9 +126,23 @@ impl Settler {
                 };
                 WorkerStats::bump(counter);
                 metrics::counter!("secflow_tasks_settled_total", "outcome" => outcome).increment(1);
-                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                let acked = tokio::time::timeout(
+                    SETTLE_TIMEOUT,
+                    delivery.acker.ack(BasicAckOptions::default()),
+                )
+                .await;
+                let failure = match acked {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!("not written within {SETTLE_TIMEOUT:?}")),
+                };
+                if let Some(error) = failure {
                     // The broker redelivers it; the replacement is already safe.
-                    tracing::warn!(task_id, error = %e, "ack failed after settlement; the broker will redeliver");
+                    tracing::warn!(
+                        task_id,
+                        error,
+                        "ack failed after settlement; the broker will redeliver"
+                    );
                 }
             }
             Err(e) => {
@@ -182,13 +154,19 @@ impl Settler {
                 } else {
                     tracing::error!(task_id, error = %e, "could not publish the settlement; handing the delivery back");
                 }
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
+                // A completion that could not be reported: the copy the broker delivers next
+                // reports it at once rather than waiting for this attempt.
+                if let (Some(lease), Disposition::Complete(_)) = (lease, &disposition) {
+                    lease.abandon_report(self.done_ttl_ms).await;
+                }
+                let _ = tokio::time::timeout(
+                    SETTLE_TIMEOUT,
+                    delivery.acker.nack(BasicNackOptions {
                         requeue: true,
                         ..Default::default()
-                    })
-                    .await;
+                    }),
+                )
+                .await;
             }
         }
     }
@@ -202,7 +180,7 @@ impl Settler {
         delay: Duration,
         error: &TaskError,
     ) -> secflow_common::Result<()> {
-        let mut headers = self.failure_headers(delivery, error);
+        let mut headers = self.failure_headers(delivery, meta, error);
         h::set_u64(&mut headers, h::RETRY_COUNT, meta.retry_count + 1);
         let delay_ms = self.republish_after(delivery, headers, delay).await?;
         tracing::warn!(
@@ -225,7 +203,7 @@ impl Settler {
         delay: Duration,
         reason: &str,
     ) -> secflow_common::Result<()> {
-        let mut headers = h::for_copy(delivery.properties.headers().as_ref());
+        let mut headers = copy_headers(delivery, meta);
         h::set_u64(&mut headers, h::DEFER_COUNT, meta.defer_count + 1);
         if meta.unsettled_total() > 0 {
             // A crash-looping task must not shed its history by being deferred.
@@ -266,7 +244,7 @@ impl Settler {
             // Too short to delay: straight back to the work queue through the default exchange.
             None => String::new(),
         };
-        let props = copy_properties(&delivery.properties, headers);
+        let props = self.sealed(delivery, headers);
         self.publisher
             .publish(&exchange, &self.queue, &delivery.data, props, true)
             .await?;
@@ -282,11 +260,11 @@ impl Settler {
         reason: DeadReason,
         error: &TaskError,
     ) -> secflow_common::Result<()> {
-        let mut headers = self.failure_headers(delivery, error);
+        let mut headers = self.failure_headers(delivery, meta, error);
         h::set_u64(&mut headers, h::RETRY_COUNT, meta.retry_count);
         h::set_str(&mut headers, h::DEAD_LETTER_REASON, reason.as_str());
         h::set_u64(&mut headers, h::DEAD_LETTERED_AT, now_ms());
-        let props = copy_properties(&delivery.properties, headers);
+        let props = self.sealed(delivery, headers);
         self.publisher
             .publish(
                 &self.topology.dlx(),
@@ -315,23 +293,30 @@ impl Settler {
         delivery: &Delivery,
         meta: &DeliveryMeta,
     ) -> secflow_common::Result<()> {
-        let mut headers = without_broker_counters(delivery);
+        let mut headers = copy_headers(delivery, meta);
         if meta.unsettled_total() > 0 {
             h::set_u64(&mut headers, h::UNSETTLED_BEFORE, meta.unsettled_total());
         }
-        let props = copy_properties(&delivery.properties, headers);
+        let props = self.sealed(delivery, headers);
         self.publisher
             .publish("", &self.queue, &delivery.data, props, true)
             .await
     }
 
-    /// Headers of a failed delivery's copy: the original ones (minus the broker's counters)
-    /// plus what the operator needs to know about the failure.
-    fn failure_headers(&self, delivery: &Delivery, error: &TaskError) -> FieldTable {
-        let mut headers = without_broker_counters(delivery);
-        let old = delivery.properties.headers().as_ref();
+    /// Headers of a failed delivery's copy: the original ones (minus the broker's counters
+    /// and any bookkeeping that was not believed) plus what the operator needs to know about
+    /// the failure.
+    fn failure_headers(
+        &self,
+        delivery: &Delivery,
+        meta: &DeliveryMeta,
+        error: &TaskError,
+    ) -> FieldTable {
+        let mut headers = copy_headers(delivery, meta);
+        // Unbelieved origin headers are gone from the copy: the delivery's own are used.
+        let old = Some(&headers);
         let now = now_ms();
-        let first = h::get_u64(old, h::FIRST_FAILURE_AT).unwrap_or(now);
+        let first = meta.first_failure_at.unwrap_or(now);
         let origin_exchange = h::get_str(old, h::ORIGIN_EXCHANGE)
             .unwrap_or(delivery.exchange.as_str())
             .to_string();
@@ -348,6 +333,23 @@ impl Settler {
         h::set_str(&mut headers, h::ORIGIN_EXCHANGE, &origin_exchange);
         h::set_str(&mut headers, h::ORIGIN_ROUTING_KEY, &origin_key);
         headers
+    }
+
+    /// Properties of a copy of `delivery` with `headers`, its bookkeeping signed by this
+    /// worker (the last step before publishing: every header is set).
+    fn sealed(&self, delivery: &Delivery, mut headers: FieldTable) -> BasicProperties {
+        match self.publisher.signer() {
+            Some(keyring) => {
+                let message_id = delivery.properties.message_id().as_ref();
+                let message_id = message_id.map(|m| m.as_str()).unwrap_or_default();
+                bookkeeping::sign(keyring, &mut headers, message_id);
+            }
+            // Signing disabled: a stale signature would only mislead.
+            None => {
+                h::remove(&mut headers, &[bookkeeping::SIGNATURE, bookkeeping::KEY_ID]);
+            }
+        }
+        copy_properties(&delivery.properties, headers)
     }
 
     /// Publishes a lifecycle event with confirms (not mandatory: nobody may be listening), in a
@@ -372,6 +374,7 @@ impl Settler {
             worker: self.worker_id.clone(),
             retry_count: meta.retry_count,
             at_ms: now_ms(),
+            attempt: None,
             output: None,
             error: None,
             next_delay_ms: None,
@@ -386,9 +389,13 @@ impl Settler {
     }
 }
 
-/// The delivery's headers for a copy of it.
-fn without_broker_counters(delivery: &Delivery) -> FieldTable {
-    h::for_copy(delivery.properties.headers().as_ref())
+/// The delivery's headers for a copy of it: without the broker's counters, and without
+/// bookkeeping headers that were not believed (they are never signed into a copy).
+fn copy_headers(delivery: &Delivery, meta: &DeliveryMeta) -> FieldTable {
+    bookkeeping::for_copy(
+        delivery.properties.headers().as_ref(),
+        meta.bookkeeping.as_ref().ok().copied(),
+    )
 }
 
 fn event_error(error: &TaskError) -> EventError {

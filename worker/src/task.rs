@@ -61,13 +61,13 @@ pub(crate) struct Limits {
 /// other task in flight.
 pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool) {
     let settler = &shared.settler;
-    let meta = DeliveryMeta::read(&delivery);
+    let meta = DeliveryMeta::read(&delivery, shared.keyring.as_ref());
     let message_id = delivery
         .properties
         .message_id()
         .as_ref()
         .map(|id| id.as_str());
-    if let Some(refusal) = screen(shared, &delivery, message_id) {
+    if let Some(refusal) = screen(shared, &delivery, message_id, &meta) {
         return settler.settle(&delivery, None, &meta, refusal, None).await;
     }
     let task = match TaskEnvelope::decode(&delivery.data, message_id) {
@@ -270,8 +270,14 @@ fn checkpoint(shared: &Shared, task: &TaskEnvelope) -> crate::checkpoint::Checkp
 }
 
 /// What is refused before the body is even parsed: an oversized message, and (unless signing
-/// was disabled explicitly) one whose signature is missing or wrong.
-fn screen(shared: &Shared, delivery: &Delivery, message_id: Option<&str>) -> Option<Disposition> {
+/// was disabled explicitly) one whose signature is missing or wrong, or whose bookkeeping
+/// headers (retry count, history) were rewritten outside the fleet.
+fn screen(
+    shared: &Shared,
+    delivery: &Delivery,
+    message_id: Option<&str>,
+    meta: &DeliveryMeta,
+) -> Option<Disposition> {
     if delivery.data.len() > shared.max_message_bytes {
         let message = format!(
             "message is {} bytes, over this worker's {}-byte limit (--max-message-bytes); not read",
@@ -288,17 +294,21 @@ fn screen(shared: &Shared, delivery: &Delivery, message_id: Option<&str>) -> Opt
         });
     }
     let keyring = shared.keyring.as_ref()?;
-    let forgery = keyring
-        .verify(
-            delivery.properties.headers().as_ref(),
-            message_id.unwrap_or_default(),
-            &delivery.data,
-        )
-        .err()?;
-    metrics::counter!("secflow_security_rejections_total", "code" => forgery.code()).increment(1);
+    let (code, message) = match keyring.verify(
+        delivery.properties.headers().as_ref(),
+        message_id.unwrap_or_default(),
+        &delivery.data,
+    ) {
+        Err(forgery) => (forgery.code(), forgery.to_string()),
+        Ok(()) => match &meta.bookkeeping {
+            Err(tampered) => (tampered.code(), tampered.to_string()),
+            Ok(_) => return None,
+        },
+    };
+    metrics::counter!("secflow_security_rejections_total", "code" => code).increment(1);
     Some(Disposition::DeadLetter {
         reason: DeadReason::Security,
-        error: TaskError::new(ErrorClass::Security, forgery.code(), forgery.to_string()),
+        error: TaskError::new(ErrorClass::Security, code, message),
     })
 }
 

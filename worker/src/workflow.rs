@@ -337,6 +337,7 @@ async fn continue_run(
             next_delay_ms: None,
             scheduled_delay_ms: None,
             observed_delay_ms: None,
+            attempt: None,
         };
         settler.events.emit(event).await?;
     }

@@ -248,9 +248,10 @@ async fn tap(url: String, topology: Arc<Topology>, seen: Seen) {
                             e.retry_count
                         );
                         // Events are delivered at least once, and a completion whose worker died
-                        // while reporting it is reported again: both keep the event id, so a
-                        // completion counts once per event id; a repeat is counted apart.
-                        let id = e.event_id.clone().unwrap_or_else(|| what.clone());
+                        // while reporting it is reported again: both keep the event id and name
+                        // the same attempt, so a completion counts once per attempt; a repeat
+                        // is counted apart. Two attempts completing one node is a duplicate.
+                        let id = e.attempt.clone().unwrap_or_else(|| what.clone());
                         let mut seen = seen.lock().unwrap();
                         let list = seen.entry(node).or_default();
                         match list.iter_mut().find(|(known, _)| *known == id) {
@@ -271,6 +272,10 @@ async fn tap(url: String, topology: Arc<Topology>, seen: Seen) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The "reason" of a poison message the broker must refuse at publish (over its
+/// `max_message_size`): it never reaches a worker or the DLQ.
+const REFUSED: &str = "refused_by_broker";
 
 /// A poison message and the dead-letter reason and code it must end with.
 struct Poison {
@@ -331,8 +336,8 @@ fn poison() -> Vec<Poison> {
             vec![b'x'; 10 << 20],
             "builtin.echo",
             true,
-            "malformed",
-            "too_large",
+            REFUSED,
+            "max_message_size",
         ),
         p(
             kind("invalid-utf8"),
@@ -390,6 +395,25 @@ async fn publish_poison(
             .with_message_id(m.id.as_str().into())
             .with_delivery_mode(2)
             .with_headers(headers);
+        if m.reason == REFUSED {
+            // The refusal closes the channel: publish it on one of its own.
+            let own = amqp::Publisher::new(&conn).await?;
+            let sent = own
+                .publish(
+                    &topology.tasks_exchange(),
+                    m.routing_key,
+                    &m.body,
+                    props,
+                    true,
+                )
+                .await;
+            anyhow::ensure!(
+                sent.is_err(),
+                "the broker accepted the {} KiB poison message: is max_message_size set?",
+                m.body.len() / 1024
+            );
+            continue;
+        }
         publisher
             .publish(
                 &topology.tasks_exchange(),
@@ -733,11 +757,11 @@ async fn main() -> Result<()> {
     }
     println!("  lost:                   {lost}");
     println!(
-        "  duplicate completions:  {} (completions with different attempts' event ids)",
+        "  duplicate completions:  {} (completions by different attempts)",
         duplicates.len()
     );
     println!(
-        "  completions reported again under their own event id (a worker died while reporting): {repeated}"
+        "  completions reported again by the same attempt (a worker died while reporting): {repeated}"
     );
     if let Some((first, all)) = recovery {
         println!(

@@ -72,6 +72,15 @@ impl Lease {
             .await;
     }
 
+    /// Says this attempt completed the task but gave up reporting it: the next copy reports it
+    /// again at once (same event id) instead of waiting for this attempt.
+    pub async fn abandon_report(&self, ttl_ms: u64) {
+        let _ = self
+            .store
+            .completing_abandoned(&self.task_id, &self.owner, ttl_ms)
+            .await;
+    }
+
     /// Keeps the lease alive until the returned future is dropped.
     pub async fn keep_alive(&self) {
         let every = Duration::from_millis(self.lease_ms / 3).max(Duration::from_millis(100));

@@ -329,6 +329,20 @@ impl Store {
             .await
     }
 
+    /// Records that `owner` completed the task but could not report it (its event was not
+    /// confirmed): a marker dated at the epoch, so the next copy reports the completion at once
+    /// instead of waiting for a report that is not coming.
+    pub async fn completing_abandoned(
+        self: &Arc<Self>,
+        task_id: &str,
+        owner: &str,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let marker = format!("completing:0:{owner}");
+        self.set_px(self.key("task", task_id, ""), &marker, ttl_ms)
+            .await
+    }
+
     /// Marks the task done for `ttl_ms` (replacing this attempt's lease): one plain `SET`.
     pub async fn complete(
         self: &Arc<Self>,
