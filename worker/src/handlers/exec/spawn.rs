@@ -1,0 +1,105 @@
+//! Starts `exec` programs so they never outlive their worker: a parent-death signal, their
+//! group registered with the [`reaper`](super::reaper), resource limits, all set between fork
+//! and exec, and every fork made from one thread that lives as long as the process.
+//!
+//! Why a thread of our own: `PR_SET_PDEATHSIG` fires when the *thread* that forked the child
+//! exits, not when its process does. tokio forks on whichever thread polls the spawn: a runtime
+//! worker (gone when its runtime shuts down, e.g. an in-process worker in a test) or a
+//! blocking-pool thread (which exits after 10 s idle). Either would SIGKILL a healthy program
+//! mid-run. The spawner thread below is started once, never joined, and blocks on a channel
+//! whose sender is a static that is never dropped: it exits only with the process.
+//!
+//! The kernel clears the parent-death signal when a program execs a set-user-ID or
+//! capability-raising binary; such a program is still killed with its group by the reaper.
+
+use std::{
+    io,
+    sync::{OnceLock, mpsc},
+};
+use tokio::{
+    process::{Child, Command},
+    runtime::Handle,
+    sync::oneshot,
+};
+
+/// One program to start, with the runtime its `Child` is driven by.
+struct Request {
+    cmd: Command,
+    runtime: Handle,
+    reply: oneshot::Sender<io::Result<Child>>,
+}
+
+static SPAWNER: OnceLock<Result<mpsc::Sender<Request>, String>> = OnceLock::new();
+
+/// Starts `cmd` from the spawner thread after [`contain`] set it up.
+pub async fn spawn(cmd: Command) -> io::Result<Child> {
+    let sender = SPAWNER
+        .get_or_init(|| {
+            let (sender, requests) = mpsc::channel::<Request>();
+            std::thread::Builder::new()
+                .name("secflow-exec-spawner".into())
+                .spawn(move || serve(&requests))
+                .map(|_| sender)
+                .map_err(|e| format!("cannot start the exec spawner thread: {e}"))
+        })
+        .as_ref()
+        .map_err(|e| io::Error::other(e.clone()))?;
+    let (reply, answer) = oneshot::channel();
+    let request = Request {
+        cmd,
+        runtime: Handle::current(),
+        reply,
+    };
+    let gone = || io::Error::other("the exec spawner thread is gone; restart the worker");
+    sender.send(request).map_err(|_| gone())?;
+    answer.await.map_err(|_| gone())?
+}
+
+/// The spawner thread: starts each requested program in its caller's runtime (so the caller
+/// can await it) and hands it back. A caller that went away meanwhile drops the child, which
+/// kills it (`kill_on_drop`).
+fn serve(requests: &mpsc::Receiver<Request>) {
+    while let Ok(Request {
+        mut cmd,
+        runtime,
+        reply,
+    }) = requests.recv()
+    {
+        let child = {
+            let _entered = runtime.enter();
+            cmd.spawn()
+        };
+        let _ = reply.send(child);
+    }
+}
+
+/// Sets up what runs in the child between fork and exec: no core dumps, the memory cap, the
+/// parent-death signal (checked against the race where the worker died before it was set), and
+/// the registration of its process group with the reaper. `cmd` must make the child a group
+/// leader (`process_group(0)`), which the standard library does before this runs.
+pub fn contain(cmd: &mut Command, memory_limit_bytes: Option<u64>) {
+    use nix::sys::resource::{Resource, setrlimit};
+    let worker = nix::unistd::getpid();
+    let reaper = super::reaper::get().map(super::reaper::Reaper::fd);
+    // SAFETY: the closure runs in the child between fork and exec. It only makes
+    // async-signal-safe system calls (setrlimit, prctl, getppid, getpgrp, send) and allocates
+    // nothing, errors included (`io::Error` from an errno does not allocate).
+    unsafe {
+        cmd.pre_exec(move || {
+            setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(io::Error::from)?;
+            if let Some(bytes) = memory_limit_bytes {
+                setrlimit(Resource::RLIMIT_AS, bytes, bytes).map_err(io::Error::from)?;
+            }
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(io::Error::from)?;
+            // Re-parented already: the worker died before the signal was armed.
+            if nix::unistd::getppid() != worker {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            if let Some(fd) = reaper {
+                super::reaper::register_own_group(fd);
+            }
+            Ok(())
+        });
+    }
+}
