@@ -1,6 +1,6 @@
 //! One attempt's hold on a task: the lease while it runs, the done marker once it completed.
 
-use super::{Claim, Store, StoreError};
+use super::{Claim, Holder, LIVE_TTL, Store, StoreError, holder};
 use std::{sync::Arc, time::Duration};
 
 /// Why an attempt may not run a task now.
@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 pub enum Refused {
     /// It already completed.
     Done,
-    /// Another attempt holds it for this many more ms.
+    /// Another attempt holds it, for this many more ms, and its worker is alive.
     Leased(u64),
     /// An attempt completed it and is reporting it (or died doing so): since when (ms since the
     /// epoch) and which attempt.
@@ -26,14 +26,32 @@ pub struct Lease {
 
 impl Lease {
     /// Claims `task_id` for a new attempt; `Ok(Err(refusal))` when it must not run now.
+    ///
+    /// A lease held by an attempt of a dead worker (its liveness key is gone) is taken over at
+    /// once. One whose worker still looks alive is looked at again when that worker's liveness
+    /// would have lapsed (at most [`LIVE_TTL`]): a worker that was just killed has not been
+    /// missed yet when the broker redelivers its tasks, and this wait in place (instead of a
+    /// deferral) runs its tasks again within seconds without spending a deferral.
     pub async fn claim(
         store: &Arc<Store>,
         task_id: &str,
         worker: &str,
         lease_ms: u64,
     ) -> Result<Result<Self, Refused>, StoreError> {
-        let owner = format!("{worker}/{}", uuid::Uuid::new_v4().simple());
-        Ok(match store.claim(task_id, &owner, lease_ms).await? {
+        store.ensure_alive(worker).await?;
+        let owner = format!(
+            "{worker}/{}/{}",
+            store.live_id(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let claim = store.claim(task_id, &owner, lease_ms).await?;
+        let claim = match claim {
+            Claim::Leased { left_ms, value } => {
+                Self::unless_abandoned(store, task_id, &owner, lease_ms, left_ms, value).await?
+            }
+            other => other,
+        };
+        Ok(match claim {
             Claim::Claimed => Ok(Self {
                 store: Arc::clone(store),
                 task_id: task_id.to_string(),
@@ -41,7 +59,7 @@ impl Lease {
                 lease_ms,
             }),
             Claim::Done => Err(Refused::Done),
-            Claim::Leased(ms) => Err(Refused::Leased(ms)),
+            Claim::Leased { left_ms, .. } => Err(Refused::Leased(left_ms)),
             Claim::Completing(marker) => {
                 let (since, owner) = marker.split_once(':').unwrap_or(("0", marker.as_str()));
                 Err(Refused::Completing {
@@ -50,6 +68,52 @@ impl Lease {
                 })
             }
         })
+    }
+
+    /// A lease found held: taken over (`Claimed`) if its worker is dead, possibly after waiting
+    /// for that worker's liveness to lapse; else the claim as it stands (leased, or whatever the
+    /// key turned into meanwhile).
+    async fn unless_abandoned(
+        store: &Arc<Store>,
+        task_id: &str,
+        owner: &str,
+        lease_ms: u64,
+        left_ms: u64,
+        value: String,
+    ) -> Result<Claim, StoreError> {
+        let live = match holder(&value) {
+            Holder::Tracked(live) if live != store.live_id() => live,
+            // This process's own attempt, alive by definition.
+            Holder::Tracked(_) => return Ok(Claim::Leased { left_ms, value }),
+            Holder::Untracked => return Ok(Claim::Leased { left_ms, value }),
+            Holder::Unknown => {
+                tracing::warn!(
+                    task_id,
+                    value,
+                    "task key holds an unknown lease value: waiting for it to expire"
+                );
+                return Ok(Claim::Leased { left_ms, value });
+            }
+        };
+        if let Some(alive_ms) = store.alive_for(&live).await? {
+            // Just past the moment its liveness lapses if it is not renewed.
+            let wait = Duration::from_millis(alive_ms.min(LIVE_TTL.as_millis() as u64) + 50);
+            tokio::time::sleep(wait).await;
+            if store.alive_for(&live).await?.is_some() {
+                return Ok(Claim::Leased { left_ms, value });
+            }
+        }
+        if store.take_over(task_id, &value, owner, lease_ms).await? {
+            tracing::info!(
+                task_id,
+                holder = value,
+                "the task's holder died with its worker: running it again"
+            );
+            return Ok(Claim::Claimed);
+        }
+        // Completed, released or taken meanwhile: as the key says now.
+        let claim = store.claim(task_id, owner, lease_ms).await?;
+        Ok(claim)
     }
 
     /// The hold of attempt `owner` that completed the task but may not have reported it, taken
@@ -63,7 +127,8 @@ impl Lease {
         }
     }
 
-    /// The attempt's identity (`worker/uuid`).
+    /// The attempt's identity (`worker/live/uuid`: the worker, its process's liveness id, the
+    /// attempt).
     pub fn owner(&self) -> &str {
         &self.owner
     }

@@ -6,8 +6,10 @@
 //! Redis in the background until it answers again.
 
 mod lease;
+mod liveness;
 
 pub use lease::{Lease, Refused};
+pub use liveness::{Holder, LIVE_TTL, holder};
 
 use crate::stats::WorkerStats;
 use deadpool_redis::{
@@ -15,7 +17,10 @@ use deadpool_redis::{
     redis::{Script, aio::MultiplexedConnection},
 };
 use std::{
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -40,8 +45,9 @@ pub enum StoreError {
 pub enum Claim {
     /// Already completed: ack without running.
     Done,
-    /// Another attempt holds the lease for this long, ms: do not run it concurrently.
-    Leased(u64),
+    /// Another attempt holds the lease for this long, ms, with this value (`lease:<owner>`):
+    /// do not run it concurrently (unless its worker is dead).
+    Leased { left_ms: u64, value: String },
     /// An attempt completed the task and is reporting it, or stopped while doing so:
     /// `"{since_ms}:{owner}"`.
     Completing(String),
@@ -60,6 +66,10 @@ pub struct Store {
     /// Shared with the worker's stats, where metrics and readiness read it.
     stats: Arc<WorkerStats>,
     scripts: Scripts,
+    /// This process's liveness id (see [`liveness`]).
+    live_id: String,
+    /// Until when (ms since the epoch) this process's liveness key is known to be there.
+    alive_until_ms: AtomicU64,
 }
 
 struct Scripts {
@@ -68,6 +78,7 @@ struct Scripts {
     renew: Script,
     release: Script,
     bump: Script,
+    take_over: Script,
 }
 
 impl Store {
@@ -93,7 +104,10 @@ impl Store {
                 renew: Script::new(include_str!("lua/renew.lua")),
                 release: Script::new(include_str!("lua/release.lua")),
                 bump: Script::new(include_str!("lua/bump.lua")),
+                take_over: Script::new(include_str!("lua/take_over.lua")),
             },
+            live_id: uuid::Uuid::new_v4().simple().to_string(),
+            alive_until_ms: AtomicU64::new(0),
         }))
     }
 
@@ -281,7 +295,7 @@ impl Store {
         if claimed.is_some() {
             return Ok(Claim::Claimed);
         }
-        let (status, ttl, completing): (String, i64, String) = self
+        let (status, ttl, value): (String, i64, String) = self
             .run(
                 &self.scripts.claim,
                 &[&key],
@@ -290,8 +304,11 @@ impl Store {
             .await?;
         Ok(match status.as_str() {
             "done" => Claim::Done,
-            "completing" => Claim::Completing(completing),
-            "leased" => Claim::Leased(u64::try_from(ttl).unwrap_or(lease_ms)),
+            "completing" => Claim::Completing(value),
+            "leased" => Claim::Leased {
+                left_ms: u64::try_from(ttl).unwrap_or(lease_ms),
+                value,
+            },
             _ => Claim::Claimed,
         })
     }
