@@ -1,7 +1,13 @@
 //! One attempt's hold on a task: the lease while it runs, the done marker once it completed.
 
-use super::{Claim, Holder, LIVE_TTL, Store, StoreError, holder};
-use std::{sync::Arc, time::Duration};
+use super::{Claim, Holder, LIVE_TTL, Store, StoreError, holder, liveness};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 /// Why an attempt may not run a task now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,8 +17,13 @@ pub enum Refused {
     /// Another attempt holds it, for this many more ms, and its worker is alive.
     Leased(u64),
     /// An attempt completed it and is reporting it (or died doing so): since when (ms since the
-    /// epoch) and which attempt.
-    Completing { since_ms: u64, owner: String },
+    /// epoch), which attempt, and whether that attempt's worker is known to be dead (then
+    /// nothing more comes from it: report the completion again now).
+    Completing {
+        since_ms: u64,
+        owner: String,
+        worker_dead: bool,
+    },
 }
 
 /// This attempt's hold on a task: renewed while it runs, turned into a done marker when it
@@ -22,6 +33,8 @@ pub struct Lease {
     task_id: String,
     owner: String,
     lease_ms: u64,
+    /// Whether the completing marker has been written.
+    completing: AtomicBool,
 }
 
 impl Lease {
@@ -57,14 +70,22 @@ impl Lease {
                 task_id: task_id.to_string(),
                 owner,
                 lease_ms,
+                completing: AtomicBool::new(false),
             }),
             Claim::Done => Err(Refused::Done),
             Claim::Leased { left_ms, .. } => Err(Refused::Leased(left_ms)),
             Claim::Completing(marker) => {
-                let (since, owner) = marker.split_once(':').unwrap_or(("0", marker.as_str()));
+                let (since, attempt) = marker.split_once(':').unwrap_or(("0", marker.as_str()));
+                let worker_dead = match liveness::owner(attempt) {
+                    Holder::Tracked(live) if live != store.live_id() => {
+                        store.alive_for(&live).await?.is_none()
+                    }
+                    _ => false,
+                };
                 Err(Refused::Completing {
                     since_ms: since.parse().unwrap_or(0),
-                    owner: owner.to_string(),
+                    owner: attempt.to_string(),
+                    worker_dead,
                 })
             }
         })
@@ -124,6 +145,7 @@ impl Lease {
             task_id: task_id.to_string(),
             owner,
             lease_ms,
+            completing: AtomicBool::new(false),
         }
     }
 
@@ -137,6 +159,10 @@ impl Lease {
     /// completion event): a redelivery then reports it again under the same event id instead of
     /// running it.
     pub async fn completing(&self, ttl_ms: u64) {
+        // Recorded once per attempt (see `task::process`: as soon as an ad-hoc task succeeded).
+        if self.completing.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let _ = self
             .store
             .completing(&self.task_id, &self.owner, ttl_ms)

@@ -31,12 +31,14 @@ pub enum Holder {
     Unknown,
 }
 
-/// Reads a lease value strictly. Ids are 32 lowercase hex digits (simple UUIDs); the worker id
-/// before them may contain anything, `/` included.
+/// Reads a lease value (`lease:<owner>`) strictly.
 pub fn holder(value: &str) -> Holder {
-    let Some(owner) = value.strip_prefix("lease:") else {
-        return Holder::Unknown;
-    };
+    value.strip_prefix("lease:").map_or(Holder::Unknown, owner)
+}
+
+/// Reads an attempt's identity strictly. Ids are 32 lowercase hex digits (simple UUIDs); the
+/// worker id before them may contain anything, `/` included.
+pub fn owner(owner: &str) -> Holder {
     let is_id =
         |s: &str| s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     let mut parts = owner.rsplitn(3, '/');
