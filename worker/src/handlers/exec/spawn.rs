@@ -103,3 +103,26 @@ pub fn contain(cmd: &mut Command, memory_limit_bytes: Option<u64>) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Proves: a program started for a thread that exits right after (as a blocking-pool thread
+    /// does) is not killed by its parent-death signal: the fork happened on the spawner thread.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_program_outlives_the_thread_that_asked_for_it() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 0.3"])
+            .process_group(0)
+            .kill_on_drop(true);
+        contain(&mut cmd, None);
+        let runtime = Handle::current();
+        let mut child = std::thread::spawn(move || runtime.block_on(spawn(cmd)))
+            .join()
+            .unwrap()
+            .unwrap();
+        let status = child.wait().await.unwrap();
+        assert!(status.success(), "the program was killed: {status:?}");
+    }
+}
