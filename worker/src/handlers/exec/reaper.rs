@@ -4,8 +4,11 @@
 //! The parent-death signal (see [`super::spawn`]) reaches only the program itself; anything it
 //! started (a shell's background job, a tool's helpers) is re-parented and would go on. So the
 //! worker forks this reaper once: a loop of raw system calls (no allocation, no locks, as a
-//! fork of a multi-threaded process requires) that keeps the set of live groups, which each
-//! program registers before it execs and the worker unregisters once it has killed the group.
+//! fork of a multi-threaded process requires) that keeps the set of live groups: the spawner
+//! registers each program's group as soon as it has exec'd, and the worker unregisters it once
+//! it has killed the group. (Registered from the worker, not from the child before exec: a
+//! program whose exec failed would leave an entry behind, whose number a later unrelated group
+//! could reuse.)
 //! When its socket to the worker reads end-of-file (the kernel closes the worker's end when the
 //! worker dies, for any reason) the reaper SIGKILLs every group still registered and exits.
 //!
@@ -44,25 +47,19 @@ pub fn get() -> Option<&'static Reaper> {
 }
 
 impl Reaper {
-    /// The socket a program registers its group on (inherited across fork, closed by exec).
-    pub fn fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
+    /// Tracks group `pgid` (a program that leads its own group). A failure is ignored: the
+    /// program runs, only its helpers may outlive a killed worker.
+    pub fn track(&self, pgid: i32) {
+        send(self.socket.as_raw_fd(), pgid);
     }
 
     /// Stops tracking group `pgid` (it has been killed and its leader reaped).
     pub fn forget(&self, pgid: i32) {
-        send(self.fd(), -pgid);
+        send(self.socket.as_raw_fd(), -pgid);
     }
 }
 
-/// Registers the calling process's group. Async-signal-safe: for `pre_exec`, after the group
-/// was set. A failure is ignored: the program runs, only its helpers are not tracked.
-pub fn register_own_group(fd: RawFd) {
-    // SAFETY: getpgrp has no preconditions.
-    send(fd, unsafe { libc::getpgrp() });
-}
-
-/// One 4-byte record; never raises SIGPIPE (the reaper may be gone). Async-signal-safe.
+/// One 4-byte record; never raises SIGPIPE (the reaper may be gone).
 fn send(fd: RawFd, value: i32) {
     let bytes = value.to_ne_bytes();
     loop {
@@ -192,8 +189,8 @@ mod tests {
         };
         let reaper = start().unwrap();
         let (mut kept, mut forgotten) = (spawn_group(), spawn_group());
-        send(reaper.fd(), kept.id() as i32);
-        send(reaper.fd(), forgotten.id() as i32);
+        reaper.track(kept.id() as i32);
+        reaper.track(forgotten.id() as i32);
         reaper.forget(forgotten.id() as i32);
         drop(reaper);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -1,6 +1,7 @@
-//! Starts `exec` programs so they never outlive their worker: a parent-death signal, their
-//! group registered with the [`reaper`](super::reaper), resource limits, all set between fork
-//! and exec, and every fork made from one thread that lives as long as the process.
+//! Starts `exec` programs so they never outlive their worker: a parent-death signal and
+//! resource limits set between fork and exec, every fork made from one thread that lives as long
+//! as the process, and each program's group registered with the [`reaper`](super::reaper) as
+//! soon as it has exec'd.
 //!
 //! Why a thread of our own: `PR_SET_PDEATHSIG` fires when the *thread* that forked the child
 //! exits, not when its process does. tokio forks on whichever thread polls the spawn: a runtime
@@ -56,8 +57,8 @@ pub async fn spawn(cmd: Command) -> io::Result<Child> {
 }
 
 /// The spawner thread: starts each requested program in its caller's runtime (so the caller
-/// can await it) and hands it back. A caller that went away meanwhile drops the child, which
-/// kills it (`kill_on_drop`).
+/// can await it), registers its group with the reaper and hands it back. A caller that went
+/// away meanwhile drops the child, which kills it (`kill_on_drop`).
 fn serve(requests: &mpsc::Receiver<Request>) {
     while let Ok(Request {
         mut cmd,
@@ -69,21 +70,27 @@ fn serve(requests: &mpsc::Receiver<Request>) {
             let _entered = runtime.enter();
             cmd.spawn()
         };
+        if let (Ok(child), Some(reaper)) = (&child, super::reaper::get())
+            && let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok())
+        {
+            reaper.track(pid);
+        }
         let _ = reply.send(child);
     }
 }
 
-/// Sets up what runs in the child between fork and exec: no core dumps, the memory cap, the
-/// parent-death signal (checked against the race where the worker died before it was set), and
-/// the registration of its process group with the reaper. `cmd` must make the child a group
-/// leader (`process_group(0)`), which the standard library does before this runs.
+/// Sets up what runs in the child between fork and exec: no core dumps, the memory cap, and
+/// the parent-death signal (checked against the race where the worker died before it was set).
+/// `cmd` must make the child a group leader (`process_group(0)`): the reaper tracks it by
+/// its group.
 pub fn contain(cmd: &mut Command, memory_limit_bytes: Option<u64>) {
     use nix::sys::resource::{Resource, setrlimit};
     let worker = nix::unistd::getpid();
-    let reaper = super::reaper::get().map(super::reaper::Reaper::fd);
+    // Started now, in the worker, so it exists before the first program does.
+    let _ = super::reaper::get();
     // SAFETY: the closure runs in the child between fork and exec. It only makes
-    // async-signal-safe system calls (setrlimit, prctl, getppid, getpgrp, send) and allocates
-    // nothing, errors included (`io::Error` from an errno does not allocate).
+    // async-signal-safe system calls (setrlimit, prctl, getppid) and allocates nothing, errors
+    // included (`io::Error` from an errno does not allocate).
     unsafe {
         cmd.pre_exec(move || {
             setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(io::Error::from)?;
@@ -95,9 +102,6 @@ pub fn contain(cmd: &mut Command, memory_limit_bytes: Option<u64>) {
             // Re-parented already: the worker died before the signal was armed.
             if nix::unistd::getppid() != worker {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            if let Some(fd) = reaper {
-                super::reaper::register_own_group(fd);
             }
             Ok(())
         });
