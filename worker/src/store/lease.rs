@@ -60,7 +60,15 @@ impl Lease {
         let claim = store.claim(task_id, &owner, lease_ms).await?;
         let claim = match claim {
             Claim::Leased { left_ms, value } => {
-                Self::unless_abandoned(store, task_id, &owner, lease_ms, left_ms, value).await?
+                let held = Claim::Leased {
+                    left_ms,
+                    value: value.clone(),
+                };
+                // A Redis failure from here on leaves the task to its holder: deferred.
+                Self::unless_abandoned(store, task_id, &owner, lease_ms, &value)
+                    .await
+                    .unwrap_or(None)
+                    .unwrap_or(held)
             }
             other => other,
         };
@@ -76,9 +84,10 @@ impl Lease {
             Claim::Leased { left_ms, .. } => Err(Refused::Leased(left_ms)),
             Claim::Completing(marker) => {
                 let (since, attempt) = marker.split_once(':').unwrap_or(("0", marker.as_str()));
+                // Unknown (Redis failed just now) counts as alive: the copy is deferred.
                 let worker_dead = match liveness::owner(attempt) {
                     Holder::Tracked(live) if live != store.live_id() => {
-                        store.alive_for(&live).await?.is_none()
+                        matches!(store.alive_for(&live).await, Ok(None))
                     }
                     _ => false,
                 };
@@ -91,29 +100,27 @@ impl Lease {
         })
     }
 
-    /// A lease found held: taken over (`Claimed`) if its worker is dead, possibly after waiting
-    /// for that worker's liveness to lapse; else the claim as it stands (leased, or whatever the
-    /// key turned into meanwhile).
+    /// A lease `value` found held: `Some(Claimed)` if its worker is dead and it was taken over,
+    /// possibly after waiting for that worker's liveness to lapse; `Some(other)` if the key
+    /// turned into something else meanwhile; `None` if it stays with its live holder.
     async fn unless_abandoned(
         store: &Arc<Store>,
         task_id: &str,
         owner: &str,
         lease_ms: u64,
-        left_ms: u64,
-        value: String,
-    ) -> Result<Claim, StoreError> {
-        let live = match holder(&value) {
+        value: &str,
+    ) -> Result<Option<Claim>, StoreError> {
+        let live = match holder(value) {
             Holder::Tracked(live) if live != store.live_id() => live,
-            // This process's own attempt, alive by definition.
-            Holder::Tracked(_) => return Ok(Claim::Leased { left_ms, value }),
-            Holder::Untracked => return Ok(Claim::Leased { left_ms, value }),
+            // This process's own attempt, alive by definition; or a holder without liveness.
+            Holder::Tracked(_) | Holder::Untracked => return Ok(None),
             Holder::Unknown => {
                 tracing::warn!(
                     task_id,
                     value,
                     "task key holds an unknown lease value: waiting for it to expire"
                 );
-                return Ok(Claim::Leased { left_ms, value });
+                return Ok(None);
             }
         };
         if let Some(alive_ms) = store.alive_for(&live).await? {
@@ -121,20 +128,19 @@ impl Lease {
             let wait = Duration::from_millis(alive_ms.min(LIVE_TTL.as_millis() as u64) + 50);
             tokio::time::sleep(wait).await;
             if store.alive_for(&live).await?.is_some() {
-                return Ok(Claim::Leased { left_ms, value });
+                return Ok(None);
             }
         }
-        if store.take_over(task_id, &value, owner, lease_ms).await? {
+        if store.take_over(task_id, value, owner, lease_ms).await? {
             tracing::info!(
                 task_id,
                 holder = value,
                 "the task's holder died with its worker: running it again"
             );
-            return Ok(Claim::Claimed);
+            return Ok(Some(Claim::Claimed));
         }
         // Completed, released or taken meanwhile: as the key says now.
-        let claim = store.claim(task_id, owner, lease_ms).await?;
-        Ok(claim)
+        store.claim(task_id, owner, lease_ms).await.map(Some)
     }
 
     /// The hold of attempt `owner` that completed the task but may not have reported it, taken
