@@ -28,7 +28,11 @@ fn always_flaky() -> TaskEnvelope {
 
 /// Attempts of `task` so far: each ends in a retry or a dead letter with the handler's code.
 fn attempts(tap: &EventTap, task: uuid::Uuid) -> usize {
-    tap.snapshot()
+    count_attempts(&tap.snapshot(), task)
+}
+
+fn count_attempts(events: &[secflow_common::events::TaskEvent], task: uuid::Uuid) -> usize {
+    events
         .iter()
         .filter(|e| e.task_id == Some(task))
         .filter(|e| e.error.as_ref().is_some_and(|err| err.code == "flaky"))
@@ -72,6 +76,11 @@ async fn a_rewritten_retry_count_never_buys_more_attempts() {
     let id = publish(&ns, std::slice::from_ref(&task)).await[0];
     let dead = ns.take_dlq(1, Duration::from_secs(20)).await.remove(0);
     assert_eq!(reason(&dead).0, "exhausted");
+    // The dead letter is confirmed before its event: wait for the event too.
+    tap.wait_until("2 attempts reported", Duration::from_secs(10), |ev| {
+        count_attempts(ev, id) >= 2
+    })
+    .await;
     assert_eq!(attempts(&tap, id), 2);
     let headers = dead.properties.headers().as_ref();
     assert_eq!(h::get_u64(headers, h::RETRY_COUNT), Some(1));
@@ -119,6 +128,10 @@ async fn a_rewritten_retry_count_never_buys_more_attempts() {
     );
     let headers = back.properties.headers().as_ref();
     assert_eq!(h::get_u64(headers, h::REQUEUE_COUNT), Some(1));
+    tap.wait_until("3 attempts reported", Duration::from_secs(10), |ev| {
+        count_attempts(ev, id) >= 3
+    })
+    .await;
     assert_eq!(
         attempts(&tap, id),
         3,

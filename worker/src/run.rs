@@ -100,6 +100,11 @@ pub async fn run_with_stats(
     if !store.check().await {
         tracing::warn!(url = %redact_url(&cfg.broker.redis_url), "starting without Redis: local breakers until it answers");
     }
+    let worker_id = cfg.worker_id();
+    // Other workers take this one's leases over within seconds once these heartbeats stop.
+    let stop_heartbeat = CancellationToken::new();
+    store.keep_alive_worker(worker_id.clone(), stop_heartbeat.clone());
+    let _stop_heartbeat = stop_heartbeat.drop_guard();
     let parts = Parts {
         keyring,
         handlers: Arc::new(
@@ -133,7 +138,6 @@ pub async fn run_with_stats(
         .await
         .map_err(WorkerError::Config)?;
     }
-    let worker_id = cfg.worker_id();
     let name = format!("secflow-worker {worker_id}");
     tokio::pin!(shutdown);
     let mut connected_once = false;

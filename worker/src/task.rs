@@ -104,9 +104,11 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
                 .settle(&delivery, Some(&task), &meta, Disposition::Duplicate, None)
                 .await;
         }
-        Ok(Err(Refused::Completing { since_ms, owner }))
-            if now_ms().saturating_sub(since_ms) < shared.limits.lease_ms =>
-        {
+        Ok(Err(Refused::Completing {
+            since_ms,
+            owner,
+            worker_dead: false,
+        })) if now_ms().saturating_sub(since_ms) < shared.limits.lease_ms => {
             // The attempt is reporting its completion right now: look again in a moment, when
             // its done marker is there.
             let later = defer(
@@ -239,6 +241,12 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
             )
             .await;
     };
+    // A side effect that happened must not happen again: a successful ad-hoc task is complete
+    // whatever follows, so record that first. A worker killed from here on has its completion
+    // reported again by the redelivery instead of the task run again.
+    if let (Ok(_), Some(lease), None) = (&outcome, &lease, task.run_id) {
+        lease.completing(settler.done_ttl_ms).await;
+    }
     // Only failures that say the service is unwell count against it: an unknown exit code or
     // a 404 is the task's problem, not the service's.
     let healthy = !matches!(&outcome, Err(e) if matches!(e.class, ErrorClass::Transient | ErrorClass::Resource));

@@ -1,18 +1,29 @@
 //! One attempt's hold on a task: the lease while it runs, the done marker once it completed.
 
-use super::{Claim, Store, StoreError};
-use std::{sync::Arc, time::Duration};
+use super::{Claim, Holder, LIVE_TTL, Store, StoreError, holder, liveness};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 /// Why an attempt may not run a task now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refused {
     /// It already completed.
     Done,
-    /// Another attempt holds it for this many more ms.
+    /// Another attempt holds it, for this many more ms, and its worker is alive.
     Leased(u64),
     /// An attempt completed it and is reporting it (or died doing so): since when (ms since the
-    /// epoch) and which attempt.
-    Completing { since_ms: u64, owner: String },
+    /// epoch), which attempt, and whether that attempt's worker is known to be dead (then
+    /// nothing more comes from it: report the completion again now).
+    Completing {
+        since_ms: u64,
+        owner: String,
+        worker_dead: bool,
+    },
 }
 
 /// This attempt's hold on a task: renewed while it runs, turned into a done marker when it
@@ -22,28 +33,114 @@ pub struct Lease {
     task_id: String,
     owner: String,
     lease_ms: u64,
+    /// Whether the completing marker has been written.
+    completing: AtomicBool,
 }
 
 impl Lease {
     /// Claims `task_id` for a new attempt; `Ok(Err(refusal))` when it must not run now.
+    ///
+    /// A lease held by an attempt of a dead worker (its liveness key is gone) is taken over at
+    /// once. One whose worker still looks alive is looked at again when that worker's liveness
+    /// would have lapsed (at most [`LIVE_TTL`]): a worker that was just killed has not been
+    /// missed yet when the broker redelivers its tasks, and this wait in place (instead of a
+    /// deferral) runs its tasks again within seconds without spending a deferral.
     pub async fn claim(
         store: &Arc<Store>,
         task_id: &str,
         worker: &str,
         lease_ms: u64,
     ) -> Result<Result<Self, Refused>, StoreError> {
-        let owner = format!("{worker}/{}", uuid::Uuid::new_v4().simple());
-        Ok(match store.claim(task_id, &owner, lease_ms).await? {
+        store.ensure_alive(worker).await?;
+        let owner = format!(
+            "{worker}/{}/{}",
+            store.live_id(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let claim = store.claim(task_id, &owner, lease_ms).await?;
+        let claim = match claim {
+            Claim::Leased { left_ms, value } => {
+                let held = Claim::Leased {
+                    left_ms,
+                    value: value.clone(),
+                };
+                // A Redis failure from here on leaves the task to its holder: deferred.
+                Self::unless_abandoned(store, task_id, &owner, lease_ms, &value)
+                    .await
+                    .unwrap_or(None)
+                    .unwrap_or(held)
+            }
+            other => other,
+        };
+        Ok(match claim {
             Claim::Claimed => Ok(Self {
                 store: Arc::clone(store),
                 task_id: task_id.to_string(),
                 owner,
                 lease_ms,
+                completing: AtomicBool::new(false),
             }),
             Claim::Done => Err(Refused::Done),
-            Claim::Leased(ms) => Err(Refused::Leased(ms)),
-            Claim::Completing { since_ms, owner } => Err(Refused::Completing { since_ms, owner }),
+            Claim::Leased { left_ms, .. } => Err(Refused::Leased(left_ms)),
+            Claim::Completing(marker) => {
+                let (since, attempt) = marker.split_once(':').unwrap_or(("0", marker.as_str()));
+                // Unknown (Redis failed just now) counts as alive: the copy is deferred.
+                let worker_dead = match liveness::owner(attempt) {
+                    Holder::Tracked(live) if live != store.live_id() => {
+                        matches!(store.alive_for(&live).await, Ok(None))
+                    }
+                    _ => false,
+                };
+                Err(Refused::Completing {
+                    since_ms: since.parse().unwrap_or(0),
+                    owner: attempt.to_string(),
+                    worker_dead,
+                })
+            }
         })
+    }
+
+    /// A lease `value` found held: `Some(Claimed)` if its worker is dead and it was taken over,
+    /// possibly after waiting for that worker's liveness to lapse; `Some(other)` if the key
+    /// turned into something else meanwhile; `None` if it stays with its live holder.
+    async fn unless_abandoned(
+        store: &Arc<Store>,
+        task_id: &str,
+        owner: &str,
+        lease_ms: u64,
+        value: &str,
+    ) -> Result<Option<Claim>, StoreError> {
+        let live = match holder(value) {
+            Holder::Tracked(live) if live != store.live_id() => live,
+            // This process's own attempt, alive by definition; or a holder without liveness.
+            Holder::Tracked(_) | Holder::Untracked => return Ok(None),
+            Holder::Unknown => {
+                tracing::warn!(
+                    task_id,
+                    value,
+                    "task key holds an unknown lease value: waiting for it to expire"
+                );
+                return Ok(None);
+            }
+        };
+        if let Some(alive_ms) = store.alive_for(&live).await? {
+            // Just past the moment its liveness lapses if it is not renewed.
+            let wait = Duration::from_millis(alive_ms.min(LIVE_TTL.as_millis() as u64) + 50);
+            tokio::time::sleep(wait).await;
+            if store.alive_for(&live).await?.is_some() {
+                return Ok(None);
+            }
+        }
+        if store.take_over(task_id, value, owner, lease_ms).await? {
+            tracing::info!(
+                task_id,
+                holder = value,
+                "the task's holder died with its worker: running it again"
+            );
+            return Ok(Some(Claim::Claimed));
+        }
+        // Completed, released or taken meanwhile: as the key says now.
+        store.claim(task_id, owner, lease_ms).await.map(Some)
     }
 
     /// The hold of attempt `owner` that completed the task but may not have reported it, taken
@@ -54,10 +151,12 @@ impl Lease {
             task_id: task_id.to_string(),
             owner,
             lease_ms,
+            completing: AtomicBool::new(false),
         }
     }
 
-    /// The attempt's identity (`worker/uuid`).
+    /// The attempt's identity (`worker/live/uuid`: the worker, its process's liveness id, the
+    /// attempt).
     pub fn owner(&self) -> &str {
         &self.owner
     }
@@ -66,6 +165,10 @@ impl Lease {
     /// completion event): a redelivery then reports it again under the same event id instead of
     /// running it.
     pub async fn completing(&self, ttl_ms: u64) {
+        // Recorded once per attempt (see `task::process`: as soon as an ad-hoc task succeeded).
+        if self.completing.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let _ = self
             .store
             .completing(&self.task_id, &self.owner, ttl_ms)

@@ -9,11 +9,13 @@
 
 mod fault;
 mod lease;
+mod liveness;
 mod records;
 mod values;
 
 pub use fault::{Fault, StateCorrupted, StoreError, classify};
 pub use lease::{Lease, Refused};
+pub use liveness::{Holder, LIVE_TTL, holder};
 pub use values::{MAX_CLOCK_SKEW_MS, TaskValue, parse_task_value};
 
 use crate::stats::WorkerStats;
@@ -22,7 +24,10 @@ use deadpool_redis::{
     redis::{Script, aio::MultiplexedConnection},
 };
 use std::{
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -36,10 +41,12 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 pub enum Claim {
     /// Already completed: ack without running.
     Done,
-    /// Another attempt holds the lease for this long, ms: do not run it concurrently.
-    Leased(u64),
-    /// An attempt completed the task and is reporting it, or stopped while doing so.
-    Completing { since_ms: u64, owner: String },
+    /// Another attempt holds the lease for this long, ms, with this value (`lease:<owner>`):
+    /// do not run it concurrently (unless its worker is dead).
+    Leased { left_ms: u64, value: String },
+    /// An attempt completed the task and is reporting it, or stopped while doing so:
+    /// `"{since_ms}:{owner}"`.
+    Completing(String),
     /// This attempt holds the lease.
     Claimed,
 }
@@ -55,6 +62,10 @@ pub struct Store {
     /// Shared with the worker's stats, where metrics and readiness read it.
     stats: Arc<WorkerStats>,
     scripts: Scripts,
+    /// This process's liveness id (see [`liveness`]).
+    live_id: String,
+    /// Until when (ms since the epoch) this process's liveness key is known to be there.
+    alive_until_ms: AtomicU64,
 }
 
 struct Scripts {
@@ -63,6 +74,7 @@ struct Scripts {
     renew: Script,
     release: Script,
     bump: Script,
+    take_over: Script,
 }
 
 impl Store {
@@ -88,7 +100,10 @@ impl Store {
                 renew: Script::new(include_str!("lua/renew.lua")),
                 release: Script::new(include_str!("lua/release.lua")),
                 bump: Script::new(include_str!("lua/bump.lua")),
+                take_over: Script::new(include_str!("lua/take_over.lua")),
             },
+            live_id: uuid::Uuid::new_v4().simple().to_string(),
+            alive_until_ms: AtomicU64::new(0),
         }))
     }
 
@@ -278,7 +293,7 @@ impl Store {
         if claimed.is_some() {
             return Ok(Claim::Claimed);
         }
-        let (status, pttl, value): (String, i64, String) = self
+        let (status, ttl, value): (String, i64, String) = self
             .run(
                 &self.scripts.claim,
                 &[&key],
@@ -288,12 +303,15 @@ impl Store {
         if status == "claimed" {
             return Ok(Claim::Claimed);
         }
-        match parse_task_value(&value, pttl, secflow_common::now_ms()) {
+        match parse_task_value(&value, ttl, secflow_common::now_ms()) {
             Ok(TaskValue::Done { .. }) => Ok(Claim::Done),
             Ok(TaskValue::Completing { since_ms, owner }) => {
-                Ok(Claim::Completing { since_ms, owner })
+                Ok(Claim::Completing(format!("{since_ms}:{owner}")))
             }
-            Ok(TaskValue::Lease { ttl_ms, .. }) => Ok(Claim::Leased(ttl_ms)),
+            Ok(TaskValue::Lease { owner, ttl_ms }) => Ok(Claim::Leased {
+                left_ms: ttl_ms,
+                value: format!("lease:{owner}"),
+            }),
             Err(detail) => Err(self.corrupted(&key, detail).into()),
         }
     }

@@ -1,6 +1,10 @@
 //! `exec`: runs an allowed program by argv (never through a shell) in a fresh working
 //! directory, with a scrubbed environment, resource limits, a timeout that kills its whole
-//! process group, bounded output capture, and classified failures.
+//! process group, bounded output capture, and classified failures. The program and its
+//! group die with the worker, also when the worker is SIGKILLed ([`spawn`], [`reaper`]).
+
+mod reaper;
+mod spawn;
 
 use super::parse_config;
 use crate::classify::{Classifier, Failure, io_kind_name};
@@ -126,7 +130,7 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
 }
 
 /// Kills the process group when dropped: on timeout, on cancellation, and to reap helpers
-/// the program left behind.
+/// the program left behind; then tells the reaper the group is gone.
 struct GroupGuard(Option<Pid>);
 
 impl Drop for GroupGuard {
@@ -134,6 +138,9 @@ impl Drop for GroupGuard {
         if let Some(pgid) = self.0 {
             // ESRCH (group already gone) is the normal case after a clean exit.
             let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
+            if let Some(reaper) = reaper::get() {
+                reaper.forget(pgid.as_raw());
+            }
         }
     }
 }
@@ -228,9 +235,9 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    limit_resources(&mut cmd, policy.memory_limit_bytes);
-    let mut child = cmd
-        .spawn()
+    spawn::contain(&mut cmd, policy.memory_limit_bytes);
+    let mut child = spawn::spawn(cmd)
+        .await
         .map_err(|e| spawn_error(program, &e, classifier))?;
     // Dropped before `workdir` (reverse order): the group is dead before its directory goes.
     let _guard = GroupGuard(
@@ -303,23 +310,6 @@ pub async fn run(
     ))
 }
 
-/// No core dumps; with a memory limit, an address-space cap (the program sees allocation
-/// failures, or is killed, past it).
-fn limit_resources(cmd: &mut tokio::process::Command, memory_limit_bytes: Option<u64>) {
-    use nix::sys::resource::{Resource, setrlimit};
-    // SAFETY: the closure runs in the child between fork and exec; it only calls setrlimit,
-    // which is async-signal-safe, and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(std::io::Error::from)?;
-            if let Some(bytes) = memory_limit_bytes {
-                setrlimit(Resource::RLIMIT_AS, bytes, bytes).map_err(std::io::Error::from)?;
-            }
-            Ok(())
-        });
-    }
-}
-
 /// Reads a pipe to its end, keeping the first `limit` bytes; says whether it cut anything.
 async fn capture<R: AsyncRead + Unpin>(pipe: Option<R>, limit: usize) -> (Vec<u8>, bool) {
     let Some(mut pipe) = pipe else {
@@ -360,110 +350,4 @@ fn spawn_error(program: &str, e: &std::io::Error, classifier: &Classifier) -> Ta
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const T: Duration = Duration::from_secs(10);
-
-    async fn run_default(
-        config: &Value,
-        timeout: Duration,
-        max: usize,
-    ) -> Result<Value, TaskError> {
-        run(
-            &ExecPolicy::any(),
-            "t",
-            config,
-            timeout,
-            max,
-            &Classifier::defaults(),
-        )
-        .await
-    }
-
-    #[tokio::test]
-    async fn captures_output_and_exit_code() {
-        let out = run_default(
-            &json!({"argv": ["sh", "-c", "echo hi; echo warn >&2"]}),
-            T,
-            1024,
-        )
-        .await
-        .unwrap();
-        assert_eq!(out["stdout"], "hi\n");
-        assert_eq!(out["stderr"], "warn\n");
-    }
-
-    #[tokio::test]
-    async fn output_is_bounded() {
-        let out = run_default(
-            &json!({"argv": ["sh", "-c", "head -c 100000 /dev/zero"]}),
-            T,
-            1000,
-        )
-        .await
-        .unwrap();
-        assert_eq!(out["stdout"].as_str().unwrap().len(), 1000);
-        assert_eq!(out["stdout_truncated"], true);
-    }
-
-    #[tokio::test]
-    async fn failures_are_classified() {
-        let err = run_default(
-            &json!({"argv": ["sh", "-c", "echo 'connect: Connection refused' >&2; exit 7"]}),
-            T,
-            1024,
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(
-            (err.class, err.code.as_str()),
-            (ErrorClass::Transient, "connection_refused")
-        );
-        let err = run_default(&json!({"argv": ["/nonexistent/tool"]}), T, 1024)
-            .await
-            .unwrap_err();
-        assert_eq!(err.code, "executable_not_found");
-        let err = run_default(&json!({"argv": []}), T, 1024)
-            .await
-            .unwrap_err();
-        assert_eq!(err.class, ErrorClass::Validation);
-    }
-
-    /// Whether `pid` is a live (not zombie) process.
-    fn alive(pid: &str) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            stat.rsplit(')')
-                .next()
-                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-        })
-    }
-
-    #[tokio::test]
-    async fn timeout_kills_the_process_group() {
-        let pidfile = std::env::temp_dir().join(format!("secflow-exec-{}.pid", std::process::id()));
-        // A background grandchild that would live 30 s if only the direct child were killed.
-        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
-        let err = run_default(
-            &json!({"argv": ["sh", "-c", script]}),
-            Duration::from_millis(500),
-            1024,
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(err.code, "timeout");
-        let pid = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .to_string();
-        let _ = std::fs::remove_file(&pidfile);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while alive(&pid) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "grandchild {pid} outlived the timeout"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
+mod tests;
