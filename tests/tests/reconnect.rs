@@ -95,3 +95,52 @@ async fn worker_reconnects_after_its_connection_is_closed() {
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
+
+/// Proves: tasks in flight and prefetched when the connection drops come back with a delivery
+/// count, but they are not suspects (no worker died): none is run in isolation, all complete
+/// once, and the worker is back at full concurrency at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_redelivered_after_a_lost_connection_are_not_suspects() {
+    let ns = TestNs::new().await;
+    let tap = ns.tap_events().await;
+    let stats = Arc::new(WorkerStats::default());
+    let stop = CancellationToken::new();
+    let worker_id = format!("{}-w", ns.name);
+    let cfg = WorkerConfig {
+        worker_id: Some(worker_id.clone()),
+        prefetch: 16,
+        ..ns.worker_config()
+    };
+    let worker = tokio::spawn(secflow_worker::run_with_stats(
+        cfg,
+        Arc::clone(&stats),
+        stop.clone().cancelled_owned(),
+    ));
+    let sleeps = PublishRequest {
+        node_type: "builtin.sleep".into(),
+        config: json!({"ms": 400}),
+        count: 64,
+        retry: None,
+        timeout_ms: None,
+    };
+    let ids = publish_tasks(&ns.broker(), &sleeps).await.unwrap();
+    tap.wait_until("a first completion", Duration::from_secs(10), |ev| {
+        ev.iter().any(|e| e.kind == "node.completed")
+    })
+    .await;
+    close_connection(&format!("secflow-worker {worker_id}"));
+    tap.wait_until("all 64 completed", Duration::from_secs(60), |ev| {
+        ids.iter().all(|id| {
+            ev.iter()
+                .any(|e| e.kind == "node.completed" && e.task_id == Some(*id))
+        })
+    })
+    .await;
+    assert_eq!(
+        WorkerStats::get(&stats.isolated),
+        0,
+        "a lost connection is no evidence against the tasks it held"
+    );
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}

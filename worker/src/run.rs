@@ -285,7 +285,9 @@ async fn session(
         r = setup => r??,
         () = shutdown.as_mut() => return Ok(()),
     };
+    let (suspects, suspects_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
+        suspects,
         handlers: Arc::clone(&parts.handlers),
         settler: Settler {
             events: EventBatcher::start(events, topology.events_exchange()),
@@ -316,7 +318,7 @@ async fn session(
         max_message_bytes: cfg.broker.max_message_bytes,
         chaos: cfg.chaos.clone().filter(crate::chaos::ChaosConfig::enabled),
     });
-    consume(conn, cfg, &queue, &shared, shutdown).await
+    consume(conn, cfg, &queue, &shared, suspects_rx, shutdown).await
 }
 
 async fn consume(
@@ -324,6 +326,7 @@ async fn consume(
     cfg: &WorkerConfig,
     queue: &str,
     shared: &Arc<Shared>,
+    mut suspects: tokio::sync::mpsc::UnboundedReceiver<Delivery>,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<(), WorkerError> {
     let tag = format!(
@@ -362,10 +365,25 @@ async fn consume(
                 Some(_) => {}
                 None => break Err(WorkerError::Broker(secflow_common::Error::ConnectionLost("the connection's event stream ended".into()))),
             },
+            Some(suspect) = suspects.recv() => {
+                match isolate(&channel, &tag, &mut consumer, suspect, shared, &tracker, shutdown.as_mut(), &mut connection_events).await {
+                    Isolation::Done => {
+                        consumer = within("subscribing again", subscribe(&channel, queue, &tag)).await??;
+                        shared.settler.stats.consuming.store(true, Ordering::SeqCst);
+                    }
+                    Isolation::Shutdown => break Ok(()),
+                    Isolation::Lost(e) => break Err(e),
+                }
+            }
             next = consumer.next() => match next {
-                Some(Ok(delivery)) if DeliveryMeta::read(&delivery, shared.keyring.as_ref()).is_suspect() => {
+                // Without Redis there is no evidence of what killed a worker: a delivery that
+                // was never settled is taken for a suspect, as the broker's count is all there is.
+                Some(Ok(delivery)) if shared.store.is_degraded() && DeliveryMeta::read(&delivery, shared.keyring.as_ref()).is_suspect() => {
                     match isolate(&channel, &tag, &mut consumer, delivery, shared, &tracker, shutdown.as_mut(), &mut connection_events).await {
-                        Isolation::Done => consumer = within("subscribing again", subscribe(&channel, queue, &tag)).await??,
+                        Isolation::Done => {
+                        consumer = within("subscribing again", subscribe(&channel, queue, &tag)).await??;
+                        shared.settler.stats.consuming.store(true, Ordering::SeqCst);
+                    }
                         Isolation::Shutdown => break Ok(()),
                         Isolation::Lost(e) => break Err(e),
                     }
@@ -479,6 +497,13 @@ async fn isolate(
         deliveries = meta.unsettled_total(),
         "redelivered after an unsettled attempt: running it in isolation"
     );
+    // Not consuming until the suspect is settled: readiness says so.
+    shared
+        .settler
+        .stats
+        .consuming
+        .store(false, Ordering::SeqCst);
+    WorkerStats::bump(&shared.settler.stats.isolated);
     let _ = tokio::time::timeout(
         CLOSE_TIMEOUT,
         channel.basic_cancel(tag.into(), BasicCancelOptions::default()),

@@ -15,6 +15,8 @@ pub struct WorkerStats {
     pub handed_back: AtomicU64,
     /// Tasks deferred without using a retry (open breaker, busy lease).
     pub deferred: AtomicU64,
+    /// Suspect tasks run alone (their last attempt died with its worker).
+    pub isolated: AtomicU64,
     /// Redelivered tasks that had already completed, acked without running.
     pub duplicates: AtomicU64,
     /// Redis is unreachable: breakers are local, idempotency checks are skipped.

@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 /// What every in-flight task of a worker shares.
 pub(crate) struct Shared {
     pub handlers: Arc<Handlers>,
+    /// Deliveries found to be suspects while claiming them, for the consumer to run alone.
+    pub suspects: tokio::sync::mpsc::UnboundedSender<Delivery>,
     pub settler: Settler,
     pub store: Arc<Store>,
     pub runs: Arc<secflow_common::runs::RunStore>,
@@ -98,6 +100,20 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
     )
     .await
     {
+        // Evidence that this task may have killed the worker that ran it: it runs alone, so
+        // that if it kills this one too, only it is charged a delivery.
+        Ok(Ok(lease)) if lease.taken_over() && !exclusive => {
+            lease.release().await;
+            tracing::warn!(
+                task_id,
+                "its last attempt died with its worker: running it in isolation"
+            );
+            if let Err(back) = shared.suspects.send(delivery) {
+                // The consumer is gone (connection lost, stopping): the broker redelivers it.
+                drop(back);
+            }
+            return;
+        }
         Ok(Ok(lease)) => Some(lease),
         Ok(Err(Refused::Done)) => {
             return settler

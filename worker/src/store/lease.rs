@@ -35,6 +35,8 @@ pub struct Lease {
     lease_ms: u64,
     /// Whether the completing marker has been written.
     completing: AtomicBool,
+    /// Whether it was taken over from an attempt whose worker died holding it.
+    taken_over: bool,
 }
 
 impl Lease {
@@ -73,7 +75,8 @@ impl Lease {
             other => other,
         };
         Ok(match claim {
-            Claim::Claimed => Ok(Self {
+            Claim::Claimed | Claim::TakenOver => Ok(Self {
+                taken_over: claim == Claim::TakenOver,
                 store: Arc::clone(store),
                 task_id: task_id.to_string(),
                 owner,
@@ -137,7 +140,7 @@ impl Lease {
                 holder = value,
                 "the task's holder died with its worker: running it again"
             );
-            return Ok(Some(Claim::Claimed));
+            return Ok(Some(Claim::TakenOver));
         }
         // Completed, released or taken meanwhile: as the key says now.
         store.claim(task_id, owner, lease_ms).await.map(Some)
@@ -152,7 +155,14 @@ impl Lease {
             owner,
             lease_ms,
             completing: AtomicBool::new(false),
+            taken_over: false,
         }
+    }
+
+    /// Whether this lease was taken over from an attempt whose worker died while holding it:
+    /// the evidence that makes a redelivered task a suspect (it may have killed that worker).
+    pub fn taken_over(&self) -> bool {
+        self.taken_over
     }
 
     /// The attempt's identity (`worker/live/uuid`: the worker, its process's liveness id, the

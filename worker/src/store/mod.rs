@@ -49,6 +49,9 @@ pub enum Claim {
     Completing(String),
     /// This attempt holds the lease.
     Claimed,
+    /// This attempt took the lease over from an attempt whose worker died holding it: evidence
+    /// that the task may have killed that worker.
+    TakenOver,
 }
 
 /// Redis access for one namespace.
