@@ -144,7 +144,13 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
             tracing::info!(task_id, attempt = %owner, "completed by an attempt that did not finish reporting it: reporting it again");
             let adopted = Lease::adopt(&shared.store, &task_id, owner, shared.limits.lease_ms);
             let disposition = if task.run_id.is_some() {
-                crate::workflow::finish_recorded(&shared.runs, settler, &task).await
+                crate::workflow::finish_recorded(
+                    &shared.runs,
+                    settler,
+                    &task,
+                    &retry_by_policy(shared, &task, &meta),
+                )
+                .await
             } else {
                 // Ad-hoc tasks keep no output outside their event: the repeat carries none.
                 Disposition::Complete(Value::Null)
@@ -224,7 +230,13 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
     }
     let prepared = crate::workflow::prepare(&shared.runs, &task).await;
     if prepared == Prepared::AlreadySucceeded {
-        let disposition = crate::workflow::finish_recorded(&shared.runs, settler, &task).await;
+        let disposition = crate::workflow::finish_recorded(
+            &shared.runs,
+            settler,
+            &task,
+            &retry_by_policy(shared, &task, &meta),
+        )
+        .await;
         return settler
             .settle(&delivery, Some(&task), &meta, disposition, lease.as_ref())
             .await;
@@ -274,13 +286,33 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
     let retries = u32::try_from(meta.retry_count).unwrap_or(u32::MAX);
     let unit = rand::rng().random::<f64>();
     let disposition = escalate(shared, &task, decide(outcome, retries, policy, unit)).await;
-    let disposition = crate::workflow::advance(&shared.runs, settler, &task, disposition).await;
+    let retry = retry_by_policy(shared, &task, &meta);
+    let disposition =
+        crate::workflow::advance(&shared.runs, settler, &task, disposition, &retry).await;
     let completed = matches!(disposition, Disposition::Complete(_));
     settler
         .settle(&delivery, Some(&task), &meta, disposition, lease.as_ref())
         .await;
     if completed {
         checkpoint(shared, &task).clear().await;
+    }
+}
+
+/// What a transient failure outside the handler (the run store unreachable) leads to under the
+/// task's retry policy: a retry with backoff, or the DLQ once its attempts are used up.
+fn retry_by_policy<'a>(
+    shared: &'a Shared,
+    task: &'a TaskEnvelope,
+    meta: &'a DeliveryMeta,
+) -> impl Fn(TaskError) -> Disposition + Sync + 'a {
+    move |error| {
+        let policy = shared.policies.lookup(
+            task.retry.as_ref(),
+            &task.node_type,
+            Some(ErrorClass::Transient),
+        );
+        let retries = u32::try_from(meta.retry_count).unwrap_or(u32::MAX);
+        decide(Err(error), retries, policy, rand::rng().random::<f64>())
     }
 }
 

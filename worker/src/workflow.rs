@@ -81,6 +81,7 @@ pub async fn finish_recorded(
     runs: &RunStore,
     settler: &Settler,
     task: &TaskEnvelope,
+    retry: &(dyn Fn(TaskError) -> Disposition + Sync),
 ) -> Disposition {
     let Some(run) = task.run_id else {
         return Disposition::Duplicate;
@@ -95,7 +96,7 @@ pub async fn finish_recorded(
         (Err(e), _) => e,
         (_, Err(e)) => e.into(),
     };
-    unrecorded(runs, run, failure)
+    unrecorded(runs, run, failure, retry)
 }
 
 /// Why a node's end could not be recorded and its run moved on.
@@ -124,7 +125,15 @@ impl From<String> for Unrecorded {
 
 /// The node's disposition when its end could not be recorded: dead-lettered as corrupted state
 /// when its run's data is damaged, else retried shortly.
-fn unrecorded(runs: &RunStore, run: Uuid, failure: Unrecorded) -> Disposition {
+/// `retry` turns a transient failure into the node's next step under its retry policy (a retry
+/// with backoff, or the DLQ once its attempts are used up): an unreachable run store does not
+/// retry a node for ever.
+fn unrecorded(
+    runs: &RunStore,
+    run: Uuid,
+    failure: Unrecorded,
+    retry: &(dyn Fn(TaskError) -> Disposition + Sync),
+) -> Disposition {
     match failure {
         Unrecorded::Corrupt(detail) => {
             let keys = runs.keys_pattern(&run.to_string());
@@ -132,14 +141,11 @@ fn unrecorded(runs: &RunStore, run: Uuid, failure: Unrecorded) -> Disposition {
             metrics::counter!("secflow_state_corrupted_total", "kind" => "run").increment(1);
             state_corrupted(&keys, &detail)
         }
-        Unrecorded::Unavailable(detail) => Disposition::Retry {
-            delay: std::time::Duration::from_secs(2),
-            error: TaskError::new(
-                ErrorClass::Transient,
-                "run_store_unavailable",
-                format!("run {run}: {detail}"),
-            ),
-        },
+        Unrecorded::Unavailable(detail) => retry(TaskError::new(
+            ErrorClass::Transient,
+            "run_store_unavailable",
+            format!("run {run}: {detail}"),
+        )),
     }
 }
 
@@ -233,6 +239,7 @@ pub async fn advance(
     settler: &Settler,
     task: &TaskEnvelope,
     disposition: Disposition,
+    retry: &(dyn Fn(TaskError) -> Disposition + Sync),
 ) -> Disposition {
     let Some(run) = task.run_id else {
         return disposition;
@@ -255,7 +262,7 @@ pub async fn advance(
             if let Unrecorded::Unavailable(detail) = &e {
                 tracing::error!(task_id = %task.task_id, %run, error = %detail, "cannot record the node's end in its run: retrying the node");
             }
-            unrecorded(runs, run, e)
+            unrecorded(runs, run, e, retry)
         }
     }
 }
@@ -342,4 +349,34 @@ async fn continue_run(
         settler.events.emit(event).await?;
     }
     Ok(already)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disposition::decide;
+    use secflow_common::retry::RetryPolicy;
+
+    #[test]
+    fn an_unreachable_run_store_retries_a_node_only_within_its_policy() {
+        let runs = RunStore::new("redis://127.0.0.1:1/", "ns").unwrap();
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            ..RetryPolicy::default()
+        };
+        let down = || Unrecorded::Unavailable("connection refused".into());
+        let first = |e| decide(Err(e), 0, &policy, 0.5);
+        assert!(matches!(
+            unrecorded(&runs, Uuid::nil(), down(), &first),
+            Disposition::Retry { .. }
+        ));
+        let last = |e| decide(Err(e), 1, &policy, 0.5);
+        match unrecorded(&runs, Uuid::nil(), down(), &last) {
+            Disposition::DeadLetter { reason, error } => {
+                assert_eq!(reason, crate::disposition::DeadReason::Exhausted);
+                assert_eq!(error.code, "run_store_unavailable");
+            }
+            other => panic!("retried past its policy: {other:?}"),
+        }
+    }
 }
