@@ -5,7 +5,7 @@
 //! fixed task ids let the done markers absorb any duplicate.
 
 use crate::{
-    disposition::{DeadReason, Disposition, state_corrupted},
+    disposition::{Disposition, state_corrupted},
     settle::Settler,
 };
 use futures_util::{StreamExt, TryStreamExt};
@@ -278,15 +278,7 @@ async fn check_and_cache(
     };
     let size = output.to_string().len();
     if size > MAX_OUTPUT_BYTES {
-        let message = format!(
-            "node `{}` produced {size} bytes of output, above the {MAX_OUTPUT_BYTES}-byte limit of a run's stored outputs",
-            task.node_id
-        );
-        let error = TaskError::validation("output_too_large", message);
-        return Disposition::DeadLetter {
-            reason: DeadReason::Validation,
-            error,
-        };
+        return crate::disposition::output_too_large(&task.node_id, size, MAX_OUTPUT_BYTES);
     }
     if task.cache
         && let Err(e) = runs.cache(&task.cache_key(), output).await

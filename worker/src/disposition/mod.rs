@@ -7,6 +7,9 @@ use secflow_common::{ErrorClass, TaskError, retry::RetryPolicy};
 use serde_json::Value;
 use std::time::Duration;
 
+mod refusals;
+pub use refusals::*;
+
 /// `resource` failures wait this many times longer than `transient` ones.
 pub const RESOURCE_FACTOR: u32 = 4;
 /// Longest delay a Retry-After header may impose.
@@ -75,35 +78,6 @@ pub enum Disposition {
     Defer { delay: Duration, reason: String },
     /// Already completed (redelivered duplicate): ack without running.
     Duplicate,
-}
-
-/// Defers a task for `delay` unless it has been deferred `cap` times already.
-pub fn defer(defers: u64, cap: u64, delay: Duration, reason: &str) -> Disposition {
-    if defers >= cap {
-        let message = format!("deferred {defers} times ({reason}); giving up");
-        let error = TaskError::new(ErrorClass::Transient, "deferred_too_long", message);
-        return Disposition::DeadLetter {
-            reason: DeadReason::DeferredTooLong,
-            error,
-        };
-    }
-    Disposition::Defer {
-        delay,
-        reason: reason.to_string(),
-    }
-}
-
-/// Dead-letters a task whose Redis `key` holds unusable state (`detail`): `permanent` (a
-/// retry meets the same key), code `state_corrupted`, naming the key and what is wrong.
-pub fn state_corrupted(key: &str, detail: &str) -> Disposition {
-    let message = format!(
-        "its state in Redis key `{key}` is corrupted: {detail}; not run, since whether it already \
-         ran is unknown (inspect the key, delete it, then requeue the task)"
-    );
-    Disposition::DeadLetter {
-        reason: DeadReason::StateCorrupted,
-        error: TaskError::new(ErrorClass::Permanent, "state_corrupted", message),
-    }
 }
 
 /// Decides the fate of a task that has been retried `retries` times, given its outcome.

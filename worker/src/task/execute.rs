@@ -1,0 +1,129 @@
+//! The third and fourth steps: [`gate`] asks the service's breaker and the run whether the
+//! task may run now; [`execute`] runs its handler under its timeout (or stands a cached output
+//! or a cancellation in for it), keeping its lease alive.
+
+use super::{Shared, claim::jittered};
+use crate::{
+    breaker::state::Verdict,
+    chaos::Injection,
+    disposition::{self, Disposition},
+    handlers::TaskContext,
+    settle::DeliveryMeta,
+    store::Lease,
+    workflow::Prepared,
+};
+use secflow_common::{ErrorClass, TaskEnvelope, TaskError, now_ms};
+use serde_json::Value;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// `Err` with the disposition when the task must not run now: its service's breaker is open
+/// (deferred until it may half-open), or its node is already recorded as succeeded (its
+/// completion is reported from the record). `Ok` with what its run says (run, or cancelled).
+pub(super) async fn gate(
+    shared: &Shared,
+    task: &TaskEnvelope,
+    meta: &DeliveryMeta,
+    service: &str,
+) -> Result<Prepared, Disposition> {
+    let now = now_ms();
+    if let Verdict::Reject { until_ms } = shared.breakers.admit(service, now).await {
+        return Err(disposition::defer(
+            meta.defer_count,
+            shared.limits.max_defers,
+            jittered(until_ms.saturating_sub(now)),
+            "circuit breaker open",
+        ));
+    }
+    let prepared = crate::workflow::prepare(&shared.runs, task).await;
+    if prepared == Prepared::AlreadySucceeded {
+        let retry = super::conclude::retry_by_policy(shared, task, meta);
+        return Err(
+            crate::workflow::finish_recorded(&shared.runs, &shared.settler, task, &retry).await,
+        );
+    }
+    Ok(prepared)
+}
+
+/// The task's outcome: its handler's, a cached output, or a cancellation; `None` if the
+/// worker's grace period ran out (or its connection was lost) first.
+pub(super) async fn execute(
+    shared: &Shared,
+    task: &TaskEnvelope,
+    meta: &DeliveryMeta,
+    lease: Option<&Lease>,
+    prepared: Prepared,
+) -> Option<Result<Value, TaskError>> {
+    if prepared == Prepared::Cancelled {
+        return Some(Err(disposition::cancelled_before_start()));
+    }
+    if let Some(output) = crate::workflow::cached_output(&shared.runs, task).await {
+        return Some(Ok(output));
+    }
+    let cancel = task.run_id.map(|run| shared.cancels.enter(run));
+    let outcome = run_handler(shared, task, meta, lease, cancel.as_ref()).await;
+    if let Some(run) = task.run_id {
+        shared.cancels.release(run);
+    }
+    outcome
+}
+
+/// Runs the handler under its timeout, keeping the lease alive; `None` if the worker's grace
+/// period ran out first.
+async fn run_handler(
+    shared: &Shared,
+    task: &TaskEnvelope,
+    meta: &DeliveryMeta,
+    lease: Option<&Lease>,
+    cancel: Option<&CancellationToken>,
+) -> Option<Result<Value, TaskError>> {
+    let timeout = task
+        .timeout_ms
+        .map_or(shared.default_timeout, Duration::from_millis)
+        .min(crate::config::MAX_TASK_TIMEOUT);
+    let ctx = TaskContext {
+        task,
+        retry_count: meta.retry_count,
+        timeout,
+        checkpoint: super::conclude::checkpoint(shared, task),
+    };
+    let handler = async {
+        if let Some(chaos) = &shared.chaos {
+            let (latency, injection) = chaos.draw(&task.node_type);
+            tokio::time::sleep(latency).await;
+            match injection {
+                Injection::None => {}
+                Injection::Fail(e) => {
+                    metrics::counter!("secflow_chaos_injected_total", "kind" => "fail")
+                        .increment(1);
+                    return Err(e);
+                }
+                Injection::Crash => {
+                    tracing::error!(task_id = %task.task_id, "chaos: aborting the worker mid-task");
+                    std::process::abort();
+                }
+                Injection::Hang => {
+                    tracing::warn!(task_id = %task.task_id, "chaos: hanging the task until its timeout");
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+        shared.handlers.run(&ctx).await
+    };
+    let keep_alive = async {
+        match lease {
+            Some(lease) => lease.keep_alive().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = tokio::time::timeout(timeout, handler) => Some(r.unwrap_or_else(|_| Err(TaskError::new(
+            ErrorClass::Transient, "timeout", format!("{} did not finish within {} ms", task.node_type, timeout.as_millis()),
+        )))),
+        () = keep_alive => None,
+        () = async { match cancel { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
+            Some(Err(TaskError::new(ErrorClass::Cancelled, "run_cancelled", "its run was cancelled while it ran; stopped")))
+        }
+        () = shared.hard_stop.cancelled() => None,
+    }
+}

@@ -1,0 +1,161 @@
+//! One delivery, from bytes to settlement, as a short pipeline of named steps:
+//! [`admit`] (size, signature, envelope, a handler for its type, not a crash loop) →
+//! [`claim`] (no second run of a completed task, no two attempts at once, suspects isolated) →
+//! [`gate`] (the service's breaker, a node already recorded) → [`execute`] (the handler under
+//! its timeout, lease kept alive) → [`conclude`] (breaker report, the one decision,
+//! escalation, the run moved forward). Each step either hands the next one what it needs or
+//! ends the delivery with its [`End`]; the delivery is settled once, at the end.
+
+mod admit;
+mod claim;
+mod conclude;
+mod execute;
+
+use crate::{
+    breaker::Breakers,
+    disposition::Disposition,
+    handlers::Handlers,
+    policies::PolicyTable,
+    settle::{DeliveryMeta, Settler},
+    store::{Lease, Store},
+};
+use lapin::message::Delivery;
+use secflow_common::TaskEnvelope;
+use std::{sync::Arc, time::Duration};
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+
+/// What every in-flight task of a worker shares.
+pub(crate) struct Shared {
+    pub handlers: Arc<Handlers>,
+    /// Deliveries found to be suspects while claiming them, for the consumer to run alone.
+    pub suspects: tokio::sync::mpsc::UnboundedSender<Delivery>,
+    pub settler: Settler,
+    pub store: Arc<Store>,
+    pub runs: Arc<secflow_common::runs::RunStore>,
+    pub cancels: Arc<crate::workflow::RunCancels>,
+    pub breakers: Arc<Breakers>,
+    pub policies: PolicyTable,
+    pub default_timeout: Duration,
+    /// Suspect tasks run alone (write lock) so a task that kills the process does not take
+    /// innocent tasks' delivery attempts with it.
+    pub isolation: RwLock<()>,
+    /// The work queue's delivery limit, also enforced across hand-backs.
+    pub delivery_limit: u64,
+    /// Cancelled when the grace period is over: unfinished tasks are handed back.
+    pub hard_stop: CancellationToken,
+    pub limits: Limits,
+    /// Verifies task signatures; `None` only when signing was disabled explicitly.
+    pub keyring: Option<secflow_common::signing::Keyring>,
+    /// Larger messages are dead-lettered unread.
+    pub max_message_bytes: usize,
+    /// Fault injection, when switched on.
+    pub chaos: Option<crate::chaos::ChaosConfig>,
+}
+
+/// Idempotency, deferral and escalation settings.
+pub(crate) struct Limits {
+    pub lease_ms: u64,
+    pub max_defers: u64,
+    pub escalate_after: u64,
+    pub escalate_window_ms: u64,
+    /// Which tasks may run without a claim while Redis is unreachable.
+    pub idempotent: crate::idempotency::IdempotencyTable,
+}
+
+/// How a delivery ends.
+pub(crate) enum End {
+    /// Settled as this says.
+    Settle(Box<Settlement>),
+    /// Evidence says it may have killed a worker: the consumer runs it alone.
+    Isolate,
+}
+
+/// What the one settlement of a delivery needs.
+pub(crate) struct Settlement {
+    /// The task, when it could be read.
+    task: Option<TaskEnvelope>,
+    /// What happens to the delivery.
+    disposition: Disposition,
+    /// The lease this attempt holds, when it took one.
+    lease: Option<Lease>,
+}
+
+impl End {
+    /// Settles with `disposition`.
+    fn settle(task: Option<TaskEnvelope>, disposition: Disposition, lease: Option<Lease>) -> Self {
+        Self::Settle(Box::new(Settlement {
+            task,
+            disposition,
+            lease,
+        }))
+    }
+
+    /// Settles `task` with `disposition`, no lease.
+    fn with(task: &TaskEnvelope, disposition: Disposition) -> Self {
+        Self::settle(Some(task.clone()), disposition, None)
+    }
+}
+
+/// Decodes, runs and settles one delivery. Never panics on input. `exclusive` runs it with no
+/// other task in flight.
+pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool) {
+    let meta = DeliveryMeta::read(&delivery, shared.keyring.as_ref());
+    match pipeline(shared, &delivery, &meta, exclusive).await {
+        End::Settle(settlement) => {
+            let Settlement {
+                task,
+                disposition,
+                lease,
+            } = *settlement;
+            let completed = matches!(disposition, Disposition::Complete(_));
+            shared
+                .settler
+                .settle(&delivery, task.as_ref(), &meta, disposition, lease.as_ref())
+                .await;
+            if let (true, Some(task)) = (completed, &task) {
+                conclude::checkpoint(shared, task).clear().await;
+            }
+        }
+        End::Isolate => {
+            if let Err(back) = shared.suspects.send(delivery) {
+                // The consumer is gone (connection lost, stopping): the broker redelivers it.
+                drop(back);
+            }
+        }
+    }
+}
+
+async fn pipeline(
+    shared: &Shared,
+    delivery: &Delivery,
+    meta: &DeliveryMeta,
+    exclusive: bool,
+) -> End {
+    let task = match admit::admit(shared, delivery, meta) {
+        Ok(task) => task,
+        Err(end) => return end,
+    };
+    // Suspects run alone (write), everything else side by side (read).
+    let (_exclusive, _shared);
+    if exclusive {
+        _exclusive = shared.isolation.write().await;
+    } else {
+        _shared = shared.isolation.read().await;
+    }
+    let lease = match claim::claim(shared, &task, meta, exclusive).await {
+        Ok(lease) => lease,
+        Err(end) => return end,
+    };
+    let service = task.service().to_string();
+    let prepared = match execute::gate(shared, &task, meta, &service).await {
+        Ok(prepared) => prepared,
+        Err(disposition) => {
+            return End::settle(Some(task), disposition, lease);
+        }
+    };
+    let outcome = execute::execute(shared, &task, meta, lease.as_ref(), prepared).await;
+    let disposition =
+        conclude::conclude(shared, &task, meta, &service, lease.as_ref(), outcome).await;
+    End::settle(Some(task), disposition, lease)
+}
