@@ -680,7 +680,15 @@ async fn main() -> Result<()> {
             break s;
         }
         if started.elapsed() >= settings.timeout {
-            let diagnosis = stall_report(&runs, &run, &broker.amqp_url, &topology, &fleet).await;
+            let mut diagnosis =
+                stall_report(&runs, &run, &broker.amqp_url, &topology, &fleet).await;
+            // Everything in the DLQ, with its reason: a node that ended there unrecorded would
+            // leave its run waiting.
+            if let Ok(dead) = drain_dlq(&broker.amqp_url, &topology).await {
+                for (id, reason, code) in dead {
+                    diagnosis.push_str(&format!("  dead letter {id}: {reason}/{code}\n"));
+                }
+            }
             bail!(
                 "the run did not end within {:?}\n{diagnosis}",
                 settings.timeout

@@ -143,7 +143,7 @@ async fn report_again(
         // Ad-hoc tasks keep no output outside their event: the repeat carries none.
         Disposition::Complete(Value::Null)
     };
-    End::settle(Some(task.clone()), disposition, Some(adopted))
+    End::recorded(task.clone(), disposition, Some(adopted))
 }
 
 /// `delay_ms` plus up to 10% so deferred tasks do not all come back at the same instant.

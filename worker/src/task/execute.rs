@@ -17,30 +17,36 @@ use serde_json::Value;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// `Err` with the disposition when the task must not run now: its service's breaker is open
-/// (deferred until it may half-open), or its node is already recorded as succeeded (its
-/// completion is reported from the record). `Ok` with what its run says (run, or cancelled).
+/// Why a task does not run now.
+pub(super) enum Held {
+    /// Its service's breaker is open: deferred until it may half-open.
+    Deferred(Disposition),
+    /// Its node is already recorded as succeeded: its completion is reported from the record.
+    Recorded(Disposition),
+}
+
+/// `Err` when the task must not run now; `Ok` with what its run says (run, or cancelled).
 pub(super) async fn gate(
     shared: &Shared,
     task: &TaskEnvelope,
     meta: &DeliveryMeta,
     service: &str,
-) -> Result<Prepared, Disposition> {
+) -> Result<Prepared, Held> {
     let now = now_ms();
     if let Verdict::Reject { until_ms } = shared.breakers.admit(service, now).await {
-        return Err(disposition::defer(
+        return Err(Held::Deferred(disposition::defer(
             meta.defer_count,
             shared.limits.max_defers,
             jittered(until_ms.saturating_sub(now)),
             "circuit breaker open",
-        ));
+        )));
     }
     let prepared = crate::workflow::prepare(&shared.runs, task).await;
     if prepared == Prepared::AlreadySucceeded {
         let retry = super::conclude::retry_by_policy(shared, task, meta);
-        return Err(
-            crate::workflow::finish_recorded(&shared.runs, &shared.settler, task, &retry).await,
-        );
+        let finished =
+            crate::workflow::finish_recorded(&shared.runs, &shared.settler, task, &retry).await;
+        return Err(Held::Recorded(finished));
     }
     Ok(prepared)
 }

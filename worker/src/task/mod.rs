@@ -79,6 +79,8 @@ pub(crate) struct Settlement {
     disposition: Disposition,
     /// The lease this attempt holds, when it took one.
     lease: Option<Lease>,
+    /// Whether the task's run already knows (the last step moves the run forward itself).
+    recorded: bool,
 }
 
 impl End {
@@ -88,6 +90,17 @@ impl End {
             task,
             disposition,
             lease,
+            recorded: false,
+        }))
+    }
+
+    /// Settles `task` with `disposition`, its run already told.
+    fn recorded(task: TaskEnvelope, disposition: Disposition, lease: Option<Lease>) -> Self {
+        Self::Settle(Box::new(Settlement {
+            task: Some(task),
+            disposition,
+            lease,
+            recorded: true,
         }))
     }
 
@@ -105,9 +118,26 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
         End::Settle(settlement) => {
             let Settlement {
                 task,
-                disposition,
+                mut disposition,
                 lease,
+                recorded,
             } = *settlement;
+            // A workflow node dead-lettered before it ran (refused, corrupted state, deferred
+            // too long) must end in its run too, or the run would wait for it for ever.
+            if let (false, Disposition::DeadLetter { .. }, Some(task)) =
+                (recorded, &disposition, &task)
+                && task.run_id.is_some()
+            {
+                let retry = conclude::retry_by_policy(shared, task, &meta);
+                disposition = crate::workflow::advance(
+                    &shared.runs,
+                    &shared.settler,
+                    task,
+                    disposition,
+                    &retry,
+                )
+                .await;
+            }
             let completed = matches!(disposition, Disposition::Complete(_));
             shared
                 .settler
@@ -150,12 +180,15 @@ async fn pipeline(
     let service = task.service().to_string();
     let prepared = match execute::gate(shared, &task, meta, &service).await {
         Ok(prepared) => prepared,
-        Err(disposition) => {
+        Err(execute::Held::Deferred(disposition)) => {
             return End::settle(Some(task), disposition, lease);
+        }
+        Err(execute::Held::Recorded(disposition)) => {
+            return End::recorded(task, disposition, lease);
         }
     };
     let outcome = execute::execute(shared, &task, meta, lease.as_ref(), prepared).await;
     let disposition =
         conclude::conclude(shared, &task, meta, &service, lease.as_ref(), outcome).await;
-    End::settle(Some(task), disposition, lease)
+    End::recorded(task, disposition, lease)
 }
