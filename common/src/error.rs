@@ -50,14 +50,21 @@ pub enum Error {
         /// Routing key used.
         routing_key: String,
     },
-    /// The broker did not answer in time.
-    #[error("RabbitMQ did not answer within {after:?}: {what}")]
+    /// The broker or Redis did not answer in time (see [`crate::deadline::within`]).
+    #[error(
+        "gave up after {after:?} waiting for {what}: is the service up and reachable, and not \
+         overloaded?"
+    )]
     Timeout {
         /// What was waited for.
         what: String,
         /// How long.
         after: std::time::Duration,
     },
+    /// The connection to the broker was lost (broker restarted or stopped, network cut): not
+    /// a configuration error; reconnecting may succeed.
+    #[error("lost the connection to RabbitMQ while {0}: it reconnects when the broker is back")]
+    ConnectionLost(String),
     /// Lifecycle events could not be published (their publisher lost its channel).
     #[error("publishing lifecycle events failed: {0}")]
     Events(String),
@@ -92,6 +99,7 @@ impl Error {
         matches!(
             self,
             Self::Connect { .. }
+                | Self::ConnectionLost(_)
                 | Self::Nacked { .. }
                 | Self::Amqp(_)
                 | Self::Timeout { .. }

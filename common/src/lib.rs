@@ -4,6 +4,7 @@
 
 pub mod amqp;
 pub mod config;
+pub mod deadline;
 pub mod duration;
 pub mod envelope;
 pub mod error;
