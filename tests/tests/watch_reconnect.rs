@@ -1,0 +1,100 @@
+//! `producer watch` across a real broker restart (a private RabbitMQ node stopped and started
+//! again while it watches): it reconnects, subscribes again, reads the run's state again and
+//! ends with the run's real outcome instead of an error.
+
+use secflow_producer::recipes::submit;
+use secflow_tests::{PrivateRabbit, TestNs, exit_status, recipe_file, wait_for};
+use std::{
+    io::BufRead,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+/// Three nodes of 1.5 s each, one after the other: the run outlasts the restart's start.
+const SLOW_CHAIN: &str = r#"
+version: 1
+name: slow-chain
+nodes:
+  - { id: one, type: builtin.sleep, config: { ms: 1500 } }
+  - { id: two, type: builtin.sleep, inputs: { a: one.slept_ms }, config: { ms: 1500 } }
+  - { id: three, type: builtin.sleep, inputs: { b: two.slept_ms }, config: { ms: 1500 } }
+"#;
+
+/// Proves: `producer watch RUN` survives a broker restart while it watches: it does not exit
+/// while the broker is down, and once the broker is back it follows the run to its end and
+/// exits 0 saying the run succeeded (before, a lost connection ended it with an error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_follows_a_run_across_a_broker_restart() {
+    let rabbit = PrivateRabbit::start();
+    let ns = TestNs::on_broker(&rabbit.url(), 5).await;
+    let mut worker = ns.spawn_worker_process(&[]);
+    let recipe = recipe_file(&ns, "slow-chain", SLOW_CHAIN);
+    let run = submit(&ns.broker(), &recipe, &Default::default(), None, false)
+        .await
+        .expect("the run is submitted")
+        .run_id;
+
+    let mut watch = secflow_tests::command("producer")
+        .env("AMQP_URL", rabbit.url())
+        .args([
+            "--namespace",
+            &ns.name,
+            "--connect-timeout-secs",
+            "90",
+            "watch",
+            &run.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn producer watch");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stdout = watch.stdout.take().expect("piped stdout");
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let printed = |needle: &'static str| {
+        let lines = Arc::clone(&lines);
+        move || {
+            let found = lines.lock().unwrap().iter().any(|l| l.contains(needle));
+            async move { found }
+        }
+    };
+    wait_for(
+        "watch to print the run's state (it is subscribed)",
+        Duration::from_secs(30),
+        printed("nodes ended"),
+    )
+    .await;
+
+    tokio::task::block_in_place(|| rabbit.stop());
+    assert!(
+        watch.try_wait().unwrap().is_none(),
+        "watch exited while the broker was down: {:?}",
+        lines.lock().unwrap()
+    );
+    tokio::task::block_in_place(|| rabbit.start_again());
+
+    let status = exit_status(&mut watch, Duration::from_secs(90)).await;
+    let out = lines.lock().unwrap().join("\n");
+    assert_eq!(status.code(), Some(0), "watch failed:\n{out}");
+    assert!(
+        out.lines()
+            .last()
+            .is_some_and(|l| l == format!("run {run}: succeeded")),
+        "the last line states the run succeeded:\n{out}"
+    );
+    let runs = secflow_common::runs::RunStore::new(&ns.broker().redis_url, &ns.name).unwrap();
+    assert_eq!(
+        runs.status(&run.to_string()).await.unwrap().status,
+        "succeeded"
+    );
+    secflow_tests::stop_gracefully(&mut worker).await;
+}
