@@ -16,8 +16,8 @@ const SLOW_CHAIN: &str = r#"
 version: 1
 name: slow-chain
 nodes:
-  - { id: one, type: builtin.sleep, config: { ms: 1500 } }
-  - { id: two, type: builtin.sleep, inputs: { a: one.slept_ms }, config: { ms: 1500 } }
+  - { id: one, type: builtin.sleep, config: { ms: 1500 }, outputs: [slept_ms] }
+  - { id: two, type: builtin.sleep, inputs: { a: one.slept_ms }, config: { ms: 1500 }, outputs: [slept_ms] }
   - { id: three, type: builtin.sleep, inputs: { b: two.slept_ms }, config: { ms: 1500 } }
 "#;
 
@@ -28,29 +28,31 @@ nodes:
 async fn watch_follows_a_run_across_a_broker_restart() {
     let rabbit = PrivateRabbit::start();
     let ns = TestNs::on_broker(&rabbit.url(), 5).await;
-    let mut worker = ns.spawn_worker_process(&[]);
+    let mut worker = KillOnDrop(ns.spawn_worker_process(&[]));
     let recipe = recipe_file(&ns, "slow-chain", SLOW_CHAIN);
     let run = submit(&ns.broker(), &recipe, &Default::default(), None, false)
         .await
         .expect("the run is submitted")
         .run_id;
 
-    let mut watch = secflow_tests::command("producer")
-        .env("AMQP_URL", rabbit.url())
-        .args([
-            "--namespace",
-            &ns.name,
-            "--connect-timeout-secs",
-            "90",
-            "watch",
-            &run.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn producer watch");
+    let mut watch = KillOnDrop(
+        secflow_tests::command("producer")
+            .env("AMQP_URL", rabbit.url())
+            .args([
+                "--namespace",
+                &ns.name,
+                "--connect-timeout-secs",
+                "90",
+                "watch",
+                &run.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn producer watch"),
+    );
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stdout = watch.stdout.take().expect("piped stdout");
+    let stdout = watch.0.stdout.take().expect("piped stdout");
     let sink = Arc::clone(&lines);
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout)
@@ -76,13 +78,13 @@ async fn watch_follows_a_run_across_a_broker_restart() {
 
     tokio::task::block_in_place(|| rabbit.stop());
     assert!(
-        watch.try_wait().unwrap().is_none(),
+        watch.0.try_wait().unwrap().is_none(),
         "watch exited while the broker was down: {:?}",
         lines.lock().unwrap()
     );
     tokio::task::block_in_place(|| rabbit.start_again());
 
-    let status = exit_status(&mut watch, Duration::from_secs(90)).await;
+    let status = exit_status(&mut watch.0, Duration::from_secs(90)).await;
     let out = lines.lock().unwrap().join("\n");
     assert_eq!(status.code(), Some(0), "watch failed:\n{out}");
     assert!(
@@ -96,5 +98,18 @@ async fn watch_follows_a_run_across_a_broker_restart() {
         runs.status(&run.to_string()).await.unwrap().status,
         "succeeded"
     );
-    secflow_tests::stop_gracefully(&mut worker).await;
+    secflow_tests::stop_gracefully(&mut worker.0).await;
+}
+
+/// A child process killed if the test fails before it ends (a failed assertion must not leave
+/// a worker running, holding the test runner's output pipe).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
