@@ -64,14 +64,9 @@ pub enum FollowError {
     /// The broker refused something that reconnecting does not cure.
     #[error(transparent)]
     Broker(#[from] Error),
-    /// The run store could not be read.
-    #[error("reading run {run} from Redis failed: {source}")]
-    Store {
-        /// The run followed.
-        run: Uuid,
-        /// Why.
-        source: RunError,
-    },
+    /// The run store could not be read (unknown run, Redis unreachable).
+    #[error(transparent)]
+    Store(#[from] RunError),
 }
 
 /// A live subscription to the events exchange, on its own connection.
@@ -239,7 +234,7 @@ pub async fn until_end(
             Ok(status) => Some(status),
             Err(source) if first_read => {
                 s.close().await;
-                return Err(FollowError::Store { run, source });
+                return Err(FollowError::Store(source));
             }
             Err(e) => {
                 tracing::warn!(run = %run, error = %e, "cannot read the run's state now; following its events");

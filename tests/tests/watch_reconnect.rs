@@ -101,6 +101,62 @@ async fn watch_follows_a_run_across_a_broker_restart() {
     secflow_tests::stop_gracefully(&mut worker.0).await;
 }
 
+/// Proves: an outage longer than `--connect-timeout-secs` ends `producer watch` with a clear
+/// error naming the run and the flag (exit non-zero), instead of waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_gives_up_after_an_outage_longer_than_the_connect_timeout() {
+    let rabbit = PrivateRabbit::start();
+    let ns = TestNs::on_broker(&rabbit.url(), 5).await;
+    // No worker: the run stays running, so only the outage can end the watch.
+    let recipe = recipe_file(&ns, "slow-chain", SLOW_CHAIN);
+    let run = submit(&ns.broker(), &recipe, &Default::default(), None, false)
+        .await
+        .expect("the run is submitted")
+        .run_id;
+    let mut watch = KillOnDrop(
+        secflow_tests::command("producer")
+            .env("AMQP_URL", rabbit.url())
+            .args([
+                "--namespace",
+                &ns.name,
+                "--connect-timeout-secs",
+                "3",
+                "watch",
+                &run.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn producer watch"),
+    );
+    let mut stdout = std::io::BufReader::new(watch.0.stdout.take().expect("piped stdout"));
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).map(|_| line)
+    });
+    let first = tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .expect("watch prints the run's state within 30 s")
+        .unwrap()
+        .unwrap();
+    assert!(first.contains("running"), "{first}");
+
+    tokio::task::block_in_place(|| rabbit.stop());
+    let stopped = std::time::Instant::now();
+    let status = exit_status(&mut watch.0, Duration::from_secs(30)).await;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut watch.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_ne!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("--connect-timeout-secs") && stderr.contains(&run.to_string()),
+        "the error names the flag and the run: {stderr}"
+    );
+    eprintln!(
+        "watch gave up {:?} after the broker stopped",
+        stopped.elapsed()
+    );
+}
+
 /// A child process killed if the test fails before it ends (a failed assertion must not leave
 /// a worker running, holding the test runner's output pipe).
 struct KillOnDrop(std::process::Child);
