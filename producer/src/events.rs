@@ -34,8 +34,10 @@ pub async fn follow(
             Err(e) if e.is_transient() && outage.is_some_and(|o| o.elapsed() < budget) => {
                 let wait = backoff.next_delay(&mut rand::rng());
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot follow events yet");
-                tokio::time::sleep(wait).await;
-                continue;
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => continue,
+                    () = &mut shutdown => return Ok(()),
+                }
             }
             Err(e) => return Err(e),
         };
