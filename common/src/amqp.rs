@@ -4,7 +4,9 @@
 //! confirm and turns a nack or a returned (unroutable, `mandatory`) message into an error, so
 //! a caller that gets `Ok` knows the broker has the message.
 
-use crate::{Error, Result, config::redact_url, signing::Keyring};
+use crate::{
+    Error, Result, config::redact_url, deadline, retry::ReconnectBackoff, signing::Keyring,
+};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
@@ -12,10 +14,9 @@ use lapin::{
 };
 use std::time::{Duration, Instant};
 
-/// Longest pause between connection attempts.
-const CONNECT_RETRY_MAX: Duration = Duration::from_secs(1);
-
-/// Connects to `url`, retrying with backoff until `timeout` has passed.
+/// Connects to `url`, retrying with the shared [`ReconnectBackoff`] until `timeout` has
+/// passed. Each attempt has its own deadline (at most [`deadline::BROKER_OP`]), so a broker
+/// that accepts the TCP connection but never answers (paused, overloaded) cannot hold it.
 ///
 /// A URL that does not parse and a refused login are configuration errors: they fail at once.
 pub async fn connect(url: &str, client_name: &str, timeout: Duration) -> Result<Connection> {
@@ -26,34 +27,57 @@ pub async fn connect(url: &str, client_name: &str, timeout: Duration) -> Result<
         )));
     }
     let deadline = Instant::now() + timeout;
-    let mut wait = Duration::from_millis(100);
+    let mut backoff = ReconnectBackoff::default();
     loop {
         let options =
             ConnectionProperties::default().with_connection_name(LongString::from(client_name));
-        match Connection::connect(url, options).await {
-            Ok(conn) => return Ok(conn),
-            Err(source) if crate::error::refused_for_good(&source) => {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let limit = remaining.clamp(ATTEMPT_MIN, deadline::BROKER_OP);
+        let attempt = match deadline::within(
+            "the broker's answer to a new connection",
+            limit,
+            Connection::connect(url, options),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(source)) if crate::error::refused_for_good(&source) => {
                 return Err(Error::Login {
                     url: redact_url(url),
                     reason: source.to_string(),
                 });
             }
-            Err(source) if Instant::now() + wait >= deadline => {
-                return Err(Error::Connect {
-                    url: redact_url(url),
-                    source,
-                });
-            }
-            Err(e) => {
-                // Jittered so a fleet does not reconnect in step; capped at 1 s so a client is
-                // back within about a second of the broker accepting connections again.
-                let jittered =
-                    wait.mul_f64(0.75 + rand::RngExt::random::<f64>(&mut rand::rng()) * 0.5);
-                tracing::warn!(url = %redact_url(url), error = %e, retry_in_ms = jittered.as_millis() as u64, "broker not reachable yet");
-                tokio::time::sleep(jittered).await;
-                wait = (wait * 2).min(CONNECT_RETRY_MAX);
-            }
+            Ok(Err(source)) => Error::Connect {
+                url: redact_url(url),
+                source,
+            },
+            Err(timeout) => timeout,
+        };
+        let wait = backoff.next_delay(&mut rand::rng());
+        if Instant::now() + wait >= deadline {
+            return Err(attempt);
         }
+        tracing::warn!(url = %redact_url(url), error = %attempt, retry_in_ms = wait.as_millis() as u64, "broker not reachable yet");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Shortest deadline of one connection attempt, even when the overall timeout is nearly spent.
+const ATTEMPT_MIN: Duration = Duration::from_millis(500);
+
+/// Closes `conn` politely, waiting at most [`deadline::CLOSE`]; a close that fails or hangs
+/// only drops the connection, which the broker then cleans up (so it is logged, not returned).
+pub async fn close(conn: &Connection, reason: &str) {
+    match deadline::within(
+        "the broker to close a connection",
+        deadline::CLOSE,
+        conn.close(200, reason.into()),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "closing the RabbitMQ connection failed"),
+        Err(e) => tracing::debug!(error = %e, "closing the RabbitMQ connection timed out"),
     }
 }
 
@@ -73,10 +97,14 @@ pub struct Publisher {
 impl Publisher {
     /// Opens a channel on `conn` and switches it to confirm mode; tasks go out unsigned.
     pub async fn new(conn: &Connection) -> Result<Self> {
-        let channel = conn.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let channel =
+            deadline::within("a new channel", deadline::BROKER_OP, conn.create_channel()).await??;
+        deadline::within(
+            "confirm mode on a new channel",
+            deadline::BROKER_OP,
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await??;
         Ok(Self {
             channel,
             signer: None,
@@ -126,12 +154,12 @@ impl Publisher {
         };
         // A confirm that never comes (a connection dying half-way) must not hold the caller
         // for ever: it is reported like a lost connection and the message treated as unsent.
-        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, publish)
-            .await
-            .map_err(|_| Error::Timeout {
-                what: format!("the confirm of a publish to `{exchange}`/`{routing_key}`"),
-                after: CONFIRM_TIMEOUT,
-            })??;
+        let confirm = deadline::within_lazy(
+            || format!("the confirm of a publish to `{exchange}`/`{routing_key}`"),
+            CONFIRM_TIMEOUT,
+            publish,
+        )
+        .await??;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) => Err(Error::Unroutable {

@@ -50,14 +50,21 @@ pub enum Error {
         /// Routing key used.
         routing_key: String,
     },
-    /// The broker did not answer in time.
-    #[error("RabbitMQ did not answer within {after:?}: {what}")]
+    /// The broker or Redis did not answer in time (see [`crate::deadline::within`]).
+    #[error(
+        "gave up after {after:?} waiting for {what}: is the service up and reachable, and not \
+         overloaded?"
+    )]
     Timeout {
         /// What was waited for.
         what: String,
         /// How long.
         after: std::time::Duration,
     },
+    /// The connection to the broker was lost (broker restarted or stopped, network cut): not
+    /// a configuration error; reconnecting may succeed.
+    #[error("lost the connection to RabbitMQ while {0}: it reconnects when the broker is back")]
+    ConnectionLost(String),
     /// Lifecycle events could not be published (their publisher lost its channel).
     #[error("publishing lifecycle events failed: {0}")]
     Events(String),
@@ -84,10 +91,6 @@ pub enum Error {
         /// The broker's reply.
         reason: String,
     },
-    /// The connection went away (broker restart, network, closed by the broker): reconnecting
-    /// may succeed.
-    #[error("lost the RabbitMQ connection: {0}")]
-    ConnectionLost(String),
     /// Any other broker error.
     #[error("RabbitMQ error: {0}")]
     Amqp(#[from] lapin::Error),
@@ -123,10 +126,10 @@ impl Error {
         matches!(
             self,
             Self::Connect { .. }
+                | Self::ConnectionLost(_)
                 | Self::Nacked { .. }
                 | Self::Timeout { .. }
                 | Self::Events(_)
-                | Self::ConnectionLost(_)
         ) || matches!(self, Self::Amqp(e) if !refused_for_good(e))
     }
 }

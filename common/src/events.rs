@@ -78,36 +78,48 @@ pub fn decode(body: &[u8]) -> serde_json::Result<Vec<TaskEvent>> {
 }
 
 /// Subscribes to the events matching `pattern` through a private queue that disappears with
-/// the channel. Deliveries need no ack.
+/// the channel. Deliveries need no ack. Each broker operation has a deadline
+/// ([`crate::deadline::BROKER_OP`]).
 pub async fn subscribe(ch: &Channel, topology: &Topology, pattern: &str) -> Result<Consumer> {
+    use crate::deadline::{BROKER_OP, within};
     let private = QueueDeclareOptions {
         exclusive: true,
         auto_delete: true,
         ..Default::default()
     };
-    let queue = ch
-        .queue_declare("".into(), private, FieldTable::default())
-        .await?;
-    ch.queue_bind(
-        queue.name().clone(),
-        topology.events_exchange().into(),
-        pattern.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
+    let queue = within(
+        "declaring an events subscription queue",
+        BROKER_OP,
+        ch.queue_declare("".into(), private, FieldTable::default()),
     )
-    .await?;
+    .await??;
+    within(
+        "binding an events subscription queue",
+        BROKER_OP,
+        ch.queue_bind(
+            queue.name().clone(),
+            topology.events_exchange().into(),
+            pattern.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await??;
     let options = BasicConsumeOptions {
         no_ack: true,
         ..Default::default()
     };
-    Ok(ch
-        .basic_consume(
+    Ok(within(
+        "consuming an events subscription queue",
+        BROKER_OP,
+        ch.basic_consume(
             queue.name().clone(),
             "events".into(),
             options,
             FieldTable::default(),
-        )
-        .await?)
+        ),
+    )
+    .await??)
 }
 
 /// The event id of `kind` for `subject` (a task or run id): stable for completions, which

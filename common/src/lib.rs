@@ -5,6 +5,7 @@
 pub mod amqp;
 pub mod bookkeeping;
 pub mod config;
+pub mod deadline;
 pub mod duration;
 pub mod envelope;
 pub mod error;

@@ -1,39 +1,57 @@
 //! Following the events exchange: `producer events`.
 
-use futures_util::StreamExt;
-use secflow_common::{Error, Result, config::BrokerArgs, events::TaskEvent};
-use std::time::Duration;
+use crate::follow_run::Subscription;
+use secflow_common::{
+    Error, Result, config::BrokerArgs, events::TaskEvent, retry::ReconnectBackoff,
+};
+use std::time::{Duration, Instant};
 
 /// Prints (through `on_event`) every event matching `pattern` until `idle` passes without one,
-/// or forever when `idle` is `None`. Events that are not valid JSON are reported, not fatal.
-/// A lost connection is re-established (backoff with jitter, up to `--connect-timeout-secs` per
-/// outage) and the subscription renewed; events published while it was down are not seen
-/// (the subscription queue is the follower's own and goes with its connection).
+/// or forever when `idle` is `None`, or until `shutdown` resolves. Events that are not valid
+/// JSON are reported, not fatal. A lost connection is re-established (the shared
+/// [`ReconnectBackoff`], each outage bounded by `--connect-timeout-secs`) and the subscription
+/// renewed; events published while it was down are not seen (the subscription queue is the
+/// follower's own and goes with its connection).
 pub async fn follow(
     broker: &BrokerArgs,
     pattern: &str,
     idle: Option<Duration>,
+    shutdown: impl std::future::Future<Output = ()>,
     mut on_event: impl FnMut(&TaskEvent),
 ) -> Result<()> {
-    let mut first = true;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let budget = Duration::from_secs(broker.connect_timeout_secs);
+    let mut backoff = ReconnectBackoff::default();
+    let mut outage: Option<Instant> = None;
     loop {
-        // `connect` itself retries with backoff until --connect-timeout-secs.
-        let (conn, topology) = crate::connect(broker, "secflow-producer-events").await?;
-        if !first {
+        let left = budget.saturating_sub(outage.map_or(Duration::ZERO, |o| o.elapsed()));
+        let opened = tokio::select! {
+            opened = Subscription::open(broker, pattern, left) => opened,
+            () = &mut shutdown => return Ok(()),
+        };
+        let mut sub = match opened {
+            Ok(sub) => sub,
+            Err(e) if e.is_transient() && outage.is_some_and(|o| o.elapsed() < budget) => {
+                let wait = backoff.next_delay(&mut rand::rng());
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot follow events yet");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => continue,
+                    () = &mut shutdown => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if outage.take().is_some() {
             tracing::warn!(
                 "reconnected to RabbitMQ: following events again (some may have been missed)"
             );
         }
-        first = false;
-        let ch = conn.create_channel().await?;
-        let mut consumer = secflow_common::events::subscribe(&ch, &topology, pattern).await?;
         let lost = loop {
-            let next = match idle {
-                Some(idle) => match tokio::time::timeout(idle, consumer.next()).await {
-                    Ok(next) => next,
-                    Err(_) => break None,
-                },
-                None => consumer.next().await,
+            let idle_end = tokio::time::sleep(idle.unwrap_or(Duration::from_secs(365 * 24 * 3600)));
+            let next = tokio::select! {
+                next = sub.next() => next,
+                () = idle_end, if idle.is_some() => break None,
+                () = &mut shutdown => break None,
             };
             match next {
                 Some(Ok(delivery)) => match secflow_common::events::decode(&delivery.data) {
@@ -44,18 +62,20 @@ pub async fn follow(
                 },
                 Some(Err(e)) => break Some(Error::Amqp(e)),
                 None => {
-                    break (!conn.status().connected())
-                        .then(|| Error::Config("connection closed".into()));
+                    break Some(Error::ConnectionLost("following events".into()));
                 }
             }
         };
-        let _ = tokio::time::timeout(Duration::from_secs(3), conn.close(200, "done".into())).await;
-        match lost {
-            None => return Ok(()),
-            Some(e) => {
-                tracing::warn!(error = %e, "lost the RabbitMQ connection while following events: reconnecting");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+        let lasted = sub.age();
+        sub.close().await;
+        let Some(e) = lost else { return Ok(()) };
+        backoff.connection_lasted(lasted);
+        outage = Some(Instant::now());
+        let wait = backoff.next_delay(&mut rand::rng());
+        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "lost the RabbitMQ connection while following events: reconnecting");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = &mut shutdown => return Ok(()),
         }
     }
 }

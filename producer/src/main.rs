@@ -58,7 +58,9 @@ enum Command {
         /// Run every node, even those whose output is cached from an earlier identical run.
         #[arg(long)]
         no_cache: bool,
-        /// With --wait, give up waiting after this many seconds.
+        /// With --wait, give up waiting after this many seconds (the run goes on). A lost
+        /// broker connection is re-established meanwhile, each outage bounded by
+        /// --connect-timeout-secs.
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
         /// Print JSON.
@@ -73,7 +75,9 @@ enum Command {
         #[arg(long)]
         node: Option<String>,
     },
-    /// Follow a run live until it ends; exit 0 only if it succeeded.
+    /// Follow a run live until it ends; exit 0 only if it succeeded. A lost broker connection
+    /// is re-established (each outage bounded by --connect-timeout-secs) and the run's state
+    /// read again, so its end is not missed.
     Watch {
         /// Run id.
         run: String,
@@ -163,9 +167,15 @@ async fn main() -> anyhow::Result<()> {
             let params =
                 secflow_producer::recipes::parse_params(&params).map_err(anyhow::Error::msg)?;
             let wait = wait.then(|| std::time::Duration::from_secs(timeout));
-            let submitted =
-                secflow_producer::recipes::submit(&cli.broker, &recipe, &params, wait, !no_cache)
-                    .await?;
+            let submitted = secflow_producer::recipes::submit_until(
+                &cli.broker,
+                &recipe,
+                &params,
+                wait,
+                !no_cache,
+                ctrl_c(),
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string(&submitted)?);
             } else {
@@ -187,9 +197,10 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Watch { run } => {
-            let status =
-                secflow_producer::recipes::watch(&cli.broker, &run, |line| println!("{line}"))
-                    .await?;
+            let status = secflow_producer::recipes::watch(&cli.broker, &run, ctrl_c(), |line| {
+                println!("{line}")
+            })
+            .await?;
             if status != "succeeded" {
                 anyhow::bail!("run {run} ended {status}");
             }
@@ -211,7 +222,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Status { run, json } => {
             let runs =
                 secflow_common::runs::RunStore::new(&cli.broker.redis_url, &cli.broker.namespace)?;
-            let status = runs.status(&run).await?;
+            let status = secflow_common::deadline::within(
+                "Redis to read a run's state",
+                secflow_common::deadline::REDIS_OP,
+                runs.status(&run),
+            )
+            .await??;
             if json {
                 println!("{}", serde_json::to_string(&status)?);
             } else {
@@ -252,7 +268,7 @@ async fn main() -> anyhow::Result<()> {
             json,
         } => {
             let idle = idle_exit.map(std::time::Duration::from_secs);
-            secflow_producer::events::follow(&cli.broker, &pattern, idle, |event| {
+            secflow_producer::events::follow(&cli.broker, &pattern, idle, ctrl_c(), |event| {
                 if json {
                     println!("{}", serde_json::to_string(event).unwrap_or_default());
                 } else {
@@ -263,6 +279,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Resolves on ctrl-c (never, if the handler cannot be installed: the default action then
+/// still ends the process).
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn print_ids(ids: &[uuid::Uuid], node_type: &str, json: bool) {

@@ -1,12 +1,11 @@
 //! Ad-hoc single-node tasks: `producer publish`.
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
-use rand::RngExt;
 use secflow_common::{
     Error, Result, TaskEnvelope, Topology,
     amqp::{self, Publisher},
     config::BrokerArgs,
-    retry::RetryPolicy,
+    retry::{ReconnectBackoff, RetryPolicy},
 };
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -68,7 +67,7 @@ pub enum PublishError {
 /// Every id returned was confirmed by the broker and routed to a work queue.
 ///
 /// A connection lost mid-way (broker restart, dropped connection) is re-established with
-/// backoff and jitter and the tasks not yet confirmed are published again; a task the broker
+/// the shared [`ReconnectBackoff`] and the tasks not yet confirmed are published again; a task the broker
 /// had already stored may then arrive twice, which the workers' done markers absorb (same task
 /// id). An outage longer than `--connect-timeout-secs` ends the publish with the unconfirmed tasks
 /// listed as failed.
@@ -82,7 +81,7 @@ pub async fn publish_tasks(
     let mut pending: Vec<&TaskEnvelope> = tasks.iter().collect();
     let mut failed: Vec<(Uuid, String)> = Vec::new();
     let mut outage: Option<Instant> = None;
-    let mut backoff = RECONNECT_MIN;
+    let mut backoff = ReconnectBackoff::default();
     let mut connected_once = false;
     while !pending.is_empty() {
         let session = async {
@@ -96,7 +95,7 @@ pub async fn publish_tasks(
             Ok((conn, topology, publisher)) => {
                 connected_once = true;
                 let failures = publish_each(&publisher, &topology, &pending).await;
-                let _ = conn.close(200, "producer done".into()).await;
+                amqp::close(&conn, "producer done").await;
                 let mut retry = Vec::new();
                 for (task, e) in failures {
                     if e.is_transient() {
@@ -108,7 +107,7 @@ pub async fn publish_tasks(
                 if retry.len() < pending.len() {
                     // Progress: a new outage starts counting from now.
                     outage = None;
-                    backoff = RECONNECT_MIN;
+                    backoff.reset();
                 }
                 retry
             }
@@ -124,7 +123,7 @@ pub async fn publish_tasks(
             failed.extend(lost.into_iter().map(|(t, e)| (t.task_id, e)));
             break;
         }
-        let wait = jittered(backoff);
+        let wait = backoff.next_delay(&mut rand::rng());
         tracing::warn!(
             unconfirmed = lost.len(),
             error = %lost[0].1,
@@ -132,21 +131,9 @@ pub async fn publish_tasks(
             "broker connection lost: publishing the unconfirmed tasks again after reconnecting"
         );
         tokio::time::sleep(wait).await;
-        backoff = (backoff * 2).min(RECONNECT_MAX);
         pending = lost.into_iter().map(|(t, _)| t).collect();
     }
     outcome(&tasks, failed)
-}
-
-/// First wait before reconnecting, then doubled up to [`RECONNECT_MAX`].
-const RECONNECT_MIN: Duration = Duration::from_millis(200);
-/// Longest wait between reconnection attempts: short, so publishing resumes soon after the
-/// broker is back.
-const RECONNECT_MAX: Duration = Duration::from_secs(2);
-
-/// `d` plus or minus up to a half (no two producers reconnect in step).
-fn jittered(d: Duration) -> Duration {
-    d.mul_f64(0.5 + rand::rng().random::<f64>())
 }
 
 /// Publishes `tasks` to the tasks exchange with a window of outstanding confirms and returns

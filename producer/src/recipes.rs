@@ -1,8 +1,15 @@
-//! Loading recipes: read, parse, validate with the given parameters.
+//! Recipes and their runs: load and validate, submit, resume, watch, cancel.
 
-use secflow_common::recipe::{self, Recipe, RecipeError};
+use crate::follow_run::{self, Follow, Subscription};
+use secflow_common::{
+    amqp,
+    config::BrokerArgs,
+    deadline::{REDIS_OP, within},
+    recipe::{self, Recipe, RecipeError},
+    runs::RunStore,
+};
 use serde_json::Value;
-use std::{collections::BTreeMap, fmt};
+use std::{collections::BTreeMap, fmt, time::Duration};
 
 /// What a valid recipe amounts to.
 #[derive(Debug)]
@@ -88,15 +95,26 @@ pub struct Submitted {
 }
 
 /// Validates `path`, stores the run in Redis and publishes its roots with confirms. With
-/// `wait`, follows the events until the run ends (or `timeout` passes).
+/// `wait`, follows the run until it ends (or `wait` passes), across lost connections.
 pub async fn submit(
-    broker: &secflow_common::config::BrokerArgs,
+    broker: &BrokerArgs,
     path: &str,
     params: &BTreeMap<String, Value>,
-    wait: Option<std::time::Duration>,
+    wait: Option<Duration>,
     cache: bool,
 ) -> anyhow::Result<Submitted> {
-    use futures_util::StreamExt;
+    submit_until(broker, path, params, wait, cache, std::future::pending()).await
+}
+
+/// [`submit`], giving up the wait (the run goes on) when `shutdown` resolves.
+pub async fn submit_until(
+    broker: &BrokerArgs,
+    path: &str,
+    params: &BTreeMap<String, Value>,
+    wait: Option<Duration>,
+    cache: bool,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Submitted> {
     let summary = load(path, params).map_err(|errors| {
         anyhow::anyhow!(
             "{}\n{path}: {} problem(s); nothing was published",
@@ -108,67 +126,104 @@ pub async fn submit(
             errors.len()
         )
     })?;
-    let runs = secflow_common::runs::RunStore::new(&broker.redis_url, &broker.namespace)?;
+    let runs = RunStore::new(&broker.redis_url, &broker.namespace)?;
     let (conn, topology) = crate::connect(broker, "secflow-producer-submit").await?;
-    // Subscribe before publishing, so a fast run's end is not missed.
-    let ch = conn.create_channel().await?;
-    let mut events = match wait {
-        Some(_) => {
-            Some(secflow_common::events::subscribe(&ch, &topology, "workflow.completed").await?)
-        }
-        None => None,
+    let store = Store {
+        broker,
+        runs: &runs,
+        topology: &topology,
     };
-    // Before the run is stored: without signing keys nothing is stored either.
-    let publisher = secflow_common::amqp::Publisher::for_tasks(
-        &conn,
-        broker.keyring()?,
-        broker.max_message_bytes,
-    )
-    .await?;
-    let (run_id, roots) = runs.create(&summary.recipe, params, cache).await?;
-    for root in &roots {
-        let task = runs.envelope(run_id, root).await?;
-        secflow_common::amqp::publish_task(&publisher, &topology, &task).await?;
-    }
-    let mut submitted = Submitted {
+    let Some(limit) = wait else {
+        let stored = store.run(&conn, &summary, params, cache).await;
+        amqp::close(&conn, "submitted").await;
+        let (run_id, roots) = stored?;
+        return Ok(Submitted {
+            run_id,
+            roots,
+            status: None,
+        });
+    };
+    // Subscribe before publishing, so a fast run's end is not missed; the subscription owns
+    // the connection from here and the roots go out on it.
+    let sub = Subscription::on(conn, &topology, "workflow.completed").await?;
+    let (run_id, roots) = match store.run(sub.connection(), &summary, params, cache).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            sub.close().await;
+            return Err(e);
+        }
+    };
+    let follow = Follow {
+        broker,
+        runs: &runs,
         run_id,
-        roots: roots.iter().map(|r| r.id.clone()).collect(),
-        status: None,
+        pattern: "workflow.completed",
+        limit: Some(limit),
     };
-    if let (Some(timeout), Some(consumer)) = (wait, events.as_mut()) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while submitted.status.is_none() {
-            let next = tokio::time::timeout_at(deadline, consumer.next())
-                .await
-                .map_err(|_| anyhow::anyhow!("run {run_id} did not end within {} s (it goes on; see producer status {run_id})", timeout.as_secs()))?;
-            let Some(Ok(delivery)) = next else {
-                anyhow::bail!("lost the events subscription while waiting for run {run_id}")
-            };
-            for event in secflow_common::events::decode(&delivery.data).unwrap_or_default() {
-                if event.run_id == Some(run_id) {
-                    submitted.status = event
-                        .output
-                        .and_then(|o| o.get("status").and_then(Value::as_str).map(str::to_string));
-                }
-            }
+    let status = follow_run::until_end(&follow, Some(sub), shutdown, |_| {}).await?;
+    Ok(Submitted {
+        run_id,
+        roots,
+        status: Some(status),
+    })
+}
+
+/// Storing a run and publishing its roots.
+struct Store<'a> {
+    broker: &'a BrokerArgs,
+    runs: &'a RunStore,
+    topology: &'a secflow_common::Topology,
+}
+
+impl Store<'_> {
+    /// Stores the run and publishes its roots on `conn`: the run id and root ids.
+    async fn run(
+        &self,
+        conn: &lapin::Connection,
+        summary: &Summary,
+        params: &BTreeMap<String, Value>,
+        cache: bool,
+    ) -> anyhow::Result<(uuid::Uuid, Vec<String>)> {
+        // Before the run is stored: without signing keys nothing is stored either.
+        let publisher =
+            amqp::Publisher::for_tasks(conn, self.broker.keyring()?, self.broker.max_message_bytes)
+                .await?;
+        let (run_id, roots) = within(
+            "Redis to store a new run",
+            REDIS_OP,
+            self.runs.create(&summary.recipe, params, cache),
+        )
+        .await??;
+        for root in &roots {
+            let task = within(
+                "Redis to build a root task",
+                REDIS_OP,
+                self.runs.envelope(run_id, root),
+            )
+            .await??;
+            amqp::publish_task(&publisher, self.topology, &task).await?;
         }
+        Ok((run_id, roots.into_iter().map(|r| r.id).collect()))
     }
-    let _ = conn.close(200, "submitted".into()).await;
-    Ok(submitted)
 }
 
 /// Publishes the failed nodes of `run` again (or just `node`), with their original task ids;
 /// the worker that takes one puts the run back to running. Upstream outputs are kept.
 pub async fn resume(
-    broker: &secflow_common::config::BrokerArgs,
+    broker: &BrokerArgs,
     run: &str,
     node: Option<&str>,
 ) -> anyhow::Result<Vec<String>> {
-    let runs = secflow_common::runs::RunStore::new(&broker.redis_url, &broker.namespace)?;
+    let runs = RunStore::new(&broker.redis_url, &broker.namespace)?;
     let run_id: uuid::Uuid = run
         .parse()
         .map_err(|_| anyhow::anyhow!("`{run}` is not a run id"))?;
-    let mut failed = runs.failed_nodes(run).await?;
+    let mut failed = within(
+        "Redis to list a run's failed nodes",
+        REDIS_OP,
+        runs.failed_nodes(run),
+    )
+    .await??;
     if let Some(only) = node {
         failed.retain(|n| n.id == only);
         anyhow::ensure!(
@@ -178,93 +233,78 @@ pub async fn resume(
     }
     anyhow::ensure!(!failed.is_empty(), "run {run} has no failed node to resume");
     let (conn, topology) = crate::connect(broker, "secflow-producer-resume").await?;
-    let publisher = secflow_common::amqp::Publisher::for_tasks(
-        &conn,
-        broker.keyring()?,
-        broker.max_message_bytes,
-    )
-    .await?;
-    for n in &failed {
-        let task = runs.envelope(run_id, n).await?;
-        secflow_common::amqp::publish_task(&publisher, &topology, &task).await?;
+    let published = async {
+        let publisher =
+            amqp::Publisher::for_tasks(&conn, broker.keyring()?, broker.max_message_bytes).await?;
+        for n in &failed {
+            let task = within(
+                "Redis to build a resumed task",
+                REDIS_OP,
+                runs.envelope(run_id, n),
+            )
+            .await??;
+            amqp::publish_task(&publisher, &topology, &task).await?;
+        }
+        anyhow::Ok(())
     }
-    let _ = conn.close(200, "resumed".into()).await;
+    .await;
+    amqp::close(&conn, "resumed").await;
+    published?;
     Ok(failed.into_iter().map(|n| n.id).collect())
 }
 
-/// Follows `run` on the events exchange, calling `on_line` with a progress line per event,
-/// until it ends; returns its final status.
+/// Follows `run` until it ends, calling `on_line` with a progress line per event, and returns
+/// its final status. A lost broker connection is re-established and the run's state read
+/// again, so an end published meanwhile is not missed (see [`follow_run`]).
 pub async fn watch(
-    broker: &secflow_common::config::BrokerArgs,
+    broker: &BrokerArgs,
     run: &str,
-    mut on_line: impl FnMut(String),
+    shutdown: impl std::future::Future<Output = ()>,
+    on_line: impl FnMut(String),
 ) -> anyhow::Result<String> {
-    use futures_util::StreamExt;
-    let runs = secflow_common::runs::RunStore::new(&broker.redis_url, &broker.namespace)?;
+    let runs = RunStore::new(&broker.redis_url, &broker.namespace)?;
     let run_id: uuid::Uuid = run
         .parse()
         .map_err(|_| anyhow::anyhow!("`{run}` is not a run id"))?;
-    let (conn, topology) = crate::connect(broker, "secflow-producer-watch").await?;
-    let ch = conn.create_channel().await?;
-    // Subscribe first, then read the state: no event falls between the two.
-    let mut events = secflow_common::events::subscribe(&ch, &topology, "#").await?;
-    let status = runs.status(run).await?;
-    let total = status.nodes.len();
-    let ended = |s: &str| matches!(s, "succeeded" | "failed" | "skipped" | "cancelled");
-    let mut done = status.nodes.values().filter(|s| ended(s)).count();
-    on_line(format!(
-        "run {run}: {}, {done}/{total} nodes ended",
-        status.status
-    ));
-    if status.status != "running" {
-        return Ok(status.status);
-    }
-    while let Some(delivery) = events.next().await {
-        let Ok(delivery) = delivery else {
-            anyhow::bail!("lost the events subscription")
-        };
-        for e in secflow_common::events::decode(&delivery.data).unwrap_or_default() {
-            if e.run_id != Some(run_id) {
-                continue;
-            }
-            if e.kind == "workflow.completed" {
-                let final_status = e
-                    .output
-                    .as_ref()
-                    .and_then(|o| o["status"].as_str())
-                    .unwrap_or("ended")
-                    .to_string();
-                on_line(format!("run {run}: {final_status}"));
-                return Ok(final_status);
-            }
-            if matches!(
-                e.kind.as_str(),
-                "node.completed" | "node.dead_lettered" | "node.cancelled"
-            ) {
-                done += 1;
-            }
-            on_line(format!("[{done}/{total}] {}", crate::events::describe(&e)));
-        }
-    }
-    anyhow::bail!("the events subscription ended before run {run} did")
+    let follow = Follow {
+        broker,
+        runs: &runs,
+        run_id,
+        pattern: "#",
+        limit: None,
+    };
+    // The first subscription gets the whole connect timeout, like every other command.
+    let timeout = Duration::from_secs(broker.connect_timeout_secs);
+    let first = Subscription::open(broker, "#", timeout).await?;
+    Ok(follow_run::until_end(&follow, Some(first), shutdown, on_line).await?)
 }
 
 /// Cancels `run`: marks it so queued nodes are skipped and tells the workers (event
 /// `run.cancelled`) to stop its running nodes. `when: always` nodes still run. False when the
 /// run had already ended.
-pub async fn cancel(
-    broker: &secflow_common::config::BrokerArgs,
-    run: &str,
-) -> anyhow::Result<bool> {
+pub async fn cancel(broker: &BrokerArgs, run: &str) -> anyhow::Result<bool> {
     let runs = secflow_common::runs::RunStore::new(&broker.redis_url, &broker.namespace)?;
     let run_id: uuid::Uuid = run
         .parse()
         .map_err(|_| anyhow::anyhow!("`{run}` is not a run id"))?;
-    if !runs.cancel(run).await? {
+    if !within("Redis to mark a run cancelled", REDIS_OP, runs.cancel(run)).await?? {
         return Ok(false);
     }
     let (conn, topology) = crate::connect(broker, "secflow-producer-cancel").await?;
-    let publisher = secflow_common::amqp::Publisher::new(&conn).await?;
+    let published = tell_cancelled(&conn, &topology, run, run_id).await;
+    amqp::close(&conn, "cancelled").await;
+    published?;
+    Ok(true)
+}
+
+/// Publishes `run.cancelled` for `run` (the workers stop its running nodes).
+async fn tell_cancelled(
+    conn: &lapin::Connection,
+    topology: &secflow_common::Topology,
+    run: &str,
+    run_id: uuid::Uuid,
+) -> anyhow::Result<()> {
+    let publisher = amqp::Publisher::new(conn).await?;
     let event = secflow_common::events::TaskEvent {
         kind: "run.cancelled".into(),
         event_id: Some(secflow_common::events::event_id(
@@ -296,6 +336,5 @@ pub async fn cancel(
             false,
         )
         .await?;
-    let _ = conn.close(200, "cancelled".into()).await;
-    Ok(true)
+    Ok(())
 }

@@ -141,7 +141,7 @@ pub async fn run_with_stats(
     let name = format!("secflow-worker {worker_id}");
     tokio::pin!(shutdown);
     let mut connected_once = false;
-    let mut backoff = RECONNECT_MIN;
+    let mut backoff = secflow_common::retry::ReconnectBackoff::default();
     let result = loop {
         // The first connection has a deadline (a wrong URL must say so); later ones retry until
         // the broker is back or the worker is told to stop.
@@ -162,6 +162,7 @@ pub async fn run_with_stats(
             tracing::info!("reconnected to RabbitMQ: redeclaring and resuming");
         }
         connected_once = true;
+        let up_since = std::time::Instant::now();
         let outcome = session(
             &conn,
             &cfg,
@@ -173,7 +174,9 @@ pub async fn run_with_stats(
         )
         .await;
         // A close the broker never answers must not keep a stopping worker alive.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "worker stopped".into())).await;
+        amqp::close(&conn, "worker stopped").await;
+        // A connection that stayed up starts the backoff over; one dropped at once does not.
+        backoff.connection_lasted(up_since.elapsed());
         match outcome {
             Ok(()) => break Ok(()),
             Err(WorkerError::Broker(e)) if e.is_unparseable_frame() => {
@@ -207,14 +210,12 @@ pub async fn run_with_stats(
                 break Err(WorkerError::Broker(e));
             }
             Err(WorkerError::Broker(e)) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "lost the RabbitMQ connection: in-flight deliveries go back to the queue; reconnecting");
-                let wait =
-                    backoff + backoff.mul_f64(rand::RngExt::random::<f64>(&mut rand::rng()) * 0.5);
+                let wait = backoff.next_delay(&mut rand::rng());
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "lost the RabbitMQ connection: in-flight deliveries go back to the queue; reconnecting");
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = &mut shutdown => break Ok(()),
                 }
-                backoff = (backoff * 2).min(RECONNECT_MAX);
             }
             Err(e) => break Err(e),
         }
@@ -245,11 +246,6 @@ const LOST_TASKS_WAIT: Duration = Duration::from_secs(1);
 
 /// Longest wait for the broker to confirm a channel or connection close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Delays between reconnection attempts (doubling, with jitter).
-const RECONNECT_MIN: Duration = Duration::from_millis(200);
-/// Short: after a broker restart the worker must be consuming again within seconds.
-const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// One connection's worth of work: declare, consume until shutdown (`Ok`) or the connection
 /// is lost (`Err(Broker)`).
@@ -363,7 +359,7 @@ async fn consume(
             event = connection_events.next() => match event {
                 Some(lapin::Event::Error(e)) => break Err(WorkerError::Broker(e.into())),
                 Some(_) => {}
-                None => break Err(WorkerError::Broker(secflow_common::Error::ConnectionLost("the connection's event stream ended".into()))),
+                None => break Err(WorkerError::Broker(secflow_common::Error::ConnectionLost("consuming (the connection's event stream ended)".into()))),
             },
             Some(suspect) = suspects.recv() => {
                 match isolate(&channel, &tag, &mut consumer, suspect, shared, &tracker, shutdown.as_mut(), &mut connection_events).await {
@@ -394,7 +390,7 @@ async fn consume(
                 }
                 Some(Err(e)) => break Err(WorkerError::Broker(e.into())),
                 // The broker cancelled the consumer (queue deleted, node restarted): start over.
-                None => break Err(WorkerError::Broker(secflow_common::Error::ConnectionLost("the broker cancelled the consumer".into()))),
+                None => break Err(WorkerError::Broker(secflow_common::Error::ConnectionLost("consuming (the broker cancelled the consumer)".into()))),
             },
         }
     };
@@ -527,7 +523,7 @@ async fn isolate(
             event = connection_events.next() => match event {
                 Some(lapin::Event::Error(e)) => return Isolation::Lost(WorkerError::Broker(e.into())),
                 Some(_) => {}
-                None => return Isolation::Lost(WorkerError::Broker(secflow_common::Error::ConnectionLost("the connection's event stream ended".into()))),
+                None => return Isolation::Lost(WorkerError::Broker(secflow_common::Error::ConnectionLost("consuming (the connection's event stream ended)".into()))),
             },
         }
     }

@@ -57,9 +57,14 @@ pub fn base_delay(
     }
 }
 
-/// Applies `jitter` to `delay` with `unit` drawn uniformly from `[0, 1)`.
+/// Applies `jitter` to `delay` with `unit` drawn uniformly from `[0, 1)` (clamped; NaN is 0).
 pub fn jittered(delay: Duration, jitter: Jitter, unit: f64) -> Duration {
-    let unit = unit.clamp(0.0, 1.0);
+    // `Duration::mul_f64` panics on NaN: a draw is never trusted blindly.
+    let unit = if unit.is_nan() {
+        0.0
+    } else {
+        unit.clamp(0.0, 1.0)
+    };
     match jitter {
         Jitter::None => delay,
         Jitter::Full => delay.mul_f64(unit),
