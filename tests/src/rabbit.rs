@@ -116,6 +116,35 @@ impl PrivateRabbit {
         self.ctl(&["stop"]);
     }
 
+    /// The node's Erlang VM process (found by its node name in its environment).
+    fn beam_pid(&self) -> i32 {
+        let wanted = format!("RABBITMQ_NODENAME={}", self.node);
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .find(|pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                comm.trim() == "beam.smp"
+                    && std::fs::read(format!("/proc/{pid}/environ"))
+                        .map(|env| env.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes()))
+                        .unwrap_or(false)
+            })
+            .unwrap_or_else(|| panic!("no beam.smp process for node {}", self.node))
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open, nothing is answered, as with a
+    /// broker stuck on a full disk or a stalled host.
+    pub fn pause(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.beam_pid());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    }
+
+    /// Lets a paused broker go on (SIGCONT).
+    pub fn resume(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.beam_pid());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    }
+
     /// Starts it again on the same ports and data; returns when it accepts connections.
     pub fn start_again(&self) {
         self.boot();
