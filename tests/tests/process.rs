@@ -28,7 +28,9 @@ async fn crashing_task_is_dead_lettered_after_the_delivery_limit_and_nothing_els
     let dlq = ns.topology().dlq();
     // The dead worker's lease is taken over once its liveness lapses (about 3 s): the crash
     // task is then a suspect, run alone.
-    let args = ["--prefetch", "16"];
+    let port = secflow_tests::free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let args = ["--prefetch", "16", "--metrics-addr", metrics.as_str()];
     let mut child = ns.spawn_worker_process(&args);
     let mut crashes = 0;
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -61,6 +63,14 @@ async fn crashing_task_is_dead_lettered_after_the_delivery_limit_and_nothing_els
             })
         },
     )
+    .await;
+    // A worker started just now must have its signal handler before it is told to stop.
+    secflow_tests::wait_for("the last worker ready", Duration::from_secs(30), || async {
+        matches!(
+            secflow_tests::http_get(port, "/readyz").await,
+            Some((200, _))
+        )
+    })
     .await;
     stop_gracefully(&mut child).await;
 

@@ -325,11 +325,7 @@ async fn consume(
     mut suspects: tokio::sync::mpsc::UnboundedReceiver<Delivery>,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<(), WorkerError> {
-    let tag = format!(
-        "{}-{}",
-        shared.settler.worker_id,
-        uuid::Uuid::new_v4().simple()
-    );
+    let mut tag = consumer_tag(&shared.settler.worker_id);
     let setup = within("opening the consumer", async {
         let channel = conn
             .create_channel()
@@ -364,6 +360,8 @@ async fn consume(
             Some(suspect) = suspects.recv() => {
                 match isolate(&channel, &tag, &mut consumer, suspect, shared, &tracker, shutdown.as_mut(), &mut connection_events).await {
                     Isolation::Done => {
+                        // A fresh tag: RabbitMQ 3.10 can fail a channel that reuses a cancelled one.
+                        tag = consumer_tag(&shared.settler.worker_id);
                         consumer = within("subscribing again", subscribe(&channel, queue, &tag)).await??;
                         shared.settler.stats.consuming.store(true, Ordering::SeqCst);
                     }
@@ -377,6 +375,8 @@ async fn consume(
                 Some(Ok(delivery)) if shared.store.is_degraded() && DeliveryMeta::read(&delivery, shared.keyring.as_ref()).is_suspect() => {
                     match isolate(&channel, &tag, &mut consumer, delivery, shared, &tracker, shutdown.as_mut(), &mut connection_events).await {
                         Isolation::Done => {
+                        // A fresh tag: RabbitMQ 3.10 can fail a channel that reuses a cancelled one.
+                        tag = consumer_tag(&shared.settler.worker_id);
                         consumer = within("subscribing again", subscribe(&channel, queue, &tag)).await??;
                         shared.settler.stats.consuming.store(true, Ordering::SeqCst);
                     }
@@ -450,6 +450,11 @@ async fn consume(
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "worker stopped".into())).await;
     tracing::info!("consumer stopped");
     outcome
+}
+
+/// A consumer tag of this worker, new each time it subscribes.
+fn consumer_tag(worker_id: &str) -> String {
+    format!("{worker_id}-{}", uuid::Uuid::new_v4().simple())
 }
 
 async fn subscribe(channel: &Channel, queue: &str, tag: &str) -> Result<Consumer, WorkerError> {
