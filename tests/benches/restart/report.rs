@@ -70,10 +70,12 @@ pub fn report(n: usize, workers: usize, samples: &[Sample], r: &Restart) -> bool
         .saturating_sub(PRE_WINDOW)
         .max((first + SECOND).min(r.stop_issued.saturating_sub(SECOND)));
     let pre = (at(r.stop_issued) - at(pre_from)) / secs(r.stop_issued - pre_from).max(1e-3);
+    // The drain ended with the last settlement the workers counted.
+    let settled = |s: &Sample| s.completed + s.dead_lettered;
+    let last = samples.last().map_or(0, settled);
     let end = samples
         .iter()
-        .find(|s| s.completed + s.dead_lettered >= n as u64)
-        .or(samples.last())
+        .find(|s| settled(s) >= last)
         .map_or(Duration::ZERO, |s| s.at);
     println!(
         "  pre-restart rate {pre:>7.0} tasks/s over the {:.1} s before the stop",
