@@ -40,6 +40,16 @@ pub fn command(name: &str) -> Command {
     cmd
 }
 
+/// Runs `dlq-inspector` on `ns`'s DLQ with `args`; its output.
+pub fn inspector(ns: &TestNs, args: &[&str]) -> std::process::Output {
+    command("dlq-inspector")
+        .env("AMQP_URL", &ns.amqp_url)
+        .args(["--namespace", &ns.name])
+        .args(args)
+        .output()
+        .expect("run the dlq-inspector binary")
+}
+
 /// Loopback broker settings for namespace `ns`, signing with the test key.
 pub fn signed_broker(ns: &str) -> BrokerArgs {
     BrokerArgs {

@@ -9,9 +9,9 @@ use lapin::{
     types::FieldTable,
 };
 use secflow_common::{TaskEnvelope, amqp::copy_properties, bookkeeping, headers as h};
-use secflow_tests::{EventTap, TestNs, command, publish, wait_for};
+use secflow_tests::{EventTap, TestNs, inspector, publish, wait_for};
 use serde_json::json;
-use std::{process::Output, time::Duration};
+use std::time::Duration;
 
 /// A task that fails transiently on every attempt, allowed 2 attempts in all.
 fn always_flaky() -> TaskEnvelope {
@@ -53,14 +53,6 @@ async fn republish(ns: &TestNs, d: &Delivery, edit: impl FnOnce(&mut FieldTable)
     edit(&mut headers);
     let props = copy_properties(&d.properties, headers);
     ns.publish_unsigned("builtin.fail", &d.data, props).await;
-}
-
-fn inspector(ns: &TestNs, args: &[&str]) -> Output {
-    command("dlq-inspector")
-        .args(["--namespace", &ns.name])
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// Proves: a dead letter republished with its retry count reset to 0, or with the count

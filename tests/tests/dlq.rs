@@ -7,21 +7,13 @@ use nix::{
     unistd::Pid,
 };
 use secflow_common::TaskEnvelope;
-use secflow_tests::{TestNs, command, publish, wait_for};
+use secflow_tests::{TestNs, command, inspector, publish, wait_for};
 use serde_json::{Value, json};
 use std::{
     collections::{HashMap, HashSet},
     process::Output,
     time::Duration,
 };
-
-fn inspector(ns: &TestNs, args: &[&str]) -> Output {
-    command("dlq-inspector")
-        .args(["--namespace", &ns.name])
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn stdout(out: &Output) -> String {
     assert!(

@@ -6,9 +6,9 @@ use secflow_common::{
     TaskEnvelope,
     rawamqp::{RawClient, RawProperties, RawValue},
 };
-use secflow_tests::{TestNs, command, exit_status, free_port, http_get, publish, wait_for};
+use secflow_tests::{TestNs, exit_status, free_port, http_get, inspector, publish, wait_for};
 use serde_json::{Value, json};
-use std::{process::Output, time::Duration};
+use std::time::Duration;
 
 /// Publishes through the raw client a task-shaped message whose message id and one header name
 /// are not UTF-8, straight into the pool's work queue.
@@ -33,14 +33,6 @@ async fn publish_poison(ns: &TestNs) {
     .await
     .unwrap();
     raw.close().await;
-}
-
-fn inspector(ns: &TestNs, args: &[&str]) -> Output {
-    command("dlq-inspector")
-        .args(["--namespace", &ns.name])
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

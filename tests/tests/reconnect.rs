@@ -36,17 +36,22 @@ fn close_connection(name: &str) {
     );
 }
 
-/// Proves: after its connection is closed by the broker, a worker is consuming again within
-/// 5 s, and every task, published before and after, completes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_reconnects_after_its_connection_is_closed() {
-    let ns = TestNs::new().await;
-    let tap = ns.tap_events().await;
+/// Starts an in-process worker named `{ns}-w` with `prefetch`; its stats, stop token and handle.
+fn named_worker(
+    ns: &TestNs,
+    prefetch: u16,
+) -> (
+    String,
+    Arc<WorkerStats>,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), secflow_worker::WorkerError>>,
+) {
     let stats = Arc::new(WorkerStats::default());
     let stop = CancellationToken::new();
     let worker_id = format!("{}-w", ns.name);
     let cfg = WorkerConfig {
         worker_id: Some(worker_id.clone()),
+        prefetch,
         ..ns.worker_config()
     };
     let worker = tokio::spawn(secflow_worker::run_with_stats(
@@ -54,6 +59,16 @@ async fn worker_reconnects_after_its_connection_is_closed() {
         Arc::clone(&stats),
         stop.clone().cancelled_owned(),
     ));
+    (worker_id, stats, stop, worker)
+}
+
+/// Proves: after its connection is closed by the broker, a worker is consuming again within
+/// 5 s, and every task, published before and after, completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_reconnects_after_its_connection_is_closed() {
+    let ns = TestNs::new().await;
+    let tap = ns.tap_events().await;
+    let (worker_id, stats, stop, worker) = named_worker(&ns, 64);
     let echo = |n| PublishRequest {
         node_type: "builtin.echo".into(),
         config: json!({}),
@@ -103,19 +118,7 @@ async fn worker_reconnects_after_its_connection_is_closed() {
 async fn deliveries_redelivered_after_a_lost_connection_are_not_suspects() {
     let ns = TestNs::new().await;
     let tap = ns.tap_events().await;
-    let stats = Arc::new(WorkerStats::default());
-    let stop = CancellationToken::new();
-    let worker_id = format!("{}-w", ns.name);
-    let cfg = WorkerConfig {
-        worker_id: Some(worker_id.clone()),
-        prefetch: 16,
-        ..ns.worker_config()
-    };
-    let worker = tokio::spawn(secflow_worker::run_with_stats(
-        cfg,
-        Arc::clone(&stats),
-        stop.clone().cancelled_owned(),
-    ));
+    let (worker_id, stats, stop, worker) = named_worker(&ns, 16);
     let sleeps = PublishRequest {
         node_type: "builtin.sleep".into(),
         config: json!({"ms": 400}),

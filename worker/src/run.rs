@@ -350,48 +350,48 @@ async fn consume(
     // connection's own events say so.
     let mut connection_events = conn.events_listener();
     let outcome = loop {
-        tokio::select! {
+        let suspect = tokio::select! {
             () = &mut shutdown => break Ok(()),
             event = connection_events.next() => match event {
                 Some(lapin::Event::Error(e)) => break Err(WorkerError::Broker(e.into())),
-                Some(_) => {}
+                Some(_) => continue,
                 None => break Err(WorkerError::Broker(secflow_common::Error::ConnectionLost("consuming (the connection's event stream ended)".into()))),
             },
-            Some(suspect) = suspects.recv() => {
-                match isolate(&channel, &tag, &mut consumer, suspect, shared, &tracker, shutdown.as_mut(), &mut connection_events).await {
-                    Isolation::Done => {
-                        // A fresh tag: RabbitMQ 3.10 can fail a channel that reuses a cancelled one.
-                        tag = consumer_tag(&shared.settler.worker_id);
-                        consumer = within("subscribing again", subscribe(&channel, queue, &tag)).await??;
-                        shared.settler.stats.consuming.store(true, Ordering::SeqCst);
-                    }
-                    Isolation::Shutdown => break Ok(()),
-                    Isolation::Lost(e) => break Err(e),
-                }
-            }
+            Some(suspect) = suspects.recv() => suspect,
             next = consumer.next() => match next {
                 // Without Redis there is no evidence of what killed a worker: a delivery that
                 // was never settled is taken for a suspect, as the broker's count is all there is.
-                Some(Ok(delivery)) if shared.store.is_degraded() && DeliveryMeta::read(&delivery, shared.keyring.as_ref()).is_suspect() => {
-                    match isolate(&channel, &tag, &mut consumer, delivery, shared, &tracker, shutdown.as_mut(), &mut connection_events).await {
-                        Isolation::Done => {
-                        // A fresh tag: RabbitMQ 3.10 can fail a channel that reuses a cancelled one.
-                        tag = consumer_tag(&shared.settler.worker_id);
-                        consumer = within("subscribing again", subscribe(&channel, queue, &tag)).await??;
-                        shared.settler.stats.consuming.store(true, Ordering::SeqCst);
-                    }
-                        Isolation::Shutdown => break Ok(()),
-                        Isolation::Lost(e) => break Err(e),
-                    }
-                }
+                Some(Ok(delivery)) if shared.store.is_degraded() && DeliveryMeta::read(&delivery, shared.keyring.as_ref()).is_suspect() => delivery,
                 Some(Ok(delivery)) => {
                     let shared = Arc::clone(shared);
                     tracker.spawn(async move { process(&shared, delivery, false).await });
+                    continue;
                 }
                 Some(Err(e)) => break Err(WorkerError::Broker(e.into())),
                 // The broker cancelled the consumer (queue deleted, node restarted): start over.
                 None => break Err(WorkerError::Broker(secflow_common::Error::ConnectionLost("consuming (the broker cancelled the consumer)".into()))),
             },
+        };
+        match isolate(
+            &channel,
+            &tag,
+            &mut consumer,
+            suspect,
+            shared,
+            &tracker,
+            shutdown.as_mut(),
+            &mut connection_events,
+        )
+        .await
+        {
+            Isolation::Done => {
+                // A fresh tag: RabbitMQ 3.10 can fail a channel that reuses a cancelled one.
+                tag = consumer_tag(&shared.settler.worker_id);
+                consumer = within("subscribing again", subscribe(&channel, queue, &tag)).await??;
+                stats.consuming.store(true, Ordering::SeqCst);
+            }
+            Isolation::Shutdown => break Ok(()),
+            Isolation::Lost(e) => break Err(e),
         }
     };
     stats.consuming.store(false, Ordering::SeqCst);
