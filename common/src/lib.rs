@@ -17,6 +17,7 @@ pub mod rawamqp;
 pub mod recipe;
 pub mod redact;
 pub mod redis_fault;
+pub mod redis_pool;
 pub mod retry;
 pub mod runs;
 pub mod signing;

@@ -6,7 +6,7 @@
 
 use crate::recipe::{Recipe, When, substitute_params};
 use deadpool_redis::{
-    Pool, Runtime,
+    Pool,
     redis::{AsyncCommands, Script},
 };
 use serde_json::Value;
@@ -52,16 +52,7 @@ pub struct RunStore {
 impl RunStore {
     /// A store on `url` for namespace `ns`.
     pub fn new(url: &str, ns: &str) -> Result<Self, RunError> {
-        let mut cfg = deadpool_redis::Config::from_url(url);
-        // A Redis that does not answer must not hold a worker's tasks for ever.
-        let mut pool_cfg = deadpool_redis::PoolConfig::new(16);
-        pool_cfg.timeouts.wait = Some(POOL_TIMEOUT);
-        pool_cfg.timeouts.create = Some(POOL_TIMEOUT);
-        pool_cfg.timeouts.recycle = Some(POOL_TIMEOUT);
-        cfg.pool = Some(pool_cfg);
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| RunError::Redis(format!("invalid REDIS_URL: {e}")))?;
+        let pool = crate::redis_pool::pool(url, POOL_TIMEOUT).map_err(RunError::Redis)?;
         Ok(Self {
             pool,
             ns: ns.to_string(),

@@ -20,7 +20,7 @@ pub use values::{MAX_CLOCK_SKEW_MS, TaskValue, parse_task_value};
 
 use crate::stats::WorkerStats;
 use deadpool_redis::{
-    Connection, Pool, Runtime,
+    Connection, Pool,
     redis::{Script, aio::MultiplexedConnection},
 };
 use std::{
@@ -83,15 +83,7 @@ struct Scripts {
 impl Store {
     /// A store for namespace `ns` on `url`. Does not connect yet.
     pub fn new(url: &str, ns: &str, stats: Arc<WorkerStats>) -> Result<Arc<Self>, String> {
-        let mut cfg = deadpool_redis::Config::from_url(url);
-        let mut pool_cfg = deadpool_redis::PoolConfig::new(16);
-        pool_cfg.timeouts.wait = Some(OP_TIMEOUT);
-        pool_cfg.timeouts.create = Some(OP_TIMEOUT);
-        pool_cfg.timeouts.recycle = Some(OP_TIMEOUT);
-        cfg.pool = Some(pool_cfg);
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| format!("invalid REDIS_URL: {e}"))?;
+        let pool = secflow_common::redis_pool::pool(url, OP_TIMEOUT)?;
         Ok(Arc::new(Self {
             pool,
             shared: tokio::sync::Mutex::new(None),

@@ -1,0 +1,44 @@
+//! The one way the fleet opens Redis: a deadpool pool whose every wait has a deadline.
+//!
+//! Getting a connection (waiting for a free one, creating one, checking a recycled one) is
+//! bounded by the caller's deadline; each command on a connection is bounded by the client's
+//! response timeout (redis-rs: 500 ms by default) and, in the worker's store, by its own
+//! deadline around the call. A Redis that does not answer therefore never holds a task for
+//! ever: the caller sees an error it classifies as unreachable ([`crate::redis_fault`]).
+
+use deadpool_redis::{Pool, PoolConfig, Runtime};
+use std::time::Duration;
+
+/// Connections per pool.
+pub const POOL_SIZE: usize = 16;
+
+/// A pool on `url` whose connection waits end after `deadline`. Does not connect yet; a URL
+/// that does not parse is an error naming it.
+pub fn pool(url: &str, deadline: Duration) -> Result<Pool, String> {
+    let mut cfg = deadpool_redis::Config::from_url(url);
+    let mut pool_cfg = PoolConfig::new(POOL_SIZE);
+    pool_cfg.timeouts.wait = Some(deadline);
+    pool_cfg.timeouts.create = Some(deadline);
+    pool_cfg.timeouts.recycle = Some(deadline);
+    cfg.pool = Some(pool_cfg);
+    cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| {
+        format!(
+            "invalid REDIS_URL `{}`: {e}",
+            crate::config::redact_url(url)
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_redis_that_is_not_there_fails_within_the_deadline() {
+        let absent = pool("redis://127.0.0.1:1/", Duration::from_millis(300)).unwrap();
+        let started = std::time::Instant::now();
+        assert!(absent.get().await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(pool("not a url", Duration::from_secs(1)).is_err());
+    }
+}
