@@ -21,6 +21,41 @@ nodes:
   - { id: three, type: builtin.sleep, inputs: { b: two.slept_ms }, config: { ms: 1500 } }
 "#;
 
+/// Submits the slow chain on `ns`; its run id.
+async fn submit_slow_chain(ns: &TestNs) -> uuid::Uuid {
+    let recipe = recipe_file(ns, "slow-chain", SLOW_CHAIN);
+    submit(&ns.broker(), &recipe, &Default::default(), None, false)
+        .await
+        .expect("the run is submitted")
+        .run_id
+}
+
+/// `producer watch RUN` on `ns` through `rabbit`, giving up after `connect_timeout` s of outage.
+fn spawn_watch(
+    rabbit: &PrivateRabbit,
+    ns: &TestNs,
+    run: uuid::Uuid,
+    connect_timeout: u64,
+    stderr: Stdio,
+) -> KillOnDrop {
+    KillOnDrop(
+        secflow_tests::command("producer")
+            .env("AMQP_URL", rabbit.url())
+            .args([
+                "--namespace",
+                &ns.name,
+                "--connect-timeout-secs",
+                &connect_timeout.to_string(),
+                "watch",
+                &run.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn producer watch"),
+    )
+}
+
 /// Proves: `producer watch RUN` survives a broker restart while it watches: it does not exit
 /// while the broker is down, and once the broker is back it follows the run to its end and
 /// exits 0 saying the run succeeded (before, a lost connection ended it with an error).
@@ -29,28 +64,9 @@ async fn watch_follows_a_run_across_a_broker_restart() {
     let rabbit = PrivateRabbit::start();
     let ns = TestNs::on_broker(&rabbit.url(), 5).await;
     let mut worker = KillOnDrop(ns.spawn_worker_process(&[]));
-    let recipe = recipe_file(&ns, "slow-chain", SLOW_CHAIN);
-    let run = submit(&ns.broker(), &recipe, &Default::default(), None, false)
-        .await
-        .expect("the run is submitted")
-        .run_id;
+    let run = submit_slow_chain(&ns).await;
 
-    let mut watch = KillOnDrop(
-        secflow_tests::command("producer")
-            .env("AMQP_URL", rabbit.url())
-            .args([
-                "--namespace",
-                &ns.name,
-                "--connect-timeout-secs",
-                "90",
-                "watch",
-                &run.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn producer watch"),
-    );
+    let mut watch = spawn_watch(&rabbit, &ns, run, 90, Stdio::inherit());
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let stdout = watch.0.stdout.take().expect("piped stdout");
     let sink = Arc::clone(&lines);
@@ -108,27 +124,8 @@ async fn watch_gives_up_after_an_outage_longer_than_the_connect_timeout() {
     let rabbit = PrivateRabbit::start();
     let ns = TestNs::on_broker(&rabbit.url(), 5).await;
     // No worker: the run stays running, so only the outage can end the watch.
-    let recipe = recipe_file(&ns, "slow-chain", SLOW_CHAIN);
-    let run = submit(&ns.broker(), &recipe, &Default::default(), None, false)
-        .await
-        .expect("the run is submitted")
-        .run_id;
-    let mut watch = KillOnDrop(
-        secflow_tests::command("producer")
-            .env("AMQP_URL", rabbit.url())
-            .args([
-                "--namespace",
-                &ns.name,
-                "--connect-timeout-secs",
-                "3",
-                "watch",
-                &run.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn producer watch"),
-    );
+    let run = submit_slow_chain(&ns).await;
+    let mut watch = spawn_watch(&rabbit, &ns, run, 3, Stdio::piped());
     let mut stdout = std::io::BufReader::new(watch.0.stdout.take().expect("piped stdout"));
     let first = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
