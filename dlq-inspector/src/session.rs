@@ -287,13 +287,7 @@ async fn repair(url: &str, topology: &Topology, count: u32) -> Result<usize, Ins
         .map_err(raw_err)?;
     let mut fixed = 0;
     let result = async {
-        let mut taken = Vec::new();
-        while taken.len() < count as usize + 16 {
-            match raw.get(&queue).await? {
-                Some(msg) => taken.push(msg),
-                None => break,
-            }
-        }
+        let taken = raw.take(&queue, count as usize + 16).await?;
         for msg in &taken {
             let unreadable = msg.unreadable_fields();
             if unreadable.is_empty() {

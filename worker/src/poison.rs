@@ -39,14 +39,7 @@ pub async fn sweep(
     let result = async {
         // Everything is taken first, then settled: a fresh copy goes to the back of the queue
         // and must not be taken again by this sweep.
-        let mut taken = Vec::new();
-        while taken.len() < limit {
-            match raw.get(queue).await? {
-                Some(msg) => taken.push(msg),
-                None => break,
-            }
-        }
-        for msg in taken {
+        for msg in raw.take(queue, limit).await? {
             let unreadable = msg.unreadable_fields();
             if unreadable.is_empty() {
                 let props = fresh_copy(&msg.properties);

@@ -177,6 +177,19 @@ impl RawClient {
         .await
     }
 
+    /// Takes up to `limit` messages from the head of `queue`, unacked, in queue order (fewer
+    /// when it runs empty).
+    pub async fn take(&mut self, queue: &str, limit: usize) -> Result<Vec<RawMessage>, RawError> {
+        let mut taken = Vec::new();
+        while taken.len() < limit {
+            match self.get(queue).await? {
+                Some(msg) => taken.push(msg),
+                None => break,
+            }
+        }
+        Ok(taken)
+    }
+
     /// Acknowledges `tag` (and every earlier one with `multiple`).
     pub async fn ack(&mut self, tag: u64, multiple: bool) -> Result<(), RawError> {
         let mut w = Writer::method(60, 80);
