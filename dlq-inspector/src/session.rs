@@ -278,8 +278,16 @@ async fn bounded<T>(
 /// place. How many were replaced.
 async fn repair(url: &str, topology: &Topology, count: u32) -> Result<usize, InspectorError> {
     use secflow_common::rawamqp::{RawClient, RawValue, unparseable_dead_letter};
+    // Only a URL the raw reader cannot use is a configuration error; the rest is the broker.
     let raw_err = |e: secflow_common::rawamqp::RawError| {
-        InspectorError::Broker(secflow_common::Error::Config(e.to_string()))
+        InspectorError::Broker(match e {
+            secflow_common::rawamqp::RawError::Url(_) => {
+                secflow_common::Error::Config(e.to_string())
+            }
+            e => secflow_common::Error::ConnectionLost(format!(
+                "repairing unparseable dead letters ({e})"
+            )),
+        })
     };
     let queue = topology.dlq();
     let mut raw = RawClient::connect(url, Duration::from_secs(10))
