@@ -50,6 +50,24 @@ pub fn inspector(ns: &TestNs, args: &[&str]) -> std::process::Output {
         .expect("run the dlq-inspector binary")
 }
 
+/// The standard output of a command that must have succeeded (its stderr in the failure).
+pub fn stdout(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// The JSON lines a command that must have succeeded printed.
+pub fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Loopback broker settings for namespace `ns`, signing with the test key.
 pub fn signed_broker(ns: &str) -> BrokerArgs {
     BrokerArgs {

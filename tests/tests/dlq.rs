@@ -7,29 +7,13 @@ use nix::{
     unistd::Pid,
 };
 use secflow_common::TaskEnvelope;
-use secflow_tests::{TestNs, command, inspector, publish, wait_for};
+use secflow_tests::{TestNs, command, inspector, json_lines, publish, stdout, wait_for};
 use serde_json::{Value, json};
 use std::{
     collections::{HashMap, HashSet},
     process::Output,
     time::Duration,
 };
-
-fn stdout(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "inspector failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn json_lines(out: &Output) -> Vec<Value> {
-    stdout(out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 /// `n` tasks that fail permanently at once.
 fn doomed(n: usize) -> Vec<TaskEnvelope> {

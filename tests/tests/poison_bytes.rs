@@ -6,8 +6,10 @@ use secflow_common::{
     TaskEnvelope,
     rawamqp::{RawClient, RawProperties, RawValue},
 };
-use secflow_tests::{TestNs, exit_status, free_port, http_get, inspector, publish, wait_for};
-use serde_json::{Value, json};
+use secflow_tests::{
+    TestNs, exit_status, free_port, http_get, inspector, json_lines, publish, wait_for,
+};
+use serde_json::json;
 use std::time::Duration;
 
 /// Publishes through the raw client a task-shaped message whose message id and one header name
@@ -80,16 +82,7 @@ async fn unparseable_poison_among_signed_tasks_charges_no_innocent() {
         || async { ns.ready(&dlq).await == 1 },
     )
     .await;
-    let listed = inspector(&ns, &["list", "--json"]);
-    assert!(
-        listed.status.success(),
-        "inspector list failed: {}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
-    let lines: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&inspector(&ns, &["list", "--json"]));
     assert_eq!(lines.len(), 1, "{lines:?}");
     let text = lines[0].to_string();
     assert!(
@@ -166,16 +159,7 @@ async fn inspector_shows_exports_and_purges_an_unparseable_dead_letter_and_reque
         .unwrap();
     raw.close().await;
 
-    let listed = inspector(&ns, &["list", "--json"]);
-    assert!(
-        listed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
-    let lines: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&inspector(&ns, &["list", "--json"]));
     assert_eq!(lines.len(), 3, "{lines:?}");
     let poison: Vec<_> = lines
         .iter()
