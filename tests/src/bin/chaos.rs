@@ -395,26 +395,15 @@ async fn publish_poison(
             .with_message_id(m.id.as_str().into())
             .with_delivery_mode(2)
             .with_headers(headers);
-        if m.reason == REFUSED {
-            // The refusal closes the channel: publish it on one of its own.
-            let own = amqp::Publisher::new(&conn).await?;
-            let sent = own
-                .publish(
-                    &topology.tasks_exchange(),
-                    m.routing_key,
-                    &m.body,
-                    props,
-                    true,
-                )
-                .await;
-            anyhow::ensure!(
-                sent.is_err(),
-                "the broker accepted the {} KiB poison message: is max_message_size set?",
-                m.body.len() / 1024
-            );
-            continue;
-        }
-        publisher
+        // The refusal closes the channel: a message the broker must refuse goes on one of its own.
+        let own;
+        let via = if m.reason == REFUSED {
+            own = amqp::Publisher::new(&conn).await?;
+            &own
+        } else {
+            &publisher
+        };
+        let sent = via
             .publish(
                 &topology.tasks_exchange(),
                 m.routing_key,
@@ -422,7 +411,16 @@ async fn publish_poison(
                 props,
                 true,
             )
-            .await?;
+            .await;
+        if m.reason == REFUSED {
+            anyhow::ensure!(
+                sent.is_err(),
+                "the broker accepted the {} KiB poison message: is max_message_size set?",
+                m.body.len() / 1024
+            );
+            continue;
+        }
+        sent?;
         expected.push((m.id, m.reason, m.code));
     }
     let _ = conn.close(200, "poison sent".into()).await;
