@@ -265,12 +265,7 @@ async fn bounded<T>(
     what: &str,
     fut: impl std::future::Future<Output = T>,
 ) -> Result<T, InspectorError> {
-    tokio::time::timeout(OP_TIMEOUT, fut).await.map_err(|_| {
-        InspectorError::Broker(secflow_common::Error::Timeout {
-            what: what.to_string(),
-            after: OP_TIMEOUT,
-        })
-    })
+    Ok(secflow_common::deadline::within(what, OP_TIMEOUT, fut).await?)
 }
 
 /// Takes up to `count` (+ a margin) messages of the DLQ with the raw client, replaces each one

@@ -232,15 +232,10 @@ const SWEEP_EXTRA: usize = 16;
 /// Longest wait for one setup step on a new connection (declare, open channels, subscribe).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `fut` with the setup deadline; a broker that does not answer is treated like a lost
-/// connection (the worker reconnects).
+/// `fut` with the setup deadline ([`secflow_common::deadline::within`]); a broker that does
+/// not answer is treated like a lost connection (the worker reconnects).
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> Result<T, WorkerError> {
-    tokio::time::timeout(SETUP_TIMEOUT, fut).await.map_err(|_| {
-        WorkerError::Broker(secflow_common::Error::Timeout {
-            what: what.to_string(),
-            after: SETUP_TIMEOUT,
-        })
-    })
+    Ok(secflow_common::deadline::within(what, SETUP_TIMEOUT, fut).await?)
 }
 
 /// How long tasks of a lost connection get to notice before the worker reconnects without them.
