@@ -2,7 +2,7 @@
 //! anything is published.
 //!
 //! ```yaml
-//! version: 1
+//! version: "1.0"
 //! name: discovery
 //! parameters:
 //!   target: { description: base URL, default: "http://127.0.0.1:8080" }
@@ -16,28 +16,33 @@
 //!     inputs: { robots: fetch.body }
 //!     config: { text: "${inputs.robots}" }
 //! ```
+//!
+//! `inputs` is either a map (input name → `node.output`) or, as the published schema writes it,
+//! a list of dataset names, each resolved to the one node that lists it in `outputs`
+//! ([`inputs`]).
 
 mod cycle;
+mod inputs;
 pub mod template;
 mod validate;
+mod version;
 
+pub use inputs::{InputProblem, Inputs};
 pub use template::{References, references, substitute, substitute_params};
 pub use validate::{RecipeError, validate};
+pub use version::{RECIPE_MAJOR, Version};
 
 use crate::retry::RetryPolicy;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// Recipe format this build reads.
-pub const RECIPE_VERSION: u32 = 1;
-
 /// A workflow recipe as written.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
-    /// Format version.
-    pub version: u32,
+    /// Format version: `"1.0"` (also `1` or `"1"`).
+    pub version: Version,
     /// Name of the workflow.
     pub name: String,
     /// What it does.
@@ -85,9 +90,17 @@ pub struct NodeSpec {
     /// Handler config; may reference `${params.NAME}` and `${inputs.NAME}`.
     #[serde(default = "empty_object")]
     pub config: Value,
-    /// Input name → `node.output` of an upstream node.
-    #[serde(default)]
+    /// Inputs as written: a list of dataset names or a map of name → `node.output`.
+    #[serde(default, rename = "inputs")]
+    pub declared_inputs: Inputs,
+    /// Input name → `node.output` of an upstream node, resolved by [`parse`] from
+    /// `declared_inputs`.
+    #[serde(skip)]
     pub inputs: BTreeMap<String, String>,
+    /// Inputs of the list form that name no dataset or an ambiguous one (reported by
+    /// [`validate`]).
+    #[serde(skip)]
+    pub input_problems: Vec<InputProblem>,
     /// Names of the outputs this node produces.
     #[serde(default)]
     pub outputs: Vec<String>,
@@ -135,7 +148,7 @@ pub fn parse(source: &str, text: &str) -> Result<Recipe, RecipeError> {
             text.len()
         )));
     }
-    let recipe: Recipe =
+    let mut recipe: Recipe =
         yaml_serde::from_str(text).map_err(|e| error(format!("not a valid recipe: {e}")))?;
     if recipe.nodes.len() > MAX_NODES {
         return Err(RecipeError {
@@ -146,5 +159,6 @@ pub fn parse(source: &str, text: &str) -> Result<Recipe, RecipeError> {
             ))
         });
     }
+    inputs::resolve(&mut recipe.nodes);
     Ok(recipe)
 }

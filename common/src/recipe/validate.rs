@@ -1,7 +1,7 @@
 //! Everything checked before a recipe is published: ids, types, configs, inputs, parameters,
 //! cycles. Errors name the file, the node and the field, and all of them are reported at once.
 
-use super::{NodeSpec, RECIPE_VERSION, Recipe, When, cycle::find_cycle, template};
+use super::{NodeSpec, RECIPE_MAJOR, Recipe, When, cycle::find_cycle, template};
 use crate::{duration, nodes};
 use serde_json::Value;
 use std::{
@@ -55,12 +55,12 @@ pub fn validate(
             message,
         });
     };
-    if recipe.version != RECIPE_VERSION {
+    if !recipe.version.supported() {
         err(
             None,
             "version",
             format!(
-                "unsupported recipe version {} (this build reads {RECIPE_VERSION})",
+                "unsupported recipe version {} (this build reads {RECIPE_MAJOR}.x)",
                 recipe.version
             ),
         );
@@ -176,6 +176,13 @@ fn check_node(
     }
     if !node.config.is_object() {
         err(id, "config", "must be a mapping".into());
+    }
+    for problem in &node.input_problems {
+        err(
+            id,
+            &format!("inputs.{}", problem.input),
+            problem.message.clone(),
+        );
     }
     let mut seen = HashSet::new();
     for output in &node.outputs {

@@ -5,9 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Breaker settings for one service.
+/// Breaker settings for one service. Besides these names, the published ones are accepted:
+/// `timeout` (seconds the breaker stays open, = `open_ms`) and `half_open_max_calls`
+/// (= `half_open_probes`); giving both names of one setting is an error.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "Written")]
 pub struct BreakerConfig {
     /// Failures within `window_ms` that open the breaker.
     pub failure_threshold: u32,
@@ -33,6 +35,60 @@ impl Default for BreakerConfig {
             half_open_probes: 1,
             success_threshold: 2,
         }
+    }
+}
+
+/// Breaker settings as written, under either name of each setting.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Written {
+    failure_threshold: Option<u32>,
+    window_ms: Option<u64>,
+    open_ms: Option<u64>,
+    timeout: Option<f64>,
+    max_open_ms: Option<u64>,
+    half_open_probes: Option<u32>,
+    half_open_max_calls: Option<u32>,
+    success_threshold: Option<u32>,
+}
+
+impl TryFrom<Written> for BreakerConfig {
+    type Error = String;
+
+    fn try_from(w: Written) -> Result<Self, String> {
+        let d = Self::default();
+        let both = |a: &str, b: &str| {
+            format!("breaker: give `{a}` or `{b}`, not both (they are the same setting)")
+        };
+        let timeout_ms = w
+            .timeout
+            .map(|s| {
+                if s.is_finite() && s > 0.0 && s <= 86_400.0 {
+                    Ok((s * 1000.0).round() as u64)
+                } else {
+                    Err(format!(
+                        "breaker timeout {s} must be between 0 and 86400 seconds"
+                    ))
+                }
+            })
+            .transpose()?;
+        let open_ms = match (w.open_ms, timeout_ms) {
+            (Some(_), Some(_)) => return Err(both("open_ms", "timeout")),
+            (a, b) => a.or(b).unwrap_or(d.open_ms),
+        };
+        let half_open_probes = match (w.half_open_probes, w.half_open_max_calls) {
+            (Some(_), Some(_)) => return Err(both("half_open_probes", "half_open_max_calls")),
+            (a, b) => a.or(b).unwrap_or(d.half_open_probes),
+        };
+        Ok(Self {
+            failure_threshold: w.failure_threshold.unwrap_or(d.failure_threshold),
+            window_ms: w.window_ms.unwrap_or(d.window_ms),
+            open_ms,
+            // A long published timeout raises the cap with it rather than failing validation.
+            max_open_ms: w.max_open_ms.unwrap_or(d.max_open_ms.max(open_ms)),
+            half_open_probes,
+            success_threshold: w.success_threshold.unwrap_or(d.success_threshold),
+        })
     }
 }
 
@@ -217,6 +273,27 @@ mod tests {
             half_open_probes: 1,
             success_threshold: 2,
         }
+    }
+
+    #[test]
+    fn published_setting_names_mean_the_same_settings() {
+        let published: BreakerConfig = serde_json::from_str(
+            r#"{"failure_threshold":3,"success_threshold":2,"timeout":30,"half_open_max_calls":2}"#,
+        )
+        .unwrap();
+        assert_eq!((published.open_ms, published.half_open_probes), (30_000, 2));
+        assert_eq!(published.validate(), Ok(()));
+        let ours: BreakerConfig =
+            serde_json::from_str(r#"{"failure_threshold":3,"open_ms":30000,"half_open_probes":2}"#)
+                .unwrap();
+        assert_eq!(published, ours);
+        let long: BreakerConfig = serde_json::from_str(r#"{"timeout":900}"#).unwrap();
+        assert_eq!(long.validate(), Ok(()));
+        let both = serde_json::from_str::<BreakerConfig>(r#"{"timeout":1,"open_ms":5}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(both.contains("not both"), "{both}");
+        assert!(serde_json::from_str::<BreakerConfig>(r#"{"timeout_s":1}"#).is_err());
     }
 
     fn run(s: &BreakerState, inputs: &[(Input, u64)]) -> (BreakerState, Verdict) {
