@@ -8,13 +8,55 @@ use lapin::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// A task lifecycle event. The routing key is `kind`.
+///
+/// Besides SecFlow's own fields, every event carries the published event contract: `event`
+/// (the kind with `_` for `.`: `node_started`, `node_completed`, `workflow_completed`,
+/// `workflow_failed`, ...), `workflow_id` (the run), `node_id`, `duration` (seconds) and
+/// `findings`, and for node ends the node's `exit_status`, `cache_hit`, `cpu_time` (seconds)
+/// and `peak_memory` (bytes) where they apply.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskEvent {
-    /// `node.completed`, `node.retrying`, `node.deferred`, `node.dead_lettered`, `node.cancelled`.
+    /// The contract's name of the kind: `node_completed` for `node.completed`.
+    #[serde(default)]
+    pub event: String,
+    /// `node.started`, `node.completed`, `node.retrying`, `node.deferred`,
+    /// `node.dead_lettered`, `node.cancelled`, `workflow.started`, `workflow.completed`
+    /// (succeeded or partial), `workflow.failed` (failed or cancelled), `run.cancelled`.
     pub kind: String,
+    /// The run, as the contract names it (the same id as `run_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<String>,
+    /// How long the node's handler ran, or the run lasted, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<f64>,
+    /// Findings the node produced, or the run's total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<u64>,
+    /// Items in each list the node output (`urls`, `findings`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<BTreeMap<String, u64>>,
+    /// Exit code of the node's program (`exec` and tool nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i64>,
+    /// Whether a cached output stood in for running the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_hit: Option<bool>,
+    /// CPU time (user + system) of the node's program, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time: Option<f64>,
+    /// Peak resident memory of the node's program, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory: Option<u64>,
+    /// A run's final status (`workflow.*`): succeeded, partial, failed or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The recipe's name (`workflow.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
     /// Identity of the event for consumers that deduplicate: events are delivered at least
     /// once, and a completion reported again (its worker died or lost its connection while
     /// reporting it) keeps its id: `TASK:node.completed`, `RUN:workflow.completed`. Other
@@ -54,6 +96,51 @@ pub struct TaskEvent {
     /// For a retried delivery: how long it really waited (publish of the copy to delivery), ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_delay_ms: Option<u64>,
+}
+
+impl TaskEvent {
+    /// An event of `kind` from `worker`, now, with its contract name and a fresh id (a
+    /// completion's stable id is set by [`TaskEvent::about`]).
+    pub fn new(kind: &str, worker: &str) -> Self {
+        Self {
+            event: kind.replace('.', "_"),
+            kind: kind.to_string(),
+            workflow_id: None,
+            duration: None,
+            findings: None,
+            counts: None,
+            exit_status: None,
+            cache_hit: None,
+            cpu_time: None,
+            peak_memory: None,
+            status: None,
+            workflow: None,
+            event_id: Some(event_id(None, kind)),
+            task_id: None,
+            run_id: None,
+            node_id: None,
+            node_type: None,
+            worker: worker.to_string(),
+            retry_count: 0,
+            at_ms: crate::now_ms(),
+            attempt: None,
+            output: None,
+            error: None,
+            next_delay_ms: None,
+            scheduled_delay_ms: None,
+            observed_delay_ms: None,
+        }
+    }
+
+    /// Sets the task (or, without one, the run) the event is about, and the event id that
+    /// goes with it.
+    pub fn about(mut self, task: Option<Uuid>, run: Option<Uuid>) -> Self {
+        self.task_id = task;
+        self.run_id = run;
+        self.workflow_id = run.map(|r| r.to_string());
+        self.event_id = Some(event_id(task.or(run), &self.kind));
+        self
+    }
 }
 
 /// The error part of a failure event.
@@ -122,11 +209,13 @@ pub async fn subscribe(ch: &Channel, topology: &Topology, pattern: &str) -> Resu
     .await??)
 }
 
-/// The event id of `kind` for `subject` (a task or run id): stable for completions, which
-/// happen once however often they are reported, fresh for everything else.
+/// The event id of `kind` for `subject` (a task or run id): stable for completions and run
+/// ends, which happen once however often they are reported, fresh for everything else.
 pub fn event_id(subject: Option<Uuid>, kind: &str) -> String {
     match subject {
-        Some(id) if kind.ends_with(".completed") => format!("{id}:{kind}"),
+        Some(id) if kind.ends_with(".completed") || kind == "workflow.failed" => {
+            format!("{id}:{kind}")
+        }
         _ => Uuid::now_v7().to_string(),
     }
 }

@@ -156,7 +156,7 @@ pub struct Follow<'a> {
 
 /// Whether a run in `status` has ended.
 fn has_ended(status: &str) -> bool {
-    status != "running"
+    matches!(status, "succeeded" | "partial" | "failed" | "cancelled")
 }
 
 /// Whether a node in `state` has ended.
@@ -314,14 +314,19 @@ pub async fn until_end(
     }
 }
 
-/// The final status a `workflow.completed` event carries, if `e` is one.
+/// The final status a run's end event (`workflow.completed`, `workflow.failed`) carries, if
+/// `e` is one.
 fn final_status(e: &TaskEvent) -> Option<String> {
-    (e.kind == "workflow.completed").then(|| {
-        e.output
-            .as_ref()
-            .and_then(|o| o["status"].as_str())
-            .unwrap_or("ended")
-            .to_string()
+    matches!(e.kind.as_str(), "workflow.completed" | "workflow.failed").then(|| {
+        e.status
+            .clone()
+            .or_else(|| {
+                e.output
+                    .as_ref()
+                    .and_then(|o| o["status"].as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "ended".to_string())
     })
 }
 
@@ -337,8 +342,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_running_is_not_an_end() {
-        assert!(!has_ended("running"));
+    fn only_final_statuses_are_an_end() {
+        for s in ["running", "cancelling", "compensating"] {
+            assert!(!has_ended(s), "{s}");
+        }
         for s in ["succeeded", "failed", "partial", "cancelled"] {
             assert!(has_ended(s));
         }

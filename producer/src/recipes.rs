@@ -145,7 +145,7 @@ pub async fn submit_until(
     };
     // Subscribe before publishing, so a fast run's end is not missed; the subscription owns
     // the connection from here and the roots go out on it.
-    let sub = Subscription::on(conn, &topology, "workflow.completed").await?;
+    let sub = Subscription::on(conn, &topology, "workflow.*").await?;
     let (run_id, roots) = match store.run(sub.connection(), &summary, params, cache).await {
         Ok(stored) => stored,
         Err(e) => {
@@ -157,7 +157,7 @@ pub async fn submit_until(
         broker,
         runs: &runs,
         run_id,
-        pattern: "workflow.completed",
+        pattern: "workflow.*",
         limit: Some(limit),
     };
     let status = follow_run::until_end(&follow, Some(sub), shutdown, |_| {}).await?;
@@ -305,26 +305,8 @@ async fn tell_cancelled(
     run_id: uuid::Uuid,
 ) -> anyhow::Result<()> {
     let publisher = amqp::Publisher::new(conn).await?;
-    let event = secflow_common::events::TaskEvent {
-        kind: "run.cancelled".into(),
-        event_id: Some(secflow_common::events::event_id(
-            Some(run_id),
-            "run.cancelled",
-        )),
-        task_id: None,
-        run_id: Some(run_id),
-        node_id: None,
-        node_type: None,
-        worker: "producer".into(),
-        retry_count: 0,
-        at_ms: secflow_common::now_ms(),
-        output: None,
-        error: None,
-        next_delay_ms: None,
-        scheduled_delay_ms: None,
-        observed_delay_ms: None,
-        attempt: None,
-    };
+    let event = secflow_common::events::TaskEvent::new("run.cancelled", "producer")
+        .about(None, Some(run_id));
     let body = serde_json::to_vec(&[event])?;
     let props = secflow_common::amqp::json_properties(run, Default::default());
     publisher

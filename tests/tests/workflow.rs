@@ -206,7 +206,11 @@ async fn node_end_is_exactly_once_across_redeliveries() {
     let (run, roots) = runs.create(&recipe, &BTreeMap::new(), false).await.unwrap();
     let run = run.to_string();
     let output = serde_json::json!({"echo": {"host": "10.0.0.5"}});
-    let (first, status, already) = runs.node_end(&run, &roots[0], Some(&output)).await.unwrap();
+    let end = runs
+        .node_end(&run, &roots[0], Some(&output), None)
+        .await
+        .unwrap();
+    let (first, status, already) = (end.ready, end.status, end.already);
     assert!(!already);
     let mut ids: Vec<_> = first.iter().map(|n| n.id.clone()).collect();
     ids.sort();
@@ -214,7 +218,11 @@ async fn node_end_is_exactly_once_across_redeliveries() {
         (ids, status.as_str()),
         (vec!["b".to_string(), "c".to_string()], "running")
     );
-    let (again, _, already) = runs.node_end(&run, &roots[0], Some(&output)).await.unwrap();
+    let end = runs
+        .node_end(&run, &roots[0], Some(&output), None)
+        .await
+        .unwrap();
+    let (again, already) = (end.ready, end.already);
     assert!(already, "a second end of the node is flagged");
     assert_eq!(
         again.len(),
@@ -222,7 +230,11 @@ async fn node_end_is_exactly_once_across_redeliveries() {
         "a redelivery before the publish was confirmed publishes them again"
     );
     runs.published(&run, "a").await.unwrap();
-    let (after, _, _) = runs.node_end(&run, &roots[0], Some(&output)).await.unwrap();
+    let after = runs
+        .node_end(&run, &roots[0], Some(&output), None)
+        .await
+        .unwrap()
+        .ready;
     assert!(
         after.is_empty(),
         "once confirmed, a redelivery publishes nothing"

@@ -133,23 +133,9 @@ mod tests {
     use super::*;
 
     fn event(output_bytes: usize) -> TaskEvent {
-        TaskEvent {
-            kind: "node.completed".into(),
-            event_id: None,
-            task_id: None,
-            run_id: None,
-            node_id: None,
-            node_type: None,
-            worker: "w".into(),
-            retry_count: 0,
-            at_ms: 0,
-            attempt: None,
-            output: Some(serde_json::Value::String("x".repeat(output_bytes))),
-            error: None,
-            next_delay_ms: None,
-            scheduled_delay_ms: None,
-            observed_delay_ms: None,
-        }
+        let mut event = TaskEvent::new("node.completed", "w");
+        event.output = Some(serde_json::Value::String("x".repeat(output_bytes)));
+        event
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod meta;
 pub mod observe;
 pub mod poison;
 pub mod policies;
+pub mod report;
 pub mod run;
 pub mod settle;
 pub mod stats;

@@ -29,6 +29,8 @@ pub struct DeliveryMeta {
     pub scheduled_delay_ms: Option<u64>,
     /// How long this retried delivery really waited, ms.
     pub observed_delay_ms: Option<u64>,
+    /// How the attempt ran, once it has (for its events and metrics).
+    pub report: Option<crate::report::NodeReport>,
 }
 
 impl Default for DeliveryMeta {
@@ -42,6 +44,7 @@ impl Default for DeliveryMeta {
             first_failure_at: None,
             scheduled_delay_ms: None,
             observed_delay_ms: None,
+            report: None,
         }
     }
 }

@@ -18,6 +18,11 @@ static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 /// its histograms trimmed.
 pub fn install_prometheus() -> Result<(), String> {
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("secflow_node_duration_seconds".into()),
+            &crate::report::DURATION_BUCKETS,
+        )
+        .map_err(|e| format!("cannot set the metrics buckets: {e}"))?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     let upkeep = handle.clone();

@@ -82,6 +82,7 @@ impl Settler {
                 let attempt = lease.map(|l| l.owner().to_string());
                 self.emit("node.completed", task, meta, |e| {
                     e.attempt = attempt;
+                    crate::report::completed(e, output, meta.report.as_ref());
                     // Events are for watching, not for data: secrets in outputs are masked.
                     let mut output = output.clone();
                     secflow_common::redact::global().redact_json(&mut output);
@@ -126,6 +127,13 @@ impl Settler {
                 };
                 WorkerStats::bump(counter);
                 metrics::counter!("secflow_tasks_settled_total", "outcome" => outcome).increment(1);
+                if let (Some(task), Some(report)) = (task, &meta.report) {
+                    let output = match &disposition {
+                        Disposition::Complete(output) => Some(output),
+                        _ => None,
+                    };
+                    crate::report::record(&task.node_type, outcome, output, Some(report));
+                }
                 let acked = tokio::time::timeout(
                     SETTLE_TIMEOUT,
                     delivery.acker.ack(BasicAckOptions::default()),
@@ -352,6 +360,14 @@ impl Settler {
         copy_properties(&delivery.properties, headers)
     }
 
+    /// Announces that a workflow node starts (`node.started`), once the broker has confirmed
+    /// it, so it comes before the node's end. A failure is logged: the node runs anyway.
+    pub async fn started(&self, task: &TaskEnvelope, meta: &DeliveryMeta) {
+        if let Err(e) = self.emit("node.started", Some(task), meta, |_| {}).await {
+            tracing::warn!(task_id = %task.task_id, error = %e, "could not announce the node's start");
+        }
+    }
+
     /// Publishes a lifecycle event with confirms (not mandatory: nobody may be listening), in a
     /// batch with other events of its kind.
     async fn emit(
@@ -361,26 +377,14 @@ impl Settler {
         meta: &DeliveryMeta,
         fill: impl FnOnce(&mut TaskEvent),
     ) -> secflow_common::Result<()> {
-        let mut event = TaskEvent {
-            kind: kind.to_string(),
-            event_id: Some(secflow_common::events::event_id(
-                task.map(|t| t.task_id),
-                kind,
-            )),
-            task_id: task.map(|t| t.task_id),
-            run_id: task.and_then(|t| t.run_id),
-            node_id: task.map(|t| t.node_id.clone()),
-            node_type: task.map(|t| t.node_type.clone()),
-            worker: self.worker_id.clone(),
-            retry_count: meta.retry_count,
-            at_ms: now_ms(),
-            attempt: None,
-            output: None,
-            error: None,
-            next_delay_ms: None,
-            scheduled_delay_ms: meta.scheduled_delay_ms,
-            observed_delay_ms: meta.observed_delay_ms,
-        };
+        let mut event = TaskEvent::new(kind, &self.worker_id)
+            .about(task.map(|t| t.task_id), task.and_then(|t| t.run_id));
+        event.node_id = task.map(|t| t.node_id.clone());
+        event.node_type = task.map(|t| t.node_type.clone());
+        event.retry_count = meta.retry_count;
+        event.scheduled_delay_ms = meta.scheduled_delay_ms;
+        event.observed_delay_ms = meta.observed_delay_ms;
+        crate::report::timed(&mut event, meta.report.as_ref());
         fill(&mut event);
         self.events
             .emit(event)

@@ -88,7 +88,11 @@ pub async fn finish_recorded(
     };
     tracing::info!(task_id = %task.task_id, %run, node = %task.node_id, "node already recorded as succeeded: not running it again");
     let recorded = runs.recorded_output(run, &task.node_id).await;
-    let published = continue_run(runs, settler, task, run, None).await;
+    let nothing = NodeOutcome {
+        output: None,
+        failure: None,
+    };
+    let published = continue_run(runs, settler, task, run, nothing).await;
     let failure = match (published, recorded) {
         (Ok(_), Ok(output)) => {
             return Disposition::Complete(output.unwrap_or(serde_json::Value::Null));
@@ -244,13 +248,20 @@ pub async fn advance(
     let Some(run) = task.run_id else {
         return disposition;
     };
+    let disposition = check_outputs(runs, task, disposition).await;
     let disposition = check_and_cache(runs, task, disposition).await;
-    let output = match &disposition {
-        Disposition::Complete(output) => Some(output),
-        Disposition::DeadLetter { .. } | Disposition::Cancelled(_) => None,
+    let end = match &disposition {
+        Disposition::Complete(output) => NodeOutcome {
+            output: Some(output),
+            failure: None,
+        },
+        Disposition::DeadLetter { error, .. } | Disposition::Cancelled(error) => NodeOutcome {
+            output: None,
+            failure: Some(failure_summary(error)),
+        },
         _ => return disposition,
     };
-    match continue_run(runs, settler, task, run, output).await {
+    match continue_run(runs, settler, task, run, end).await {
         // Another attempt of this task recorded the node's end first (two copies ran while
         // idempotency was unavailable): that attempt reports the completion, this one does not.
         Ok(true) if matches!(disposition, Disposition::Complete(_)) => {
@@ -264,6 +275,34 @@ pub async fn advance(
             }
             unrecorded(runs, run, e, retry)
         }
+    }
+}
+
+/// A completed node must produce every output it declares. (A store error here is left to
+/// recording the node's end, which meets it again and retries the node.)
+async fn check_outputs(
+    runs: &RunStore,
+    task: &TaskEnvelope,
+    disposition: Disposition,
+) -> Disposition {
+    let (Disposition::Complete(output), Some(run)) = (&disposition, task.run_id) else {
+        return disposition;
+    };
+    let Ok(nodes) = runs
+        .nodes(&run.to_string(), std::slice::from_ref(&task.node_id))
+        .await
+    else {
+        return disposition;
+    };
+    match nodes
+        .first()
+        .map(|n| secflow_common::runs::missing_outputs(n, output))
+    {
+        Some(missing) if !missing.is_empty() => {
+            tracing::warn!(task_id = %task.task_id, node = %task.node_id, ?missing, "node completed without a declared output: failing it");
+            crate::disposition::missing_output(&task.node_id, &missing, output)
+        }
+        _ => disposition,
     }
 }
 
@@ -293,7 +332,7 @@ async fn continue_run(
     settler: &Settler,
     task: &TaskEnvelope,
     run: uuid::Uuid,
-    output: Option<&serde_json::Value>,
+    end: NodeOutcome<'_>,
 ) -> Result<bool, Unrecorded> {
     let run_key = run.to_string();
     let node = runs
@@ -302,10 +341,12 @@ async fn continue_run(
     let node = node
         .first()
         .ok_or_else(|| Unrecorded::Corrupt(format!("node `{}` not in its run", task.node_id)))?;
-    let (ready, status, already) = runs.node_end(&run_key, node, output).await?;
+    let mut ended = runs
+        .node_end(&run_key, node, end.output, end.failure.as_deref())
+        .await?;
     // A fan-out can make thousands of nodes ready at once: publish them with confirms in flight
     // together, and fail (so the node is retried and they are re-published) if any one fails.
-    futures_util::stream::iter(ready)
+    futures_util::stream::iter(std::mem::take(&mut ended.ready))
         .map(|next| async move {
             let envelope = runs.envelope(run, &next).await?;
             publish_task(&settler.publisher, &settler.topology, &envelope)
@@ -316,31 +357,65 @@ async fn continue_run(
         .try_collect::<Vec<()>>()
         .await?;
     runs.published(&run_key, &task.node_id).await?;
-    if !status.is_empty() && status != "running" {
-        tracing::info!(%run, status, "workflow run ended");
-        let event = TaskEvent {
-            kind: "workflow.completed".into(),
-            event_id: Some(secflow_common::events::event_id(
-                Some(run),
-                "workflow.completed",
-            )),
-            task_id: Some(task.task_id),
-            run_id: Some(run),
-            node_id: Some(task.node_id.clone()),
-            node_type: Some(task.node_type.clone()),
-            worker: settler.worker_id.clone(),
-            retry_count: 0,
-            at_ms: secflow_common::now_ms(),
-            output: Some(json!({ "status": status })),
-            error: None,
-            next_delay_ms: None,
-            scheduled_delay_ms: None,
-            observed_delay_ms: None,
-            attempt: None,
-        };
-        settler.events.emit(event).await?;
+    if ended.run_ended() {
+        tracing::info!(%run, status = %ended.status, findings = ended.findings, "workflow run ended");
+        settler
+            .events
+            .emit(run_end_event(settler, task, run, &ended))
+            .await?;
     }
-    Ok(already)
+    Ok(ended.already)
+}
+
+/// How a node ended, for its run: its output, or why it failed.
+pub struct NodeOutcome<'a> {
+    /// The output of a node that succeeded.
+    pub output: Option<&'a serde_json::Value>,
+    /// Why a node that did not succeed failed (`class/code: message`).
+    pub failure: Option<String>,
+}
+
+/// Why a node failed, as its run keeps it: secrets masked, at most 500 bytes.
+fn failure_summary(error: &TaskError) -> String {
+    let text = format!("{}/{}: {}", error.class, error.code, error.message);
+    let mut text = secflow_common::redact::redact(&text).into_owned();
+    if text.len() > 500 {
+        let mut end = 500;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+/// `workflow.completed` (succeeded, partial) or `workflow.failed` (failed, cancelled), with the
+/// run's findings and how long it took.
+fn run_end_event(
+    settler: &Settler,
+    task: &TaskEnvelope,
+    run: Uuid,
+    ended: &secflow_common::runs::NodeEnd,
+) -> TaskEvent {
+    let kind = if matches!(ended.status.as_str(), "succeeded" | "partial") {
+        "workflow.completed"
+    } else {
+        "workflow.failed"
+    };
+    let mut event = TaskEvent::new(kind, &settler.worker_id).about(None, Some(run));
+    event.task_id = Some(task.task_id);
+    event.node_id = Some(task.node_id.clone());
+    event.node_type = Some(task.node_type.clone());
+    event.status = Some(ended.status.clone());
+    event.findings = Some(ended.findings);
+    event.workflow = Some(ended.name.clone());
+    if ended.created_at_ms > 0 {
+        event.duration =
+            Some(secflow_common::now_ms().saturating_sub(ended.created_at_ms) as f64 / 1000.0);
+    }
+    event.output = Some(json!({ "status": ended.status }));
+    event
 }
 
 #[cfg(test)]

@@ -73,16 +73,35 @@ impl RunStore {
     }
 }
 
-/// The declared outputs of a node picked from its handler's output: a field of that name, or
-/// the whole output when the node declares exactly one.
+/// The declared outputs of a node picked from its handler's output: a field of that name, or,
+/// for a generic handler (`exec`, `http`, built-ins) whose node declares exactly one output,
+/// the whole output. Tool nodes produce named datasets: only a field of that name counts.
 pub fn select_outputs(node: &StoredNode, output: &Value) -> Value {
     let mut selected = Map::new();
     for name in &node.outputs {
-        let value = output
-            .get(name)
-            .cloned()
-            .or_else(|| (node.outputs.len() == 1).then(|| output.clone()));
-        selected.insert(name.clone(), value.unwrap_or(Value::Null));
+        selected.insert(
+            name.clone(),
+            output_value(node, output, name).unwrap_or(Value::Null),
+        );
     }
     Value::Object(selected)
+}
+
+/// The declared outputs a node's `output` does not provide (absent or null).
+pub fn missing_outputs(node: &StoredNode, output: &Value) -> Vec<String> {
+    node.outputs
+        .iter()
+        .filter(|name| output_value(node, output, name).is_none())
+        .cloned()
+        .collect()
+}
+
+fn output_value(node: &StoredNode, output: &Value, name: &str) -> Option<Value> {
+    let whole_allowed =
+        node.outputs.len() == 1 && crate::nodes::KNOWN_TYPES.contains(&node.node_type.as_str());
+    output
+        .get(name)
+        .filter(|v| !v.is_null())
+        .cloned()
+        .or_else(|| (whole_allowed && !output.is_null()).then(|| output.clone()))
 }

@@ -16,8 +16,8 @@ use uuid::Uuid;
 mod inputs;
 mod model;
 
-pub use inputs::select_outputs;
-pub use model::{RunError, RunStatus, StoredNode};
+pub use inputs::{missing_outputs, select_outputs};
+pub use model::{NodeEnd, RunError, RunStatus, StoredNode, count_findings};
 
 /// Largest output a node may store in its run (its dependents receive it as input).
 pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
@@ -203,16 +203,20 @@ impl RunStore {
     /// that became ready, the run's status, and whether the node had already ended (another
     /// attempt recorded it first). Calling it again for an ended node changes nothing and
     /// returns the dependents whose publish was not confirmed yet ([`RunStore::published`]).
+    /// The node's findings ([`count_findings`]) are added to the run's.
+    /// `failure` says why a failed node failed (shown by `producer status`).
     pub async fn node_end(
         &self,
         run: &str,
         node: &StoredNode,
         output: Option<&Value>,
-    ) -> Result<(Vec<StoredNode>, String, bool), RunError> {
+        failure: Option<&str>,
+    ) -> Result<NodeEnd, RunError> {
         let keys = self.keys(run);
-        let selected = output
-            .map(|o| select_outputs(node, o))
-            .unwrap_or(Value::Null);
+        let selected = match output {
+            Some(o) => select_outputs(node, o).to_string(),
+            None => failure.unwrap_or_default().to_string(),
+        };
         let mut invocation = self.node_end.prepare_invoke();
         for k in &keys {
             invocation.key(k);
@@ -220,15 +224,29 @@ impl RunStore {
         invocation
             .arg(&node.id)
             .arg(if output.is_some() { "ok" } else { "failed" })
-            .arg(selected.to_string())
-            .arg(crate::now_ms());
+            .arg(selected)
+            .arg(crate::now_ms())
+            .arg(output.map_or(0, count_findings));
         let mut conn = self.pool.get().await?;
-        let (ready, status, already): (String, String, String) =
-            invocation.invoke_async(&mut conn).await?;
+        let (ready, status, already, findings, created, name): (
+            String,
+            String,
+            String,
+            u64,
+            u64,
+            String,
+        ) = invocation.invoke_async(&mut conn).await?;
         let ids: Vec<String> =
             serde_json::from_str(&ready).map_err(|e| RunError::Corrupt(e.to_string()))?;
-        let nodes = self.nodes(run, &ids).await?;
-        Ok((nodes, status, already == "1"))
+        let ready = self.nodes(run, &ids).await?;
+        Ok(NodeEnd {
+            ready,
+            status,
+            already: already == "1",
+            findings,
+            created_at_ms: created,
+            name,
+        })
     }
 
     /// Puts a failed node (and what its failure skipped) back to waiting before it runs again.
@@ -325,11 +343,27 @@ impl RunStore {
             .filter(|(k, _)| !k.starts_with('_'))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let by_prefix = |prefix: &str| -> BTreeMap<String, String> {
+            state
+                .iter()
+                .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
+                .collect()
+        };
         Ok(RunStatus {
             run_id: run.to_string(),
             status: state.get("_run").cloned().unwrap_or_default(),
             blocking_node: state.get("_blocking").cloned(),
             nodes,
+            findings: state
+                .get("_findings")
+                .and_then(|f| f.parse().ok())
+                .unwrap_or(0),
+            node_findings: by_prefix("_f:")
+                .into_iter()
+                .map(|(n, f)| (n, f.parse().unwrap_or(0)))
+                .collect(),
+            blocked_by: by_prefix("_blocked:"),
+            errors: by_prefix("_error:"),
         })
     }
 

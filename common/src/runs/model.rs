@@ -42,6 +42,47 @@ pub struct StoredNode {
     pub compensation: bool,
 }
 
+/// What recording a node's end did ([`super::RunStore::node_end`]).
+#[derive(Debug)]
+pub struct NodeEnd {
+    /// Dependents that became ready (or whose publish was never confirmed).
+    pub ready: Vec<StoredNode>,
+    /// The run's status: running, compensating, or its final status.
+    pub status: String,
+    /// The node's end had been recorded by another attempt first.
+    pub already: bool,
+    /// The run's findings so far.
+    pub findings: u64,
+    /// When the run was created, ms since the epoch.
+    pub created_at_ms: u64,
+    /// The recipe's name.
+    pub name: String,
+}
+
+impl NodeEnd {
+    /// Whether the run has taken its final status (compensations, if any, have ended).
+    pub fn run_ended(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "succeeded" | "partial" | "failed" | "cancelled"
+        )
+    }
+}
+
+/// Findings in a node's output: its `findings_count`, else the length of its `findings` list.
+pub fn count_findings(output: &Value) -> u64 {
+    output
+        .get("findings_count")
+        .and_then(Value::as_u64)
+        .or_else(|| {
+            output
+                .get("findings")
+                .and_then(Value::as_array)
+                .map(|f| f.len() as u64)
+        })
+        .unwrap_or(0)
+}
+
 /// Errors of the run store.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -86,4 +127,12 @@ pub struct RunStatus {
     pub blocking_node: Option<String>,
     /// Node id → pending, queued, succeeded, failed or skipped.
     pub nodes: BTreeMap<String, String>,
+    /// Findings of the whole run so far.
+    pub findings: u64,
+    /// Findings by node (nodes that succeeded).
+    pub node_findings: BTreeMap<String, u64>,
+    /// Skipped node → the failed upstream that blocked it.
+    pub blocked_by: BTreeMap<String, String>,
+    /// Failed node → why (`class/code: message`).
+    pub errors: BTreeMap<String, String>,
 }

@@ -1,26 +1,50 @@
 -- A node of a run ended. Marks it, stores its outputs, updates its dependents and returns the
 -- ones that became ready to publish. Exactly once: a second call for an ended node changes
 -- nothing and returns the dependents whose publish was never confirmed, flagged "already".
--- Returns {ready dependents JSON, run status, "1" if the node had already ended else "0"}.
--- KEYS[1] links hash (id -> {"d": dependents, "o": optional, "w": when}), KEYS[2] state hash (id -> state, plus run fields),
--- KEYS[3] waiting hash (id -> upstreams not ended), KEYS[4] outputs hash, KEYS[5] unpublished hash,
--- KEYS[6] compensations hash (node -> its compensation node)
--- ARGV[1] node id, ARGV[2] "ok" | "failed", ARGV[3] outputs JSON (ok only), ARGV[4] now ms
+-- Returns {ready dependents JSON, run status, "1" if the node had already ended else "0",
+-- run's findings so far, run created at ms, recipe name}.
+-- A failed or cancelled run whose succeeded nodes have compensations is "compensating" until
+-- the last compensation ends; only then does it take its final status (and the worker that
+-- ended that compensation reports the run's end).
+-- KEYS[1] links hash (id -> {"d": dependents, "o": optional, "w": when, "c": compensation}),
+-- KEYS[2] state hash (id -> state, plus run fields), KEYS[3] waiting hash (id -> upstreams not
+-- ended), KEYS[4] outputs hash, KEYS[5] unpublished hash, KEYS[6] compensations hash (node ->
+-- its compensation node)
+-- ARGV[1] node id, ARGV[2] "ok" | "failed", ARGV[3] outputs JSON (ok) or why it failed, ARGV[4] now ms,
+-- ARGV[5] findings the node produced
 local nodes, state, waiting, outputs, unpublished = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local node, outcome = ARGV[1], ARGV[2]
+local function summary(ready, run, already)
+  return {ready, run, already, redis.call('HGET', state, '_findings') or '0',
+    redis.call('HGET', state, '_created_at') or '0', redis.call('HGET', state, '_name') or ''}
+end
 local current = redis.call('HGET', state, node)
 if current == 'succeeded' or current == 'failed' or current == 'skipped' then
-  return {redis.call('HGET', unpublished, node) or '[]', redis.call('HGET', state, '_run') or 'running', '1'}
+  return summary(redis.call('HGET', unpublished, node) or '[]', redis.call('HGET', state, '_run') or 'running', '1')
+end
+if outcome == 'ok' then
+  local found = tonumber(ARGV[5]) or 0
+  redis.call('HSET', state, '_f:' .. node, found)
+  redis.call('HINCRBY', state, '_findings', found)
 end
 local ready = {}
 local own = cjson.decode(redis.call('HGET', nodes, node))
 if own.c then
   -- A compensation node: it undoes another's effects after the run failed; the run's own
-  -- accounting is already closed.
+  -- accounting is already closed, and it ends once its last compensation has.
   redis.call('HSET', state, node, outcome == 'ok' and 'succeeded' or 'failed')
   if outcome == 'ok' then redis.call('HSET', outputs, node, ARGV[3]) end
   redis.call('HSET', unpublished, node, '[]')
-  return {'[]', '', '0'}
+  local run = ''
+  if redis.call('HEXISTS', state, '_compensating') == 1 then
+    run = 'compensating'
+    if redis.call('HINCRBY', state, '_compensating', -1) <= 0 then
+      run = redis.call('HGET', state, '_final')
+      redis.call('HSET', state, '_run', run, '_ended_at', ARGV[4])
+      redis.call('HDEL', state, '_compensating')
+    end
+  end
+  return summary('[]', run, '0')
 end
 -- Work list of (node, ended well?) so skipped nodes cascade without recursion.
 local todo = {{node, outcome == 'ok'}}
@@ -29,6 +53,7 @@ if outcome == 'ok' then
   redis.call('HSET', outputs, node, ARGV[3])
 else
   redis.call('HSET', state, node, 'failed')
+  if ARGV[3] ~= '' then redis.call('HSET', state, '_error:' .. node, ARGV[3]) end
   local links = cjson.decode(redis.call('HGET', nodes, node))
   if not links.o then
     redis.call('HSETNX', state, '_blocking', node)
@@ -68,19 +93,26 @@ if tonumber(redis.call('HGET', state, '_ended')) == tonumber(redis.call('HGET', 
   elseif redis.call('HEXISTS', state, '_blocking') == 1 then run = 'failed'
   elseif redis.call('HEXISTS', state, '_partial') == 1 then run = 'partial'
   else run = 'succeeded' end
-  redis.call('HSET', state, '_run', run, '_ended_at', ARGV[4])
   -- A failed (or cancelled) run undoes what succeeded: each succeeded node's compensation runs.
+  local queued = 0
   if run == 'failed' or run == 'cancelled' then
     local comp = redis.call('HGETALL', KEYS[6])
     for j = 1, #comp, 2 do
       if redis.call('HGET', state, comp[j]) == 'succeeded' then
         redis.call('HSET', state, comp[j + 1], 'queued')
         table.insert(ready, comp[j + 1])
+        queued = queued + 1
       end
     end
+  end
+  if queued > 0 then
+    redis.call('HSET', state, '_final', run, '_compensating', queued, '_run', 'compensating')
+    run = 'compensating'
+  else
+    redis.call('HSET', state, '_run', run, '_ended_at', ARGV[4])
   end
 end
 local encoded = cjson.encode(ready)
 if #ready == 0 then encoded = '[]' end
 redis.call('HSET', unpublished, node, encoded)
-return {encoded, run, '0'}
+return summary(encoded, run, '0')

@@ -13,12 +13,13 @@ if current ~= 'failed' then
   return 0
 end
 redis.call('HSET', state, node, 'queued')
+redis.call('HDEL', state, '_error:' .. node)
 redis.call('HINCRBY', state, '_ended', -1)
 if redis.call('HGET', state, '_blocking') == node then
   redis.call('HDEL', state, '_blocking')
 end
 redis.call('HSET', state, '_run', 'running')
-redis.call('HDEL', state, '_ended_at')
+redis.call('HDEL', state, '_ended_at', '_final', '_compensating')
 -- Every node that will end again gives each dependent back the count its first end took.
 local todo = {node}
 local i = 1

@@ -77,6 +77,36 @@ pub fn output_too_large(node_id: &str, size: usize, limit: usize) -> Disposition
     )
 }
 
+/// A node that completed without producing every output it declares: it fails (its
+/// dependents are blocked) rather than feeding them nothing.
+pub fn missing_output(
+    node_id: &str,
+    missing: &[String],
+    output: &serde_json::Value,
+) -> Disposition {
+    let has: Vec<&str> = output
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let message = format!(
+        "node `{node_id}` declares output(s) {} but did not produce them (its output has: {})",
+        missing
+            .iter()
+            .map(|m| format!("`{m}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if has.is_empty() {
+            "nothing".to_string()
+        } else {
+            has.join(", ")
+        }
+    );
+    dead(
+        DeadReason::Permanent,
+        TaskError::new(ErrorClass::Permanent, "missing_output", message),
+    )
+}
+
 /// The outcome of a node whose run was cancelled before it started.
 pub fn cancelled_before_start() -> TaskError {
     TaskError::new(

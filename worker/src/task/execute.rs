@@ -8,13 +8,14 @@ use crate::{
     chaos::Injection,
     disposition::{self, Disposition},
     handlers::TaskContext,
+    report::NodeReport,
     settle::DeliveryMeta,
     store::Lease,
     workflow::Prepared,
 };
 use secflow_common::{ErrorClass, TaskEnvelope, TaskError, now_ms};
 use serde_json::Value;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Why a task does not run now.
@@ -51,27 +52,40 @@ pub(super) async fn gate(
     Ok(prepared)
 }
 
-/// The task's outcome: its handler's, a cached output, or a cancellation; `None` if the
-/// worker's grace period ran out (or its connection was lost) first.
+/// The task's outcome: its handler's, a cached output, or a cancellation (`None` if the
+/// worker's grace period ran out, or its connection was lost, first), and how it ran. A
+/// workflow node's start is announced (`node.started`) before its handler runs.
 pub(super) async fn execute(
     shared: &Shared,
     task: &TaskEnvelope,
     meta: &DeliveryMeta,
     lease: Option<&Lease>,
     prepared: Prepared,
-) -> Option<Result<Value, TaskError>> {
+) -> (Option<Result<Value, TaskError>>, Option<NodeReport>) {
     if prepared == Prepared::Cancelled {
-        return Some(Err(disposition::cancelled_before_start()));
+        return (Some(Err(disposition::cancelled_before_start())), None);
     }
     if let Some(output) = crate::workflow::cached_output(&shared.runs, task).await {
-        return Some(Ok(output));
+        let report = NodeReport {
+            duration: Duration::ZERO,
+            cache_hit: true,
+        };
+        return (Some(Ok(output)), Some(report));
+    }
+    if task.run_id.is_some() {
+        shared.settler.started(task, meta).await;
     }
     let cancel = task.run_id.map(|run| shared.cancels.enter(run));
+    let started = Instant::now();
     let outcome = run_handler(shared, task, meta, lease, cancel.as_ref()).await;
+    let report = NodeReport {
+        duration: started.elapsed(),
+        cache_hit: false,
+    };
     if let Some(run) = task.run_id {
         shared.cancels.release(run);
     }
-    outcome
+    (outcome, Some(report))
 }
 
 /// Runs the handler under its timeout, keeping the lease alive; `None` if the worker's grace

@@ -81,6 +81,8 @@ pub(crate) struct Settlement {
     lease: Option<Lease>,
     /// Whether the task's run already knows (the last step moves the run forward itself).
     recorded: bool,
+    /// How its handler ran, when it did.
+    report: Option<crate::report::NodeReport>,
 }
 
 impl End {
@@ -91,6 +93,7 @@ impl End {
             disposition,
             lease,
             recorded: false,
+            report: None,
         }))
     }
 
@@ -101,6 +104,23 @@ impl End {
             disposition,
             lease,
             recorded: true,
+            report: None,
+        }))
+    }
+
+    /// Settles `task`, which ran as `report` says, with `disposition`, its run already told.
+    fn ran(
+        task: TaskEnvelope,
+        disposition: Disposition,
+        lease: Option<Lease>,
+        report: Option<crate::report::NodeReport>,
+    ) -> Self {
+        Self::Settle(Box::new(Settlement {
+            task: Some(task),
+            disposition,
+            lease,
+            recorded: true,
+            report,
         }))
     }
 
@@ -113,7 +133,7 @@ impl End {
 /// Decodes, runs and settles one delivery. Never panics on input. `exclusive` runs it with no
 /// other task in flight.
 pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool) {
-    let meta = DeliveryMeta::read(&delivery, shared.keyring.as_ref());
+    let mut meta = DeliveryMeta::read(&delivery, shared.keyring.as_ref());
     match pipeline(shared, &delivery, &meta, exclusive).await {
         End::Settle(settlement) => {
             let Settlement {
@@ -121,7 +141,9 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
                 mut disposition,
                 lease,
                 recorded,
+                report,
             } = *settlement;
+            meta.report = report;
             // A workflow node dead-lettered before it ran (refused, corrupted state, deferred
             // too long) must end in its run too, or the run would wait for it for ever.
             if let (false, Disposition::DeadLetter { .. }, Some(task)) =
@@ -187,8 +209,8 @@ async fn pipeline(
             return End::recorded(task, disposition, lease);
         }
     };
-    let outcome = execute::execute(shared, &task, meta, lease.as_ref(), prepared).await;
+    let (outcome, report) = execute::execute(shared, &task, meta, lease.as_ref(), prepared).await;
     let disposition =
         conclude::conclude(shared, &task, meta, &service, lease.as_ref(), outcome).await;
-    End::recorded(task, disposition, lease)
+    End::ran(task, disposition, lease, report)
 }

@@ -3,24 +3,21 @@
 //! process group, bounded output capture, and classified failures. The program and its
 //! group die with the worker, also when the worker is SIGKILLed ([`spawn`], [`reaper`]).
 
+mod program;
 mod reaper;
 mod spawn;
 
+pub use program::{Ended, Finished, Program, Usage, Workdir, run_in};
+
 use super::parse_config;
 use crate::classify::{Classifier, Failure, io_kind_name};
-use nix::{sys::signal::Signal, unistd::Pid};
 use secflow_common::{ErrorClass, TaskError, nodes::ExecConfig};
 use serde_json::{Value, json};
 use std::{
     collections::BTreeMap,
-    path::{Component, Path, PathBuf},
-    process::Stdio,
+    path::{Path, PathBuf},
     time::Duration,
 };
-use tokio::io::{AsyncRead, AsyncReadExt};
-
-/// The only PATH a program sees.
-const SAFE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Variables a task may not set: they change what the loader or a shell runs.
 fn forbidden_env(name: &str) -> bool {
@@ -61,7 +58,7 @@ impl ExecPolicy {
             }
             None
         } else {
-            let search = std::env::var("PATH").unwrap_or_else(|_| SAFE_PATH.into());
+            let search = std::env::var("PATH").unwrap_or_else(|_| program::SAFE_PATH.into());
             let mut map = BTreeMap::new();
             for entry in allow.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
                 let path = if entry.contains('/') {
@@ -129,36 +126,7 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
         .create(path)
 }
 
-/// Kills the process group when dropped: on timeout, on cancellation, and to reap helpers
-/// the program left behind; then tells the reaper the group is gone.
-struct GroupGuard(Option<Pid>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            // ESRCH (group already gone) is the normal case after a clean exit.
-            let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
-            if let Some(reaper) = reaper::get() {
-                reaper.forget(pgid.as_raw());
-            }
-        }
-    }
-}
-
-/// The task's working directory, removed with everything in it when dropped.
-struct Workdir(PathBuf);
-
-impl Drop for Workdir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %self.0.display(), error = %e, "could not remove an exec working directory");
-        }
-    }
-}
-
-/// Runs the configured program and returns its exit code and captured output.
+/// Runs the configured program and returns its exit code, captured output and resource usage.
 pub async fn run(
     policy: &ExecPolicy,
     task_id: &str,
@@ -174,160 +142,32 @@ pub async fn run(
             "exec: config.argv must name a program",
         ));
     };
-    let path = policy.resolve(program)?;
-    if let Some(name) = cfg.env.keys().find(|k| forbidden_env(k)) {
-        return Err(TaskError::new(
-            ErrorClass::Security,
-            "exec_env_forbidden",
-            format!("exec: the task may not set `{name}` (it changes what gets run)"),
-        ));
-    }
-    let dir = policy.workdir_root.join(format!(
-        "{task_id}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    ));
-    create_private_dir(&dir).map_err(|e| {
-        TaskError::new(
-            ErrorClass::Resource,
-            "workdir_unavailable",
-            format!(
-                "exec: cannot create working directory {}: {e}",
-                dir.display()
-            ),
-        )
-    })?;
-    let workdir = Workdir(dir);
-    let cwd = match &cfg.cwd {
-        Some(rel) => {
-            let rel = Path::new(rel);
-            if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
-                return Err(TaskError::validation(
-                    "invalid_config",
-                    format!(
-                        "exec: config.cwd `{}` must be a relative path inside the task's working directory",
-                        rel.display()
-                    ),
-                ));
-            }
-            let cwd = workdir.0.join(rel);
-            create_private_dir(&cwd).map_err(|e| {
-                TaskError::new(
-                    ErrorClass::Resource,
-                    "workdir_unavailable",
-                    format!("exec: {e}"),
-                )
-            })?;
-            cwd
+    let workdir = Workdir::create(policy, task_id)?;
+    let run = Program {
+        program,
+        args,
+        env: &cfg.env,
+        cwd: cfg.cwd.as_deref(),
+        stdin: None,
+        read_back: None,
+    };
+    let done = match run_in(policy, &workdir, run, timeout, max_output, classifier).await? {
+        Ended::Finished(done) => done,
+        Ended::TimedOut => {
+            return Err(TaskError::new(
+                ErrorClass::Transient,
+                "timeout",
+                format!(
+                    "exec: `{program}` did not finish within {} ms; its process group was killed",
+                    timeout.as_millis()
+                ),
+            ));
         }
-        None => workdir.0.clone(),
     };
-    let mut cmd = tokio::process::Command::new(&path);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", SAFE_PATH)
-        .env("HOME", &workdir.0)
-        .env("TMPDIR", &workdir.0)
-        .env("LANG", "C.UTF-8")
-        .envs(&cfg.env)
-        .current_dir(&cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    spawn::contain(&mut cmd, policy.memory_limit_bytes);
-    let mut child = spawn::spawn(cmd)
-        .await
-        .map_err(|e| spawn_error(program, &e, classifier))?;
-    // Dropped before `workdir` (reverse order): the group is dead before its directory goes.
-    let _guard = GroupGuard(
-        child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .map(Pid::from_raw),
-    );
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let work = async {
-        let (out, err, status) = tokio::join!(
-            capture(stdout, max_output),
-            capture(stderr, max_output),
-            child.wait()
-        );
-        (out, err, status)
-    };
-    let Ok((out, err, status)) = tokio::time::timeout(timeout, work).await else {
-        return Err(TaskError::new(
-            ErrorClass::Transient,
-            "timeout",
-            format!(
-                "exec: `{program}` did not finish within {} ms; its process group was killed",
-                timeout.as_millis()
-            ),
-        ));
-    };
-    let status = status.map_err(|e| {
-        let failure = Failure {
-            message: e.to_string(),
-            io_kind: Some(io_kind_name(e.kind())),
-            ..Failure::default()
-        };
-        classifier.error(&failure, format!("exec: waiting for `{program}`: {e}"))
-    })?;
-    let stderr_text = String::from_utf8_lossy(&err.0).into_owned();
-    if status.success() {
-        return Ok(json!({
-            "exit_code": 0,
-            "stdout": String::from_utf8_lossy(&out.0),
-            "stderr": stderr_text,
-            "stdout_truncated": out.1,
-            "stderr_truncated": err.1,
-        }));
+    if done.status.success() {
+        return Ok(done.output(json!({})));
     }
-    use std::os::unix::process::ExitStatusExt;
-    let status_text = match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exit code {c}"),
-        (None, Some(s)) => format!("killed by signal {s}"),
-        (None, None) => "no exit status".to_string(),
-    };
-    let tail = stderr_text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim();
-    let failure = Failure {
-        message: stderr_text.clone(),
-        exit_code: status.code(),
-        signal: status.signal(),
-        ..Failure::default()
-    };
-    Err(classifier.error(
-        &failure,
-        format!("exec `{program}`: {status_text}: {tail}")
-            .trim_end_matches(": ")
-            .to_string(),
-    ))
-}
-
-/// Reads a pipe to its end, keeping the first `limit` bytes; says whether it cut anything.
-async fn capture<R: AsyncRead + Unpin>(pipe: Option<R>, limit: usize) -> (Vec<u8>, bool) {
-    let Some(mut pipe) = pipe else {
-        return (Vec::new(), false);
-    };
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 8192];
-    let mut truncated = false;
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => return (kept, truncated),
-            Ok(n) => {
-                let room = limit.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-                truncated |= n > room;
-            }
-        }
-    }
+    Err(done.failure(program, classifier))
 }
 
 fn spawn_error(program: &str, e: &std::io::Error, classifier: &Classifier) -> TaskError {

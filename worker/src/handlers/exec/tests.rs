@@ -101,3 +101,21 @@ async fn timeout_kills_the_process_group() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn reports_cpu_time_and_peak_memory_of_the_program() {
+    let out = run_default(
+        &json!({"argv": ["python3", "-c", "x = bytearray(64 * 1024 * 1024); print(sum(range(2_000_000)))"]}),
+        T,
+        1024,
+    )
+    .await
+    .unwrap();
+    let usage = &out["usage"];
+    assert!(usage["cpu_seconds"].as_f64().unwrap() > 0.0, "{usage}");
+    assert!(
+        usage["max_rss_bytes"].as_u64().unwrap() >= 64 * 1024 * 1024,
+        "{usage}"
+    );
+    assert_eq!(out["exit_code"], 0);
+}
