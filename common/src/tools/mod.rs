@@ -1,17 +1,44 @@
 //! Tool definitions (the "ToolPort"): how a node type such as `scan.nuclei` runs an external
 //! program and how its real output becomes normalised findings and datasets.
 //!
-//! A tools file (`common/tools/builtin.yaml` is built in) maps node types to definitions:
-//! the program, an argv template over the node's config and inputs (`${config.X}`,
-//! `${inputs.X}`, `${output_file}`, `${workdir}`), how each input is passed (file, stdin,
-//! lines, csv, args), success exit codes, a timeout and a retry policy, and an `output`
-//! section that splits the output into records (jsonl, json, lines, regex) and renders each
-//! record into a finding and dataset values through record templates (`{info.name}`).
-//!
 //! The worker looks a definition up ([`ToolSet::get`]), renders an [`Invocation`]
-//! ([`ToolDef::render`]), writes its files, runs it, then parses the output
-//! ([`ToolDef::parse`]) and stores [`Parsed::to_output`]. The producer checks recipe configs
-//! with [`ToolDef::check_config`].
+//! ([`ToolDef::render`]), writes its files into the task's working directory, runs it, then
+//! parses the output ([`ToolDef::parse`]) and stores [`Parsed::to_output`]. The producer checks
+//! recipe configs with [`ToolDef::check_config`]. `common/tools/builtin.yaml` is built in.
+//!
+//! # Tools file
+//!
+//! `tools:` maps node types to definitions with these keys:
+//!
+//! - `description`, `program` (a name or an absolute path), `argv` (arguments after the
+//!   program), `success_exit_codes` (default `[0]`), `timeout` (`30m`), `retry` (a retry policy).
+//! - `config`: every setting a recipe may give (unknown ones are refused): `type` (`string`,
+//!   `integer`, `number`, `boolean`, `list`, `resource`), `required`, `default`, `min`/`max`
+//!   (for lists: item counts), `allowed`, `pattern` (a regex), `description`, and
+//!   `optional_args`: arguments appended only when the setting is set and not `false`, `[]` or
+//!   `""`, with `${value}` standing for it. A `resource` is `res://NAME:TAG`, rendered as the
+//!   path [`Resources`] resolves.
+//! - `inputs`: `as` (`file`: written to `WORKDIR/input-NAME.txt` one item a line, rendered as
+//!   its path; `stdin`; `lines` and `csv`: one argument; `args`: one argument per item, only as
+//!   a whole argument), `item` (a record template for object items), `required` (default
+//!   true), `optional_args` (optional inputs only).
+//! - `require_any` / `exclusive`: `config.X` and `inputs.X` of which at least one must be set /
+//!   at most one may be set.
+//! - `output`: `from` (`stdout` or `file`: argv must pass `${output_file}`), `format`
+//!   (`jsonl`, `json` with `records` the dotted path to the records, `lines` making records
+//!   `{"line": ...}`, `regex` with `patterns` of `{regex, context}`), `where` (field = value
+//!   filters, json and jsonl), `finding` (record templates `id`, `title`, `severity`,
+//!   `target`, `evidence`), `severity_map`, `default_severity`, `datasets` (name → template).
+//!
+//! Arguments reference `${config.NAME}`, `${inputs.NAME}`, `${value}` (in `optional_args`),
+//! `${output_file}` and `${workdir}`; a list setting needs a filter (`|csv`, `|lines`, `|json`,
+//! or `|args` for one argument per item). Record templates read dotted paths of a record
+//! (`{info.name}`, `{x.0}`), take the first non-empty alternative (`{ip||host}`), join lists
+//! (`{tags|csv}`) or write JSON (`{a|json}`); a missing path is empty.
+//!
+//! A value that would begin an argument with `-` is refused when rendering (the program would
+//! read it as an option). Definitions are checked when loaded: every reference declared and
+//! renderable, every input passed, regexes and templates valid, format fields consistent.
 
 mod argv;
 mod config;

@@ -293,10 +293,13 @@ impl Values<'_> {
             (Source::Input(n), _) => Resolved::Input(n),
             (Source::Config(n), _) => match self.defs.iter().find(|c| c.name == *n) {
                 Some(c) => Resolved::Config(c),
-                None => Resolved::Unknown(n),
+                None => Resolved::Unknown(format!("config.{n} is not declared")),
             },
+            (Source::Value, None) => {
+                Resolved::Unknown("${value} is used outside optional_args".into())
+            }
             (Source::OutputFile, _) => Resolved::OutputFile,
-            _ => Resolved::Workdir,
+            (Source::Workdir, _) => Resolved::Workdir,
         }
     }
 
@@ -320,9 +323,7 @@ impl Values<'_> {
                     .ok_or_else(|| RenderProblem::MissingInput(name.to_string()))?;
                 Ok((format!("input `{name}`"), p.as_text()))
             }
-            Resolved::Unknown(name) => Err(RenderProblem::Config(vec![format!(
-                "config.{name}: is not declared"
-            )])),
+            Resolved::Unknown(why) => Err(RenderProblem::Config(vec![why])),
             Resolved::Config(c) => {
                 let what = format!("config.{}", c.name);
                 let value = self
@@ -358,7 +359,7 @@ impl Values<'_> {
 
 enum Resolved<'s> {
     Config(&'s ConfigDef),
-    Unknown(&'s str),
+    Unknown(String),
     Input(&'s str),
     OutputFile,
     Workdir,
