@@ -22,6 +22,7 @@ pub mod retry;
 pub mod runs;
 pub mod signing;
 pub mod task_error;
+pub mod tools;
 pub mod topology;
 
 pub use envelope::TaskEnvelope;
