@@ -17,7 +17,21 @@ pub const KNOWN_TYPES: &[&str] = &[
     "builtin.batch",
     "exec",
     "http",
+    "enrich.cve",
 ];
+
+/// `enrich.cve`: CVE records for the CVE ids its `findings` input mentions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichConfig {
+    /// Databases the CVE source is asked to consult (`nvd`, `osv`, `exploitdb`, ...).
+    #[serde(default = "default_sources")]
+    pub sources: Vec<String>,
+}
+
+fn default_sources() -> Vec<String> {
+    vec!["nvd".into()]
+}
 
 /// `builtin.sleep`.
 #[derive(Debug, Deserialize)]
@@ -140,6 +154,20 @@ pub fn check_config(node_type: &str, config: &Value) -> Result<(), String> {
     match node_type {
         "builtin.sleep" => parse_config::<SleepConfig>(node_type, config).map(drop),
         "builtin.fail" => parse_config::<FailConfig>(node_type, config).map(drop),
+        "enrich.cve" => {
+            let cfg: EnrichConfig = parse_config(node_type, config)?;
+            match cfg.sources.iter().find(|s| {
+                s.is_empty()
+                    || !s
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            }) {
+                Some(bad) => Err(format!(
+                    "enrich.cve: invalid config: source `{bad}` must be a word such as nvd, osv or exploitdb"
+                )),
+                None => Ok(()),
+            }
+        }
         "builtin.batch" => parse_config::<BatchConfig>(node_type, config)?.check(),
         "exec" => {
             let cfg: ExecConfig = parse_config(node_type, config)?;

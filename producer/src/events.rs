@@ -104,6 +104,93 @@ pub fn describe(e: &TaskEvent) -> String {
     line
 }
 
+/// One line of a run's execution trace, as `producer watch` prints it:
+/// `[2025-10-06 12:01:05] Node discovery.ferox completed (urls=356) [discovery]`.
+pub fn trace_line(e: &TaskEvent) -> String {
+    let ty = e.node_type.as_deref().unwrap_or("?");
+    let node = e.node_id.as_deref().unwrap_or("?");
+    let what = match e.kind.as_str() {
+        "workflow.started" => format!(
+            "Workflow \"{}\" started",
+            e.workflow.as_deref().unwrap_or("?")
+        ),
+        "workflow.completed" | "workflow.failed" => {
+            let status = e.status.as_deref().unwrap_or("ended");
+            let how = match status {
+                "succeeded" => "completed successfully".to_string(),
+                "partial" => "completed partially (an optional node failed)".to_string(),
+                other => other.to_string(),
+            };
+            format!(
+                "Workflow {how} (findings={}{})",
+                e.findings.unwrap_or(0),
+                e.duration
+                    .map(|d| format!(", {d:.1} s"))
+                    .unwrap_or_default()
+            )
+        }
+        "node.started" => format!("Node {ty} started [{node}]"),
+        "node.completed" => {
+            let counts = e
+                .counts
+                .as_ref()
+                .map(|c| {
+                    c.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| format!("findings={}", e.findings.unwrap_or(0)));
+            let cached = if e.cache_hit == Some(true) {
+                ", cached"
+            } else {
+                ""
+            };
+            format!("Node {ty} completed ({counts}{cached}) [{node}]")
+        }
+        "node.dead_lettered" => format!("Node {ty} failed{} [{node}]", error_text(e)),
+        "node.retrying" => format!(
+            "Node {ty} will retry in {} ms{} [{node}]",
+            e.next_delay_ms.unwrap_or(0),
+            error_text(e)
+        ),
+        "node.cancelled" => format!("Node {ty} cancelled [{node}]"),
+        "node.deferred" => format!("Node {ty} deferred{} [{node}]", error_text(e)),
+        other => format!("{other} {ty} [{node}]"),
+    };
+    format!("[{}] {what}", datetime(e.at_ms))
+}
+
+fn error_text(e: &TaskEvent) -> String {
+    e.error
+        .as_ref()
+        .map(|err| format!(": {}/{}: {}", err.class, err.code, err.message))
+        .unwrap_or_default()
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of a millisecond timestamp.
+fn datetime(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    // Civil date from days since 1970-01-01 (the proleptic Gregorian calendar).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 /// `HH:MM:SS.mmm` (UTC) of a millisecond timestamp.
 fn clock(ms: u64) -> String {
     let secs = ms / 1000;
@@ -123,5 +210,30 @@ mod tests {
     #[test]
     fn clock_is_utc_time_of_day() {
         assert_eq!(clock(3_723_004), "01:02:03.004");
+    }
+
+    #[test]
+    fn trace_lines_read_like_the_published_trace() {
+        // 2025-10-06 12:01:05 UTC.
+        let at = 1_759_752_065_000;
+        assert_eq!(datetime(at), "2025-10-06 12:01:05");
+        assert_eq!(datetime(951_782_400_000), "2000-02-29 00:00:00");
+        let mut e = TaskEvent::new("node.completed", "w");
+        e.at_ms = at;
+        e.node_type = Some("discovery.ferox".into());
+        e.node_id = Some("discovery".into());
+        e.counts = Some([("urls".to_string(), 356)].into());
+        assert_eq!(
+            trace_line(&e),
+            "[2025-10-06 12:01:05] Node discovery.ferox completed (urls=356) [discovery]"
+        );
+        let mut end = TaskEvent::new("workflow.completed", "w");
+        end.at_ms = at;
+        end.status = Some("succeeded".into());
+        end.findings = Some(112);
+        assert_eq!(
+            trace_line(&end),
+            "[2025-10-06 12:01:05] Workflow completed successfully (findings=112)"
+        );
     }
 }

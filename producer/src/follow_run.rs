@@ -266,14 +266,15 @@ pub async fn until_end(
                         let events = secflow_common::events::decode(&delivery.data).unwrap_or_default();
                         for e in events.iter().filter(|e| e.run_id == Some(run)) {
                             if let Some(end) = final_status(e) {
-                                on_line(format!("run {run}: {end}"));
+                                on_line(crate::events::trace_line(e));
+                                on_line(format!("run {run}: {end}, {done}/{total} nodes ended"));
                                 s.close().await;
                                 return Ok(end);
                             }
                             if matches!(e.kind.as_str(), "node.completed" | "node.dead_lettered" | "node.cancelled") {
                                 done += 1;
                             }
-                            on_line(format!("[{done}/{total}] {}", crate::events::describe(e)));
+                            on_line(crate::events::trace_line(e));
                         }
                     }
                     Some(Err(e)) => break Error::Amqp(e).to_string(),

@@ -44,6 +44,8 @@ enum Command {
         /// Parameter value, NAME=VALUE (VALUE read as JSON when it parses, else as text).
         #[arg(long = "param")]
         params: Vec<String>,
+        #[command(flatten)]
+        catalog: CatalogArgs,
     },
     /// Run a recipe: store the run, publish its root nodes, print the run id.
     Submit {
@@ -52,6 +54,12 @@ enum Command {
         /// Parameter value, NAME=VALUE.
         #[arg(long = "param")]
         params: Vec<String>,
+        /// What the run scans (URL, host, range; repeatable): tool nodes whose target input
+        /// is not connected to an upstream node scan these.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        #[command(flatten)]
+        catalog: CatalogArgs,
         /// Wait until the run ends; exit 0 only if it succeeded.
         #[arg(long)]
         wait: bool,
@@ -159,6 +167,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Submit {
             recipe,
             params,
+            targets,
+            catalog,
             wait,
             no_cache,
             timeout,
@@ -167,10 +177,16 @@ async fn main() -> anyhow::Result<()> {
             let params =
                 secflow_producer::recipes::parse_params(&params).map_err(anyhow::Error::msg)?;
             let wait = wait.then(|| std::time::Duration::from_secs(timeout));
+            let catalog = catalog.load()?;
+            let request = secflow_producer::recipes::RunRequest {
+                path: &recipe,
+                params: &params,
+                targets: &targets,
+                catalog: &catalog,
+            };
             let submitted = secflow_producer::recipes::submit_until(
                 &cli.broker,
-                &recipe,
-                &params,
+                &request,
                 wait,
                 !no_cache,
                 ctrl_c(),
@@ -246,10 +262,15 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Validate { recipe, params } => {
+        Command::Validate {
+            recipe,
+            params,
+            catalog,
+        } => {
             let params =
                 secflow_producer::recipes::parse_params(&params).map_err(anyhow::Error::msg)?;
-            match secflow_producer::recipes::load(&recipe, &params) {
+            let catalog = catalog.load()?;
+            match secflow_producer::recipes::load_with(&recipe, &params, &catalog) {
                 Ok(summary) => println!("{recipe}: ok, {summary}"),
                 Err(errors) => {
                     for e in &errors {
@@ -300,4 +321,31 @@ fn print_ids(ids: &[uuid::Uuid], node_type: &str, json: bool) {
         out.push('\n');
     }
     print!("{out}");
+}
+
+/// The tools and resources recipes are checked against (the workers' own settings).
+#[derive(clap::Args, Debug)]
+struct CatalogArgs {
+    /// Tool definitions (YAML) added to the built-in ones, as the workers load them.
+    #[arg(long, env = "SECFLOW_TOOLS")]
+    tools: Option<std::path::PathBuf>,
+    /// Resource directory: `res://` settings are checked to exist in it.
+    #[arg(long, env = "SECFLOW_RESOURCES")]
+    resources: Option<std::path::PathBuf>,
+}
+
+impl CatalogArgs {
+    fn load(&self) -> anyhow::Result<secflow_common::recipe::Catalog> {
+        let mut tools = secflow_common::tools::ToolSet::builtin()?;
+        if let Some(path) = &self.tools {
+            tools.merge(
+                secflow_common::tools::ToolSet::load(path)
+                    .map_err(|e| anyhow::anyhow!("--tools: {e}"))?,
+            );
+        }
+        Ok(secflow_common::recipe::Catalog {
+            tools,
+            resources: secflow_common::tools::Resources::new(self.resources.clone()),
+        })
+    }
 }

@@ -5,7 +5,7 @@ use secflow_common::{
     amqp,
     config::BrokerArgs,
     deadline::{REDIS_OP, within},
-    recipe::{self, Recipe, RecipeError},
+    recipe::{self, Catalog, Recipe, RecipeError},
     runs::RunStore,
 };
 use serde_json::Value;
@@ -32,8 +32,18 @@ impl fmt::Display for Summary {
     }
 }
 
-/// Reads and validates the recipe at `path`; every problem is returned.
+/// Reads and validates the recipe at `path` against the built-in tools; every problem is
+/// returned.
 pub fn load(path: &str, params: &BTreeMap<String, Value>) -> Result<Summary, Vec<RecipeError>> {
+    load_with(path, params, Catalog::builtin())
+}
+
+/// [`load`] against `catalog`'s tools and resources.
+pub fn load_with(
+    path: &str,
+    params: &BTreeMap<String, Value>,
+    catalog: &Catalog,
+) -> Result<Summary, Vec<RecipeError>> {
     let error = |message: String| {
         vec![RecipeError {
             source: path.to_string(),
@@ -55,7 +65,7 @@ pub fn load(path: &str, params: &BTreeMap<String, Value>) -> Result<Summary, Vec
     let text =
         std::fs::read_to_string(path).map_err(|e| error(format!("cannot read the recipe: {e}")))?;
     let recipe = recipe::parse(path, &text).map_err(|e| vec![e])?;
-    let errors = recipe::validate(path, &recipe, params);
+    let errors = recipe::validate_with(path, &recipe, params, catalog);
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -103,19 +113,44 @@ pub async fn submit(
     wait: Option<Duration>,
     cache: bool,
 ) -> anyhow::Result<Submitted> {
-    submit_until(broker, path, params, wait, cache, std::future::pending()).await
+    let request = RunRequest {
+        path,
+        params,
+        targets: &[],
+        catalog: Catalog::builtin(),
+    };
+    submit_until(broker, &request, wait, cache, std::future::pending()).await
 }
 
-/// [`submit`], giving up the wait (the run goes on) when `shutdown` resolves.
+/// What to run: a recipe with its parameters and targets, checked against a catalog.
+pub struct RunRequest<'a> {
+    /// Recipe file.
+    pub path: &'a str,
+    /// Parameter values.
+    pub params: &'a BTreeMap<String, Value>,
+    /// What the run is about (`--target`): tool nodes with an unconnected target input scan
+    /// these.
+    pub targets: &'a [String],
+    /// Tools and resources the recipe is checked against.
+    pub catalog: &'a Catalog,
+}
+
+/// [`submit`] of `request`, giving up the wait (the run goes on) when `shutdown` resolves.
 pub async fn submit_until(
     broker: &BrokerArgs,
-    path: &str,
-    params: &BTreeMap<String, Value>,
+    request: &RunRequest<'_>,
     wait: Option<Duration>,
     cache: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Submitted> {
-    let summary = load(path, params).map_err(|errors| {
+    let (path, params) = (request.path, request.params);
+    anyhow::ensure!(
+        request.targets.len() <= secflow_common::runs::MAX_TARGETS,
+        "{} targets given, over the limit of {}",
+        request.targets.len(),
+        secflow_common::runs::MAX_TARGETS
+    );
+    let summary = load_with(path, params, request.catalog).map_err(|errors| {
         anyhow::anyhow!(
             "{}\n{path}: {} problem(s); nothing was published",
             errors
@@ -126,6 +161,20 @@ pub async fn submit_until(
             errors.len()
         )
     })?;
+    if request.targets.is_empty() {
+        let scanning: Vec<String> = summary
+            .recipe
+            .nodes
+            .iter()
+            .filter(|n| request.catalog.needs_targets(n))
+            .map(|n| format!("`{}` ({})", n.id, n.node_type))
+            .collect();
+        anyhow::ensure!(
+            scanning.is_empty(),
+            "{path}: node(s) {} scan the run's targets: give them with --target URL (repeatable); nothing was published",
+            scanning.join(", ")
+        );
+    }
     let runs = RunStore::new(&broker.redis_url, &broker.namespace)?;
     let (conn, topology) = crate::connect(broker, "secflow-producer-submit").await?;
     let store = Store {
@@ -134,7 +183,9 @@ pub async fn submit_until(
         topology: &topology,
     };
     let Some(limit) = wait else {
-        let stored = store.run(&conn, &summary, params, cache).await;
+        let stored = store
+            .run(&conn, &summary, params, request.targets, cache)
+            .await;
         amqp::close(&conn, "submitted").await;
         let (run_id, roots) = stored?;
         return Ok(Submitted {
@@ -146,7 +197,10 @@ pub async fn submit_until(
     // Subscribe before publishing, so a fast run's end is not missed; the subscription owns
     // the connection from here and the roots go out on it.
     let sub = Subscription::on(conn, &topology, "workflow.*").await?;
-    let (run_id, roots) = match store.run(sub.connection(), &summary, params, cache).await {
+    let (run_id, roots) = match store
+        .run(sub.connection(), &summary, params, request.targets, cache)
+        .await
+    {
         Ok(stored) => stored,
         Err(e) => {
             sub.close().await;
@@ -182,6 +236,7 @@ impl Store<'_> {
         conn: &lapin::Connection,
         summary: &Summary,
         params: &BTreeMap<String, Value>,
+        targets: &[String],
         cache: bool,
     ) -> anyhow::Result<(uuid::Uuid, Vec<String>)> {
         // Before the run is stored: without signing keys nothing is stored either.
@@ -191,7 +246,7 @@ impl Store<'_> {
         let (run_id, roots) = within(
             "Redis to store a new run",
             REDIS_OP,
-            self.runs.create(&summary.recipe, params, cache),
+            self.runs.create(&summary.recipe, params, targets, cache),
         )
         .await??;
         for root in &roots {
@@ -202,6 +257,13 @@ impl Store<'_> {
             )
             .await??;
             amqp::publish_task(&publisher, self.topology, &task).await?;
+        }
+        let mut started = secflow_common::events::TaskEvent::new("workflow.started", "producer")
+            .about(None, Some(run_id));
+        started.workflow = Some(summary.recipe.name.clone());
+        if let Err(e) = publish_event(conn, self.topology, started).await {
+            // The run is stored and its roots are out: it runs whether or not this is seen.
+            tracing::warn!(run = %run_id, error = %e, "could not announce the run's start");
         }
         Ok((run_id, roots.into_iter().map(|r| r.id).collect()))
     }
@@ -291,7 +353,7 @@ pub async fn cancel(broker: &BrokerArgs, run: &str) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let (conn, topology) = crate::connect(broker, "secflow-producer-cancel").await?;
-    let published = tell_cancelled(&conn, &topology, run, run_id).await;
+    let published = tell_cancelled(&conn, &topology, run_id).await;
     amqp::close(&conn, "cancelled").await;
     published?;
     Ok(true)
@@ -301,18 +363,29 @@ pub async fn cancel(broker: &BrokerArgs, run: &str) -> anyhow::Result<bool> {
 async fn tell_cancelled(
     conn: &lapin::Connection,
     topology: &secflow_common::Topology,
-    run: &str,
     run_id: uuid::Uuid,
 ) -> anyhow::Result<()> {
-    let publisher = amqp::Publisher::new(conn).await?;
     let event = secflow_common::events::TaskEvent::new("run.cancelled", "producer")
         .about(None, Some(run_id));
-    let body = serde_json::to_vec(&[event])?;
-    let props = secflow_common::amqp::json_properties(run, Default::default());
+    publish_event(conn, topology, event).await
+}
+
+/// Publishes one event with confirms (not mandatory: nobody may be listening).
+async fn publish_event(
+    conn: &lapin::Connection,
+    topology: &secflow_common::Topology,
+    event: secflow_common::events::TaskEvent,
+) -> anyhow::Result<()> {
+    let publisher = amqp::Publisher::new(conn).await?;
+    let body = serde_json::to_vec(&[&event])?;
+    let props = secflow_common::amqp::json_properties(
+        event.event_id.as_deref().unwrap_or_default(),
+        Default::default(),
+    );
     publisher
         .publish(
             &topology.events_exchange(),
-            "run.cancelled",
+            &event.kind,
             &body,
             props,
             false,

@@ -46,8 +46,10 @@ async fn workflow_waits_out_a_redis_outage() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     redis.restart().await;
     tap.wait_until("the run to complete", Duration::from_secs(60), |ev| {
-        ev.iter()
-            .any(|e| e.kind.starts_with("workflow.") && e.run_id == Some(run))
+        ev.iter().any(|e| {
+            matches!(e.kind.as_str(), "workflow.completed" | "workflow.failed")
+                && e.run_id == Some(run)
+        })
     })
     .await;
     worker.stop().await;

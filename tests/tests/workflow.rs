@@ -203,7 +203,10 @@ async fn node_end_is_exactly_once_across_redeliveries() {
     )
     .unwrap();
     let runs = secflow_common::runs::RunStore::new(&ns.broker().redis_url, &ns.name).unwrap();
-    let (run, roots) = runs.create(&recipe, &BTreeMap::new(), false).await.unwrap();
+    let (run, roots) = runs
+        .create(&recipe, &BTreeMap::new(), &[], false)
+        .await
+        .unwrap();
     let run = run.to_string();
     let output = serde_json::json!({"echo": {"host": "10.0.0.5"}});
     let end = runs
@@ -276,7 +279,9 @@ async fn watch_follows_a_run_to_its_end() {
         "{text}"
     );
     assert!(
-        text.contains("node.completed") && text.trim_end().ends_with("succeeded"),
+        text.contains("] Node builtin.sleep completed")
+            && text.contains("] Workflow completed successfully")
+            && text.trim_end().ends_with("succeeded, 2/2 nodes ended"),
         "{text}"
     );
     let _ = std::fs::remove_file(path);

@@ -38,7 +38,7 @@ async fn failed_node_requeued_or_resumed_continues_the_run() {
     let ended = |run: uuid::Uuid, status: &'static str| {
         move |ev: &[secflow_common::events::TaskEvent]| {
             ev.iter().any(|e| {
-                e.kind.starts_with("workflow.")
+                matches!(e.kind.as_str(), "workflow.completed" | "workflow.failed")
                     && e.run_id == Some(run)
                     && e.output.as_ref().is_some_and(|o| o["status"] == status)
             })
@@ -171,7 +171,7 @@ nodes:
     );
     tap.wait_until("the run to end cancelled", Duration::from_secs(20), |ev| {
         ev.iter().any(|e| {
-            e.kind.starts_with("workflow.")
+            matches!(e.kind.as_str(), "workflow.completed" | "workflow.failed")
                 && e.run_id == Some(run.run_id)
                 && e.output
                     .as_ref()

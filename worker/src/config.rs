@@ -110,6 +110,17 @@ pub struct WorkerConfig {
     /// and events, on top of the built-in credential patterns.
     #[arg(long = "redact-pattern", env = "SECFLOW_REDACT_PATTERN")]
     pub redact_patterns: Vec<String>,
+    /// Tool definitions (YAML) added to the built-in ones; a tool of the same name replaces
+    /// the built-in definition.
+    #[arg(long, env = "SECFLOW_TOOLS")]
+    pub tools: Option<std::path::PathBuf>,
+    /// Directory `res://NAME:TAG` settings resolve in (`DIR/NAME/TAG`).
+    #[arg(long, env = "SECFLOW_RESOURCES")]
+    pub resources: Option<std::path::PathBuf>,
+    /// CVE service `enrich.cve` asks (`GET URL/CVE-ID?sources=...`); without it, and while it
+    /// fails, records come from the Redis cache of earlier answers.
+    #[arg(long, env = "SECFLOW_CVE_SOURCE")]
+    pub cve_source: Option<String>,
     /// Fault injection as JSON, e.g. {"fail":{"transient":0.05},"latency_ms":[0,100],
     /// "crash":0.001,"hang":0.001,"types":["builtin.echo"]}. Off unless given.
     #[arg(long, env = "SECFLOW_CHAOS", value_parser = crate::chaos::ChaosConfig::parse)]
@@ -178,6 +189,9 @@ impl WorkerConfig {
             handler_versions: Vec::new(),
             redact_patterns: Vec::new(),
             chaos: None,
+            tools: None,
+            resources: None,
+            cve_source: None,
         }
     }
 
@@ -225,10 +239,34 @@ impl WorkerConfig {
 
     /// Retry policies: the built-in defaults under the configured ones.
     pub fn policies(&self) -> PolicyTable {
+        self.policies_with(&secflow_common::tools::ToolSet::default())
+    }
+
+    /// Retry policies with each tool's own (its definition's, else the error table's 3
+    /// retries) between the built-in defaults and the configured ones.
+    pub fn policies_with(&self, tools: &secflow_common::tools::ToolSet) -> PolicyTable {
         let mut table = PolicyTable::with_defaults();
+        for name in tools.names() {
+            let policy = tools
+                .get(name)
+                .and_then(|t| t.retry().cloned())
+                .unwrap_or_else(crate::handlers::tool_policy);
+            table.set(Scope::Type(name.to_string()), policy);
+        }
         for (scope, policy) in &self.retry_policies {
             table.set(scope.clone(), policy.clone());
         }
         table
+    }
+
+    /// The tool definitions: the built-in ones with `--tools` over them.
+    pub fn tool_set(&self) -> Result<secflow_common::tools::ToolSet, String> {
+        let mut tools = secflow_common::tools::ToolSet::builtin().map_err(|e| e.to_string())?;
+        if let Some(path) = &self.tools {
+            tools.merge(
+                secflow_common::tools::ToolSet::load(path).map_err(|e| format!("--tools: {e}"))?,
+            );
+        }
+        Ok(tools)
     }
 }

@@ -47,6 +47,8 @@ pub struct Settler {
     pub done_ttl_ms: u64,
     /// Lifecycle events, batched.
     pub events: EventBatcher,
+    /// Events to publish once a task's own event is confirmed (its run's end), by task.
+    pub follow_ups: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, TaskEvent>>,
 }
 
 /// Longest wait for an ack or nack to be written (a stalled connection must not hold a task).
@@ -107,6 +109,21 @@ impl Settler {
                 self.defer(delivery, task, meta, *delay, reason).await
             }
             Disposition::Duplicate => Ok(()),
+        };
+        // The run's end (when this task ended it) goes out after the task's own end.
+        let follow_up = task.and_then(|t| {
+            self.follow_ups
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&t.task_id)
+        });
+        let result = match (result, follow_up) {
+            (Ok(()), Some(event)) => self
+                .events
+                .emit(event)
+                .await
+                .map_err(secflow_common::Error::Events),
+            (result, _) => result,
         };
         let task_id = task.map(|t| t.task_id.to_string());
         match result {
@@ -358,6 +375,15 @@ impl Settler {
             }
         }
         copy_properties(&delivery.properties, headers)
+    }
+
+    /// Publishes `event` after the settlement of `task` has published its own event (if that
+    /// fails, the delivery goes back and its redelivery ends the run again).
+    pub fn after_settling(&self, task: uuid::Uuid, event: TaskEvent) {
+        self.follow_ups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(task, event);
     }
 
     /// Announces that a workflow node starts (`node.started`), once the broker has confirmed

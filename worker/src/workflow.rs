@@ -359,10 +359,8 @@ async fn continue_run(
     runs.published(&run_key, &task.node_id).await?;
     if ended.run_ended() {
         tracing::info!(%run, status = %ended.status, findings = ended.findings, "workflow run ended");
-        settler
-            .events
-            .emit(run_end_event(settler, task, run, &ended))
-            .await?;
+        // Published by the settlement, after this node's own end event.
+        settler.after_settling(task.task_id, run_end_event(settler, task, run, &ended));
     }
     Ok(ended.already)
 }

@@ -21,15 +21,17 @@
 //! a list of dataset names, each resolved to the one node that lists it in `outputs`
 //! ([`inputs`]).
 
+mod catalog;
 mod cycle;
 mod inputs;
 pub mod template;
 mod validate;
 mod version;
 
+pub use catalog::Catalog;
 pub use inputs::{InputProblem, Inputs};
 pub use template::{References, references, substitute, substitute_params};
-pub use validate::{RecipeError, validate};
+pub use validate::{RecipeError, validate, validate_with};
 pub use version::{RECIPE_MAJOR, Version};
 
 use crate::retry::RetryPolicy;

@@ -1,7 +1,7 @@
 //! Everything checked before a recipe is published: ids, types, configs, inputs, parameters,
 //! cycles. Errors name the file, the node and the field, and all of them are reported at once.
 
-use super::{NodeSpec, RECIPE_MAJOR, Recipe, When, cycle::find_cycle, template};
+use super::{Catalog, NodeSpec, RECIPE_MAJOR, Recipe, When, cycle::find_cycle, template};
 use crate::{duration, nodes};
 use serde_json::Value;
 use std::{
@@ -40,11 +40,22 @@ impl fmt::Display for RecipeError {
     }
 }
 
-/// Checks `recipe` (read from `source`) with the given parameter values; empty when valid.
+/// Checks `recipe` (read from `source`) with the given parameter values against the built-in
+/// tools; empty when valid.
 pub fn validate(
     source: &str,
     recipe: &Recipe,
     params: &BTreeMap<String, Value>,
+) -> Vec<RecipeError> {
+    validate_with(source, recipe, params, Catalog::builtin())
+}
+
+/// [`validate`] against `catalog`'s tools and resources.
+pub fn validate_with(
+    source: &str,
+    recipe: &Recipe,
+    params: &BTreeMap<String, Value>,
+    catalog: &Catalog,
 ) -> Vec<RecipeError> {
     let mut errors = Vec::new();
     let mut err = |node: Option<&str>, field: &str, message: String| {
@@ -108,7 +119,7 @@ pub fn validate(
             .or_else(|| recipe.parameters.get(name).and_then(|p| p.default.clone()))
     };
     for node in &recipe.nodes {
-        check_node(node, recipe, &by_id, &value_of, &mut err);
+        check_node(node, recipe, &by_id, &value_of, catalog, &mut err);
     }
     let compensators: HashSet<&str> = recipe
         .nodes
@@ -160,17 +171,18 @@ fn check_node(
     recipe: &Recipe,
     by_id: &HashMap<&str, &NodeSpec>,
     value_of: &dyn Fn(&str) -> Option<Value>,
+    catalog: &Catalog,
     err: &mut impl FnMut(Option<&str>, &str, String),
 ) {
     let id = Some(node.id.as_str());
-    if !nodes::KNOWN_TYPES.contains(&node.node_type.as_str()) {
+    if !catalog.knows(&node.node_type) {
         err(
             id,
             "type",
             format!(
                 "unknown node type `{}` (known: {})",
                 node.node_type,
-                nodes::KNOWN_TYPES.join(", ")
+                catalog.known()
             ),
         );
     }
@@ -250,6 +262,16 @@ fn check_node(
     }
     // The config's shape can be checked once parameters are in; input values only exist at run time.
     let resolved = template::substitute_params(&node.config, value_of);
+    for (field, message) in catalog.check_tool_node(node, &resolved) {
+        err(id, &field, message);
+    }
+    if node.node_type == "enrich.cve" && !node.inputs.contains_key("findings") {
+        err(
+            id,
+            "inputs",
+            "enrich.cve needs input `findings`: connect it to a node's findings".into(),
+        );
+    }
     if refs.inputs.is_empty()
         && template::references(&resolved).params.is_empty()
         && let Err(e) = nodes::check_config(&node.node_type, &resolved)

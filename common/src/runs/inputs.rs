@@ -60,6 +60,10 @@ impl RunStore {
         if !partial.is_empty() {
             inputs.insert("_partial".into(), Value::Array(partial));
         }
+        if !node.targets.is_empty() {
+            let targets = node.targets.iter().cloned().map(Value::String).collect();
+            inputs.insert(super::TARGETS_INPUT.into(), Value::Array(targets));
+        }
         let mut task = TaskEnvelope::new(node.node_type.clone(), config);
         task.task_id = node.task_id;
         task.run_id = Some(run);

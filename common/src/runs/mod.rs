@@ -19,6 +19,12 @@ mod model;
 pub use inputs::{missing_outputs, select_outputs};
 pub use model::{NodeEnd, RunError, RunStatus, StoredNode, count_findings};
 
+/// The input under which a node receives its run's targets.
+pub const TARGETS_INPUT: &str = "_targets";
+
+/// Most targets one run may have.
+pub const MAX_TARGETS: usize = 10_000;
+
 /// Largest output a node may store in its run (its dependents receive it as input).
 pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
 /// Longest wait for a Redis connection from the pool (or a new one).
@@ -84,12 +90,14 @@ impl RunStore {
         .map(|p| self.key(run, p))
     }
 
-    /// Stores a new run of a validated `recipe` and returns its id and its root nodes.
-    /// `cache` lets cached outputs stand in for running nodes (`--no-cache` turns it off).
+    /// Stores a new run of a validated `recipe` about `targets` and returns its id and its
+    /// root nodes. `cache` lets cached outputs stand in for running nodes (`--no-cache` turns
+    /// it off).
     pub async fn create(
         &self,
         recipe: &Recipe,
         params: &BTreeMap<String, Value>,
+        targets: &[String],
         cache: bool,
     ) -> Result<(Uuid, Vec<StoredNode>), RunError> {
         let run_id = Uuid::now_v7();
@@ -141,6 +149,7 @@ impl RunStore {
                 },
                 dependents: dependents.remove(n.id.as_str()).unwrap_or_default(),
                 compensation: is_compensation(&n.id),
+                targets: targets.to_vec(),
             })
             .collect();
         let [links, state, waiting, ..] = self.keys(&run_id.to_string());

@@ -40,6 +40,10 @@ pub struct StoredNode {
     /// This node only runs to undo another's effects after the run failed.
     #[serde(default)]
     pub compensation: bool,
+    /// What the run is about (`producer submit --target`): given to the node as the input
+    /// [`super::TARGETS_INPUT`], which tool nodes scan when their target input is unconnected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
 }
 
 /// What recording a node's end did ([`super::RunStore::node_end`]).

@@ -56,6 +56,7 @@ mod spec;
 #[cfg(test)]
 mod tests;
 
+pub use config::kind_of;
 pub use def::ToolDef;
 pub use finding::{Finding, Severity, finding_id};
 pub use output::{MAX_FINDINGS, MAX_OUTPUT_BYTES, Parsed};

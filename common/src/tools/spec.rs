@@ -156,6 +156,10 @@ pub struct InputSpec {
     /// Arguments appended only when the input is given, `${value}` being it.
     #[serde(default)]
     pub optional_args: Vec<String>,
+    /// When the recipe does not connect this input, the run's targets (`producer submit
+    /// --target`) are passed as it: a root node scans what the run is about.
+    #[serde(default)]
+    pub run_targets: bool,
     /// What it is, for people.
     #[serde(default)]
     pub description: String,

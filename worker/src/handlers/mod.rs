@@ -1,13 +1,20 @@
 //! Task handlers by node type, and the context they run in.
 
 mod builtin;
+mod enrich;
 mod exec;
 mod http;
+mod tool;
 
-pub use exec::ExecPolicy;
+pub use enrich::CveSource;
+pub use exec::{Ended, ExecPolicy, Program, Workdir, run_in};
+pub use tool::default_policy as tool_policy;
 
 use crate::{checkpoint::Checkpoint, classify::Classifier};
-use secflow_common::{TaskEnvelope, TaskError};
+use secflow_common::{
+    TaskEnvelope, TaskError,
+    tools::{Resources, ToolSet},
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::{collections::BTreeMap, time::Duration};
@@ -34,6 +41,19 @@ pub struct Handlers {
     classifier: Classifier,
     exec: ExecPolicy,
     versions: BTreeMap<String, String>,
+    tools: ToolSet,
+    resources: Resources,
+    cve: Option<CveSource>,
+}
+
+/// What tool nodes and `enrich.cve` need besides the generic handlers.
+pub struct Tooling {
+    /// Tool definitions by node type (built-ins merged with `--tools`).
+    pub tools: ToolSet,
+    /// Where `res://` settings resolve (`--resources`).
+    pub resources: Resources,
+    /// The CVE source and its cache, for `enrich.cve`.
+    pub cve: Option<CveSource>,
 }
 
 /// Version of the built-in handlers' checkpoint format.
@@ -49,6 +69,7 @@ impl Handlers {
         classifier: Classifier,
         exec: ExecPolicy,
         versions: BTreeMap<String, String>,
+        tooling: Tooling,
     ) -> Result<Self, String> {
         // reqwest is built without a default TLS provider; a second install is a no-op error.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -63,7 +84,23 @@ impl Handlers {
             classifier,
             exec,
             versions,
+            tools: tooling.tools,
+            resources: tooling.resources,
+            cve: tooling.cve,
         })
+    }
+
+    /// The tool definitions this worker runs.
+    pub fn tools(&self) -> &ToolSet {
+        &self.tools
+    }
+
+    /// The timeout a node of `node_type` gets when its task names none: its tool's.
+    pub fn default_timeout(&self, node_type: &str) -> Option<Duration> {
+        self.tools
+            .get(node_type)
+            .and_then(|t| t.timeout_ms())
+            .map(Duration::from_millis)
     }
 
     /// The version of `node_type`'s handler, recorded with its checkpoints.
@@ -76,7 +113,7 @@ impl Handlers {
 
     /// Whether `node_type` has a handler here.
     pub fn knows(&self, node_type: &str) -> bool {
-        KNOWN_TYPES.contains(&node_type)
+        KNOWN_TYPES.contains(&node_type) || self.tools.get(node_type).is_some()
     }
 
     /// Runs the handler of the task's type.
@@ -111,13 +148,32 @@ impl Handlers {
                 )
                 .await
             }
-            other => Err(TaskError::validation(
-                "unknown_type",
-                format!(
-                    "no handler for node type `{other}` (known: {})",
-                    KNOWN_TYPES.join(", ")
-                ),
-            )),
+            "enrich.cve" => match &self.cve {
+                Some(source) => enrich::run(&self.http, source, ctx.task, ctx.timeout).await,
+                None => Err(TaskError::validation(
+                    "unknown_type",
+                    "enrich.cve: this worker has no CVE cache configured",
+                )),
+            },
+            other => match self.tools.get(other) {
+                Some(def) => {
+                    let env = tool::ToolEnv {
+                        exec: &self.exec,
+                        resources: &self.resources,
+                        max_output: self.max_output_bytes,
+                        classifier: &self.classifier,
+                    };
+                    tool::run(&env, def, ctx.task, ctx.timeout).await
+                }
+                None => Err(TaskError::validation(
+                    "unknown_type",
+                    format!(
+                        "no handler for node type `{other}` (known: {}, {})",
+                        KNOWN_TYPES.join(", "),
+                        self.tools.names().join(", ")
+                    ),
+                )),
+            },
         }
     }
 }

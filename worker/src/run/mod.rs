@@ -102,6 +102,19 @@ pub async fn run_with_stats(
     if !store.check().await {
         tracing::warn!(url = %redact_url(&cfg.broker.redis_url), "starting without Redis: local breakers until it answers");
     }
+    let tools = cfg.tool_set().map_err(WorkerError::Config)?;
+    let runs = Arc::new(
+        secflow_common::runs::RunStore::new(&cfg.broker.redis_url, &cfg.broker.namespace)
+            .map_err(|e| WorkerError::Config(e.to_string()))?,
+    );
+    let tooling = crate::handlers::Tooling {
+        tools,
+        resources: secflow_common::tools::Resources::new(cfg.resources.clone()),
+        cve: Some(crate::handlers::CveSource {
+            url: cfg.cve_source.clone(),
+            cache: Arc::clone(&runs),
+        }),
+    };
     let worker_id = cfg.worker_id();
     // Other workers take this one's leases over within seconds once these heartbeats stop.
     let stop_heartbeat = CancellationToken::new();
@@ -115,6 +128,7 @@ pub async fn run_with_stats(
                 classifier,
                 exec_policy,
                 cfg.handler_versions.iter().cloned().collect(),
+                tooling,
             )
             .map_err(WorkerError::Config)?,
         ),
@@ -123,10 +137,7 @@ pub async fn run_with_stats(
             cfg.breaker_default.clone(),
             cfg.breakers.iter().cloned().collect(),
         )),
-        runs: Arc::new(
-            secflow_common::runs::RunStore::new(&cfg.broker.redis_url, &cfg.broker.namespace)
-                .map_err(|e| WorkerError::Config(e.to_string()))?,
-        ),
+        runs,
         cancels: Arc::default(),
         store,
     };
@@ -290,12 +301,13 @@ async fn session(
             queue: queue.clone(),
             stats: Arc::clone(stats),
             done_ttl_ms: cfg.done_ttl_secs.saturating_mul(1000),
+            follow_ups: std::sync::Mutex::default(),
         },
         runs: Arc::clone(&parts.runs),
         cancels: Arc::clone(&parts.cancels),
         store: Arc::clone(&parts.store),
         breakers: Arc::clone(&parts.breakers),
-        policies: cfg.policies(),
+        policies: cfg.policies_with(parts.handlers.tools()),
         default_timeout: Duration::from_secs(cfg.task_timeout_secs),
         isolation: RwLock::new(()),
         delivery_limit: u64::from(cfg.broker.delivery_limit),

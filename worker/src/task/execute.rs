@@ -99,7 +99,9 @@ async fn run_handler(
 ) -> Option<Result<Value, TaskError>> {
     let timeout = task
         .timeout_ms
-        .map_or(shared.default_timeout, Duration::from_millis)
+        .map(Duration::from_millis)
+        .or_else(|| shared.handlers.default_timeout(&task.node_type))
+        .unwrap_or(shared.default_timeout)
         .min(crate::config::MAX_TASK_TIMEOUT);
     let ctx = TaskContext {
         task,

@@ -7,7 +7,7 @@ mod program;
 mod reaper;
 mod spawn;
 
-pub use program::{Ended, Finished, Program, Usage, Workdir, run_in};
+pub use program::{Ended, Program, Workdir, run_in};
 
 use super::parse_config;
 use crate::classify::{Classifier, Failure, io_kind_name};

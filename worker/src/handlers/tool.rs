@@ -1,0 +1,163 @@
+//! Tool nodes (`discovery.ferox`, `scan.nuclei`, ...): the node's definition renders the
+//! command line from its config and inputs, the program runs like an `exec` task (allowlist,
+//! private working directory, process group killed on timeout and with the worker), and its
+//! output is parsed into findings and datasets.
+//!
+//! The published error table for tool nodes: a crash or an exit code the tool does not count
+//! as success is retried (3 retries by default, the tool's policy), then the node fails; a
+//! timeout kills the process group and fails the node at once (the rest of the run goes on);
+//! an output the parser cannot read keeps the raw output as one generic finding and the node
+//! succeeds, flagged `parser: fallback`.
+
+use super::exec::{Ended, ExecPolicy, Program, Workdir, run_in};
+use crate::classify::Classifier;
+use secflow_common::{
+    ErrorClass, TaskEnvelope, TaskError,
+    tools::{RenderContext, RenderProblem, Resources, ToolDef},
+};
+use serde_json::{Map, Value};
+use std::{collections::BTreeMap, time::Duration};
+
+/// Stdout kept from a tool for parsing (its parsed output is bounded separately).
+const MAX_TOOL_STDOUT: usize = 64 << 20;
+
+/// What tool nodes share: the exec policy, resources, output limit and classifier.
+pub struct ToolEnv<'a> {
+    /// Which programs may run.
+    pub exec: &'a ExecPolicy,
+    /// Where `res://` settings resolve.
+    pub resources: &'a Resources,
+    /// Bytes of stderr kept.
+    pub max_output: usize,
+    /// Classifies a failed program.
+    pub classifier: &'a Classifier,
+}
+
+/// Runs `task` with its tool definition `def` within `timeout`.
+pub async fn run(
+    env: &ToolEnv<'_>,
+    def: &ToolDef,
+    task: &TaskEnvelope,
+    timeout: Duration,
+) -> Result<Value, TaskError> {
+    let workdir = Workdir::create(env.exec, &task.task_id.to_string())?;
+    let inputs = with_run_targets(def, &task.inputs);
+    let ctx = RenderContext {
+        workdir: workdir.path().to_path_buf(),
+        resources: env.resources,
+    };
+    let invocation = match def.render(&task.config, &inputs, &ctx) {
+        Ok(invocation) => invocation,
+        Err(e) => {
+            if let RenderProblem::EmptyInput(input) = &e.problem {
+                // Nothing upstream to scan is a result, not a failure: no findings.
+                tracing::info!(task_id = %task.task_id, node = %task.node_id, input, "tool input is empty: nothing to run");
+                let mut output = def.empty().to_output();
+                output["skipped"] = Value::String(format!("input `{input}` is empty"));
+                return Ok(output);
+            }
+            let code = match e.problem {
+                RenderProblem::Resource(_) => "resource_missing",
+                RenderProblem::MissingInput(_) => "missing_input",
+                _ => "invalid_config",
+            };
+            return Err(TaskError::validation(code, e.to_string()));
+        }
+    };
+    for (path, bytes) in &invocation.files {
+        std::fs::write(path, bytes).map_err(|e| {
+            TaskError::new(
+                ErrorClass::Resource,
+                "workdir_unavailable",
+                format!("{}: cannot write {}: {e}", def.name(), path.display()),
+            )
+        })?;
+    }
+    let no_env = BTreeMap::new();
+    let program = Program {
+        program: &invocation.program,
+        args: &invocation.argv,
+        env: &no_env,
+        cwd: None,
+        stdin: invocation.stdin.clone(),
+        read_back: invocation.output_file.clone(),
+    };
+    // The tool's own deadline goes first, so its timeout (not the worker's) ends the node.
+    let own = timeout.saturating_sub((timeout / 20).min(Duration::from_secs(1)));
+    let capture = env.max_output.max(MAX_TOOL_STDOUT);
+    let done = match run_in(env.exec, &workdir, program, own, capture, env.classifier).await? {
+        Ended::Finished(done) => done,
+        Ended::TimedOut => {
+            tracing::warn!(task_id = %task.task_id, node = %task.node_id, tool = def.name(), timeout_ms = own.as_millis() as u64, "tool timed out: process group killed, node failed");
+            return Err(TaskError::new(
+                ErrorClass::Permanent,
+                "timeout",
+                format!(
+                    "{}: `{}` did not finish within {} ms; its process group was killed (a tool timeout is not retried)",
+                    def.name(),
+                    invocation.program,
+                    own.as_millis()
+                ),
+            ));
+        }
+    };
+    let code = done.status.code();
+    if !code.is_some_and(|c| def.success_exit_codes().contains(&c)) {
+        let error = done.failure(&invocation.program, env.classifier);
+        return Err(retryable_crash(error));
+    }
+    let mut stdout = done.stdout.0.as_slice();
+    if done.stdout.1 {
+        // Cut at the capture limit: parse whole lines only.
+        let end = stdout
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        stdout = &stdout[..end];
+    }
+    let parsed = def.parse(stdout, done.read_back.as_deref());
+    if let Some(error) = &parsed.parse_error {
+        tracing::warn!(task_id = %task.task_id, node = %task.node_id, tool = def.name(), error, "tool output not parseable: kept raw as a generic finding");
+    }
+    let mut output = done.output(parsed.to_output());
+    if let Some(o) = output.as_object_mut() {
+        // The parsed datasets are the output; the raw stream is not kept twice.
+        o.remove("stdout");
+        o.insert("stdout_truncated".into(), Value::Bool(done.stdout.1));
+    }
+    Ok(output)
+}
+
+/// A failed run the classifier could not place is, for a tool, a crash or an unexpected exit:
+/// retried under the tool's policy (the error table's 3 retries), not once.
+fn retryable_crash(mut error: TaskError) -> TaskError {
+    if error.class == ErrorClass::Unknown {
+        error.class = ErrorClass::Transient;
+        error.code = "tool_failed".into();
+    }
+    error
+}
+
+/// The task's inputs, with the run's targets standing in for every unconnected input the
+/// definition marks `run_targets`.
+fn with_run_targets(def: &ToolDef, inputs: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = inputs.clone();
+    let Some(targets) = inputs.get(secflow_common::runs::TARGETS_INPUT) else {
+        return out;
+    };
+    for (name, spec) in &def.spec().inputs {
+        if spec.run_targets && out.get(name).is_none_or(Value::is_null) {
+            out.insert(name.clone(), targets.clone());
+        }
+    }
+    out
+}
+
+/// The retry policy of tool nodes whose definition names none: the error table's 3 retries.
+pub fn default_policy() -> secflow_common::retry::RetryPolicy {
+    secflow_common::retry::RetryPolicy {
+        max_attempts: 4,
+        base_delay_ms: 5_000,
+        ..secflow_common::retry::RetryPolicy::default()
+    }
+}
