@@ -7,7 +7,9 @@
 
 use futures_util::StreamExt;
 use regex::Regex;
-use secflow_common::{TaskEnvelope, TaskError, nodes::EnrichConfig, runs::RunStore};
+use secflow_common::{
+    TaskEnvelope, TaskError, nodes::EnrichConfig, runs::RunStore, tools::kind_of,
+};
 use serde_json::{Value, json};
 use std::{
     collections::BTreeSet,
