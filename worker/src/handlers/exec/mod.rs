@@ -78,6 +78,11 @@ impl ExecPolicy {
                         })?
                 };
                 map.insert(entry.to_string(), path.clone());
+                // An allowed absolute path may also be called by its file name (tool
+                // definitions name programs): `/opt/tools/nuclei` allows `nuclei`.
+                if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                    map.entry(name.to_string()).or_insert_with(|| path.clone());
+                }
                 map.insert(path.to_string_lossy().into_owned(), path);
             }
             Some(map)
