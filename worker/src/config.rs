@@ -110,6 +110,17 @@ pub struct WorkerConfig {
     /// and events, on top of the built-in credential patterns.
     #[arg(long = "redact-pattern", env = "SECFLOW_REDACT_PATTERN")]
     pub redact_patterns: Vec<String>,
+    /// Fleet hooks (YAML, a top-level `hooks:` like a recipe's): webhooks and programs told
+    /// about every completed task and every run's end. Needs a hook secret.
+    #[arg(long = "hooks", env = "SECFLOW_HOOKS")]
+    pub hooks: Option<std::path::PathBuf>,
+    /// Secret that signs webhook requests (`X-SecFlow-Signature`), at least 16 bytes. A worker
+    /// without one delivers no hooks.
+    #[arg(long, env = "SECFLOW_HOOK_SECRET", hide_env_values = true)]
+    pub hook_secret: Option<String>,
+    /// File holding the hook secret (e.g. a mounted Secret); surrounding whitespace is ignored.
+    #[arg(long, env = "SECFLOW_HOOK_SECRET_FILE")]
+    pub hook_secret_file: Option<std::path::PathBuf>,
     /// Fault injection as JSON, e.g. {"fail":{"transient":0.05},"latency_ms":[0,100],
     /// "crash":0.001,"hang":0.001,"types":["builtin.echo"]}. Off unless given.
     #[arg(long, env = "SECFLOW_CHAOS", value_parser = crate::chaos::ChaosConfig::parse)]
@@ -178,6 +189,9 @@ impl WorkerConfig {
             handler_versions: Vec::new(),
             redact_patterns: Vec::new(),
             chaos: None,
+            hooks: None,
+            hook_secret: None,
+            hook_secret_file: None,
         }
     }
 

@@ -183,6 +183,12 @@ impl RunStore {
         .hset(&state, "_run", "running")
         .hset(&state, "_name", &recipe.name);
         pipe.hset(&state, "_created_at", crate::now_ms());
+        if !recipe.hooks.is_empty() {
+            let hooks = self.key(&run_id.to_string(), "hooks");
+            let spec = serde_json::to_string(&recipe.hooks)
+                .map_err(|e| RunError::Corrupt(format!("hooks: {e}")))?;
+            pipe.set(&hooks, spec).expire(hooks, RUN_TTL_SECS);
+        }
         for key in self
             .keys(&run_id.to_string())
             .into_iter()
@@ -197,6 +203,14 @@ impl RunStore {
             .filter(|n| n.inputs.is_empty() && !n.compensation)
             .collect();
         Ok((run_id, roots))
+    }
+
+    /// The hooks `run` was submitted with (`None`: none, or the run is unknown).
+    pub async fn hooks(&self, run: &str) -> Result<Option<crate::hooks::HooksSpec>, RunError> {
+        let mut conn = self.pool.get().await?;
+        let raw: Option<String> = conn.get(self.key(run, "hooks")).await?;
+        raw.map(|r| serde_json::from_str(&r).map_err(|e| RunError::Corrupt(format!("hooks: {e}"))))
+            .transpose()
     }
 
     /// Records that `node` ended (`ok` with `output`, or failed) and returns the dependents
@@ -357,6 +371,7 @@ impl RunStore {
         let mut conn = self.pool.get().await?;
         let mut keys = self.keys(run).to_vec();
         keys.push(self.key(run, "nodes"));
+        keys.push(self.key(run, "hooks"));
         conn.del::<_, ()>(keys).await?;
         Ok(())
     }

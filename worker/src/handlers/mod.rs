@@ -5,6 +5,7 @@ mod exec;
 mod http;
 
 pub use exec::ExecPolicy;
+pub(crate) use http::parse_retry_after;
 
 use crate::{checkpoint::Checkpoint, classify::Classifier};
 use secflow_common::{TaskEnvelope, TaskError};
@@ -119,6 +120,38 @@ impl Handlers {
                 ),
             )),
         }
+    }
+}
+
+impl Handlers {
+    /// Runs an exec hook: `argv` through the same path as `exec` tasks (this pool's allowlist,
+    /// scrubbed environment, private directory `{label}-…`, process group killed on timeout
+    /// and with the worker), `stdin` on its standard input. Exit 0 is success.
+    pub async fn run_hook_program(
+        &self,
+        label: &str,
+        argv: &[String],
+        stdin: &[u8],
+        timeout: Duration,
+    ) -> Result<Value, TaskError> {
+        let cfg = secflow_common::nodes::ExecConfig {
+            argv: argv.to_vec(),
+            env: BTreeMap::new(),
+            cwd: None,
+        };
+        let limits = exec::Limits {
+            timeout,
+            max_output: self.max_output_bytes,
+        };
+        exec::run_program(
+            &self.exec,
+            label,
+            &cfg,
+            Some(stdin),
+            limits,
+            &self.classifier,
+        )
+        .await
     }
 }
 

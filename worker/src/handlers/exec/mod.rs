@@ -3,12 +3,15 @@
 //! process group, bounded output capture, and classified failures. The program and its
 //! group die with the worker, also when the worker is SIGKILLed ([`spawn`], [`reaper`]).
 
+mod guards;
 mod reaper;
 mod spawn;
 
+use guards::{GroupGuard, Workdir};
+
 use super::parse_config;
 use crate::classify::{Classifier, Failure, io_kind_name};
-use nix::{sys::signal::Signal, unistd::Pid};
+use nix::unistd::Pid;
 use secflow_common::{ErrorClass, TaskError, nodes::ExecConfig};
 use serde_json::{Value, json};
 use std::{
@@ -129,35 +132,6 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
         .create(path)
 }
 
-/// Kills the process group when dropped: on timeout, on cancellation, and to reap helpers
-/// the program left behind; then tells the reaper the group is gone.
-struct GroupGuard(Option<Pid>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            // ESRCH (group already gone) is the normal case after a clean exit.
-            let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
-            if let Some(reaper) = reaper::get() {
-                reaper.forget(pgid.as_raw());
-            }
-        }
-    }
-}
-
-/// The task's working directory, removed with everything in it when dropped.
-struct Workdir(PathBuf);
-
-impl Drop for Workdir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %self.0.display(), error = %e, "could not remove an exec working directory");
-        }
-    }
-}
-
 /// Runs the configured program and returns its exit code and captured output.
 pub async fn run(
     policy: &ExecPolicy,
@@ -168,6 +142,35 @@ pub async fn run(
     classifier: &Classifier,
 ) -> Result<Value, TaskError> {
     let cfg: ExecConfig = parse_config("exec", config)?;
+    let limits = Limits {
+        timeout,
+        max_output,
+    };
+    run_program(policy, task_id, &cfg, None, limits, classifier).await
+}
+
+/// How long a program may run and how much of its output is kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Past this, its process group is killed.
+    pub timeout: Duration,
+    /// Bytes of stdout and of stderr kept.
+    pub max_output: usize,
+}
+
+/// Runs `cfg` under `policy`, feeding it `stdin` (else `/dev/null`): the one spawning path of
+/// `exec` tasks and exec hooks.
+pub async fn run_program(
+    policy: &ExecPolicy,
+    task_id: &str,
+    cfg: &ExecConfig,
+    stdin: Option<&[u8]>,
+    Limits {
+        timeout,
+        max_output,
+    }: Limits,
+    classifier: &Classifier,
+) -> Result<Value, TaskError> {
     let Some((program, args)) = cfg.argv.split_first() else {
         return Err(TaskError::validation(
             "invalid_config",
@@ -230,7 +233,11 @@ pub async fn run(
         .env("LANG", "C.UTF-8")
         .envs(&cfg.env)
         .current_dir(&cwd)
-        .stdin(Stdio::null())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -248,11 +255,13 @@ pub async fn run(
     );
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
+    let input = child.stdin.take();
     let work = async {
-        let (out, err, status) = tokio::join!(
+        let (out, err, status, ()) = tokio::join!(
             capture(stdout, max_output),
             capture(stderr, max_output),
-            child.wait()
+            child.wait(),
+            feed(input, stdin.unwrap_or_default())
         );
         (out, err, status)
     };
@@ -308,6 +317,16 @@ pub async fn run(
             .trim_end_matches(": ")
             .to_string(),
     ))
+}
+
+/// Writes `data` to the program's stdin and closes it; a program that exits without reading
+/// it all is not an error here (its exit status says how it went).
+async fn feed(pipe: Option<tokio::process::ChildStdin>, data: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    if let Some(mut pipe) = pipe {
+        let _ = pipe.write_all(data).await;
+        let _ = pipe.shutdown().await;
+    }
 }
 
 /// Reads a pipe to its end, keeping the first `limit` bytes; says whether it cut anything.
