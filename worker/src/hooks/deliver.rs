@@ -5,7 +5,7 @@
 //! reported as a `hook.failed` event; it is not retried.
 
 use super::{Hooks, webhook};
-use crate::events::EventBatcher;
+use crate::{events::EventBatcher, stats::WorkerStats};
 use secflow_common::{
     ErrorClass, TaskError,
     events::{EventError, TaskEvent},
@@ -68,6 +68,7 @@ impl Hooks {
     ) {
         match self.state.delivered(&hook.id, &item.event_id).await {
             Ok(true) => {
+                WorkerStats::bump(&self.stats.hooks_skipped);
                 tracing::debug!(delivery = delivery_id, "hook delivery already made");
                 return;
             }
@@ -83,6 +84,7 @@ impl Hooks {
             .record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(attempts) => {
+                WorkerStats::bump(&self.stats.hooks_delivered);
                 metrics::counter!("secflow_hook_deliveries_total", "hook_kind" => kind, "outcome" => "delivered").increment(1);
                 tracing::debug!(delivery = delivery_id, attempts, "hook delivered");
                 if let Err(e) = self.state.mark(&hook.id, &item.event_id).await {
@@ -90,6 +92,7 @@ impl Hooks {
                 }
             }
             Err((error, attempts)) => {
+                WorkerStats::bump(&self.stats.hooks_failed);
                 metrics::counter!("secflow_hook_deliveries_total", "hook_kind" => kind, "outcome" => "failed").increment(1);
                 tracing::warn!(
                     delivery = delivery_id, hook_kind = kind, attempts, class = %error.class,

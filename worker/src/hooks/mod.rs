@@ -16,7 +16,7 @@ mod webhook;
 
 pub use dispatch::dispatch;
 
-use crate::{config::WorkerConfig, handlers::Handlers};
+use crate::{config::WorkerConfig, handlers::Handlers, stats::WorkerStats};
 use secflow_common::{
     events::TaskEvent,
     hooks::{Hook, HookOn, MIN_SECRET_LEN},
@@ -38,6 +38,7 @@ pub struct Hooks {
     state: state::HookState,
     worker_id: String,
     attempts: tokio::sync::Semaphore,
+    stats: Arc<WorkerStats>,
 }
 
 impl Hooks {
@@ -49,6 +50,7 @@ impl Hooks {
         handlers: Arc<Handlers>,
         runs: Arc<RunStore>,
         worker_id: &str,
+        stats: Arc<WorkerStats>,
     ) -> Result<Self, String> {
         let fleet = match &cfg.hooks {
             Some(path) => load_fleet(path)?,
@@ -83,6 +85,7 @@ impl Hooks {
             state: state::HookState::new(&cfg.broker.redis_url, &cfg.broker.namespace, runs)?,
             worker_id: worker_id.to_string(),
             attempts: tokio::sync::Semaphore::new(ATTEMPTS_IN_FLIGHT),
+            stats,
         })
     }
 

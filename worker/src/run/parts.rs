@@ -64,8 +64,14 @@ impl Parts {
             RunStore::new(&cfg.broker.redis_url, &cfg.broker.namespace)
                 .map_err(|e| WorkerError::Config(e.to_string()))?,
         );
-        let hooks = Hooks::new(cfg, Arc::clone(&handlers), Arc::clone(&runs), worker_id)
-            .map_err(WorkerError::Config)?;
+        let hooks = Hooks::new(
+            cfg,
+            Arc::clone(&handlers),
+            Arc::clone(&runs),
+            worker_id,
+            Arc::clone(stats),
+        )
+        .map_err(WorkerError::Config)?;
         let store = Store::new(
             &cfg.broker.redis_url,
             &cfg.broker.namespace,
