@@ -191,8 +191,9 @@ impl Store<'_> {
         cache: bool,
     ) -> anyhow::Result<(uuid::Uuid, Vec<String>)> {
         // Before the run is stored: without signing keys nothing is stored either.
+        let keyring = self.broker.keyring()?;
         let publisher =
-            amqp::Publisher::for_tasks(conn, self.broker.keyring()?, self.broker.max_message_bytes)
+            amqp::Publisher::for_tasks(conn, keyring.clone(), self.broker.max_message_bytes)
                 .await?;
         if !summary.recipe.hooks.is_empty() {
             // Before any root is published: every completion of the run lands in the queue.
@@ -201,7 +202,8 @@ impl Store<'_> {
         let (run_id, roots) = within(
             "Redis to store a new run",
             REDIS_OP,
-            self.runs.create(&summary.recipe, params, cache),
+            self.runs
+                .create(&summary.recipe, params, cache, keyring.as_ref()),
         )
         .await??;
         for root in &roots {

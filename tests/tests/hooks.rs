@@ -281,6 +281,57 @@ async fn exec_hooks_get_the_event_on_stdin_within_the_allowlist() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Proves: hooks written into a run's record in Redis without a signing key the fleet holds
+/// are refused, not delivered (a fleet hook on the same events is, as a witness).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_hooks_planted_in_redis_without_the_signing_key_are_refused() {
+    let ns = TestNs::new().await;
+    let receiver = HookReceiver::start(|_| Answer::Status(200)).await;
+    let url = receiver.url();
+    let yaml = format!(
+        "version: 1\nname: planted\nnodes:\n  - {{id: a, type: builtin.noop}}\nhooks:\n  on_node_complete:\n    - url: \"{url}\"\n"
+    );
+    let path = recipe_file(&ns, "planted", &yaml);
+    let run = secflow_producer::recipes::submit(&ns.broker(), &path, &BTreeMap::new(), None, true)
+        .await
+        .unwrap()
+        .run_id;
+    // Someone with Redis access but not the signing keys replaces the run's hooks.
+    let forger = secflow_common::signing::Keyring::parse("evil:0123456789abcdef0123").unwrap();
+    let spec: secflow_common::recipe::Recipe = secflow_common::recipe::parse("r", &yaml).unwrap();
+    let sealed =
+        secflow_common::hooks::SealedHooks::seal(&spec.hooks, &run.to_string(), Some(&forger))
+            .unwrap();
+    let client = redis::Client::open(secflow_common::config::DEFAULT_REDIS_URL).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("sf:{{{}:run:{run}}}:hooks", ns.name);
+    redis::cmd("SET")
+        .arg(&key)
+        .arg(serde_json::to_string(&sealed).unwrap())
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let mut cfg = ns.worker_config();
+    cfg.hooks = Some(webhook_file(&ns, &url, "10s").into());
+    cfg.hook_secret = Some(HOOK_SECRET.into());
+    let (worker, _) = spawn_counted(cfg);
+    wait_for(
+        "the fleet hook delivered",
+        Duration::from_secs(30),
+        || async { !receiver.delivered().is_empty() },
+    )
+    .await;
+    // The run's hooks were weighed together with the fleet's, before any delivery started.
+    worker.stop().await;
+    let ids: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.header("x-secflow-delivery").to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(ids[0].starts_with("fleet:on_node_complete:0:"), "{ids:?}");
+}
+
 /// Proves: bad hooks stop the worker at start and make `producer validate` fail, each error
 /// naming the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

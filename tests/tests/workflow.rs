@@ -203,7 +203,10 @@ async fn node_end_is_exactly_once_across_redeliveries() {
     )
     .unwrap();
     let runs = secflow_common::runs::RunStore::new(&ns.broker().redis_url, &ns.name).unwrap();
-    let (run, roots) = runs.create(&recipe, &BTreeMap::new(), false).await.unwrap();
+    let (run, roots) = runs
+        .create(&recipe, &BTreeMap::new(), false, None)
+        .await
+        .unwrap();
     let run = run.to_string();
     let output = serde_json::json!({"echo": {"host": "10.0.0.5"}});
     let (first, status, already) = runs.node_end(&run, &roots[0], Some(&output)).await.unwrap();

@@ -143,3 +143,38 @@ fn the_signature_is_hmac_sha256_over_timestamp_dot_body() {
         "sf:{ns}:hook:fleet:on_node_complete:0:E"
     );
 }
+
+#[test]
+fn sealed_hooks_open_only_for_their_run_and_a_known_key() {
+    let spec = parse_spec(GOOD);
+    let ring = crate::signing::Keyring::parse("k1:0123456789abcdef0123").unwrap();
+    let other = crate::signing::Keyring::parse("k2:0123456789abcdef0123").unwrap();
+    let sealed = SealedHooks::seal(&spec, "R1", Some(&ring)).unwrap();
+    assert_eq!(sealed.open("R1", Some(&ring)).unwrap(), spec);
+    assert!(
+        sealed
+            .open("R2", Some(&ring))
+            .unwrap_err()
+            .contains("not trusted")
+    );
+    assert!(sealed.open("R1", Some(&other)).is_err());
+    let mut tampered = sealed.clone();
+    tampered.spec = tampered.spec.replace("notify", "evil");
+    assert!(tampered.open("R1", Some(&ring)).is_err());
+    let unsigned = SealedHooks::seal(&spec, "R1", None).unwrap();
+    assert!(
+        unsigned
+            .open("R1", Some(&ring))
+            .unwrap_err()
+            .contains("not signed")
+    );
+    assert_eq!(unsigned.open("R1", None).unwrap(), spec);
+}
+
+fn parse_spec(text: &str) -> HooksSpec {
+    #[derive(serde::Deserialize)]
+    struct File {
+        hooks: HooksSpec,
+    }
+    yaml_serde::from_str::<File>(text).unwrap().hooks
+}

@@ -21,6 +21,7 @@ use secflow_common::{
     events::TaskEvent,
     hooks::{Hook, HookOn, MIN_SECRET_LEN},
     runs::RunStore,
+    signing::Keyring,
 };
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -44,11 +45,13 @@ pub struct Hooks {
 impl Hooks {
     /// Reads the fleet hooks (`--hooks`) and the hook secret. A hooks file that cannot be read
     /// or has a problem, a bad secret, or fleet hooks without a secret are configuration
-    /// errors: the worker does not start.
+    /// errors: the worker does not start. Runs' own hooks are delivered when sealed with a key
+    /// of `keyring` (the task signing keys; `None` when signing is disabled).
     pub fn new(
         cfg: &WorkerConfig,
         handlers: Arc<Handlers>,
         runs: Arc<RunStore>,
+        keyring: Option<Keyring>,
         worker_id: &str,
         stats: Arc<WorkerStats>,
     ) -> Result<Self, String> {
@@ -82,7 +85,12 @@ impl Hooks {
             secret,
             http,
             handlers,
-            state: state::HookState::new(&cfg.broker.redis_url, &cfg.broker.namespace, runs)?,
+            state: state::HookState::new(
+                &cfg.broker.redis_url,
+                &cfg.broker.namespace,
+                runs,
+                keyring,
+            )?,
             worker_id: worker_id.to_string(),
             attempts: tokio::sync::Semaphore::new(ATTEMPTS_IN_FLIGHT),
             stats,

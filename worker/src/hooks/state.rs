@@ -4,7 +4,7 @@
 //! once (two copies of an event in flight together).
 
 use deadpool_redis::{Pool, redis::AsyncCommands};
-use secflow_common::{hooks::Hook, runs::RunStore};
+use secflow_common::{hooks::Hook, runs::RunStore, signing::Keyring};
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -29,6 +29,7 @@ pub(super) struct HookState {
     pool: Pool,
     ns: String,
     runs: Arc<RunStore>,
+    keyring: Option<Keyring>,
     cache: Mutex<HashMap<Uuid, (Instant, RunHooks)>>,
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -39,12 +40,19 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl HookState {
-    /// State on the Redis at `url` for namespace `ns`. Does not connect yet.
-    pub(super) fn new(url: &str, ns: &str, runs: Arc<RunStore>) -> Result<Self, String> {
+    /// State on the Redis at `url` for namespace `ns`; runs' hooks are taken when sealed with
+    /// a key of `keyring` (any, when signing is disabled). Does not connect yet.
+    pub(super) fn new(
+        url: &str,
+        ns: &str,
+        runs: Arc<RunStore>,
+        keyring: Option<Keyring>,
+    ) -> Result<Self, String> {
         Ok(Self {
             pool: secflow_common::redis_pool::pool(url, REDIS_DEADLINE)?,
             ns: ns.to_string(),
             runs,
+            keyring,
             cache: Mutex::default(),
             inflight: Mutex::default(),
         })
@@ -101,13 +109,19 @@ impl HookState {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("reading the hooks of run {run}: {e}"))?;
-        let hooks = match spec.map(|s| s.resolve(&format!("run:{run}"))) {
+        let resolved = spec.map(|sealed| {
+            let spec = sealed.open(&key, self.keyring.as_ref())?;
+            spec.resolve(&format!("run:{run}")).map_err(|problems| {
+                let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                format!("the run's hooks are invalid: {}", problems.join("; "))
+            })
+        });
+        let hooks = match resolved {
             None => Vec::new(),
             Some(Ok(hooks)) => hooks.into_iter().map(Arc::new).collect(),
-            Some(Err(problems)) => {
-                // Checked at submission: only a damaged or foreign value gets here.
-                let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                tracing::error!(%run, problems = problems.join("; "), "a run's stored hooks are invalid; none of them is delivered");
+            Some(Err(e)) => {
+                // Sealed and checked at submission: only a damaged or foreign value gets here.
+                tracing::error!(alert = "critical", %run, error = %e, "a run's stored hooks are refused; none of them is delivered");
                 Vec::new()
             }
         };

@@ -12,7 +12,14 @@ fn build(cfg: &WorkerConfig) -> Result<Hooks, String> {
     )
     .unwrap();
     let runs = RunStore::new(&cfg.broker.redis_url, &cfg.broker.namespace).unwrap();
-    Hooks::new(cfg, Arc::new(handlers), Arc::new(runs), "w", Arc::default())
+    Hooks::new(
+        cfg,
+        Arc::new(handlers),
+        Arc::new(runs),
+        None,
+        "w",
+        Arc::default(),
+    )
 }
 
 fn file(name: &str, text: &str) -> std::path::PathBuf {

@@ -68,6 +68,7 @@ impl Parts {
             cfg,
             Arc::clone(&handlers),
             Arc::clone(&runs),
+            keyring.clone(),
             worker_id,
             Arc::clone(stats),
         )
