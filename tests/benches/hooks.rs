@@ -4,7 +4,7 @@
 //! either side; the medians are compared.
 //!
 //! `cargo bench -p secflow-tests --bench hooks` (SECFLOW_BENCH_TASKS overrides 2,000 tasks,
-//! SECFLOW_BENCH_ROUNDS 3 rounds; the default run takes about 20 s).
+//! SECFLOW_BENCH_ROUNDS 3 rounds; the default run takes about 30 s).
 
 use secflow_tests::{
     env_or,
