@@ -64,27 +64,11 @@ pub async fn dispatch(
         abort,
     };
     let mut channels = Vec::new();
-    let mut warned = false;
-    while !stop.is_cancelled() && !abort.is_cancelled() {
-        if queue_exists(conn, &queue).await {
-            if hooks.can_deliver() {
-                match run.consume(conn, &queue, &mut channels).await {
-                    Ok(()) => break,
-                    Err(e) => tracing::warn!(queue, error = %e, "hook consumer ended"),
-                }
-            } else if !warned {
-                warned = true;
-                tracing::warn!(
-                    queue,
-                    "the hooks queue exists but this worker has no hook secret (--hook-secret): it delivers no hooks"
-                );
-            }
-        }
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = abort.cancelled() => break,
-            () = tokio::time::sleep(CHECK_EVERY) => {}
-        }
+    // A lost connection ends at once whatever broker operation is under way: the worker must
+    // not reconnect later for it.
+    tokio::select! {
+        () = abort.cancelled() => {}
+        () = run.serve(conn, &queue, &mut channels) => {}
     }
     run.tracker.close();
     if !abort.is_cancelled() && !run.tracker.is_empty() {
@@ -99,6 +83,9 @@ pub async fn dispatch(
     }
     run.cut.cancel();
     let _ = tokio::time::timeout(CUT_WAIT, run.tracker.wait()).await;
+    if abort.is_cancelled() {
+        return;
+    }
     for ch in channels {
         let _ = within(
             "closing the hooks channel",
@@ -155,6 +142,31 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Looks for the queue and consumes it while it exists, until told to stop.
+    async fn serve(&self, conn: &Connection, queue: &str, channels: &mut Vec<Channel>) {
+        let mut warned = false;
+        while !self.stop.is_cancelled() {
+            if queue_exists(conn, queue).await {
+                if self.hooks.can_deliver() {
+                    match self.consume(conn, queue, channels).await {
+                        Ok(()) => return,
+                        Err(e) => tracing::warn!(queue, error = %e, "hook consumer ended"),
+                    }
+                } else if !warned {
+                    warned = true;
+                    tracing::warn!(
+                        queue,
+                        "the hooks queue exists but this worker has no hook secret (--hook-secret): it delivers no hooks"
+                    );
+                }
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep(CHECK_EVERY) => {}
+            }
+        }
+    }
+
     /// Consumes `queue` until told to stop (`Ok`) or the consumer ends (`Err`). The channel is
     /// kept in `channels` (messages in flight are acked on it) and closed at the end.
     async fn consume(
