@@ -164,6 +164,33 @@ pub fn decode(body: &[u8]) -> serde_json::Result<Vec<TaskEvent>> {
     }
 }
 
+/// An event with the exact JSON it was published as.
+pub struct RawEvent {
+    /// The event, parsed.
+    pub event: TaskEvent,
+    /// Its JSON as published (a hook receives these bytes).
+    pub json: Box<serde_json::value::RawValue>,
+}
+
+/// [`decode`], keeping each event's JSON exactly as published (unknown fields and key order
+/// included), for consumers that pass events on.
+pub fn decode_raw(body: &[u8]) -> serde_json::Result<Vec<RawEvent>> {
+    let raws: Vec<Box<serde_json::value::RawValue>> =
+        if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            serde_json::from_slice(body)?
+        } else {
+            vec![serde_json::from_slice(body)?]
+        };
+    raws.into_iter()
+        .map(|json| {
+            Ok(RawEvent {
+                event: serde_json::from_str(json.get())?,
+                json,
+            })
+        })
+        .collect()
+}
+
 /// Subscribes to the events matching `pattern` through a private queue that disappears with
 /// the channel. Deliveries need no ack. Each broker operation has a deadline
 /// ([`crate::deadline::BROKER_OP`]).
@@ -217,5 +244,22 @@ pub fn event_id(subject: Option<Uuid>, kind: &str) -> String {
             format!("{id}:{kind}")
         }
         _ => Uuid::now_v7().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_events_keep_their_bytes_and_unknown_fields() {
+        let one = r#"{"kind":"node.completed","worker":"w","retry_count":0,"at_ms":1,"task_id":null,"run_id":null,"node_id":null,"node_type":null,"later":{"z":1,"a":2}}"#;
+        let body = format!("[{one}, {one}]");
+        let events = decode_raw(body.as_bytes()).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].json.get(), one);
+        assert_eq!(events[1].event.kind, "node.completed");
+        assert_eq!(decode_raw(one.as_bytes()).unwrap()[0].json.get(), one);
+        assert!(decode_raw(b"[{\"kind\":1}]").is_err());
     }
 }

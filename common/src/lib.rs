@@ -11,6 +11,7 @@ pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod headers;
+pub mod hooks;
 pub mod logging;
 pub mod nodes;
 pub mod rawamqp;

@@ -5,6 +5,7 @@
 //! {ns}.delay  (headers, sf-delay-bucket) ──► {ns}.delay.{ms} (quorum, TTL) ──DLX ""──► work queue
 //! {ns}.dlx    (fanout) ──► {ns}.dlq (quorum, no TTL, no max length)
 //! {ns}.events (topic)  ──► whoever listens
+//!     └─ node.completed, workflow.completed, workflow.failed ──► {ns}.hooks (quorum)
 //! ```
 //!
 //! A retry copy is published to the delay exchange with the *work queue's name* as routing key;
@@ -21,15 +22,17 @@ use lapin::{
 };
 use std::{collections::HashSet, sync::Mutex, time::Duration};
 
-/// Delays up to this many ms use evenly spaced buckets; longer ones use a geometric ladder.
-const LINEAR_LIMIT_MS: u64 = 1_000;
-/// Spacing of the short buckets (max rounding error: half of it).
-const LINEAR_STEP_MS: u64 = 20;
-/// Ratio between consecutive long buckets (max rounding error: about 2%).
-const GEOMETRIC_RATIO: f64 = 1.04;
+mod delay;
+
+pub use delay::{delay_bucket, delay_ladder};
+
 /// The broker never drops from the DLQ; 4.x would otherwise default to 20 redeliveries.
 /// (`-1`, "unlimited", only exists from 4.0 on, so a bound no inspector can reach is used.)
 const DLQ_DELIVERY_LIMIT: i64 = 1_000_000;
+
+/// Nor from the hooks queue: a message whose deliveries were cut short (its worker died) comes
+/// back as often as it takes.
+const HOOKS_DELIVERY_LIMIT: i64 = 1_000_000;
 
 /// A validated namespace: lowercase letters, digits, `-` and `_`, 1 to 48 characters.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,42 +64,6 @@ fn check_name(what: &str, name: &str, max: usize) -> Result<()> {
             "{what} `{name}` must be 1 to {max} characters of a-z, 0-9, '-' or '_'"
         )))
     }
-}
-
-/// Rounds a retry delay to the delay queue that implements it; `None` means "no delay".
-pub fn delay_bucket(delay: Duration) -> Option<u64> {
-    let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-    if ms < LINEAR_STEP_MS / 2 {
-        return None;
-    }
-    if ms <= LINEAR_LIMIT_MS {
-        return Some((ms + LINEAR_STEP_MS / 2) / LINEAR_STEP_MS * LINEAR_STEP_MS);
-    }
-    let k = ((ms as f64 / LINEAR_LIMIT_MS as f64).ln() / GEOMETRIC_RATIO.ln()).round();
-    Some(geometric_step(k as i32))
-}
-
-fn geometric_step(k: i32) -> u64 {
-    (LINEAR_LIMIT_MS as f64 * GEOMETRIC_RATIO.powi(k)).round() as u64
-}
-
-/// Every bucket a delay up to `max` can map to (used to tear a namespace down).
-pub fn delay_ladder(max: Duration) -> Vec<u64> {
-    let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
-    let mut out: Vec<u64> = (1..=LINEAR_LIMIT_MS / LINEAR_STEP_MS)
-        .map(|i| i * LINEAR_STEP_MS)
-        .collect();
-    let last = delay_bucket(max).unwrap_or(0);
-    let mut k = 1;
-    loop {
-        let step = geometric_step(k);
-        if step > last.max(max_ms) {
-            break;
-        }
-        out.push(step);
-        k += 1;
-    }
-    out
 }
 
 /// Names and declarations of a namespace's exchanges and queues.
@@ -173,6 +140,36 @@ impl Topology {
     /// Work queue of `pool`.
     pub fn work_queue(&self, pool: &str) -> String {
         format!("{}.work.{pool}", self.ns.0)
+    }
+
+    /// The queue hook dispatchers consume: completions and run ends.
+    pub fn hooks_queue(&self) -> String {
+        format!("{}.hooks", self.ns.0)
+    }
+
+    /// Declares the hooks queue and binds it to the events exchange for the kinds hooks fire
+    /// on ([`crate::hooks::ROUTING_KEYS`]); declares the core first. Events published after
+    /// this returns land in it. No dead-letter exchange: its messages are events, not tasks.
+    pub async fn declare_hooks(&self, ch: &Channel) -> Result<()> {
+        self.declare_core(ch).await?;
+        let mut args = quorum_args();
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(HOOKS_DELIVERY_LIMIT),
+        );
+        let queue = self.hooks_queue();
+        declare_queue(ch, &queue, args).await?;
+        for key in crate::hooks::ROUTING_KEYS {
+            ch.queue_bind(
+                queue.as_str().into(),
+                self.events_exchange().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Delay queue holding messages for `bucket_ms`.
@@ -284,6 +281,7 @@ impl Topology {
     pub async fn delete_all(&self, ch: &Channel, pools: &[&str]) -> Result<()> {
         let mut queues: Vec<String> = pools.iter().map(|p| self.work_queue(p)).collect();
         queues.push(self.dlq());
+        queues.push(self.hooks_queue());
         queues.extend(
             delay_ladder(Duration::from_millis(crate::retry::policy::MAX_DELAY_MS))
                 .into_iter()
@@ -348,26 +346,6 @@ fn conflict(kind: &'static str, name: &str, e: lapin::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_stay_within_the_redelivery_tolerance() {
-        assert_eq!(delay_bucket(Duration::from_millis(3)), None);
-        for ms in (10..20_000).step_by(7).chain([3_600_000, 6 * 3_600_000]) {
-            let bucket = delay_bucket(Duration::from_millis(ms)).unwrap() as f64;
-            let err = (bucket - ms as f64).abs();
-            assert!(err <= 0.03 * ms as f64 + 10.0, "{ms} ms -> {bucket} ms");
-        }
-    }
-
-    #[test]
-    fn ladder_covers_every_bucket() {
-        let ladder = delay_ladder(Duration::from_secs(6 * 3600));
-        for ms in (10..6 * 3_600_000).step_by(9_973) {
-            let b = delay_bucket(Duration::from_millis(ms)).unwrap();
-            assert!(ladder.contains(&b), "bucket {b} of {ms} ms missing");
-        }
-        assert!(ladder.len() < 400, "{} delay queues", ladder.len());
-    }
 
     #[test]
     fn names_are_checked() {

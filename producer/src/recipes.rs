@@ -28,7 +28,13 @@ impl fmt::Display for Summary {
             self.recipe.name,
             self.recipe.nodes.len(),
             self.roots.join(", ")
-        )
+        )?;
+        let hooks = &self.recipe.hooks;
+        let count = hooks.on_node_complete.len() + hooks.on_workflow_complete.len();
+        if count > 0 {
+            write!(f, ", hooks: {count}")?;
+        }
+        Ok(())
     }
 }
 
@@ -240,13 +246,19 @@ impl Store<'_> {
         cache: bool,
     ) -> anyhow::Result<(uuid::Uuid, Vec<String>)> {
         // Before the run is stored: without signing keys nothing is stored either.
+        let keyring = self.broker.keyring()?;
         let publisher =
-            amqp::Publisher::for_tasks(conn, self.broker.keyring()?, self.broker.max_message_bytes)
+            amqp::Publisher::for_tasks(conn, keyring.clone(), self.broker.max_message_bytes)
                 .await?;
+        if !summary.recipe.hooks.is_empty() {
+            // Before any root is published: every completion of the run lands in the queue.
+            declare_hooks(conn, self.topology).await?;
+        }
         let (run_id, roots) = within(
             "Redis to store a new run",
             REDIS_OP,
-            self.runs.create(&summary.recipe, params, targets, cache),
+            self.runs
+                .create(&summary.recipe, params, targets, cache, keyring.as_ref()),
         )
         .await??;
         for root in &roots {
@@ -267,6 +279,29 @@ impl Store<'_> {
         }
         Ok((run_id, roots.into_iter().map(|r| r.id).collect()))
     }
+}
+
+/// Declares the hooks queue (bound to the events hooks fire on) on a channel of its own.
+async fn declare_hooks(
+    conn: &lapin::Connection,
+    topology: &secflow_common::Topology,
+) -> anyhow::Result<()> {
+    use secflow_common::deadline::BROKER_OP;
+    let ch = within("a new channel", BROKER_OP, conn.create_channel()).await??;
+    let declared = within(
+        "declaring the hooks queue",
+        BROKER_OP,
+        topology.declare_hooks(&ch),
+    )
+    .await;
+    let _ = within(
+        "closing a channel",
+        BROKER_OP,
+        ch.close(200, "declared".into()),
+    )
+    .await;
+    declared??;
+    Ok(())
 }
 
 /// Publishes the failed nodes of `run` again (or just `node`), with their original task ids;

@@ -34,10 +34,16 @@ pub async fn redis_done_markers(url: &str, ns: &str) -> redis::RedisResult<usize
 }
 
 pub(crate) async fn delete_redis_keys(url: &str, ns: &str) -> redis::RedisResult<()> {
-    let keys = redis_keys(url, ns).await?;
+    let mut keys = redis_keys(url, ns).await?;
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    // Hook delivery markers: `sf:{ns}:hook:…`.
+    let markers: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("sf:{{{ns}}}:*"))
+        .query_async(&mut conn)
+        .await?;
+    keys.extend(markers);
     if !keys.is_empty() {
-        let client = redis::Client::open(url)?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
         redis::cmd("DEL")
             .arg(keys)
             .query_async::<()>(&mut conn)

@@ -121,6 +121,17 @@ pub struct WorkerConfig {
     /// fails, records come from the Redis cache of earlier answers.
     #[arg(long, env = "SECFLOW_CVE_SOURCE")]
     pub cve_source: Option<String>,
+    /// Fleet hooks (YAML, a top-level `hooks:` like a recipe's): webhooks and programs told
+    /// about every completed task and every run's end. Needs a hook secret.
+    #[arg(long = "hooks", env = "SECFLOW_HOOKS")]
+    pub hooks: Option<std::path::PathBuf>,
+    /// Secret that signs webhook requests (`X-SecFlow-Signature`), at least 16 bytes. A worker
+    /// without one delivers no hooks.
+    #[arg(long, env = "SECFLOW_HOOK_SECRET", hide_env_values = true)]
+    pub hook_secret: Option<String>,
+    /// File holding the hook secret (e.g. a mounted Secret); surrounding whitespace is ignored.
+    #[arg(long, env = "SECFLOW_HOOK_SECRET_FILE")]
+    pub hook_secret_file: Option<std::path::PathBuf>,
     /// Fault injection as JSON, e.g. {"fail":{"transient":0.05},"latency_ms":[0,100],
     /// "crash":0.001,"hang":0.001,"types":["builtin.echo"]}. Off unless given.
     #[arg(long, env = "SECFLOW_CHAOS", value_parser = crate::chaos::ChaosConfig::parse)]
@@ -192,6 +203,9 @@ impl WorkerConfig {
             tools: None,
             resources: None,
             cve_source: None,
+            hooks: None,
+            hook_secret: None,
+            hook_secret_file: None,
         }
     }
 

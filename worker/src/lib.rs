@@ -10,6 +10,7 @@ pub mod disposition;
 pub mod events;
 pub mod fingerprint;
 pub mod handlers;
+pub mod hooks;
 pub mod idempotency;
 pub mod meta;
 pub mod observe;

@@ -28,6 +28,12 @@ pub struct WorkerStats {
     pub state_corrupted: AtomicU64,
     /// Settlements whose publish failed, so the delivery was nacked back to the broker.
     pub settle_failures: AtomicU64,
+    /// Hook deliveries made (a 2xx answer, or a hook program that exited 0).
+    pub hooks_delivered: AtomicU64,
+    /// Hook deliveries skipped because their marker says they were made already.
+    pub hooks_skipped: AtomicU64,
+    /// Hook deliveries that failed for good or ran out of attempts (`hook.failed`).
+    pub hooks_failed: AtomicU64,
 }
 
 impl WorkerStats {

@@ -15,6 +15,9 @@
 //!     type: builtin.echo
 //!     inputs: { robots: fetch.body }
 //!     config: { text: "${inputs.robots}" }
+//! hooks:
+//!   on_workflow_complete:
+//!     - url: "https://hooks.example.com/secflow"
 //! ```
 //!
 //! `inputs` is either a map (input name → `node.output`) or, as the published schema writes it,
@@ -55,6 +58,9 @@ pub struct Recipe {
     pub parameters: BTreeMap<String, Parameter>,
     /// The nodes.
     pub nodes: Vec<NodeSpec>,
+    /// Webhooks and programs told about this run's node completions and its end.
+    #[serde(default)]
+    pub hooks: crate::hooks::HooksSpec,
 }
 
 /// A recipe parameter.

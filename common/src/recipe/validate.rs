@@ -148,6 +148,9 @@ pub fn validate_with(
             );
         }
     }
+    for problem in recipe.hooks.problems() {
+        err(None, &problem.field, problem.message);
+    }
     if let Some(cycle) = find_cycle(&recipe.nodes, &by_id) {
         err(
             Some(&cycle[0]),
@@ -319,96 +322,4 @@ fn list<'a>(names: impl IntoIterator<Item = &'a String>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::recipe::parse;
-
-    fn check(yaml: &str) -> Vec<String> {
-        let recipe = parse("r.yaml", yaml).unwrap();
-        validate("r.yaml", &recipe, &BTreeMap::new())
-            .iter()
-            .map(ToString::to_string)
-            .collect()
-    }
-
-    const HEAD: &str = "version: 1\nname: t\nparameters:\n  target: {default: 'http://127.0.0.1:8080'}\n  delay: {}\nnodes:\n";
-
-    #[test]
-    fn a_diamond_is_valid() {
-        let yaml = format!(
-            "{HEAD}  - {{id: a, type: http, config: {{url: '${{params.target}}'}}, outputs: [body]}}\n  - {{id: b, type: builtin.echo, inputs: {{x: a.body}}, outputs: [out]}}\n  - {{id: c, type: builtin.echo, inputs: {{x: a.body}}, outputs: [out]}}\n  - {{id: d, type: builtin.echo, inputs: {{l: b.out, r: c.out}}, config: {{text: '${{inputs.l}} ${{inputs.r}}'}}}}\n"
-        );
-        assert_eq!(check(&yaml), Vec::<String>::new());
-    }
-
-    #[test]
-    fn names_the_cycle() {
-        let yaml = format!(
-            "{HEAD}  - {{id: a, type: builtin.echo, inputs: {{x: c.o}}, outputs: [o]}}\n  - {{id: b, type: builtin.echo, inputs: {{x: a.o}}, outputs: [o]}}\n  - {{id: c, type: builtin.echo, inputs: {{x: b.o}}, outputs: [o]}}\n"
-        );
-        let errors = check(&yaml);
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(
-            errors[0].contains("forms a cycle") && errors[0].matches('→').count() == 3,
-            "{}",
-            errors[0]
-        );
-    }
-
-    #[test]
-    fn every_problem_is_named_with_node_and_field() {
-        let yaml = format!(
-            "{HEAD}  - {{id: a, type: scan.magic}}\n  - {{id: a, type: builtin.echo}}\n  - {{id: b, type: builtin.echo, inputs: {{x: z.out, y: a.nothing}}, config: {{t: '${{inputs.w}} ${{params.nope}} ${{env.X}}'}}}}\n  - {{id: c, type: builtin.sleep, config: {{ms: '${{params.delay}}'}}}}\n  - {{id: d, type: exec, config: {{argv: []}}, timeout: 2h, when: always}}\n"
-        );
-        let errors = check(&yaml).join("\n");
-        for expected in [
-            "node `a`: type: unknown node type `scan.magic`",
-            "node `a`: id: is used by more than one node",
-            "node `b`: inputs.x: `z.out`: there is no node `z`",
-            "node `b`: inputs.y: `a.nothing`: node `a` declares no output `nothing`",
-            "node `b`: config.t: `${inputs.w}`: the node declares no input `w`",
-            "node `b`: config.t: `${params.nope}`: the recipe declares no parameter `nope`",
-            "node `b`: config.t: `${env.X}` is not a reference",
-            "node `c`: config.ms: `${params.delay}` has no value",
-            "node `d`: config: exec: invalid config: argv must name a program",
-            "node `d`: timeout: `2h` must be between 1 ms and 25 m",
-            "node `d`: when: `always` runs a node after its upstreams end",
-        ] {
-            assert!(
-                errors.contains(expected),
-                "missing `{expected}` in:\n{errors}"
-            );
-        }
-    }
-
-    #[test]
-    fn parameters_fill_in_before_configs_are_checked() {
-        let recipe = parse(
-            "r.yaml",
-            &format!(
-                "{HEAD}  - {{id: s, type: builtin.sleep, config: {{ms: '${{params.delay}}'}}}}\n"
-            ),
-        )
-        .unwrap();
-        let mut params = BTreeMap::new();
-        params.insert("delay".to_string(), Value::from(25));
-        assert!(validate("r.yaml", &recipe, &params).is_empty());
-        params.insert("delay".to_string(), Value::from("soon"));
-        let errors = validate("r.yaml", &recipe, &params);
-        assert!(
-            errors[0]
-                .to_string()
-                .contains("node `s`: config: builtin.sleep: invalid config"),
-            "{errors:?}"
-        );
-    }
-
-    #[test]
-    fn bad_yaml_is_an_error_with_its_position() {
-        let e = parse("r.yaml", "version: 1\nnodes: [ {id: a\n").unwrap_err();
-        assert!(
-            e.to_string().starts_with("r.yaml: not a valid recipe:"),
-            "{e}"
-        );
-    }
-}
+mod tests;

@@ -4,7 +4,10 @@
 //! that worker then publishes. Every key of a run shares one hash tag, so the script is atomic
 //! on Redis Cluster too.
 
-use crate::recipe::{Recipe, When, substitute_params};
+use crate::{
+    hooks::SealedHooks,
+    recipe::{Recipe, When, substitute_params},
+};
 use deadpool_redis::{
     Pool,
     redis::{AsyncCommands, Script},
@@ -92,13 +95,14 @@ impl RunStore {
 
     /// Stores a new run of a validated `recipe` about `targets` and returns its id and its
     /// root nodes. `cache` lets cached outputs stand in for running nodes (`--no-cache` turns
-    /// it off).
+    /// it off). The recipe's hooks are stored sealed with `signer` ([`SealedHooks`]).
     pub async fn create(
         &self,
         recipe: &Recipe,
         params: &BTreeMap<String, Value>,
         targets: &[String],
         cache: bool,
+        signer: Option<&crate::signing::Keyring>,
     ) -> Result<(Uuid, Vec<StoredNode>), RunError> {
         let run_id = Uuid::now_v7();
         let value_of = |name: &str| {
@@ -192,6 +196,13 @@ impl RunStore {
         .hset(&state, "_run", "running")
         .hset(&state, "_name", &recipe.name);
         pipe.hset(&state, "_created_at", crate::now_ms());
+        if !recipe.hooks.is_empty() {
+            let hooks = self.key(&run_id.to_string(), "hooks");
+            let sealed = SealedHooks::seal(&recipe.hooks, &run_id.to_string(), signer)
+                .and_then(|sealed| serde_json::to_string(&sealed))
+                .map_err(|e| RunError::Corrupt(format!("hooks: {e}")))?;
+            pipe.set(&hooks, sealed).expire(hooks, RUN_TTL_SECS);
+        }
         for key in self
             .keys(&run_id.to_string())
             .into_iter()
@@ -206,6 +217,14 @@ impl RunStore {
             .filter(|n| n.inputs.is_empty() && !n.compensation)
             .collect();
         Ok((run_id, roots))
+    }
+
+    /// The hooks `run` was submitted with, still sealed (`None`: none, or the run is unknown).
+    pub async fn hooks(&self, run: &str) -> Result<Option<SealedHooks>, RunError> {
+        let mut conn = self.pool.get().await?;
+        let raw: Option<String> = conn.get(self.key(run, "hooks")).await?;
+        raw.map(|r| serde_json::from_str(&r).map_err(|e| RunError::Corrupt(format!("hooks: {e}"))))
+            .transpose()
     }
 
     /// Records that `node` ended (`ok` with `output`, or failed) and returns the dependents
@@ -400,6 +419,7 @@ impl RunStore {
         let mut conn = self.pool.get().await?;
         let mut keys = self.keys(run).to_vec();
         keys.push(self.key(run, "nodes"));
+        keys.push(self.key(run, "hooks"));
         conn.del::<_, ()>(keys).await?;
         Ok(())
     }

@@ -8,6 +8,7 @@ mod tool;
 
 pub use enrich::CveSource;
 pub use exec::{Ended, ExecPolicy, Program, Workdir, run_in};
+pub(crate) use http::parse_retry_after;
 pub use tool::default_policy as tool_policy;
 
 use crate::{checkpoint::Checkpoint, classify::Classifier};
@@ -47,6 +48,7 @@ pub struct Handlers {
 }
 
 /// What tool nodes and `enrich.cve` need besides the generic handlers.
+#[derive(Default)]
 pub struct Tooling {
     /// Tool definitions by node type (built-ins merged with `--tools`).
     pub tools: ToolSet,
@@ -175,6 +177,38 @@ impl Handlers {
                 )),
             },
         }
+    }
+}
+
+impl Handlers {
+    /// Runs an exec hook: `argv` through the same path as `exec` tasks (this pool's allowlist,
+    /// scrubbed environment, private directory `{label}-…`, process group killed on timeout
+    /// and with the worker), `stdin` on its standard input. Exit 0 is success.
+    pub async fn run_hook_program(
+        &self,
+        label: &str,
+        argv: &[String],
+        stdin: &[u8],
+        timeout: Duration,
+    ) -> Result<Value, TaskError> {
+        let cfg = secflow_common::nodes::ExecConfig {
+            argv: argv.to_vec(),
+            env: BTreeMap::new(),
+            cwd: None,
+        };
+        let limits = exec::Limits {
+            timeout,
+            max_output: self.max_output_bytes,
+        };
+        exec::run_program(
+            &self.exec,
+            label,
+            &cfg,
+            Some(stdin),
+            limits,
+            &self.classifier,
+        )
+        .await
     }
 }
 

@@ -1,35 +1,24 @@
 //! The worker loop: consume, run, settle; stop gracefully on the shutdown signal.
 
+mod consume;
 mod isolation;
+mod parts;
 
 use crate::{
-    breaker::Breakers,
-    classify::Classifier,
     config::WorkerConfig,
-    disposition::Disposition,
     events::EventBatcher,
-    handlers::{ExecPolicy, Handlers},
     observe,
-    settle::{DeliveryMeta, Settler},
+    settle::Settler,
     stats::WorkerStats,
-    store::Store,
-    task::{Limits, Shared, process},
+    task::{Limits, Shared},
 };
-use futures_util::StreamExt;
-use isolation::{Isolation, consumer_tag, isolate, next_buffered, subscribe};
-use lapin::{
-    Connection,
-    message::Delivery,
-    options::{BasicCancelOptions, BasicQosOptions},
-};
-use secflow_common::{Topology, amqp, config::redact_url};
-use std::{
-    future::Future,
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use consume::consume;
+use lapin::Connection;
+use parts::Parts;
+use secflow_common::{Topology, amqp};
+use std::{future::Future, sync::Arc, time::Duration};
 use tokio::sync::RwLock;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 /// Why the worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -42,22 +31,9 @@ pub enum WorkerError {
     Broker(#[from] secflow_common::Error),
 }
 
-/// How long hard-stopped tasks get to hand their deliveries back.
-const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Runs a worker until `shutdown` resolves, then drains gracefully and returns.
 pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     run_with_stats(cfg, Arc::default(), shutdown).await
-}
-
-/// The parts of a worker that outlive a broker connection.
-struct Parts {
-    keyring: Option<secflow_common::signing::Keyring>,
-    handlers: Arc<Handlers>,
-    store: Arc<Store>,
-    breakers: Arc<Breakers>,
-    runs: Arc<secflow_common::runs::RunStore>,
-    cancels: Arc<crate::workflow::RunCancels>,
 }
 
 /// [`run`], counting settlements into `stats`. A lost broker connection is re-established
@@ -70,77 +46,18 @@ pub async fn run_with_stats(
 ) -> Result<(), WorkerError> {
     cfg.validate().map_err(WorkerError::Config)?;
     secflow_common::redact::install(&cfg.redact_patterns).map_err(WorkerError::Config)?;
-    let keyring = cfg.broker.keyring()?;
-    if keyring.is_none() {
-        tracing::warn!(
-            "task signing is disabled (--insecure-no-signing): this worker runs unsigned tasks from anyone who can publish"
-        );
-    }
-    let exec_policy = ExecPolicy::new(
-        &cfg.exec_allow,
-        cfg.exec_workdir.clone(),
-        cfg.exec_memory_mb,
-    )
-    .map_err(WorkerError::Config)?;
-    if let Some(chaos) = cfg.chaos.as_ref().filter(|c| c.enabled()) {
-        tracing::warn!(?chaos, "chaos injection is on");
-    }
     let topology = Arc::new(Topology::new(
         cfg.broker.namespace()?,
         cfg.broker.delivery_limit,
     ));
-    let classifier = match &cfg.rules {
-        Some(path) => Classifier::with_file(path).map_err(WorkerError::Config)?,
-        None => Classifier::defaults(),
-    };
-    let store = Store::new(
-        &cfg.broker.redis_url,
-        &cfg.broker.namespace,
-        Arc::clone(&stats),
-    )
-    .map_err(WorkerError::Config)?;
-    if !store.check().await {
-        tracing::warn!(url = %redact_url(&cfg.broker.redis_url), "starting without Redis: local breakers until it answers");
-    }
-    let tools = cfg.tool_set().map_err(WorkerError::Config)?;
-    let runs = Arc::new(
-        secflow_common::runs::RunStore::new(&cfg.broker.redis_url, &cfg.broker.namespace)
-            .map_err(|e| WorkerError::Config(e.to_string()))?,
-    );
-    let tooling = crate::handlers::Tooling {
-        tools,
-        resources: secflow_common::tools::Resources::new(cfg.resources.clone()),
-        cve: Some(crate::handlers::CveSource {
-            url: cfg.cve_source.clone(),
-            cache: Arc::clone(&runs),
-        }),
-    };
     let worker_id = cfg.worker_id();
+    let parts = Parts::build(&cfg, &stats, &worker_id).await?;
     // Other workers take this one's leases over within seconds once these heartbeats stop.
     let stop_heartbeat = CancellationToken::new();
-    store.keep_alive_worker(worker_id.clone(), stop_heartbeat.clone());
+    parts
+        .store
+        .keep_alive_worker(worker_id.clone(), stop_heartbeat.clone());
     let _stop_heartbeat = stop_heartbeat.drop_guard();
-    let parts = Parts {
-        keyring,
-        handlers: Arc::new(
-            Handlers::new(
-                cfg.max_output_bytes,
-                classifier,
-                exec_policy,
-                cfg.handler_versions.iter().cloned().collect(),
-                tooling,
-            )
-            .map_err(WorkerError::Config)?,
-        ),
-        breakers: Arc::new(Breakers::new(
-            Arc::clone(&store),
-            cfg.breaker_default.clone(),
-            cfg.breakers.iter().cloned().collect(),
-        )),
-        runs,
-        cancels: Arc::default(),
-        store,
-    };
     let stop_endpoints = CancellationToken::new();
     if let Some(addr) = cfg.metrics_addr {
         observe::serve(
@@ -249,9 +166,6 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> Result<T, Worker
     Ok(secflow_common::deadline::within(what, SETUP_TIMEOUT, fut).await?)
 }
 
-/// How long tasks of a lost connection get to notice before the worker reconnects without them.
-const LOST_TASKS_WAIT: Duration = Duration::from_secs(1);
-
 /// Longest wait for the broker to confirm a channel or connection close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -275,6 +189,9 @@ async fn session(
         topology
             .declare_pool(&declare, &cfg.pool, &cfg.bind)
             .await?;
+        if parts.hooks.has_fleet_hooks() {
+            topology.declare_hooks(&declare).await?;
+        }
         let _ = declare.close(200, "declared".into()).await;
         let events = amqp::Publisher::new(conn)
             .await?
@@ -290,11 +207,12 @@ async fn session(
         () = shutdown.as_mut() => return Ok(()),
     };
     let (suspects, suspects_rx) = tokio::sync::mpsc::unbounded_channel();
+    let events = EventBatcher::start(events, topology.events_exchange());
     let shared = Arc::new(Shared {
         suspects,
         handlers: Arc::clone(&parts.handlers),
         settler: Settler {
-            events: EventBatcher::start(events, topology.events_exchange()),
+            events: events.clone(),
             publisher,
             topology: Arc::clone(topology),
             worker_id: worker_id.to_string(),
@@ -323,140 +241,30 @@ async fn session(
         max_message_bytes: cfg.broker.max_message_bytes,
         chaos: cfg.chaos.clone().filter(crate::chaos::ChaosConfig::enabled),
     });
-    consume(conn, cfg, &queue, &shared, suspects_rx, shutdown).await
-}
-
-async fn consume(
-    conn: &Connection,
-    cfg: &WorkerConfig,
-    queue: &str,
-    shared: &Arc<Shared>,
-    mut suspects: tokio::sync::mpsc::UnboundedReceiver<Delivery>,
-    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Result<(), WorkerError> {
-    let mut tag = consumer_tag(&shared.settler.worker_id);
-    let setup = within("opening the consumer", async {
-        let channel = conn
-            .create_channel()
-            .await
-            .map_err(secflow_common::Error::from)?;
-        channel
-            .basic_qos(cfg.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(secflow_common::Error::from)?;
-        let consumer = subscribe(&channel, queue, &tag).await?;
-        Ok::<_, WorkerError>((channel, consumer))
-    });
-    let (channel, mut consumer) = tokio::select! {
-        r = setup => r??,
-        () = shutdown.as_mut() => return Ok(()),
-    };
-    let stats = &shared.settler.stats;
-    stats.consuming.store(true, Ordering::SeqCst);
-    tracing::info!(worker = %shared.settler.worker_id, queue, prefetch = cfg.prefetch, "worker consuming");
-    let tracker = TaskTracker::new();
-    // The consumer stream does not always end when the server closes the connection; the
-    // connection's own events say so.
-    let mut connection_events = conn.events_listener();
-    let outcome = loop {
-        let suspect = tokio::select! {
-            () = &mut shutdown => break Ok(()),
-            event = connection_events.next() => match event {
-                Some(lapin::Event::Error(e)) => break Err(WorkerError::Broker(e.into())),
-                Some(_) => continue,
-                None => break Err(WorkerError::Broker(secflow_common::Error::ConnectionLost("consuming (the connection's event stream ended)".into()))),
-            },
-            Some(suspect) = suspects.recv() => suspect,
-            next = consumer.next() => match next {
-                // Without Redis there is no evidence of what killed a worker: a delivery that
-                // was never settled is taken for a suspect, as the broker's count is all there is.
-                Some(Ok(delivery)) if shared.store.is_degraded() && DeliveryMeta::read(&delivery, shared.keyring.as_ref()).is_suspect() => delivery,
-                Some(Ok(delivery)) => {
-                    let shared = Arc::clone(shared);
-                    tracker.spawn(async move { process(&shared, delivery, false).await });
-                    continue;
-                }
-                Some(Err(e)) => break Err(WorkerError::Broker(e.into())),
-                // The broker cancelled the consumer (queue deleted, node restarted): start over.
-                None => break Err(WorkerError::Broker(secflow_common::Error::ConnectionLost("consuming (the broker cancelled the consumer)".into()))),
-            },
+    // The hook dispatcher runs beside the consumer: it stops consuming on the same signal and
+    // finishes its deliveries within the same grace period; a lost connection ends it at once.
+    let (stop_hooks, abort_hooks) = (CancellationToken::new(), CancellationToken::new());
+    let tasks = async {
+        let signalled = async {
+            shutdown.as_mut().await;
+            stop_hooks.cancel();
         };
-        match isolate(
-            &channel,
-            &tag,
-            &mut consumer,
-            suspect,
-            shared,
-            &tracker,
-            shutdown.as_mut(),
-            &mut connection_events,
-        )
-        .await
-        {
-            Isolation::Done => {
-                // A fresh tag: RabbitMQ 3.10 can fail a channel that reuses a cancelled one.
-                tag = consumer_tag(&shared.settler.worker_id);
-                consumer = within("subscribing again", subscribe(&channel, queue, &tag)).await??;
-                stats.consuming.store(true, Ordering::SeqCst);
-            }
-            Isolation::Shutdown => break Ok(()),
-            Isolation::Lost(e) => break Err(e),
+        tokio::pin!(signalled);
+        let outcome = consume(conn, cfg, &queue, &shared, suspects_rx, signalled).await;
+        if outcome.is_err() {
+            abort_hooks.cancel();
         }
+        stop_hooks.cancel();
+        outcome
     };
-    stats.consuming.store(false, Ordering::SeqCst);
-    if outcome.is_err() {
-        // The channel is gone: no in-flight delivery can be settled, the broker redelivers
-        // them all. Stop their handlers now rather than run them for nothing.
-        shared.hard_stop.cancel();
-    }
-    tracing::info!(
-        in_flight = tracker.len(),
-        grace_secs = cfg.grace_secs,
-        "stopping: no new deliveries, finishing in-flight tasks"
+    let hooks = crate::hooks::dispatch(
+        conn,
+        topology,
+        Arc::clone(&parts.hooks),
+        events,
+        &stop_hooks,
+        &abort_hooks,
+        Duration::from_secs(cfg.grace_secs),
     );
-    let _ = tokio::time::timeout(
-        CLOSE_TIMEOUT,
-        channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
-    )
-    .await;
-    // Deliveries already prefetched but not started go straight back, as fresh copies: a
-    // nack would count as a failed delivery and bring them nearer the delivery limit.
-    // (On a lost connection they are redelivered anyway.)
-    while outcome.is_ok()
-        && let Some(delivery) = next_buffered(&mut consumer).await
-    {
-        let meta = DeliveryMeta::read(&delivery, shared.keyring.as_ref());
-        shared
-            .settler
-            .settle(&delivery, None, &meta, Disposition::HandBack, None)
-            .await;
-    }
-    tracker.close();
-    if outcome.is_err() {
-        // Nothing in flight can be settled on a dead channel; their deliveries are already on
-        // their way back to the queue. Waiting for them (a publish that never gets its confirm)
-        // would only keep the worker from reconnecting: give them a moment, then leave them.
-        if tokio::time::timeout(LOST_TASKS_WAIT, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                unfinished = tracker.len(),
-                "not waiting for tasks of the lost connection"
-            );
-        }
-    } else if tokio::time::timeout(Duration::from_secs(cfg.grace_secs), tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            unfinished = tracker.len(),
-            "grace period over: handing unfinished tasks back to the queue"
-        );
-        shared.hard_stop.cancel();
-        let _ = tokio::time::timeout(HAND_BACK_TIMEOUT, tracker.wait()).await;
-    }
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "worker stopped".into())).await;
-    tracing::info!("consumer stopped");
-    outcome
+    tokio::join!(tasks, hooks).0
 }

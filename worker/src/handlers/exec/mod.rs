@@ -141,6 +141,35 @@ pub async fn run(
     classifier: &Classifier,
 ) -> Result<Value, TaskError> {
     let cfg: ExecConfig = parse_config("exec", config)?;
+    let limits = Limits {
+        timeout,
+        max_output,
+    };
+    run_program(policy, task_id, &cfg, None, limits, classifier).await
+}
+
+/// How long a program may run and how much of its output is kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Past this, its process group is killed.
+    pub timeout: Duration,
+    /// Bytes of stdout and of stderr kept.
+    pub max_output: usize,
+}
+
+/// Runs `cfg` under `policy`, feeding it `stdin` (else `/dev/null`): the one spawning path of
+/// `exec` tasks and exec hooks. Its exit code, captured output and resource usage.
+pub async fn run_program(
+    policy: &ExecPolicy,
+    task_id: &str,
+    cfg: &ExecConfig,
+    stdin: Option<&[u8]>,
+    Limits {
+        timeout,
+        max_output,
+    }: Limits,
+    classifier: &Classifier,
+) -> Result<Value, TaskError> {
     let Some((program, args)) = cfg.argv.split_first() else {
         return Err(TaskError::validation(
             "invalid_config",
@@ -153,7 +182,7 @@ pub async fn run(
         args,
         env: &cfg.env,
         cwd: cfg.cwd.as_deref(),
-        stdin: None,
+        stdin: stdin.map(<[u8]>::to_vec),
         read_back: None,
     };
     let done = match run_in(policy, &workdir, run, timeout, max_output, classifier).await? {

@@ -119,3 +119,43 @@ async fn reports_cpu_time_and_peak_memory_of_the_program() {
     );
     assert_eq!(out["exit_code"], 0);
 }
+
+/// Proves: a program gets its stdin (an exec hook's event), and one that never reads a large
+/// stdin neither hangs nor fails for it.
+#[tokio::test]
+async fn stdin_is_fed_and_may_be_ignored() {
+    let limits = Limits {
+        timeout: T,
+        max_output: 1 << 20,
+    };
+    let cfg = |script: &str| ExecConfig {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        env: BTreeMap::new(),
+        cwd: None,
+    };
+    let policy = ExecPolicy::any();
+    let classifier = Classifier::defaults();
+    let out = run_program(
+        &policy,
+        "t",
+        &cfg("cat"),
+        Some(b"{\"kind\":1}"),
+        limits,
+        &classifier,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["stdout"], "{\"kind\":1}");
+    let big = vec![b'x'; 4 << 20];
+    let out = run_program(
+        &policy,
+        "t",
+        &cfg("exit 0"),
+        Some(&big),
+        limits,
+        &classifier,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["exit_code"], 0);
+}
