@@ -9,8 +9,14 @@ cargo build --workspace --bins --quiet
 export SECFLOW_NAMESPACE="${SECFLOW_NAMESPACE:-demo}" SECFLOW_LOG_FORMAT=text RUST_LOG=warn
 # Tasks are signed: a fresh key for this demo's producer and workers (ID:SECRET).
 export SECFLOW_SIGNING_KEY="${SECFLOW_SIGNING_KEY:-demo:$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')}"
-# What `exec` tasks may run here; /no/such/scanner below is refused as a security failure.
-export SECFLOW_EXEC_ALLOW="${SECFLOW_EXEC_ALLOW:-uname,python3}"
+# What `exec` tasks and tool nodes may run here; /no/such/scanner below is refused as a security
+# failure. The scanners are stand-ins (tests/standins/) that print the real tools' output formats:
+# feroxbuster and nuclei are not installed here. Put the real ones on the allowlist to scan for real.
+standins="$PWD/tests/standins"
+export SECFLOW_EXEC_ALLOW="${SECFLOW_EXEC_ALLOW:-uname,python3,$standins/feroxbuster,$standins/nuclei}"
+# Where res://NAME:TAG settings resolve, and the CVE service enrich.cve asks (served below).
+export SECFLOW_RESOURCES="${SECFLOW_RESOURCES:-$PWD/recipes/resources}"
+export SECFLOW_CVE_SOURCE="${SECFLOW_CVE_SOURCE:-http://127.0.0.1:18082}"
 bin=target/debug
 work=$(mktemp -d)
 pids=()
@@ -25,6 +31,9 @@ echo "== local HTTP target on 127.0.0.1:18080"
 mkdir -p "$work/site" && echo '{"service":"demo target","status":"up"}' > "$work/site/health.json"
 printf 'User-agent: *\nDisallow: /admin/\n' > "$work/site/robots.txt"
 python3 -m http.server 18080 --bind 127.0.0.1 --directory "$work/site" >/dev/null 2>&1 & pids+=($!)
+echo "== local CVE service on 127.0.0.1:18082 (GET /CVE-ID)"
+mkdir -p "$work/cve" && echo '{"cvss": 6.1, "summary": "demo record: reflected XSS in the stand-in app"}' > "$work/cve/CVE-2024-1001"
+python3 -m http.server 18082 --bind 127.0.0.1 --directory "$work/cve" >/dev/null 2>&1 & pids+=($!)
 
 echo "== two workers on namespace $SECFLOW_NAMESPACE"
 $bin/worker --worker-id demo-w1 2>"$work/w1.log" & pids+=($!)
@@ -58,6 +67,16 @@ echo "== a workflow: recipes/web-discovery.yaml (discovery -> probes -> enrichme
 echo "   the enrichment service (127.0.0.1:18081) is down on purpose: the node is optional, so the run ends partial"
 $bin/producer validate recipes/web-discovery.yaml
 run=$($bin/producer submit recipes/web-discovery.yaml --no-cache --wait --timeout 60 2>/dev/null || true)
+$bin/producer status "$run" || true
+
+echo
+echo "== the published recipe: recipes/owasp-top10.yaml (discovery.ferox -> scan.nuclei -> enrich.cve), target 127.0.0.1:18080"
+$bin/producer validate recipes/owasp-top10.yaml --resources recipes/resources
+$bin/producer events --trace --idle-exit 3 > "$work/trace.log" & trace=$!
+sleep 0.5
+run=$($bin/producer submit recipes/owasp-top10.yaml --target http://127.0.0.1:18080 --no-cache --wait --timeout 60 2>/dev/null || true)
+wait "$trace" || true
+grep -v "^\[.*\] \(run\.\|hook\.\)" "$work/trace.log" || true
 $bin/producer status "$run" || true
 
 echo

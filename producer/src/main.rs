@@ -115,6 +115,10 @@ enum Command {
         /// Print the events as JSON lines.
         #[arg(long)]
         json: bool,
+        /// Print a run's execution trace instead (`[time] Node scan.nuclei completed
+        /// (findings=3) [scan]`).
+        #[arg(long, conflicts_with = "json")]
+        trace: bool,
     },
 }
 
@@ -248,17 +252,28 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&status)?);
             } else {
                 println!(
-                    "run {} {}{}",
+                    "run {} {}{}, findings={}",
                     status.run_id,
                     status.status,
                     status
                         .blocking_node
                         .as_ref()
                         .map(|n| format!(" (blocked by `{n}`)"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    status.findings
                 );
                 for (node, state) in &status.nodes {
-                    println!("  {node:<30} {state}");
+                    let mut line = format!("  {node:<30} {state:<10}");
+                    if let Some(n) = status.node_findings.get(node) {
+                        line.push_str(&format!(" findings={n}"));
+                    }
+                    if let Some(up) = status.blocked_by.get(node) {
+                        line.push_str(&format!(" blocked by `{up}`"));
+                    }
+                    if let Some(why) = status.errors.get(node) {
+                        line.push_str(&format!(" {why}"));
+                    }
+                    println!("{}", line.trim_end());
                 }
             }
         }
@@ -287,11 +302,14 @@ async fn main() -> anyhow::Result<()> {
             pattern,
             idle_exit,
             json,
+            trace,
         } => {
             let idle = idle_exit.map(std::time::Duration::from_secs);
             secflow_producer::events::follow(&cli.broker, &pattern, idle, ctrl_c(), |event| {
                 if json {
                     println!("{}", serde_json::to_string(event).unwrap_or_default());
+                } else if trace {
+                    println!("{}", secflow_producer::events::trace_line(event));
                 } else {
                     println!("{}", secflow_producer::events::describe(event));
                 }

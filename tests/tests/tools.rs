@@ -360,3 +360,50 @@ async fn a_declared_output_that_is_not_produced_fails_the_node() {
     assert_eq!(status.nodes["b"], "skipped");
     let _ = std::fs::remove_file(recipe);
 }
+
+/// Proves: a worker's `/metrics` has the per-node metrics of a tool node: its duration
+/// histogram by type and outcome, findings by type and severity, exit status, cache misses.
+#[tokio::test(flavor = "multi_thread")]
+async fn tool_nodes_are_measured_per_node_type() {
+    let ns = TestNs::new().await;
+    let port = secflow_tests::free_port();
+    let nuclei = repo("tests/standins/nuclei").display().to_string();
+    let resources = repo("recipes/resources").display().to_string();
+    let mut worker = ns.spawn_worker_process(&[
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+        "--exec-allow",
+        &nuclei,
+        "--resources",
+        &resources,
+    ]);
+    let recipe = recipe_file(
+        &ns,
+        "measured",
+        "version: \"1.0\"\nname: measured\nnodes:\n  - { id: scan, type: scan.nuclei, config: { templates: \"res://templates/owasp-top10:latest\" }, outputs: [findings] }\n",
+    );
+    let targets: Vec<String> = (1..=5)
+        .map(|i| format!("http://127.0.0.1:18080/{i}"))
+        .collect();
+    let submitted = run_recipe(&ns, &recipe, &targets, &catalog()).await;
+    assert_eq!(submitted.status.as_deref(), Some("succeeded"));
+    let (_, metrics) = secflow_tests::http_get(port, "/metrics").await.unwrap();
+    secflow_tests::stop_gracefully(&mut worker).await;
+    let has = |needle: &str| {
+        assert!(
+            metrics.lines().any(|l| l.contains(needle)),
+            "no `{needle}` in /metrics:\n{metrics}"
+        );
+    };
+    has(r#"secflow_node_duration_seconds_bucket{type="scan.nuclei",outcome="completed",le="0.5"}"#);
+    has(r#"secflow_node_duration_seconds_count{type="scan.nuclei",outcome="completed"} 1"#);
+    // Severities of the stand-in's five findings cycle through all five.
+    for severity in ["info", "low", "medium", "high", "critical"] {
+        has(&format!(
+            r#"secflow_node_findings_total{{type="scan.nuclei",severity="{severity}"}} 1"#
+        ));
+    }
+    has(r#"secflow_node_exit_status_total{type="scan.nuclei",status="0"} 1"#);
+    has(r#"secflow_node_cache_total{type="scan.nuclei",result="miss"} 1"#);
+    let _ = std::fs::remove_file(recipe);
+}
