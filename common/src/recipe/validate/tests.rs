@@ -115,3 +115,26 @@ fn bad_yaml_is_an_error_with_its_position() {
         "{e}"
     );
 }
+
+#[test]
+fn the_published_schema_validates_and_other_major_versions_are_refused() {
+    let published = "version: \"1.0\"\nname: \"OWASP Top 10 Scan\"\ndescription: \"d\"\nnodes:\n  - { id: discovery, type: discovery.ferox, config: { wordlist: \"res://wordlists/dirb:latest\", threads: 50 }, outputs: [urls] }\n  - { id: scan, type: scan.nuclei, inputs: [urls], config: { templates: \"res://templates/owasp-top10:latest\", rate_limit: 150 }, outputs: [findings] }\n  - { id: enrich, type: enrich.cve, inputs: [findings], config: { sources: [nvd, osv, exploitdb] }, outputs: [enriched_findings] }\n";
+    assert_eq!(check(published), Vec::<String>::new());
+    let errors = check(&published.replace("\"1.0\"", "\"2.0\""));
+    assert_eq!(
+        errors,
+        vec!["r.yaml: version: unsupported recipe version 2.0 (this build reads 1.x)"]
+    );
+    let errors = check(&published.replace("threads: 50", "threads: 5000"));
+    assert!(
+        errors.len() == 1 && errors[0].starts_with("r.yaml: node `discovery`: config:"),
+        "{errors:?}"
+    );
+    let errors = check(&published.replace("inputs: [urls]", "inputs: [hosts]"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("Unresolved input 'hosts' in node scan")),
+        "{errors:?}"
+    );
+}
