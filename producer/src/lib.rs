@@ -1,6 +1,7 @@
 //! The SecFlow producer: turns requests into task messages and publishes them with publisher
 //! confirms and `mandatory`, so a task either reaches a work queue or the caller gets an error.
 
+pub mod control;
 pub mod events;
 pub mod follow_run;
 pub mod publish;

@@ -13,15 +13,16 @@ use secflow_common::{
     ErrorClass, TaskEnvelope, TaskError,
     amqp::publish_task,
     events::TaskEvent,
-    runs::{MAX_OUTPUT_BYTES, Rewind, RunError, RunStore},
+    runs::{Rewind, RunError, RunStore},
 };
 use serde_json::json;
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+mod cancels;
+mod checks;
+
+pub use cancels::{RunCancels, listen_for_cancels};
+use checks::{check_and_cache, check_outputs};
 
 /// Dependents published at once after a node ends.
 const PUBLISH_WINDOW: usize = 128;
@@ -166,76 +167,6 @@ pub async fn cached_output(runs: &RunStore, task: &TaskEnvelope) -> Option<serde
     hit
 }
 
-/// Cancellation tokens of the runs this worker has nodes of in flight.
-#[derive(Default)]
-pub struct RunCancels {
-    runs: Mutex<HashMap<Uuid, (CancellationToken, usize)>>,
-}
-
-impl RunCancels {
-    /// A token cancelled if `run` is cancelled while the caller holds it; release with
-    /// [`RunCancels::release`].
-    pub fn enter(&self, run: Uuid) -> CancellationToken {
-        let mut runs = self
-            .runs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = runs
-            .entry(run)
-            .or_insert_with(|| (CancellationToken::new(), 0));
-        entry.1 += 1;
-        entry.0.clone()
-    }
-
-    /// Ends a holder of `run`'s token.
-    pub fn release(&self, run: Uuid) {
-        let mut runs = self
-            .runs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(entry) = runs.get_mut(&run) {
-            entry.1 -= 1;
-            if entry.1 == 0 {
-                runs.remove(&run);
-            }
-        }
-    }
-
-    /// Stops this worker's running nodes of `run`.
-    pub fn cancel(&self, run: Uuid) {
-        let runs = self
-            .runs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((token, n)) = runs.get(&run) {
-            tracing::warn!(%run, running = n, "run cancelled: stopping its running nodes");
-            token.cancel();
-        }
-    }
-}
-
-/// Listens for `run.cancelled` events and stops this worker's running nodes of those runs.
-pub async fn listen_for_cancels(
-    conn: &lapin::Connection,
-    topology: &secflow_common::Topology,
-    cancels: Arc<RunCancels>,
-) -> secflow_common::Result<()> {
-    use futures_util::StreamExt;
-    let ch = conn.create_channel().await?;
-    let mut events = secflow_common::events::subscribe(&ch, topology, "run.cancelled").await?;
-    tokio::spawn(async move {
-        let _ch = ch;
-        while let Some(Ok(delivery)) = events.next().await {
-            for event in secflow_common::events::decode(&delivery.data).unwrap_or_default() {
-                if let Some(run) = event.run_id {
-                    cancels.cancel(run);
-                }
-            }
-        }
-    });
-    Ok(())
-}
-
 /// Moves the run of `task` forward after `disposition`, or turns the disposition into a retry
 /// when the run store cannot be reached (the continuation must not be lost).
 pub async fn advance(
@@ -276,55 +207,6 @@ pub async fn advance(
             unrecorded(runs, run, e, retry)
         }
     }
-}
-
-/// A completed node must produce every output it declares. (A store error here is left to
-/// recording the node's end, which meets it again and retries the node.)
-async fn check_outputs(
-    runs: &RunStore,
-    task: &TaskEnvelope,
-    disposition: Disposition,
-) -> Disposition {
-    let (Disposition::Complete(output), Some(run)) = (&disposition, task.run_id) else {
-        return disposition;
-    };
-    let Ok(nodes) = runs
-        .nodes(&run.to_string(), std::slice::from_ref(&task.node_id))
-        .await
-    else {
-        return disposition;
-    };
-    match nodes
-        .first()
-        .map(|n| secflow_common::runs::missing_outputs(n, output))
-    {
-        Some(missing) if !missing.is_empty() => {
-            tracing::warn!(task_id = %task.task_id, node = %task.node_id, ?missing, "node completed without a declared output: failing it");
-            crate::disposition::missing_output(&task.node_id, &missing, output)
-        }
-        _ => disposition,
-    }
-}
-
-/// A completed node's output must fit in its run; a fitting one is cached for warm re-runs.
-async fn check_and_cache(
-    runs: &RunStore,
-    task: &TaskEnvelope,
-    disposition: Disposition,
-) -> Disposition {
-    let Disposition::Complete(output) = &disposition else {
-        return disposition;
-    };
-    let size = output.to_string().len();
-    if size > MAX_OUTPUT_BYTES {
-        return crate::disposition::output_too_large(&task.node_id, size, MAX_OUTPUT_BYTES);
-    }
-    if task.cache
-        && let Err(e) = runs.cache(&task.cache_key(), output).await
-    {
-        tracing::warn!(task_id = %task.task_id, error = %e, "could not cache the node's output");
-    }
-    disposition
 }
 
 async fn continue_run(

@@ -1,0 +1,72 @@
+//! The settlement's events: a node's start, its end, and what follows it (its run's end).
+
+use super::{DeliveryMeta, MAX_ERROR_MESSAGE, Settler};
+use secflow_common::{
+    TaskEnvelope, TaskError,
+    events::{EventError, TaskEvent},
+};
+
+impl Settler {
+    /// Publishes `event` after the settlement of `task` has published its own event (if that
+    /// fails, the delivery goes back and its redelivery ends the run again).
+    pub fn after_settling(&self, task: uuid::Uuid, event: TaskEvent) {
+        self.follow_ups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(task, event);
+    }
+
+    /// Announces that a workflow node starts (`node.started`), once the broker has confirmed
+    /// it, so it comes before the node's end. A failure is logged: the node runs anyway.
+    pub async fn started(&self, task: &TaskEnvelope, meta: &DeliveryMeta) {
+        if let Err(e) = self.emit("node.started", Some(task), meta, |_| {}).await {
+            tracing::warn!(task_id = %task.task_id, error = %e, "could not announce the node's start");
+        }
+    }
+
+    /// Publishes a lifecycle event with confirms (not mandatory: nobody may be listening), in a
+    /// batch with other events of its kind.
+    pub(super) async fn emit(
+        &self,
+        kind: &str,
+        task: Option<&TaskEnvelope>,
+        meta: &DeliveryMeta,
+        fill: impl FnOnce(&mut TaskEvent),
+    ) -> secflow_common::Result<()> {
+        let mut event = TaskEvent::new(kind, &self.worker_id)
+            .about(task.map(|t| t.task_id), task.and_then(|t| t.run_id));
+        event.node_id = task.map(|t| t.node_id.clone());
+        event.node_type = task.map(|t| t.node_type.clone());
+        event.retry_count = meta.retry_count;
+        event.scheduled_delay_ms = meta.scheduled_delay_ms;
+        event.observed_delay_ms = meta.observed_delay_ms;
+        crate::report::timed(&mut event, meta.report.as_ref());
+        fill(&mut event);
+        self.events
+            .emit(event)
+            .await
+            .map_err(secflow_common::Error::Events)
+    }
+}
+
+pub(super) fn event_error(error: &TaskError) -> EventError {
+    EventError {
+        class: error.class.to_string(),
+        code: error.code.clone(),
+        message: truncate(&error.message),
+    }
+}
+
+/// The message as it may leave the worker: secrets masked, length bounded.
+pub(super) fn truncate(message: &str) -> String {
+    let message = secflow_common::redact::redact(message);
+    let message = message.as_ref();
+    if message.len() <= MAX_ERROR_MESSAGE {
+        return message.to_string();
+    }
+    let mut end = MAX_ERROR_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
