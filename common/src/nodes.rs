@@ -6,6 +6,10 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+mod kinds;
+
+pub use kinds::{OutputKind, argv_index, needs_text, output_kind, textified};
+
 /// Every node type a worker can run.
 pub const KNOWN_TYPES: &[&str] = &[
     "builtin.noop",

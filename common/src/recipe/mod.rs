@@ -23,17 +23,24 @@
 //! `inputs` is either a map (input name → `node.output`) or, as the published schema writes it,
 //! a list of dataset names, each resolved to the one node that lists it in `outputs`
 //! ([`inputs`]).
+//!
+//! Where a config needs text (an `exec` argument, an `http` URL), a structured upstream output
+//! is written with a rendering rule (`${inputs.urls:lines}`, [`rules`]); [`validate`] refuses
+//! one without a rule ([`flow`]).
 
 mod catalog;
 mod cycle;
+mod flow;
 mod inputs;
+pub mod rules;
 pub mod template;
 mod validate;
 mod version;
 
 pub use catalog::Catalog;
 pub use inputs::{InputProblem, Inputs};
-pub use template::{References, references, substitute, substitute_params};
+pub use rules::Rule;
+pub use template::{References, references, rewrite, substitute, substitute_params};
 pub use validate::{RecipeError, validate, validate_with};
 pub use version::{RECIPE_MAJOR, Version};
 

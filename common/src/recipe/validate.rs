@@ -1,7 +1,8 @@
 //! Everything checked before a recipe is published: ids, types, configs, inputs, parameters,
-//! cycles. Errors name the file, the node and the field, and all of them are reported at once.
+//! cycles, data flow ([`super::flow`]). Errors name the file, the node and the field, and all
+//! of them are reported at once.
 
-use super::{Catalog, NodeSpec, RECIPE_MAJOR, Recipe, When, cycle::find_cycle, template};
+use super::{Catalog, NodeSpec, RECIPE_MAJOR, Recipe, When, cycle::find_cycle, flow, template};
 use crate::{duration, nodes};
 use serde_json::Value;
 use std::{
@@ -264,7 +265,18 @@ fn check_node(
         );
     }
     // The config's shape can be checked once parameters are in; input values only exist at run time.
-    let resolved = template::substitute_params(&node.config, value_of);
+    let resolved = nodes::textified(
+        &node.node_type,
+        template::substitute_params(&node.config, value_of),
+    );
+    let scope = flow::Scope {
+        by_id,
+        value_of,
+        catalog,
+    };
+    let flow_refused = flow::check(node, &refs, &resolved, &scope, &mut |field, m| {
+        err(id, field, m)
+    });
     for (field, message) in catalog.check_tool_node(node, &resolved) {
         err(id, &field, message);
     }
@@ -276,6 +288,7 @@ fn check_node(
         );
     }
     if refs.inputs.is_empty()
+        && !flow_refused
         && template::references(&resolved).params.is_empty()
         && let Err(e) = nodes::check_config(&node.node_type, &resolved)
         && nodes::KNOWN_TYPES.contains(&node.node_type.as_str())

@@ -19,7 +19,9 @@ impl RunStore {
         Ok(raw.map(|text| serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
-    /// The task envelope of `node`, its inputs taken from its upstreams' stored outputs.
+    /// The task envelope of `node`, its inputs taken from its upstreams' stored outputs and
+    /// filled into its config (`${inputs.NAME}`, rendered by the reference's rule if it has
+    /// one; scalars in fields that need text become text).
     pub async fn envelope(&self, run: Uuid, node: &StoredNode) -> Result<TaskEnvelope, RunError> {
         let upstreams: Vec<String> = node
             .inputs
@@ -56,7 +58,9 @@ impl RunStore {
             inputs.insert(name.clone(), value.unwrap_or(Value::Null));
         }
         let lookup = |name: &str| inputs.get(name).cloned();
-        let config = substitute(&node.config, "inputs", &lookup);
+        // Rules render structured values as text; `:file` stays for the exec handler.
+        let config =
+            crate::nodes::textified(&node.node_type, substitute(&node.config, "inputs", &lookup));
         if !partial.is_empty() {
             inputs.insert("_partial".into(), Value::Array(partial));
         }

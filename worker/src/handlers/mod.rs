@@ -130,12 +130,16 @@ impl Handlers {
             "builtin.hang" => builtin::hang().await,
             "builtin.batch" => builtin::batch(config, &ctx.checkpoint).await,
             "exec" => {
+                let limits = exec::Limits {
+                    timeout: ctx.timeout,
+                    max_output: self.max_output_bytes,
+                };
                 exec::run(
                     &self.exec,
                     &ctx.task.task_id.to_string(),
                     config,
-                    ctx.timeout,
-                    self.max_output_bytes,
+                    &ctx.task.inputs,
+                    limits,
                     &self.classifier,
                 )
                 .await

@@ -2,7 +2,9 @@
 //! directory, with a scrubbed environment, resource limits, a timeout that kills its whole
 //! process group, bounded output capture, and classified failures. The program and its
 //! group die with the worker, also when the worker is SIGKILLed ([`spawn`], [`reaper`]).
+//! `${inputs.NAME:file}` arguments get the path of a file holding the input ([`files`]).
 
+mod files;
 mod program;
 mod reaper;
 mod spawn;
@@ -12,7 +14,7 @@ pub use program::{Ended, Program, Workdir, run_in};
 use super::parse_config;
 use crate::classify::{Classifier, Failure, io_kind_name};
 use secflow_common::{ErrorClass, TaskError, nodes::ExecConfig};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -132,20 +134,19 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
 }
 
 /// Runs the configured program and returns its exit code, captured output and resource usage.
+/// Its `${inputs.NAME:file}` arguments are written from `inputs` first.
 pub async fn run(
     policy: &ExecPolicy,
     task_id: &str,
     config: &Value,
-    timeout: Duration,
-    max_output: usize,
+    inputs: &Map<String, Value>,
+    limits: Limits,
     classifier: &Classifier,
 ) -> Result<Value, TaskError> {
-    let cfg: ExecConfig = parse_config("exec", config)?;
-    let limits = Limits {
-        timeout,
-        max_output,
-    };
-    run_program(policy, task_id, &cfg, None, limits, classifier).await
+    let mut cfg: ExecConfig = parse_config("exec", config)?;
+    let workdir = Workdir::create(policy, task_id)?;
+    files::write_input_files(&mut cfg.argv, inputs, &workdir)?;
+    run_program_in(policy, &workdir, &cfg, None, limits, classifier).await
 }
 
 /// How long a program may run and how much of its output is kept.
@@ -164,6 +165,19 @@ pub async fn run_program(
     task_id: &str,
     cfg: &ExecConfig,
     stdin: Option<&[u8]>,
+    limits: Limits,
+    classifier: &Classifier,
+) -> Result<Value, TaskError> {
+    let workdir = Workdir::create(policy, task_id)?;
+    run_program_in(policy, &workdir, cfg, stdin, limits, classifier).await
+}
+
+/// [`run_program`] in `workdir`.
+async fn run_program_in(
+    policy: &ExecPolicy,
+    workdir: &Workdir,
+    cfg: &ExecConfig,
+    stdin: Option<&[u8]>,
     Limits {
         timeout,
         max_output,
@@ -176,7 +190,6 @@ pub async fn run_program(
             "exec: config.argv must name a program",
         ));
     };
-    let workdir = Workdir::create(policy, task_id)?;
     let run = Program {
         program,
         args,
@@ -185,7 +198,7 @@ pub async fn run_program(
         stdin: stdin.map(<[u8]>::to_vec),
         read_back: None,
     };
-    let done = match run_in(policy, &workdir, run, timeout, max_output, classifier).await? {
+    let done = match run_in(policy, workdir, run, timeout, max_output, classifier).await? {
         Ended::Finished(done) => done,
         Ended::TimedOut => {
             return Err(TaskError::new(

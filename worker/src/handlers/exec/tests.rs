@@ -5,15 +5,21 @@ use super::*;
 const T: Duration = Duration::from_secs(10);
 
 async fn run_default(config: &Value, timeout: Duration, max: usize) -> Result<Value, TaskError> {
-    run(
-        &ExecPolicy::any(),
-        "t",
-        config,
+    run_with_inputs(config, &Map::new(), timeout, max).await
+}
+
+async fn run_with_inputs(
+    config: &Value,
+    inputs: &Map<String, Value>,
+    timeout: Duration,
+    max_output: usize,
+) -> Result<Value, TaskError> {
+    let limits = Limits {
         timeout,
-        max,
-        &Classifier::defaults(),
-    )
-    .await
+        max_output,
+    };
+    let classifier = Classifier::defaults();
+    run(&ExecPolicy::any(), "t", config, inputs, limits, &classifier).await
 }
 
 #[tokio::test]
@@ -158,4 +164,47 @@ async fn stdin_is_fed_and_may_be_ignored() {
     .await
     .unwrap();
     assert_eq!(out["exit_code"], 0);
+}
+
+/// Proves: `${inputs.NAME:file}` arguments get the path of a file in the task's working
+/// directory holding the input one item a line (objects as JSON), written once per input; the
+/// file goes with the directory; a missing input is a validation error.
+#[tokio::test]
+async fn file_arguments_get_a_file_of_the_input() {
+    let inputs = json!({"urls": ["http://a/1", "http://a/2", {"u": 3}], "body": "one line"});
+    let inputs = inputs.as_object().unwrap().clone();
+    let script = r#"cat "$1"; echo "--"; cat "$2"; echo "--$3--"; echo "$1""#;
+    let config = json!({"argv": ["sh", "-c", script, "_", "${inputs.urls:file}", "${inputs.body:file}", "x=${inputs.urls:file}"]});
+    let out = run_with_inputs(&config, &inputs, T, 4096).await.unwrap();
+    let stdout = out["stdout"].as_str().unwrap();
+    let (shown, path) = stdout.trim_end().rsplit_once('\n').unwrap();
+    assert!(
+        path.starts_with('/') && path.ends_with("/input-urls.txt"),
+        "{stdout}"
+    );
+    assert_eq!(
+        shown,
+        format!("http://a/1\nhttp://a/2\n{{\"u\":3}}\n--\none line\n--x={path}--")
+    );
+    assert!(
+        !std::path::Path::new(path).exists(),
+        "the file went with its directory"
+    );
+    let err = run_with_inputs(
+        &json!({"argv": ["cat", "${inputs.nope:file}"]}),
+        &inputs,
+        T,
+        4096,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (err.class, err.code.as_str()),
+        (ErrorClass::Validation, "missing_input")
+    );
+    assert!(
+        err.message.contains("config.argv[1]") && err.message.contains("`nope`"),
+        "{}",
+        err.message
+    );
 }
