@@ -306,7 +306,7 @@ name: provisioned-scan
 nodes:
   - {{ id: provision, type: builtin.echo, config: {{ sandbox: "sb-42" }}, outputs: [echo], compensate: teardown }}
   - {{ id: scan, type: builtin.fail, inputs: {{ sb: provision.echo }}, config: {{ class: permanent {} }} }}
-  - {{ id: teardown, type: exec, inputs: {{ sb: provision.echo }}, config: {{ argv: ["sh", "-c", "echo '${{inputs.sb}}' >> {}"] }} }}
+  - {{ id: teardown, type: exec, inputs: {{ sb: provision.echo }}, config: {{ argv: ["sh", "-c", "echo '${{inputs.sb:json}}' >> {}"] }} }}
 "#,
             if fail { "" } else { ", times: 0" },
             undone.display()

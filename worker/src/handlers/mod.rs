@@ -97,6 +97,23 @@ impl Handlers {
         &self.tools
     }
 
+    /// The error of a handler of `node_type` stopped at its timeout. A tool node's timeout ends
+    /// the node (the published error table: kill, log, continue the run), whichever deadline
+    /// fired first, the tool's own or the worker's; any other type's is transient.
+    pub fn timed_out(&self, node_type: &str, timeout: Duration) -> TaskError {
+        if self.tools.get(node_type).is_some() {
+            return tool::timed_out(node_type, timeout);
+        }
+        TaskError::new(
+            secflow_common::ErrorClass::Transient,
+            "timeout",
+            format!(
+                "{node_type} did not finish within {} ms",
+                timeout.as_millis()
+            ),
+        )
+    }
+
     /// The timeout a node of `node_type` gets when its task names none: its tool's.
     pub fn default_timeout(&self, node_type: &str) -> Option<Duration> {
         self.tools

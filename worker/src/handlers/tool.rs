@@ -89,16 +89,7 @@ pub async fn run(
         Ended::Finished(done) => done,
         Ended::TimedOut => {
             tracing::warn!(task_id = %task.task_id, node = %task.node_id, tool = def.name(), timeout_ms = own.as_millis() as u64, "tool timed out: process group killed, node failed");
-            return Err(TaskError::new(
-                ErrorClass::Permanent,
-                "timeout",
-                format!(
-                    "{}: `{}` did not finish within {} ms; its process group was killed (a tool timeout is not retried)",
-                    def.name(),
-                    invocation.program,
-                    own.as_millis()
-                ),
-            ));
+            return Err(timed_out(def.name(), own));
         }
     };
     let code = done.status.code();
@@ -126,6 +117,19 @@ pub async fn run(
         o.insert("stdout_truncated".into(), Value::Bool(done.stdout.1));
     }
     Ok(output)
+}
+
+/// A tool node stopped at its timeout: its process group is killed (by dropping the run) and
+/// the node fails at once, not retried, while the rest of its run goes on.
+pub fn timed_out(tool: &str, timeout: Duration) -> TaskError {
+    TaskError::new(
+        ErrorClass::Permanent,
+        "timeout",
+        format!(
+            "{tool} did not finish within {} ms; its process group was killed (a tool timeout is not retried)",
+            timeout.as_millis()
+        ),
+    )
 }
 
 /// A failed run the classifier could not place is, for a tool, a crash or an unexpected exit:

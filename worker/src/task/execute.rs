@@ -139,9 +139,7 @@ async fn run_handler(
         }
     };
     tokio::select! {
-        r = tokio::time::timeout(timeout, handler) => Some(r.unwrap_or_else(|_| Err(TaskError::new(
-            ErrorClass::Transient, "timeout", format!("{} did not finish within {} ms", task.node_type, timeout.as_millis()),
-        )))),
+        r = tokio::time::timeout(timeout, handler) => Some(r.unwrap_or_else(|_| Err(shared.handlers.timed_out(&task.node_type, timeout)))),
         () = keep_alive => None,
         () = async { match cancel { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
             Some(Err(TaskError::new(ErrorClass::Cancelled, "run_cancelled", "its run was cancelled while it ran; stopped")))
