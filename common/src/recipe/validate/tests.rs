@@ -138,3 +138,25 @@ fn the_published_schema_validates_and_other_major_versions_are_refused() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn a_missing_resource_is_named_when_the_resource_directory_is_known() {
+    let dir =
+        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/resources"));
+    let catalog = Catalog {
+        tools: crate::tools::ToolSet::builtin().unwrap(),
+        resources: crate::tools::Resources::new(Some(dir)),
+    };
+    let yaml = "version: \"1.0\"\nname: r\nnodes:\n  - { id: d, type: discovery.ferox, config: { wordlist: \"res://wordlists/dirb:latest\" } }\n  - { id: e, type: discovery.ferox, config: { wordlist: \"res://wordlists/nope:latest\" } }\n";
+    let recipe = parse("r.yaml", yaml).unwrap();
+    let errors: Vec<String> = validate_with("r.yaml", &recipe, &BTreeMap::new(), &catalog)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("r.yaml: node `e`: config.wordlist:")
+            && errors[0].contains("res://wordlists/nope:latest"),
+        "{errors:?}"
+    );
+}
