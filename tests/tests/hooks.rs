@@ -391,3 +391,32 @@ async fn bad_hooks_are_refused_naming_the_field() {
         );
     }
 }
+
+/// Proves: a worker without hooks that looks for the hooks queue (at start and every 30 s,
+/// while it does not exist) keeps its connection: tasks in flight across a look are not handed
+/// back, each runs once. (The look used to close a channel on the worker's own connection,
+/// which the worker took for a lost connection: its tasks went back to the queue.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looking_for_the_hooks_queue_does_not_cost_the_worker_its_connection() {
+    let ns = TestNs::new().await;
+    // Longer than the interval between looks, so at least one happens while they run.
+    let ms = secflow_worker::hooks::CHECK_EVERY.as_millis() as u64 + 2_000;
+    let tasks: Vec<secflow_common::TaskEnvelope> = (0..8)
+        .map(|_| secflow_common::TaskEnvelope::new("builtin.sleep", json!({ "ms": ms })))
+        .collect();
+    secflow_tests::publish(&ns, &tasks).await;
+    let (worker, stats) = spawn_counted(ns.worker_config());
+    wait_for(
+        "all 8 tasks to complete",
+        Duration::from_millis(ms + 30_000),
+        || async { WorkerStats::get(&stats.completed) == 8 },
+    )
+    .await;
+    worker.stop().await;
+    assert_eq!(
+        WorkerStats::get(&stats.handed_back),
+        0,
+        "tasks were handed back"
+    );
+    assert_eq!(WorkerStats::get(&stats.completed), 8);
+}

@@ -96,31 +96,42 @@ pub async fn dispatch(
     }
 }
 
-/// Whether `queue` exists (a passive declare on a channel of its own, which the broker closes
-/// when it does not).
-async fn queue_exists(conn: &Connection, queue: &str) -> bool {
+/// Whether `queue` exists: a passive declare on a short-lived connection of its own. Not on
+/// the worker's connection: the broker answers a missing queue by closing the channel, and
+/// the worker takes an error on its connection for the loss of that connection (it would hand
+/// its tasks back and reconnect every time it looked).
+async fn queue_exists(amqp_url: &str, queue: &str) -> bool {
     let check = async {
-        let ch = conn.create_channel().await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let found = ch
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await;
-        if found.is_ok() {
-            let _ = ch.close(200, "checked".into()).await;
+        let conn = secflow_common::amqp::connect(amqp_url, "secflow-worker-hooks-check", BROKER_OP)
+            .await
+            .map_err(|e| e.to_string())?;
+        let found = async {
+            let ch = conn.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            ch.queue_declare(queue.into(), passive, FieldTable::default())
+                .await
+                .map(drop)
         }
-        found.map(|_| ())
+        .await;
+        let _ = conn.close(200, "checked".into()).await;
+        match found {
+            Ok(()) => Ok(true),
+            Err(e)
+                if matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp)
+                if *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.to_string()),
+        }
     };
     match within("checking for the hooks queue", BROKER_OP, check).await {
-        Ok(Ok(())) => true,
+        Ok(Ok(exists)) => exists,
         Ok(Err(e)) => {
-            let missing = matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp)
-                if *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND));
-            if !missing {
-                tracing::debug!(queue, error = %e, "could not check for the hooks queue");
-            }
+            tracing::debug!(queue, error = %e, "could not check for the hooks queue");
             false
         }
         Err(e) => {
@@ -146,7 +157,7 @@ impl Run<'_> {
     async fn serve(&self, conn: &Connection, queue: &str, channels: &mut Vec<Channel>) {
         let mut warned = false;
         while !self.stop.is_cancelled() {
-            if queue_exists(conn, queue).await {
+            if queue_exists(self.hooks.amqp_url(), queue).await {
                 if self.hooks.can_deliver() {
                     match self.consume(conn, queue, channels).await {
                         Ok(()) => return,

@@ -14,7 +14,7 @@ mod dispatch;
 mod state;
 mod webhook;
 
-pub use dispatch::dispatch;
+pub use dispatch::{CHECK_EVERY, dispatch};
 
 use crate::{config::WorkerConfig, handlers::Handlers, stats::WorkerStats};
 use secflow_common::{
@@ -40,9 +40,15 @@ pub struct Hooks {
     worker_id: String,
     attempts: tokio::sync::Semaphore,
     stats: Arc<WorkerStats>,
+    amqp_url: String,
 }
 
 impl Hooks {
+    /// The broker's URL (the dispatcher checks for its queue on a connection of its own).
+    pub fn amqp_url(&self) -> &str {
+        &self.amqp_url
+    }
+
     /// Reads the fleet hooks (`--hooks`) and the hook secret. A hooks file that cannot be read
     /// or has a problem, a bad secret, or fleet hooks without a secret are configuration
     /// errors: the worker does not start. Runs' own hooks are delivered when sealed with a key
@@ -94,6 +100,7 @@ impl Hooks {
             worker_id: worker_id.to_string(),
             attempts: tokio::sync::Semaphore::new(ATTEMPTS_IN_FLIGHT),
             stats,
+            amqp_url: cfg.broker.amqp_url.clone(),
         })
     }
 
