@@ -17,6 +17,8 @@ for pid in $(pgrep beam.smp 2>/dev/null || true); do
   node=$(tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | sed -n 's/^RABBITMQ_NODENAME=\(sf-[a-z0-9]*@localhost\)$/\1/p' || true)
   if [ -n "$node" ]; then rabbitmqctl -n "$node" -q stop >/dev/null 2>&1 || true; fi
 done
+# The labelled error corpus: fields, classes, no held-out message copied from training.
+python3 tests/corpus/check.py >/dev/null
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The process tests spawn the real binaries.
