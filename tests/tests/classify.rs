@@ -121,7 +121,7 @@ fn classify_command_line() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "validation (code command_not_found, rule command_not_found)"
+        "validation (code command_not_found, rule command_not_found, confidence 1.00, matched rule:command_not_found)"
     );
     let rules = std::env::temp_dir().join(format!("secflow-cli-rules-{}.yaml", std::process::id()));
     std::fs::write(&rules, "version: 1\nrules:\n  - name: scanner_quota\n    class: resource\n    message: 'scan quota'\n").unwrap();
