@@ -1,10 +1,11 @@
 //! Classification of untyped failures (a message, an exit code or signal, an HTTP status, an
 //! io error kind) into recovery classes. Typed errors already carry their class; the rest go
-//! through ordered rules (those of a `--rules` file first, then the built-in
-//! `worker/rules/default.yaml`: security and cancellation, then the structural signals and the
-//! message rules in the order the file gives), and text no rule matches goes to a learned
-//! fallback (`model`), which answers with a confidence and may say `unknown`. Pure: no I/O
-//! once loaded.
+//! through ordered rules, those of a `--rules` file first, then the built-in
+//! `worker/rules/default.yaml`: security, cancellation and TLS messages first, then HTTP
+//! statuses, then the other message rules, exit codes and signals after those more specific
+//! than them (an out-of-memory message beats the SIGABRT or exit 2 it comes with). Text no rule
+//! matches goes to a learned fallback ([`Model`]), which answers with a confidence, may say
+//! `unknown`, and turns a likely security failure into `security`. Pure: no I/O once loaded.
 
 pub mod cli;
 mod features;
