@@ -1,5 +1,6 @@
-//! The built-in classification rules against a labelled corpus of real error messages
-//! (`tests/corpus/errors.yaml`), through `worker classify --stdin --json` as an operator runs it.
+//! The built-in classifier (rules, then the model) against a labelled corpus of real error
+//! messages (`tests/corpus/errors.yaml`), through `worker classify --stdin --json` as an
+//! operator runs it.
 
 use secflow_tests::command;
 use serde::Deserialize;
@@ -93,9 +94,9 @@ fn default_rules_classify_the_corpus() {
     assert!(accuracy >= 97.0, "{accuracy:.1}% < 97%");
 }
 
-/// Reports accuracy on held-out messages the rules were not tuned on, and proves that what the
-/// rules do not recognise falls to `unknown` (retry once, then DLQ) rather than to a wrong
-/// class that would fail fast or retry for nothing.
+/// Reports accuracy on held-out messages the rules were not tuned on (and the model was not
+/// trained on), and proves that what they do not recognise falls to `unknown` (retry once,
+/// then DLQ) rather than to a wrong class that would fail fast or retry for nothing.
 #[test]
 fn default_rules_on_held_out_messages() {
     let corpus: Vec<Labelled> =
@@ -121,7 +122,7 @@ fn classify_command_line() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "validation (code command_not_found, rule command_not_found)"
+        "validation (code command_not_found, rule command_not_found, confidence 1.00, matched rule:command_not_found)"
     );
     let rules = std::env::temp_dir().join(format!("secflow-cli-rules-{}.yaml", std::process::id()));
     std::fs::write(&rules, "version: 1\nrules:\n  - name: scanner_quota\n    class: resource\n    message: 'scan quota'\n").unwrap();

@@ -76,6 +76,10 @@ pub struct WorkerConfig {
     /// Classification rules (YAML), tried before the built-in ones.
     #[arg(long, env = "SECFLOW_RULES")]
     pub rules: Option<String>,
+    /// Classifier model (JSON, as `worker classify --train` writes it) used instead of the
+    /// built-in one for failures no rule matches.
+    #[arg(long, env = "SECFLOW_MODEL")]
+    pub model: Option<String>,
     /// Lease a running task holds in Redis (renewed every third of it), ms.
     #[arg(long, env = "SECFLOW_LEASE_MS", default_value_t = 30_000)]
     pub lease_ms: u64,
@@ -189,6 +193,7 @@ impl WorkerConfig {
             breakers: Vec::new(),
             metrics_addr: None,
             rules: None,
+            model: None,
             lease_ms: 30_000,
             done_ttl_secs: 7 * 24 * 3600,
             max_defers: 200,

@@ -1,12 +1,23 @@
 //! Classification of untyped failures (a message, an exit code or signal, an HTTP status, an
-//! io error kind) into recovery classes, by ordered rules: those of a `--rules` file first,
-//! then the built-in ones (`worker/rules/default.yaml`). Pure: no I/O once loaded.
+//! io error kind) into recovery classes. Typed errors already carry their class; the rest go
+//! through ordered rules, those of a `--rules` file first, then the built-in
+//! `worker/rules/default.yaml`: security, cancellation and TLS messages first, then HTTP
+//! statuses, then the other message rules, exit codes and signals after those more specific
+//! than them (an out-of-memory message beats the SIGABRT or exit 2 it comes with). Text no rule
+//! matches goes to a learned fallback ([`Model`]), which answers with a confidence, may say
+//! `unknown`, and turns a likely security failure into `security`. Pure: no I/O once loaded.
 
+pub mod cli;
+mod features;
+pub mod model;
 mod rules;
+pub mod train;
 
+pub use model::{Contribution, Model, Prediction, Why, round};
 use rules::Rule;
 use secflow_common::{ErrorClass, TaskError};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The built-in rules.
 const DEFAULT_RULES: &str = include_str!("../../rules/default.yaml");
@@ -31,43 +42,98 @@ pub struct Failure {
     pub io_kind: Option<String>,
 }
 
-/// The verdict: class, code and the rule that matched.
+/// The verdict: class, code, what decided it and how sure it is.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Classification {
     /// Recovery class.
     pub class: ErrorClass,
-    /// Code for headers and metrics.
+    /// Code for headers and metrics (`model_<class>` for the model's answers).
     pub code: String,
-    /// Name of the matched rule (`unclassified` when none did).
+    /// Name of the matched rule; `model` for the model's answers, `security_guard` when the
+    /// model overrode a retryable rule, `unclassified` when nothing could judge.
     pub rule: String,
+    /// 1 for a rule; the model's probability of its answer (of its best guess for an
+    /// `unknown` below the threshold); 0 when nothing could judge. 0–1, 3 decimals.
+    pub confidence: f64,
+    /// `rule:NAME`, `model`, or `none`.
+    pub matched: String,
 }
 
-/// Ordered, compiled rules.
+/// Why a classification came out as it did: what the model thinks and the features that
+/// weighed most towards the answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Explanation {
+    /// The answer being explained.
+    pub class: ErrorClass,
+    /// `rule:NAME`, `model`, or `none`.
+    pub matched: String,
+    /// The class the features are shown for: the answer, or the model's best guess when it
+    /// answered `unknown` for want of confidence.
+    pub towards: ErrorClass,
+    /// The model's most likely class (absent without a model or without text).
+    pub model_best: Option<ErrorClass>,
+    /// Its probability.
+    pub model_confidence: Option<f64>,
+    /// The model's probability of `security`.
+    pub model_security: Option<f64>,
+    /// Features that pushed the model most towards the answer, largest first.
+    pub features: Vec<Contribution>,
+}
+
+/// Ordered, compiled rules and the model behind them.
 #[derive(Debug)]
 pub struct Classifier {
     rules: Vec<Rule>,
+    model: Option<Arc<Model>>,
 }
 
 impl Classifier {
-    /// The built-in rules only.
+    /// The built-in rules and the built-in model.
     pub fn defaults() -> Self {
-        // The built-in file is part of the binary and covered by tests.
+        // The built-in files are part of the binary and covered by tests.
         let rules = rules::compile("built-in rules", DEFAULT_RULES).unwrap_or_default();
-        Self { rules }
+        Self {
+            rules,
+            model: Model::embedded(),
+        }
     }
 
-    /// The rules of `path` (tried first), then the built-in ones.
+    /// The rules of `path` (tried first), then the built-in ones, and the built-in model.
     pub fn with_file(path: &str) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read rules file {path}: {e}"))?;
-        let mut rules = rules::compile(path, &text)?;
-        rules.extend(Self::defaults().rules);
-        Ok(Self { rules })
+        Self::new(Some(path), None)
     }
 
-    /// Classifies a failure by the first rule whose every condition holds.
-    pub fn classify(&self, f: &Failure) -> Classification {
-        let hit = self.rules.iter().find(|r| {
+    /// The rules of `rules` (tried first) and the built-in rules; the model of `model`, else
+    /// the built-in one.
+    pub fn new(rules: Option<&str>, model: Option<&str>) -> Result<Self, String> {
+        let mut out = Self::defaults();
+        if let Some(path) = rules {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read rules file {path}: {e}"))?;
+            let mut user = rules::compile(path, &text)?;
+            user.append(&mut out.rules);
+            out.rules = user;
+        }
+        if let Some(path) = model {
+            out.model = Some(Arc::new(Model::load(path)?));
+        }
+        Ok(out)
+    }
+
+    /// The same rules with `model` behind them (`None`: rules only).
+    pub fn with_model(mut self, model: Option<Arc<Model>>) -> Self {
+        self.model = model;
+        self
+    }
+
+    /// The model, if any.
+    pub fn model(&self) -> Option<&Model> {
+        self.model.as_deref()
+    }
+
+    /// The first rule whose every condition holds.
+    fn rule_for(&self, f: &Failure) -> Option<&Rule> {
+        self.rules.iter().find(|r| {
             r.message.as_ref().is_none_or(|re| re.is_match(&f.message))
                 && (r.exit_codes.is_empty()
                     || f.exit_code.is_some_and(|c| r.exit_codes.contains(&c)))
@@ -77,19 +143,96 @@ impl Classifier {
                         .is_some_and(|s| r.http_status.iter().any(|(a, b)| (*a..=*b).contains(&s))))
                 && (r.io_kinds.is_empty()
                     || f.io_kind.as_ref().is_some_and(|k| r.io_kinds.contains(k)))
-        });
-        match hit {
-            Some(r) => Classification {
+        })
+    }
+
+    /// Classifies a failure: by the first rule whose every condition holds, else by the model
+    /// when the message has words, else `unknown`. A rule's retryable answer (transient,
+    /// resource) gives way to `security` when the model answers `security` (likely enough, see
+    /// [`Model::decide`]): a failure that may be an attack is never retried.
+    pub fn classify(&self, f: &Failure) -> Classification {
+        if let Some(r) = self.rule_for(f) {
+            let retryable = matches!(r.class, ErrorClass::Transient | ErrorClass::Resource);
+            let guard = || {
+                let p = self.model.as_ref().and_then(|m| m.predict(f))?;
+                (p.class == ErrorClass::Security).then_some(p)
+            };
+            if let Some(p) = retryable.then(guard).flatten() {
+                return Classification {
+                    class: ErrorClass::Security,
+                    code: "model_security".into(),
+                    rule: "security_guard".into(),
+                    confidence: round(p.confidence, 3),
+                    matched: "model".into(),
+                };
+            }
+            return Classification {
                 class: r.class,
                 code: r.code.clone(),
                 rule: r.name.clone(),
+                confidence: 1.0,
+                matched: format!("rule:{}", r.name),
+            };
+        }
+        self.classify_by_model(f)
+    }
+
+    /// The model's answer alone, as if no rule matched: `unknown` (`unclassified`) when there
+    /// is no model or the message has no words.
+    pub fn classify_by_model(&self, f: &Failure) -> Classification {
+        match self.model.as_ref().and_then(|m| m.predict(f)) {
+            Some(p) => Classification {
+                class: p.class,
+                code: format!("model_{}", p.class),
+                rule: if p.why == Why::SecurityGuard {
+                    "security_guard"
+                } else {
+                    "model"
+                }
+                .into(),
+                confidence: round(p.confidence, 3),
+                matched: "model".into(),
             },
             None => Classification {
                 class: ErrorClass::Unknown,
                 code: "unclassified".into(),
                 rule: "unclassified".into(),
+                confidence: 0.0,
+                matched: "none".into(),
             },
         }
+    }
+
+    /// Explains `c`, the classification of `f`: the model's view and its `top` features
+    /// towards `c`'s class (towards its best guess when `c` is a model `unknown`).
+    pub fn explain(&self, f: &Failure, c: &Classification, top: usize) -> Explanation {
+        let mut out = Explanation {
+            class: c.class,
+            matched: c.matched.clone(),
+            towards: c.class,
+            model_best: None,
+            model_confidence: None,
+            model_security: None,
+            features: Vec::new(),
+        };
+        if let Some(m) = &self.model {
+            let feats = m.features(f, false);
+            if feats.has_text {
+                let probs = m.probabilities(&feats);
+                let p = m.decide(&probs);
+                let towards = if c.matched == "model" && p.why == Why::Unsure {
+                    p.best
+                } else {
+                    c.class
+                };
+                out.model_confidence = Some(round(m.prob_of(&probs, p.best), 3));
+                out.model_best = Some(p.best);
+                out.towards = towards;
+                out.model_security = Some(round(p.security, 3));
+                out.features = m.explain(f, towards, top);
+            }
+        }
+        out
     }
 
     /// A [`TaskError`] for `f`, with `message` as its text.
@@ -100,12 +243,20 @@ impl Classifier {
 }
 
 /// Classifies one JSON line (`{"message", "exit_code", "http_status", ...}`) into a JSON
-/// result with a `class` field, or an `error` field naming what is wrong with the line.
-pub fn classify_json_line(classifier: &Classifier, line: &str) -> serde_json::Value {
+/// result with `class`, `code`, `rule`, `confidence` and `matched` fields (and `explain` when
+/// asked), or an `error` field naming what is wrong with the line.
+pub fn classify_json_line(classifier: &Classifier, line: &str, explain: bool) -> serde_json::Value {
     match serde_json::from_str::<Failure>(line) {
-        Ok(f) => serde_json::json!(classifier.classify(&f)),
+        Ok(f) => {
+            let c = classifier.classify(&f);
+            let mut v = serde_json::json!(c);
+            if explain {
+                v["explain"] = serde_json::json!(classifier.explain(&f, &c, 8));
+            }
+            v
+        }
         Err(e) => {
-            serde_json::json!({ "error": format!("not a failure object ({e}): expected {{\"message\": ..., \"exit_code\"?: N, \"http_status\"?: N}}") })
+            serde_json::json!({ "error": format!("not a failure object ({e}): expected {{\"message\": ..., \"exit_code\"?: N, \"signal\"?: N, \"http_status\"?: N, \"io_kind\"?: NAME}}") })
         }
     }
 }
@@ -116,117 +267,6 @@ pub fn io_kind_name(kind: std::io::ErrorKind) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn text(m: &str) -> Failure {
-        Failure {
-            message: m.into(),
-            ..Failure::default()
-        }
-    }
-
-    #[test]
-    fn built_in_rules_compile() {
-        assert!(
-            rules::compile("built-in rules", DEFAULT_RULES)
-                .unwrap()
-                .len()
-                > 30
-        );
-    }
-
-    #[test]
-    fn text_status_exit_and_io_rules() {
-        let c = Classifier::defaults();
-        assert_eq!(
-            c.classify(&text("curl: (6) Could not resolve host: example.invalid"))
-                .code,
-            "dns"
-        );
-        assert_eq!(
-            c.classify(&text("write /tmp/x: No space left on device"))
-                .class,
-            ErrorClass::Resource
-        );
-        assert_eq!(
-            c.classify(&Failure {
-                http_status: Some(503),
-                ..Failure::default()
-            })
-            .class,
-            ErrorClass::Transient
-        );
-        assert_eq!(
-            c.classify(&Failure {
-                http_status: Some(404),
-                ..Failure::default()
-            })
-            .class,
-            ErrorClass::Permanent
-        );
-        assert_eq!(
-            c.classify(&Failure {
-                http_status: Some(500),
-                ..Failure::default()
-            })
-            .class,
-            ErrorClass::Unknown
-        );
-        assert_eq!(
-            c.classify(&Failure {
-                exit_code: Some(127),
-                ..Failure::default()
-            })
-            .class,
-            ErrorClass::Validation
-        );
-        assert_eq!(
-            c.classify(&Failure {
-                signal: Some(9),
-                ..Failure::default()
-            })
-            .class,
-            ErrorClass::Resource
-        );
-        let io = Failure {
-            io_kind: Some(io_kind_name(std::io::ErrorKind::ConnectionRefused)),
-            ..Failure::default()
-        };
-        assert_eq!(c.classify(&io).class, ErrorClass::Transient);
-        let none = c.classify(&text("all good"));
-        assert_eq!(
-            (none.class, none.rule.as_str()),
-            (ErrorClass::Unknown, "unclassified")
-        );
-    }
-
-    #[test]
-    fn user_rules_come_first_and_errors_name_the_rule() {
-        let dir = std::env::temp_dir().join(format!("secflow-rules-{}.yaml", std::process::id()));
-        std::fs::write(&dir, "version: 1\nrules:\n  - name: nuclei_no_templates\n    class: permanent\n    message: 'could not find template'\n").unwrap();
-        let c = Classifier::with_file(dir.to_str().unwrap()).unwrap();
-        assert_eq!(
-            c.classify(&text("[FTL] Could not find template 'cves/x.yaml'"))
-                .rule,
-            "nuclei_no_templates"
-        );
-        std::fs::write(&dir, "version: 1\nrules:\n  - name: broken\n    class: transient\n    message: '(unclosed'\n").unwrap();
-        let err = Classifier::with_file(dir.to_str().unwrap()).unwrap_err();
-        assert!(
-            err.contains("rule 1 (`broken`)") && err.contains("regex"),
-            "{err}"
-        );
-        std::fs::write(
-            &dir,
-            "version: 1\nrules:\n  - name: nothing\n    class: fatal\n",
-        )
-        .unwrap();
-        assert!(
-            Classifier::with_file(dir.to_str().unwrap())
-                .unwrap_err()
-                .contains("fatal")
-        );
-        let _ = std::fs::remove_file(dir);
-    }
-}
+mod model_tests;
+#[cfg(test)]
+mod tests;

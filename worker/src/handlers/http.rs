@@ -139,9 +139,13 @@ fn request_error(url: &str, e: &reqwest::Error, classifier: &Classifier) -> Task
         io_kind,
         ..Failure::default()
     });
+    let network = e.is_connect() || e.is_request();
+    let by_rule = verdict.matched.starts_with("rule:");
     match verdict.class {
-        // A connection-level failure nothing recognised is still the network's.
-        ErrorClass::Unknown if e.is_connect() || e.is_request() => {
+        // A connection-level failure no rule recognised is still the network's, whatever the
+        // model guessed, unless it guessed an attack.
+        ErrorClass::Unknown if network => TaskError::new(ErrorClass::Transient, "network", message),
+        class if network && !by_rule && class != ErrorClass::Security => {
             TaskError::new(ErrorClass::Transient, "network", message)
         }
         class => TaskError::new(class, verdict.code, message),

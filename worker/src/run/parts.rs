@@ -47,10 +47,8 @@ impl Parts {
         if let Some(chaos) = cfg.chaos.as_ref().filter(|c| c.enabled()) {
             tracing::warn!(?chaos, "chaos injection is on");
         }
-        let classifier = match &cfg.rules {
-            Some(path) => Classifier::with_file(path).map_err(WorkerError::Config)?,
-            None => Classifier::defaults(),
-        };
+        let classifier = Classifier::new(cfg.rules.as_deref(), cfg.model.as_deref())
+            .map_err(WorkerError::Config)?;
         let runs = Arc::new(
             RunStore::new(&cfg.broker.redis_url, &cfg.broker.namespace)
                 .map_err(|e| WorkerError::Config(e.to_string()))?,

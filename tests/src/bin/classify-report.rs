@@ -1,0 +1,222 @@
+//! `classify-report FILE...`: how the worker's classifier (rules, then the model) does on
+//! labelled corpus files: accuracy overall, per class and per action (retry, fail fast,
+//! security alert), the `unknown` rate, security false negatives and the confusion matrix.
+//! `--model FILE` / `--rules FILE` evaluate other ones, `--model-only` the model without the
+//! rules, `--misses` lists every wrong answer.
+
+use secflow_common::ErrorClass;
+use secflow_worker::classify::{Classification, Classifier, train::load_examples};
+use std::fmt::Write;
+
+const USAGE: &str =
+    "usage: classify-report [--model FILE] [--rules FILE] [--model-only] [--misses] CORPUS.yaml...";
+
+/// What the fleet does about a class.
+fn action(c: ErrorClass) -> &'static str {
+    match c {
+        ErrorClass::Transient | ErrorClass::Resource => "retry",
+        ErrorClass::Validation | ErrorClass::Permanent => "fail fast",
+        ErrorClass::Security => "security alert",
+        ErrorClass::Cancelled => "cancel",
+        ErrorClass::Unknown => "retry once",
+    }
+}
+
+struct Opts {
+    model: Option<String>,
+    rules: Option<String>,
+    model_only: bool,
+    misses: bool,
+    files: Vec<String>,
+}
+
+fn parse_args() -> Result<Opts, String> {
+    let mut o = Opts {
+        model: None,
+        rules: None,
+        model_only: false,
+        misses: false,
+        files: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--model" => o.model = Some(args.next().ok_or("--model needs a file")?),
+            "--rules" => o.rules = Some(args.next().ok_or("--rules needs a file")?),
+            "--model-only" => o.model_only = true,
+            "--misses" => o.misses = true,
+            "-h" | "--help" => return Err(USAGE.into()),
+            flag if flag.starts_with("--") => return Err(format!("unknown flag {flag}\n{USAGE}")),
+            _ => o.files.push(a),
+        }
+    }
+    if o.files.is_empty() {
+        return Err(USAGE.into());
+    }
+    Ok(o)
+}
+
+fn pct(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        100.0 * a as f64 / b as f64
+    }
+}
+
+fn main() {
+    let result = parse_args().and_then(|o| {
+        let classifier = Classifier::new(o.rules.as_deref(), o.model.as_deref())?;
+        if o.model_only && classifier.model().is_none() {
+            return Err("no model to evaluate".into());
+        }
+        let mut text = String::new();
+        for file in &o.files {
+            report(&classifier, &o, file, &mut text)?;
+        }
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+        Ok(())
+    });
+    if let Err(e) = result {
+        eprintln!("classify-report: {e}");
+        std::process::exit(2);
+    }
+}
+
+fn report(classifier: &Classifier, o: &Opts, file: &str, out: &mut String) -> Result<(), String> {
+    let examples = load_examples(file)?;
+    let classes = ErrorClass::ALL;
+    let idx = |c: ErrorClass| classes.iter().position(|x| *x == c).unwrap_or(0);
+    let mut confusion = [[0usize; 7]; 7];
+    let mut by_matched: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    let (mut unknown, mut sec_fn, mut action_right) = (0, Vec::new(), 0);
+    for e in &examples {
+        let f = e.failure();
+        let c: Classification = if o.model_only {
+            classifier.classify_by_model(&f)
+        } else {
+            classifier.classify(&f)
+        };
+        confusion[idx(e.class)][idx(c.class)] += 1;
+        let kind = if c.matched.starts_with("rule:") {
+            "rule"
+        } else {
+            c.matched.as_str()
+        };
+        let entry = by_matched
+            .entry(if kind == "rule" {
+                "rules"
+            } else if kind == "model" {
+                "model"
+            } else {
+                "none"
+            })
+            .or_default();
+        entry.1 += 1;
+        if c.class == e.class {
+            entry.0 += 1;
+        } else if o.misses {
+            let first = e.message.lines().next().unwrap_or("");
+            let _ = writeln!(
+                out,
+                "  miss: expected {}, got {} ({}, {:.2}): {first}",
+                e.class, c.class, c.matched, c.confidence
+            );
+        }
+        unknown += usize::from(c.class == ErrorClass::Unknown);
+        action_right += usize::from(action(c.class) == action(e.class));
+        if e.class == ErrorClass::Security && c.class != ErrorClass::Security {
+            sec_fn.push(format!(
+                "{} as {}",
+                e.message.lines().next().unwrap_or(""),
+                c.class
+            ));
+        }
+    }
+    let n = examples.len();
+    let right: usize = (0..7).map(|k| confusion[k][k]).sum();
+    let _ = writeln!(
+        out,
+        "== {file}: {n} messages{}",
+        if o.model_only { " (model only)" } else { "" }
+    );
+    let _ = writeln!(out, "accuracy: {right}/{n} ({:.1}%)", pct(right, n));
+    for (kind, (r, t)) in &by_matched {
+        let _ = writeln!(
+            out,
+            "  answered by {kind}: {t}, right {r} ({:.1}%)",
+            pct(*r, *t)
+        );
+    }
+    let _ = writeln!(out, "per class (right/expected):");
+    for (k, c) in classes.iter().enumerate() {
+        let total: usize = confusion[k].iter().sum();
+        if total > 0 {
+            let _ = writeln!(
+                out,
+                "  {:<11} {:>4}/{:<4} {:>5.1}%",
+                c.as_str(),
+                confusion[k][k],
+                total,
+                pct(confusion[k][k], total)
+            );
+        }
+    }
+    let _ = writeln!(out, "per action (right/expected):");
+    for a in [
+        "retry",
+        "fail fast",
+        "security alert",
+        "cancel",
+        "retry once",
+    ] {
+        let expected: Vec<usize> = (0..7).filter(|k| action(classes[*k]) == a).collect();
+        let total: usize = expected
+            .iter()
+            .map(|k| confusion[*k].iter().sum::<usize>())
+            .sum();
+        let ok: usize = expected
+            .iter()
+            .map(|k| {
+                (0..7)
+                    .filter(|j| action(classes[*j]) == a)
+                    .map(|j| confusion[*k][j])
+                    .sum::<usize>()
+            })
+            .sum();
+        if total > 0 {
+            let _ = writeln!(out, "  {a:<15} {ok:>4}/{total:<4} {:>5.1}%", pct(ok, total));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "action accuracy: {action_right}/{n} ({:.1}%)",
+        pct(action_right, n)
+    );
+    let _ = writeln!(out, "unknown rate: {unknown}/{n} ({:.1}%)", pct(unknown, n));
+    let _ = writeln!(out, "security false negatives: {}", sec_fn.len());
+    for s in &sec_fn {
+        let _ = writeln!(out, "  {s}");
+    }
+    let _ = writeln!(out, "confusion (rows expected, columns answered):");
+    let short = ["trans", "resrc", "valid", "perm", "secur", "cancl", "unkn"];
+    let _ = writeln!(
+        out,
+        "  {:<11}{}",
+        "",
+        short.iter().map(|s| format!("{s:>6}")).collect::<String>()
+    );
+    for (k, c) in classes.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  {:<11}{}",
+            c.as_str(),
+            confusion[k]
+                .iter()
+                .map(|x| format!("{x:>6}"))
+                .collect::<String>()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! Unit tests of the model: its decision, its file format, deterministic training and the
+//! security guard over retryable rules.
+
+use super::{
+    train::{Example, TrainOptions, load_examples, train},
+    *,
+};
+
+fn example(class: ErrorClass, message: &str) -> Example {
+    Example {
+        class,
+        message: message.into(),
+        exit_code: None,
+        signal: None,
+        http_status: None,
+        io_kind: None,
+        source: None,
+    }
+}
+
+/// A small corpus where `sandbox` and `escape` mean security.
+fn corpus() -> Vec<Example> {
+    let mut out = Vec::new();
+    for i in 0..12 {
+        out.push(example(
+            ErrorClass::Security,
+            &format!("sandbox escape attempt {i} blocked in job"),
+        ));
+        out.push(example(
+            ErrorClass::Transient,
+            &format!("upstream answered slowly, request {i} took too long"),
+        ));
+        out.push(example(
+            ErrorClass::Validation,
+            &format!("field {i} of the input is malformed json"),
+        ));
+    }
+    out
+}
+
+fn small() -> TrainOptions {
+    TrainOptions {
+        buckets: 1 << 12,
+        epochs: 10,
+        ..TrainOptions::default()
+    }
+}
+
+#[test]
+fn decide_applies_the_guard_then_the_threshold() {
+    let classes = vec![
+        ErrorClass::Transient,
+        ErrorClass::Security,
+        ErrorClass::Unknown,
+    ];
+    let mut m = Model::from_parts(classes, 256, vec![0.0; 256 * 3], vec![0.0; 3]);
+    m.unknown_below = 0.6;
+    m.security_above = 0.25;
+    let p = m.decide(&[0.7, 0.2, 0.1]);
+    assert_eq!((p.class, p.why), (ErrorClass::Transient, Why::Confident));
+    let p = m.decide(&[0.5, 0.1, 0.4]);
+    assert_eq!(
+        (p.class, p.best, p.why),
+        (ErrorClass::Unknown, ErrorClass::Transient, Why::Unsure)
+    );
+    let p = m.decide(&[0.7, 0.3, 0.0]);
+    assert_eq!((p.class, p.why), (ErrorClass::Security, Why::SecurityGuard));
+    assert!((p.confidence - 0.3).abs() < 1e-6);
+}
+
+#[test]
+fn training_is_deterministic_and_the_file_round_trips() {
+    let (a, report) = train(&corpus(), &["c.yaml".into()], &small()).unwrap();
+    let (b, _) = train(&corpus(), &["c.yaml".into()], &small()).unwrap();
+    assert_eq!(a.to_json(), b.to_json(), "same examples, same model");
+    assert_eq!(report.training, (36, 36));
+    let back = Model::from_json("test", &a.to_json()).unwrap();
+    assert_eq!(back.training.files, ["c.yaml"]);
+    let f = Failure {
+        message: "sandbox escape attempt seen".into(),
+        ..Failure::default()
+    };
+    let (pa, pb) = (
+        a.probabilities(&a.features(&f, false)),
+        back.probabilities(&back.features(&f, false)),
+    );
+    assert!(
+        pa.iter().zip(&pb).all(|(x, y)| (x - y).abs() < 1e-6),
+        "{pa:?} {pb:?}"
+    );
+    assert_eq!(
+        back.predict(&f).map(|p| p.class),
+        Some(ErrorClass::Security)
+    );
+}
+
+#[test]
+fn a_security_answer_overrides_a_retryable_rule() {
+    let (mut m, _) = train(&corpus(), &[], &small()).unwrap();
+    m.security_above = 0.5;
+    let c = Classifier::defaults().with_model(Some(std::sync::Arc::new(m)));
+    // The `timeout` rule matches; the words say it was an escape attempt.
+    let f = Failure {
+        message: "sandbox escape attempt timed out".into(),
+        ..Failure::default()
+    };
+    let v = c.classify(&f);
+    assert_eq!(
+        (v.class, v.rule.as_str(), v.code.as_str()),
+        (ErrorClass::Security, "security_guard", "model_security")
+    );
+    let plain = c.classify(&Failure {
+        message: "request timed out".into(),
+        ..Failure::default()
+    });
+    assert_eq!(plain.matched, "rule:timeout");
+}
+
+#[test]
+fn bad_model_files_and_examples_are_named() {
+    let (m, _) = train(&corpus(), &[], &small()).unwrap();
+    let good: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
+    let broken = |key: &str, value: serde_json::Value| {
+        let mut v = good.clone();
+        v[key] = value;
+        Model::from_json("m.json", &v.to_string()).unwrap_err()
+    };
+    assert!(broken("buckets", 1000.into()).contains("buckets 1000 is not a power of two"));
+    assert!(broken("weights", "zz".into()).contains("weights are not hex"));
+    assert!(broken("weights", "00ffffff0102".into()).contains("rows of 4 + 3"));
+    assert!(broken("weights", "00100000010203".into()).contains("beyond 4096"));
+    assert!(broken("format", "other".into()).contains("expected `secflow-classifier`"));
+    assert!(broken("bias", serde_json::json!([0.0])).contains("one bias each"));
+    assert!(
+        Model::from_json("m.json", "{}")
+            .unwrap_err()
+            .starts_with("m.json: not a classifier model file")
+    );
+    assert!(
+        Model::load("/nonexistent/m.json")
+            .unwrap_err()
+            .contains("cannot read model file")
+    );
+
+    let path = std::env::temp_dir().join(format!("secflow-examples-{}.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        "- {class: transient, message: ok}\n- {class: fatal, message: x}\n",
+    )
+    .unwrap();
+    let err = load_examples(path.to_str().unwrap()).unwrap_err();
+    assert!(
+        err.contains("not a list of labelled examples") && err.contains("fatal"),
+        "{err}"
+    );
+    std::fs::write(
+        &path,
+        "- {class: transient, message: ok}\n- {class: transient, message: ''}\n",
+    )
+    .unwrap();
+    let err = load_examples(path.to_str().unwrap()).unwrap_err();
+    assert!(err.contains("example 2 has neither a message"), "{err}");
+    let _ = std::fs::remove_file(path);
+    let one_class = vec![
+        example(ErrorClass::Transient, "a"),
+        example(ErrorClass::Transient, "b"),
+    ];
+    assert!(
+        train(&one_class, &[], &small())
+            .unwrap_err()
+            .contains("at least 2")
+    );
+}
+
+#[test]
+fn the_built_in_model_loads_with_every_class() {
+    let m = Model::embedded().expect("worker/rules/model.json parses");
+    assert_eq!(m.classes(), ErrorClass::ALL);
+    assert!((0.3..=0.9).contains(&m.unknown_below) && (0.15..=0.4).contains(&m.security_above));
+    assert!(m.training.examples >= 150);
+}
