@@ -37,8 +37,8 @@ pub struct Failure {
     /// HTTP status.
     #[serde(default)]
     pub http_status: Option<u16>,
-    /// `std::io::ErrorKind` name.
-    #[serde(default)]
+    /// `std::io::ErrorKind` name (`ConnectionReset`; `connection_reset` is read as that).
+    #[serde(default, deserialize_with = "io_kind")]
     pub io_kind: Option<String>,
 }
 
@@ -264,6 +264,27 @@ pub fn classify_json_line(classifier: &Classifier, line: &str, explain: bool) ->
 /// The name of an io error kind as rules spell it (`ConnectionRefused`).
 pub fn io_kind_name(kind: std::io::ErrorKind) -> String {
     format!("{kind:?}")
+}
+
+/// An io kind as written: `ConnectionReset`, or snake case `connection_reset`, read as the
+/// former (the name [`io_kind_name`] gives).
+pub(crate) fn io_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let written: Option<String> = Option::deserialize(d)?;
+    Ok(written.map(|w| {
+        if w.contains('_') || w.starts_with(|c: char| c.is_ascii_lowercase()) {
+            w.split('_')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let mut c = p.chars();
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                        .unwrap_or_default()
+                })
+                .collect()
+        } else {
+            w
+        }
+    }))
 }
 
 #[cfg(test)]

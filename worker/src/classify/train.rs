@@ -29,8 +29,8 @@ pub struct Example {
     /// HTTP status.
     #[serde(default)]
     pub http_status: Option<u16>,
-    /// `std::io::ErrorKind` name.
-    #[serde(default)]
+    /// `std::io::ErrorKind` name (either spelling, see [`Failure`]).
+    #[serde(default, deserialize_with = "super::io_kind")]
     pub io_kind: Option<String>,
     /// Where the message comes from (tool, library); informative only.
     #[serde(default)]
