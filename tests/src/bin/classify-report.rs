@@ -4,7 +4,7 @@
 //! `--model FILE` / `--rules FILE` evaluate other ones, `--model-only` the model without the
 //! rules, `--misses` lists every wrong answer. `--cv K` cross-validates instead: the files are
 //! pooled, split into K stratified folds, and each fold is classified by the rules with a model
-//! trained (default options) on the other folds; the figures are over all the folds.
+//! trained on the other folds (default options, or `--epochs`, `--l2`, `--lr`); the figures are over all the folds.
 
 use secflow_common::ErrorClass;
 use secflow_worker::classify::{
@@ -14,7 +14,7 @@ use secflow_worker::classify::{
 };
 use std::fmt::Write;
 
-const USAGE: &str = "usage: classify-report [--model FILE] [--rules FILE] [--model-only] [--misses] [--cv K] CORPUS.yaml...";
+const USAGE: &str = "usage: classify-report [--model FILE] [--rules FILE] [--model-only] [--misses] [--cv K [--epochs N] [--l2 X] [--lr X]] CORPUS.yaml...";
 
 /// What the fleet does about a class.
 fn action(c: ErrorClass) -> &'static str {
@@ -33,6 +33,7 @@ struct Opts {
     model_only: bool,
     misses: bool,
     cv: Option<usize>,
+    train: TrainOptions,
     files: Vec<String>,
 }
 
@@ -43,6 +44,7 @@ fn parse_args() -> Result<Opts, String> {
         model_only: false,
         misses: false,
         cv: None,
+        train: TrainOptions::default(),
         files: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -52,6 +54,15 @@ fn parse_args() -> Result<Opts, String> {
             "--rules" => o.rules = Some(args.next().ok_or("--rules needs a file")?),
             "--model-only" => o.model_only = true,
             "--misses" => o.misses = true,
+            "--epochs" | "--l2" | "--lr" => {
+                let v = args.next().ok_or(format!("{a} needs a number"))?;
+                let bad = || format!("{a} `{v}` is not a number");
+                match a.as_str() {
+                    "--epochs" => o.train.epochs = v.parse().map_err(|_| bad())?,
+                    "--l2" => o.train.l2 = v.parse().map_err(|_| bad())?,
+                    _ => o.train.learning_rate = v.parse().map_err(|_| bad())?,
+                }
+            }
             "--cv" => {
                 let k = args.next().ok_or("--cv needs a number of folds")?;
                 let k = k
@@ -95,7 +106,7 @@ fn main() {
                 examples.extend(load_examples(file)?);
             }
             let rules = || Classifier::new(o.rules.as_deref(), None);
-            let scored = cross_validate(&examples, k, &TrainOptions::default(), &rules)?;
+            let scored = cross_validate(&examples, k, &o.train, &rules)?;
             let title = format!("{k}-fold cross-validation over {}", o.files.join(" + "));
             report(&scored, &o, &title, &mut text);
         }
