@@ -2,14 +2,19 @@
 //! labelled corpus files: accuracy overall, per class and per action (retry, fail fast,
 //! security alert), the `unknown` rate, security false negatives and the confusion matrix.
 //! `--model FILE` / `--rules FILE` evaluate other ones, `--model-only` the model without the
-//! rules, `--misses` lists every wrong answer.
+//! rules, `--misses` lists every wrong answer. `--cv K` cross-validates instead: the files are
+//! pooled, split into K stratified folds, and each fold is classified by the rules with a model
+//! trained on the other folds (default options, or `--epochs`, `--l2`, `--lr`); the figures are over all the folds.
 
 use secflow_common::ErrorClass;
-use secflow_worker::classify::{Classification, Classifier, train::load_examples};
+use secflow_worker::classify::{
+    Classification, Classifier,
+    cv::cross_validate,
+    train::{Example, TrainOptions, load_examples},
+};
 use std::fmt::Write;
 
-const USAGE: &str =
-    "usage: classify-report [--model FILE] [--rules FILE] [--model-only] [--misses] CORPUS.yaml...";
+const USAGE: &str = "usage: classify-report [--model FILE] [--rules FILE] [--model-only] [--misses] [--cv K [--epochs N] [--l2 X] [--lr X]] CORPUS.yaml...";
 
 /// What the fleet does about a class.
 fn action(c: ErrorClass) -> &'static str {
@@ -27,6 +32,8 @@ struct Opts {
     rules: Option<String>,
     model_only: bool,
     misses: bool,
+    cv: Option<usize>,
+    train: TrainOptions,
     files: Vec<String>,
 }
 
@@ -36,6 +43,8 @@ fn parse_args() -> Result<Opts, String> {
         rules: None,
         model_only: false,
         misses: false,
+        cv: None,
+        train: TrainOptions::default(),
         files: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -45,6 +54,22 @@ fn parse_args() -> Result<Opts, String> {
             "--rules" => o.rules = Some(args.next().ok_or("--rules needs a file")?),
             "--model-only" => o.model_only = true,
             "--misses" => o.misses = true,
+            "--epochs" | "--l2" | "--lr" => {
+                let v = args.next().ok_or(format!("{a} needs a number"))?;
+                let bad = || format!("{a} `{v}` is not a number");
+                match a.as_str() {
+                    "--epochs" => o.train.epochs = v.parse().map_err(|_| bad())?,
+                    "--l2" => o.train.l2 = v.parse().map_err(|_| bad())?,
+                    _ => o.train.learning_rate = v.parse().map_err(|_| bad())?,
+                }
+            }
+            "--cv" => {
+                let k = args.next().ok_or("--cv needs a number of folds")?;
+                let k = k
+                    .parse()
+                    .map_err(|_| format!("--cv `{k}` is not a number of folds"))?;
+                o.cv = Some(k);
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             flag if flag.starts_with("--") => return Err(format!("unknown flag {flag}\n{USAGE}")),
             _ => o.files.push(a),
@@ -52,6 +77,9 @@ fn parse_args() -> Result<Opts, String> {
     }
     if o.files.is_empty() {
         return Err(USAGE.into());
+    }
+    if o.cv.is_some() && (o.model.is_some() || o.model_only) {
+        return Err("--cv trains its own models: it takes neither --model nor --model-only".into());
     }
     Ok(o)
 }
@@ -71,8 +99,31 @@ fn main() {
             return Err("no model to evaluate".into());
         }
         let mut text = String::new();
-        for file in &o.files {
-            report(&classifier, &o, file, &mut text)?;
+        if let Some(k) = o.cv {
+            let mut examples = Vec::new();
+            for file in &o.files {
+                refuse_held_out(file)?;
+                examples.extend(load_examples(file)?);
+            }
+            let rules = || Classifier::new(o.rules.as_deref(), None);
+            let scored = cross_validate(&examples, k, &o.train, &rules)?;
+            let title = format!("{k}-fold cross-validation over {}", o.files.join(" + "));
+            report(&scored, &o, &title, &mut text);
+        }
+        for file in o.files.iter().filter(|_| o.cv.is_none()) {
+            let scored: Vec<(Example, Classification)> = load_examples(file)?
+                .into_iter()
+                .map(|e| {
+                    let f = e.failure();
+                    let c = if o.model_only {
+                        classifier.classify_by_model(&f)
+                    } else {
+                        classifier.classify(&f)
+                    };
+                    (e, c)
+                })
+                .collect();
+            report(&scored, &o, file, &mut text);
         }
         // A closed pipe (`| head`) is not an error worth a panic.
         let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
@@ -84,20 +135,27 @@ fn main() {
     }
 }
 
-fn report(classifier: &Classifier, o: &Opts, file: &str, out: &mut String) -> Result<(), String> {
-    let examples = load_examples(file)?;
+/// Held-out files are for one final evaluation: never pooled into cross-validation folds.
+fn refuse_held_out(path: &str) -> Result<(), String> {
+    let name = std::path::Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    if name.contains("holdout") || name.contains("heldout") {
+        return Err(format!(
+            "{path}: a held-out file is for evaluation only; cross-validate on other files"
+        ));
+    }
+    Ok(())
+}
+
+fn report(scored: &[(Example, Classification)], o: &Opts, file: &str, out: &mut String) {
     let classes = ErrorClass::ALL;
     let idx = |c: ErrorClass| classes.iter().position(|x| *x == c).unwrap_or(0);
     let mut confusion = [[0usize; 7]; 7];
     let mut by_matched: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
     let (mut unknown, mut sec_fn, mut action_right) = (0, Vec::new(), 0);
-    for e in &examples {
-        let f = e.failure();
-        let c: Classification = if o.model_only {
-            classifier.classify_by_model(&f)
-        } else {
-            classifier.classify(&f)
-        };
+    for (e, c) in scored {
         confusion[idx(e.class)][idx(c.class)] += 1;
         let kind = if c.matched.starts_with("rule:") {
             "rule"
@@ -134,7 +192,7 @@ fn report(classifier: &Classifier, o: &Opts, file: &str, out: &mut String) -> Re
             ));
         }
     }
-    let n = examples.len();
+    let n = scored.len();
     let right: usize = (0..7).map(|k| confusion[k][k]).sum();
     let _ = writeln!(
         out,
@@ -218,5 +276,4 @@ fn report(classifier: &Classifier, o: &Opts, file: &str, out: &mut String) -> Re
                 .collect::<String>()
         );
     }
-    Ok(())
 }

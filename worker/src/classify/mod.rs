@@ -8,13 +8,14 @@
 //! `unknown`, and turns a likely security failure into `security`. Pure: no I/O once loaded.
 
 pub mod cli;
+pub mod cv;
 mod features;
 pub mod model;
 mod rules;
 pub mod train;
 
 pub use model::{Contribution, Model, Prediction, Why, round};
-use rules::Rule;
+use rules::RuleSet;
 use secflow_common::{ErrorClass, TaskError};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -83,7 +84,7 @@ pub struct Explanation {
 /// Ordered, compiled rules and the model behind them.
 #[derive(Debug)]
 pub struct Classifier {
-    rules: Vec<Rule>,
+    rules: RuleSet,
     model: Option<Arc<Model>>,
 }
 
@@ -91,7 +92,9 @@ impl Classifier {
     /// The built-in rules and the built-in model.
     pub fn defaults() -> Self {
         // The built-in files are part of the binary and covered by tests.
-        let rules = rules::compile("built-in rules", DEFAULT_RULES).unwrap_or_default();
+        let rules = rules::compile("built-in rules", DEFAULT_RULES)
+            .and_then(RuleSet::new)
+            .unwrap_or_default();
         Self {
             rules,
             model: Model::embedded(),
@@ -111,8 +114,8 @@ impl Classifier {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read rules file {path}: {e}"))?;
             let mut user = rules::compile(path, &text)?;
-            user.append(&mut out.rules);
-            out.rules = user;
+            user.append(&mut out.rules.rules);
+            out.rules = RuleSet::new(user).map_err(|e| format!("{path}: {e}"))?;
         }
         if let Some(path) = model {
             out.model = Some(Arc::new(Model::load(path)?));
@@ -131,12 +134,11 @@ impl Classifier {
         self.model.as_deref()
     }
 
-    /// The first rule whose every condition holds.
-    fn rule_for(&self, f: &Failure) -> Option<&Rule> {
-        self.rules.iter().find(|r| {
-            r.message.as_ref().is_none_or(|re| re.is_match(&f.message))
-                && (r.exit_codes.is_empty()
-                    || f.exit_code.is_some_and(|c| r.exit_codes.contains(&c)))
+    /// The first rule whose every condition holds (one pass of the regex set for all the
+    /// message conditions, then the other conditions in rule order).
+    fn rule_for(&self, f: &Failure) -> Option<&rules::Rule> {
+        self.rules.first(&f.message, |r| {
+            (r.exit_codes.is_empty() || f.exit_code.is_some_and(|c| r.exit_codes.contains(&c)))
                 && (r.signals.is_empty() || f.signal.is_some_and(|s| r.signals.contains(&s)))
                 && (r.http_status.is_empty()
                     || f.http_status

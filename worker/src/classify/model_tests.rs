@@ -99,9 +99,9 @@ fn a_security_answer_overrides_a_retryable_rule() {
     let (mut m, _) = train(&corpus(), &[], &small()).unwrap();
     m.security_above = 0.5;
     let c = Classifier::defaults().with_model(Some(std::sync::Arc::new(m)));
-    // The `timeout` rule matches; the words say it was an escape attempt.
+    // The `timeout` rule matches; the words say it was an escape from the sandbox.
     let f = Failure {
-        message: "sandbox escape attempt timed out".into(),
+        message: "escape from the sandbox blocked, job timed out".into(),
         ..Failure::default()
     };
     let v = c.classify(&f);

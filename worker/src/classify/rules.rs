@@ -1,6 +1,7 @@
-//! Classification rules as written in YAML, and their compiled form.
+//! Classification rules as written in YAML, and their compiled form: one [`RegexSet`] over
+//! every rule's message regex, so that a message is scanned once for all of them.
 
-use regex::{Regex, RegexBuilder};
+use regex::{RegexBuilder, RegexSet, RegexSetBuilder};
 use secflow_common::ErrorClass;
 use serde::Deserialize;
 
@@ -58,7 +59,8 @@ pub struct Rule {
     pub(super) name: String,
     pub(super) class: ErrorClass,
     pub(super) code: String,
-    pub(super) message: Option<Regex>,
+    /// The rule's message regex as written (`None`: any message).
+    pub(super) message: Option<String>,
     pub(super) exit_codes: Vec<i32>,
     pub(super) signals: Vec<i32>,
     pub(super) http_status: Vec<(u16, u16)>,
@@ -80,11 +82,14 @@ pub fn compile(source: &str, text: &str) -> Result<Vec<Rule>, String> {
         .enumerate()
         .map(|(i, spec)| {
             let at = format!("{source}: rule {} (`{}`)", i + 1, spec.name);
-            let message = spec
-                .message
-                .map(|m| RegexBuilder::new(&m).case_insensitive(true).size_limit(1 << 22).build())
-                .transpose()
-                .map_err(|e| format!("{at}: invalid message regex: {e}"))?;
+            if let Some(m) = &spec.message {
+                RegexBuilder::new(m)
+                    .case_insensitive(true)
+                    .size_limit(1 << 22)
+                    .build()
+                    .map_err(|e| format!("{at}: invalid message regex: {e}"))?;
+            }
+            let message = spec.message;
             let http_status = spec.http_status.iter().map(|s| parse_status(s).map_err(|e| format!("{at}: {e}"))).collect::<Result<_, _>>()?;
             let conditions = message.is_some() || !spec.exit_codes.is_empty() || !spec.signals.is_empty() || !spec.io_kinds.is_empty() || !spec.http_status.is_empty();
             if !conditions {
@@ -116,5 +121,57 @@ fn parse_status(spec: &StatusSpec) -> Result<(u16, u16), String> {
             );
             if a > b { Err(bad()) } else { Ok((a, b)) }
         }
+    }
+}
+
+/// Ordered rules and one regex set over their message regexes.
+#[derive(Debug)]
+pub struct RuleSet {
+    /// The rules, in the order they are tried.
+    pub(super) rules: Vec<Rule>,
+    /// Every message regex, in rule order.
+    set: RegexSet,
+    /// For each rule, the index of its message regex in `set`.
+    slot: Vec<Option<usize>>,
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        RuleSet {
+            rules: Vec::new(),
+            set: RegexSet::empty(),
+            slot: Vec::new(),
+        }
+    }
+}
+
+impl RuleSet {
+    /// Builds the set over `rules` (each regex already checked by [`compile`]).
+    pub fn new(rules: Vec<Rule>) -> Result<RuleSet, String> {
+        let mut slot = Vec::with_capacity(rules.len());
+        let mut patterns = Vec::new();
+        for r in &rules {
+            slot.push(r.message.as_ref().map(|m| {
+                patterns.push(m.as_str());
+                patterns.len() - 1
+            }));
+        }
+        let set = RegexSetBuilder::new(patterns)
+            .case_insensitive(true)
+            .size_limit(1 << 25)
+            .dfa_size_limit(1 << 24)
+            .build()
+            .map_err(|e| format!("the message regexes do not build together: {e}"))?;
+        Ok(RuleSet { rules, set, slot })
+    }
+
+    /// The first rule whose every condition holds for `message` and the fields `other` checks.
+    pub fn first(&self, message: &str, other: impl Fn(&Rule) -> bool) -> Option<&Rule> {
+        let hits = self.set.matches(message);
+        self.rules
+            .iter()
+            .zip(&self.slot)
+            .find(|(r, slot)| slot.is_none_or(|i| hits.matched(i)) && other(r))
+            .map(|(r, _)| r)
     }
 }
