@@ -5,6 +5,7 @@
 //! so every worker sees one breaker. With Redis unreachable, the same transitions run on an
 //! in-process copy until Redis answers again.
 
+mod config;
 pub mod state;
 
 use crate::store::{Store, StoreError};
