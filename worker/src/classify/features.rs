@@ -11,6 +11,9 @@ use super::Failure;
 const HEAD_TAIL_BYTES: usize = 1024;
 /// Words longer than this contribute their first bytes only to the character n-grams.
 const MAX_NGRAM_WORD: usize = 40;
+/// At most this many character n-grams per message (the words' own features are not capped):
+/// bounds the work on long messages.
+const MAX_CHAR_GRAMS: usize = 800;
 
 /// Feature groups, each scaled to unit length: words, bigrams, character n-grams, structure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +100,9 @@ pub fn extract(f: &Failure, mask: u32, named: bool) -> Features {
     out.finish(Group::Bigram);
     out.start(Group::Chars);
     for w in words.iter().filter(|w| !w.starts_with('<')) {
-        char_ngrams(w, &mut out);
+        if !char_ngrams(w, &mut out) {
+            break;
+        }
     }
     out.finish(Group::Chars);
     out.start(Group::Structure);
@@ -141,7 +146,10 @@ impl Builder {
     }
 }
 
-fn char_ngrams(word: &str, out: &mut Builder) {
+/// Pushes the n-grams of `word`; false once the message's cap is reached.
+fn char_ngrams(word: &str, out: &mut Builder) -> bool {
+    let room = MAX_CHAR_GRAMS
+        .saturating_sub(out.feats.entries.len() - out.group_start[Group::Chars as usize]);
     let bytes = word.as_bytes();
     let len = bytes.len().min(MAX_NGRAM_WORD);
     let mut buf = [0u8; MAX_NGRAM_WORD + 2];
@@ -149,13 +157,15 @@ fn char_ngrams(word: &str, out: &mut Builder) {
     buf[1..=len].copy_from_slice(&bytes[..len]);
     buf[len + 1] = b'>';
     let padded = &buf[..len + 2];
-    for n in 3..=5 {
-        for gram in padded.windows(n) {
-            out.push(Fnv::new(Group::Chars).bytes(gram), Group::Chars, || {
-                String::from_utf8_lossy(gram).into_owned()
-            });
-        }
+    let grams = (3..=5).flat_map(|n| padded.windows(n));
+    let mut pushed = 0;
+    for gram in grams.take(room) {
+        out.push(Fnv::new(Group::Chars).bytes(gram), Group::Chars, || {
+            String::from_utf8_lossy(gram).into_owned()
+        });
+        pushed += 1;
     }
+    pushed < room
 }
 
 /// The structural fields as feature names.
