@@ -11,6 +11,9 @@ use super::Failure;
 const HEAD_TAIL_BYTES: usize = 1024;
 /// Words longer than this contribute their first bytes only to the character n-grams.
 const MAX_NGRAM_WORD: usize = 40;
+/// At most this many character n-grams per message (more than any training message has; words
+/// and bigrams are not capped): bounds the work on long messages.
+const MAX_CHAR_GRAMS: usize = 4096;
 
 /// Feature groups, each scaled to unit length: words, bigrams, character n-grams, structure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +75,10 @@ pub fn extract(f: &Failure, mask: u32, named: bool) -> Features {
     let mut out = Builder {
         mask,
         named,
-        feats: Features::default(),
+        feats: Features {
+            entries: Vec::with_capacity(f.message.len().min(4 * HEAD_TAIL_BYTES) * 4 + 16),
+            ..Features::default()
+        },
         group_start: [0; 4],
     };
     let words = words(&clip(&f.message));
@@ -97,7 +103,9 @@ pub fn extract(f: &Failure, mask: u32, named: bool) -> Features {
     out.finish(Group::Bigram);
     out.start(Group::Chars);
     for w in words.iter().filter(|w| !w.starts_with('<')) {
-        char_ngrams(w, &mut out);
+        if !char_ngrams(w, &mut out) {
+            break;
+        }
     }
     out.finish(Group::Chars);
     out.start(Group::Structure);
@@ -141,7 +149,10 @@ impl Builder {
     }
 }
 
-fn char_ngrams(word: &str, out: &mut Builder) {
+/// Pushes the n-grams of `word`; false once the message's cap is reached.
+fn char_ngrams(word: &str, out: &mut Builder) -> bool {
+    let room = MAX_CHAR_GRAMS
+        .saturating_sub(out.feats.entries.len() - out.group_start[Group::Chars as usize]);
     let bytes = word.as_bytes();
     let len = bytes.len().min(MAX_NGRAM_WORD);
     let mut buf = [0u8; MAX_NGRAM_WORD + 2];
@@ -149,13 +160,15 @@ fn char_ngrams(word: &str, out: &mut Builder) {
     buf[1..=len].copy_from_slice(&bytes[..len]);
     buf[len + 1] = b'>';
     let padded = &buf[..len + 2];
-    for n in 3..=5 {
-        for gram in padded.windows(n) {
-            out.push(Fnv::new(Group::Chars).bytes(gram), Group::Chars, || {
-                String::from_utf8_lossy(gram).into_owned()
-            });
-        }
+    let grams = (3..=5).flat_map(|n| padded.windows(n));
+    let mut pushed = 0;
+    for gram in grams.take(room) {
+        out.push(Fnv::new(Group::Chars).bytes(gram), Group::Chars, || {
+            String::from_utf8_lossy(gram).into_owned()
+        });
+        pushed += 1;
     }
+    pushed < room
 }
 
 /// The structural fields as feature names.
@@ -207,7 +220,8 @@ fn clip(message: &str) -> std::borrow::Cow<'_, str> {
 
 /// The normalised words of a message, placeholders included.
 pub fn words(message: &str) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(message.len() / 4 + 1);
+    let mut chars = Vec::new();
     for raw in message.split_whitespace() {
         let token = raw
             .trim_start_matches(|c: char| "\"'`([{<".contains(c))
@@ -219,7 +233,7 @@ pub fn words(message: &str) -> Vec<String> {
             out.push(p.to_string());
             continue;
         }
-        split_words(token, &mut out);
+        split_words(token, &mut chars, &mut out);
     }
     out
 }
@@ -258,10 +272,9 @@ fn is_ip(token: &str) -> bool {
             core
         }
     });
-    let parts: Vec<&str> = v4.split('.').collect();
-    if parts.len() == 4
-        && parts
-            .iter()
+    if v4.split('.').count() == 4
+        && v4
+            .split('.')
             .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
     {
         return true;
@@ -275,12 +288,13 @@ fn is_ip(token: &str) -> bool {
 
 /// Splits a token on anything not alphanumeric and on camelCase boundaries, lowercases the
 /// parts and masks numbers and ids.
-fn split_words(token: &str, out: &mut Vec<String>) {
+fn split_words(token: &str, chars: &mut Vec<char>, out: &mut Vec<String>) {
     for run in token.split(|c: char| !c.is_alphanumeric()) {
         if run.is_empty() {
             continue;
         }
-        let chars: Vec<char> = run.chars().collect();
+        chars.clear();
+        chars.extend(run.chars());
         let mut start = 0;
         for i in 1..chars.len() {
             let (prev, cur) = (chars[i - 1], chars[i]);

@@ -14,7 +14,7 @@ pub mod model;
 mod rules;
 pub mod train;
 
-pub use model::{Contribution, Model, Prediction, Why, round};
+pub use model::{Contribution, Model, Prediction, Why};
 use rules::RuleSet;
 use secflow_common::{ErrorClass, TaskError};
 use serde::{Deserialize, Serialize};
@@ -287,6 +287,12 @@ pub(crate) fn io_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<S
             w
         }
     }))
+}
+
+/// `x` rounded to `digits` decimals, for output.
+pub fn round(x: f32, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (f64::from(x) * m).round() / m
 }
 
 #[cfg(test)]
