@@ -210,11 +210,7 @@ fn build_config(name: &str, spec: &super::spec::ConfigSpec) -> Result<ConfigDef,
         .as_deref()
         .map(|p| Regex::new(p).map_err(|e| fail(format!("pattern does not compile: {e}"))))
         .transpose()?;
-    let optional_args = spec
-        .optional_args
-        .iter()
-        .map(|a| ArgTemplate::parse(a).map_err(|e| fail(format!("optional_args: {e}"))))
-        .collect::<Result<Vec<_>, _>>()?;
+    let optional_args = optional_args(&spec.optional_args, &fail)?;
     let def = ConfigDef {
         name: name.to_string(),
         spec: spec.clone(),
@@ -225,6 +221,16 @@ fn build_config(name: &str, spec: &super::spec::ConfigSpec) -> Result<ConfigDef,
         check_value(&def, default, true).map_err(|e| fail(format!("default: {e}")))?;
     }
     Ok(def)
+}
+
+/// A setting's or an input's `optional_args`, parsed; the error names the field.
+fn optional_args(
+    args: &[String],
+    fail: &dyn Fn(String) -> DefProblem,
+) -> Result<Vec<ArgTemplate>, DefProblem> {
+    args.iter()
+        .map(|a| ArgTemplate::parse(a).map_err(|e| fail(format!("optional_args: {e}"))))
+        .collect()
 }
 
 fn build_input(name: &str, spec: &InputSpec) -> Result<InputDef, DefProblem> {
@@ -243,11 +249,7 @@ fn build_input(name: &str, spec: &InputSpec) -> Result<InputDef, DefProblem> {
         .as_deref()
         .map(|t| RecordTemplate::parse(t).map_err(|e| fail(format!("item: {e}"))))
         .transpose()?;
-    let optional_args = spec
-        .optional_args
-        .iter()
-        .map(|a| ArgTemplate::parse(a).map_err(|e| fail(format!("optional_args: {e}"))))
-        .collect::<Result<Vec<_>, _>>()?;
+    let optional_args = optional_args(&spec.optional_args, &fail)?;
     Ok(InputDef {
         name: name.to_string(),
         spec: spec.clone(),

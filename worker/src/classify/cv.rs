@@ -33,22 +33,6 @@ pub fn stratified_folds(examples: &[Example], k: usize, seed: u64) -> Vec<usize>
     fold
 }
 
-/// Examples without exact repeats (same class, message and fields), in their first order: a
-/// repeat in two folds would be scored on its own training copy.
-pub fn distinct(examples: &[Example]) -> Vec<Example> {
-    let mut seen = std::collections::HashSet::new();
-    examples
-        .iter()
-        .filter(|e| {
-            seen.insert(format!(
-                "{:?}|{}|{:?}|{:?}|{:?}|{:?}",
-                e.class, e.message, e.exit_code, e.signal, e.http_status, e.io_kind
-            ))
-        })
-        .cloned()
-        .collect()
-}
-
 /// Trains a model on `k - 1` folds with `opts`, classifies the remaining fold with `rules`
 /// (a fresh copy, the trained model behind it), for each of the `k` folds: every distinct
 /// example once with the classification it got. `rules` builds the rules-only classifier.
@@ -61,7 +45,8 @@ pub fn cross_validate(
     if k < 2 {
         return Err(format!("--cv {k}: cross-validation needs at least 2 folds"));
     }
-    let examples = distinct(examples);
+    // A repeat in two folds would be scored on its own training copy.
+    let examples: Vec<Example> = train::distinct(examples).into_iter().cloned().collect();
     if examples.len() < k {
         return Err(format!(
             "{} distinct examples are too few for {k} folds",
@@ -91,15 +76,7 @@ mod tests {
     use super::*;
 
     fn ex(class: ErrorClass, message: &str) -> Example {
-        Example {
-            class,
-            message: message.into(),
-            exit_code: None,
-            signal: None,
-            http_status: None,
-            io_kind: None,
-            source: None,
-        }
+        Example::new(class, message)
     }
 
     #[test]
@@ -128,7 +105,7 @@ mod tests {
             assert_eq!(sec, 1);
         }
         let twice = [examples[0].clone(), examples[0].clone()];
-        assert_eq!(distinct(&twice).len(), 1);
+        assert_eq!(train::distinct(&twice).len(), 1);
         assert!(
             cross_validate(&examples, 1, &TrainOptions::default(), &|| Ok(
                 Classifier::defaults()

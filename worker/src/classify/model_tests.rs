@@ -7,15 +7,7 @@ use super::{
 };
 
 fn example(class: ErrorClass, message: &str) -> Example {
-    Example {
-        class,
-        message: message.into(),
-        exit_code: None,
-        signal: None,
-        http_status: None,
-        io_kind: None,
-        source: None,
-    }
+    Example::new(class, message)
 }
 
 /// A small corpus where `sandbox` and `escape` mean security.

@@ -38,6 +38,27 @@ pub struct Example {
 }
 
 impl Example {
+    /// An example of `class` with only a message.
+    pub fn new(class: ErrorClass, message: &str) -> Self {
+        Self {
+            class,
+            message: message.into(),
+            exit_code: None,
+            signal: None,
+            http_status: None,
+            io_kind: None,
+            source: None,
+        }
+    }
+
+    /// What makes two examples the same one: class, message and every field.
+    fn identity(&self) -> String {
+        format!(
+            "{:?}|{}|{:?}|{:?}|{:?}|{:?}",
+            self.class, self.message, self.exit_code, self.signal, self.http_status, self.io_kind
+        )
+    }
+
     /// The failure it describes.
     pub fn failure(&self) -> Failure {
         Failure {
@@ -99,6 +120,15 @@ pub fn load_examples(path: &str) -> Result<Vec<Example>, String> {
     Ok(examples)
 }
 
+/// Examples without exact repeats (same class, message and fields), in their first order.
+pub fn distinct(examples: &[Example]) -> Vec<&Example> {
+    let mut seen = std::collections::HashSet::new();
+    examples
+        .iter()
+        .filter(|e| seen.insert(e.identity()))
+        .collect()
+}
+
 /// Whether an example belongs to the validation split (a fifth, by its message's hash).
 pub fn is_validation(e: &Example) -> bool {
     stable_hash(e.message.as_bytes()).is_multiple_of(5)
@@ -134,16 +164,7 @@ pub fn train(
             opts.buckets
         ));
     }
-    let mut seen = std::collections::HashSet::new();
-    let examples: Vec<&Example> = examples
-        .iter()
-        .filter(|e| {
-            seen.insert(format!(
-                "{:?}|{}|{:?}|{:?}|{:?}|{:?}",
-                e.class, e.message, e.exit_code, e.signal, e.http_status, e.io_kind
-            ))
-        })
-        .collect();
+    let examples = distinct(examples);
     let classes: Vec<ErrorClass> = ErrorClass::ALL
         .into_iter()
         .filter(|c| examples.iter().any(|e| e.class == *c))
