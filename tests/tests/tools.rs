@@ -387,6 +387,15 @@ async fn tool_nodes_are_measured_per_node_type() {
         .collect();
     let submitted = run_recipe(&ns, &recipe, &targets, &catalog()).await;
     assert_eq!(submitted.status.as_deref(), Some("succeeded"));
+    // The run's end is published just before its node's settlement records the metrics: wait
+    // for them to appear rather than read them once.
+    let last = r#"secflow_node_cache_total{type="scan.nuclei",result="miss"} 1"#;
+    secflow_tests::wait_for("the node's metrics", Duration::from_secs(10), || async {
+        secflow_tests::http_get(port, "/metrics")
+            .await
+            .is_some_and(|(_, m)| m.contains(last))
+    })
+    .await;
     let (_, metrics) = secflow_tests::http_get(port, "/metrics").await.unwrap();
     secflow_tests::stop_gracefully(&mut worker).await;
     let has = |needle: &str| {
