@@ -5,6 +5,7 @@
 pub mod amqp;
 pub mod bookkeeping;
 pub mod config;
+pub mod control;
 pub mod deadline;
 pub mod duration;
 pub mod envelope;

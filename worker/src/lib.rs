@@ -6,6 +6,7 @@ pub mod chaos;
 pub mod checkpoint;
 pub mod classify;
 pub mod config;
+pub mod controls;
 pub mod disposition;
 pub mod events;
 pub mod fingerprint;

@@ -76,6 +76,10 @@ pub enum Disposition {
     /// Not run now: republish after `delay` without using a retry attempt (open breaker,
     /// another attempt holds the task's lease), then ack.
     Defer { delay: Duration, reason: String },
+    /// Held back by an operator (a paused type, a breaker held open or disabled): republished
+    /// after `delay` like a deferral, but not counted against `--max-defers`: a hold may last
+    /// as long as the operator wants without the task failing.
+    Hold { delay: Duration, reason: String },
     /// Already completed (redelivered duplicate): ack without running.
     Duplicate,
 }

@@ -57,6 +57,7 @@ pub async fn run_with_stats(
     parts
         .store
         .keep_alive_worker(worker_id.clone(), stop_heartbeat.clone());
+    parts.controls.keep_fresh(stop_heartbeat.clone());
     let _stop_heartbeat = stop_heartbeat.drop_guard();
     let stop_endpoints = CancellationToken::new();
     if let Some(addr) = cfg.metrics_addr {
@@ -225,6 +226,7 @@ async fn session(
         cancels: Arc::clone(&parts.cancels),
         store: Arc::clone(&parts.store),
         breakers: Arc::clone(&parts.breakers),
+        controls: Arc::clone(&parts.controls),
         policies: cfg.policies_with(parts.handlers.tools()),
         default_timeout: Duration::from_secs(cfg.task_timeout_secs),
         isolation: RwLock::new(()),

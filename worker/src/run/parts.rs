@@ -23,6 +23,7 @@ pub(super) struct Parts {
     pub(super) runs: Arc<RunStore>,
     pub(super) cancels: Arc<crate::workflow::RunCancels>,
     pub(super) hooks: Arc<Hooks>,
+    pub(super) controls: Arc<crate::controls::ControlView>,
 }
 
 impl Parts {
@@ -89,7 +90,12 @@ impl Parts {
         if !store.check().await {
             tracing::warn!(url = %redact_url(&cfg.broker.redis_url), "starting without Redis: local breakers until it answers");
         }
+        let controls =
+            crate::controls::ControlView::new(&cfg.broker.redis_url, &cfg.broker.namespace)
+                .map_err(WorkerError::Config)?;
+        controls.refresh().await;
         Ok(Self {
+            controls: Arc::new(controls),
             keyring,
             handlers,
             breakers: Arc::new(Breakers::new(

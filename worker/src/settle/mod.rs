@@ -109,7 +109,11 @@ impl Settler {
             }
             Disposition::HandBack => self.hand_back(delivery, meta).await,
             Disposition::Defer { delay, reason } => {
-                self.defer(delivery, task, meta, *delay, reason).await
+                self.defer(delivery, task, meta, *delay, reason, true).await
+            }
+            Disposition::Hold { delay, reason } => {
+                self.defer(delivery, task, meta, *delay, reason, false)
+                    .await
             }
             Disposition::Duplicate => Ok(()),
         };
@@ -142,7 +146,9 @@ impl Settler {
                     Disposition::Retry { .. } => (&stats.retried, "retried"),
                     Disposition::DeadLetter { .. } => (&stats.dead_lettered, "dead_lettered"),
                     Disposition::HandBack => (&stats.handed_back, "handed_back"),
-                    Disposition::Defer { .. } => (&stats.deferred, "deferred"),
+                    Disposition::Defer { .. } | Disposition::Hold { .. } => {
+                        (&stats.deferred, "deferred")
+                    }
                     Disposition::Duplicate => (&stats.duplicates, "duplicate"),
                 };
                 WorkerStats::bump(counter);
@@ -230,9 +236,12 @@ impl Settler {
         meta: &DeliveryMeta,
         delay: Duration,
         reason: &str,
+        counted: bool,
     ) -> secflow_common::Result<()> {
         let mut headers = copy_headers(delivery, meta);
-        h::set_u64(&mut headers, h::DEFER_COUNT, meta.defer_count + 1);
+        if counted {
+            h::set_u64(&mut headers, h::DEFER_COUNT, meta.defer_count + 1);
+        }
         if meta.unsettled_total() > 0 {
             // A crash-looping task must not shed its history by being deferred.
             h::set_u64(&mut headers, h::UNSETTLED_BEFORE, meta.unsettled_total());

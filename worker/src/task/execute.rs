@@ -34,6 +34,14 @@ pub(super) async fn gate(
     service: &str,
 ) -> Result<Prepared, Held> {
     let now = now_ms();
+    // An operator's hold (a paused type, a breaker held open or disabled) comes first: it
+    // holds the task without counting a deferral.
+    if let Some(held) = shared.controls.held(service, &task.node_type, now) {
+        return Err(Held::Deferred(Disposition::Hold {
+            delay: jittered(held.delay.as_millis() as u64),
+            reason: held.reason,
+        }));
+    }
     if let Verdict::Reject { until_ms } = shared.breakers.admit(service, now).await {
         return Err(Held::Deferred(disposition::defer(
             meta.defer_count,

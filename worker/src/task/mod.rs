@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub runs: Arc<secflow_common::runs::RunStore>,
     pub cancels: Arc<crate::workflow::RunCancels>,
     pub breakers: Arc<Breakers>,
+    /// The fleet controls (holds, pauses, degradation level) as last read.
+    pub controls: Arc<crate::controls::ControlView>,
     pub policies: PolicyTable,
     pub default_timeout: Duration,
     /// Suspect tasks run alone (write lock) so a task that kills the process does not take
