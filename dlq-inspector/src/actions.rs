@@ -6,7 +6,7 @@ use secflow_common::{TaskEnvelope, amqp, bookkeeping, headers as h, now_ms, sign
 use std::{io::Write, time::Duration};
 
 /// Copies in flight at once during a requeue: also the most duplicates a kill can leave.
-const WINDOW: usize = 32;
+pub const WINDOW: usize = 32;
 
 /// How to requeue.
 #[derive(Clone, Copy, Debug, Default)]
@@ -24,6 +24,9 @@ pub struct RequeueReport {
     pub requeued: usize,
     /// Messages left in the DLQ because their copy could not be published, with the reason.
     pub failed: Vec<(usize, String)>,
+    /// Messages left in the DLQ because their service's breaker or a pause still held them
+    /// when a paced requeue's `--max-wait` ran out, with the reason.
+    pub held: Vec<(usize, String)>,
 }
 
 /// Republishes each selected message to the namespace's tasks exchange under its type, with
@@ -78,10 +81,13 @@ pub async fn requeue(
 }
 
 /// A message ready to publish.
-struct Copy {
-    routing_key: String,
-    props: lapin::BasicProperties,
-    body: Vec<u8>,
+pub(crate) struct Copy {
+    /// The task's type.
+    pub(crate) routing_key: String,
+    /// Its properties, bookkeeping signed again.
+    pub(crate) props: lapin::BasicProperties,
+    /// Its body, unchanged.
+    pub(crate) body: Vec<u8>,
 }
 
 /// The requeue copy of message `i`: same body and task signature, requeue recorded, broker
@@ -89,7 +95,7 @@ struct Copy {
 /// It goes to the namespace's tasks exchange under the task's own (signed) type, never to an
 /// exchange or routing key a header names. Bookkeeping that does not verify is not carried
 /// over: such a message is requeued only with `reset_retries`, which starts it over.
-fn copy_of(
+pub(crate) fn copy_of(
     session: &Session,
     i: usize,
     reset_retries: bool,

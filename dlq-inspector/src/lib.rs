@@ -1,8 +1,18 @@
 //! The DLQ inspector: review, requeue, export and purge a namespace's dead-lettered tasks
-//! without ever losing one (see [`session`] for how).
+//! without ever losing one (see [`session`] for how), and the operator's fleet controls
+//! ([`controls`]).
 
 pub mod actions;
+pub mod announce;
+pub mod breaker_state;
+pub mod cli;
+pub mod control_view;
+pub mod controls;
+pub mod dlq_cmd;
 pub mod filter;
+pub mod fleet;
+pub mod gate;
+pub mod pace;
 pub mod record;
 pub mod report;
 pub mod session;

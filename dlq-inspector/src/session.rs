@@ -59,6 +59,16 @@ pub enum InspectorError {
     /// Bad command-line input.
     #[error("{0}")]
     Usage(String),
+    /// Redis (the fleet's controls and breaker states) did not answer or refused.
+    #[error(
+        "Redis at {url}: {detail}; is it running and is --redis-url / REDIS_URL right? Nothing was changed by the failed call"
+    )]
+    Redis {
+        /// The Redis URL, password masked.
+        url: String,
+        /// What failed.
+        detail: String,
+    },
 }
 
 impl From<lapin::Error> for InspectorError {
