@@ -25,6 +25,9 @@ pub const POLL: Duration = Duration::from_millis(250);
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// How often progress is printed.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Longest wait that stays safely within the broker's `consumer_timeout` (30 min by default),
+/// past which it closes the session's channel and takes back every message it holds.
+const SAFE_WAIT: Duration = Duration::from_secs(25 * 60);
 
 /// How to pace.
 #[derive(Clone, Copy, Debug)]
@@ -111,6 +114,7 @@ pub async fn requeue(
     let mut cursor = 0;
     let mut unreleased = items.len();
     let mut redis_down = false;
+    let mut warned = opts.max_wait <= SAFE_WAIT;
     loop {
         let now = Instant::now();
         if now >= next_poll {
@@ -162,6 +166,12 @@ pub async fn requeue(
             break;
         }
         if now >= next_progress {
+            if !warned && unreleased > 0 {
+                eprintln!(
+                    "note: tasks are waiting and --max-wait is over 25 min: the broker's consumer_timeout (30 min by default) may end this session first; its tasks then go back to the DLQ and the command fails: run it again"
+                );
+                warned = true;
+            }
             eprintln!("{}", progress(&items, &mut gates, &report, selected.len()));
             next_progress = now + PROGRESS_EVERY;
         }
