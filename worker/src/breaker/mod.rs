@@ -25,12 +25,18 @@ const CAS_ATTEMPTS: usize = 16;
 /// for the common case (closed, healthy).
 pub const CLOSED_CACHE_MS: u64 = 100;
 
+/// How long a breaker seen open counts as open for the fleet's signals without being seen
+/// again (a worker that stops calling a service no longer reads its breaker).
+pub const OPEN_SEEN_MS: u64 = 30_000;
+
 /// All breakers of a worker.
 pub struct Breakers {
     store: Arc<Store>,
     local: Mutex<HashMap<String, BreakerState>>,
     /// Services last seen closed in Redis, and when.
     seen_closed: Mutex<HashMap<String, u64>>,
+    /// Services last seen open or half-open in Redis, and when.
+    seen_open: Mutex<HashMap<String, u64>>,
     configs: HashMap<String, BreakerConfig>,
     default: BreakerConfig,
 }
@@ -46,6 +52,7 @@ impl Breakers {
             store,
             local: Mutex::new(HashMap::new()),
             seen_closed: Mutex::new(HashMap::new()),
+            seen_open: Mutex::new(HashMap::new()),
             configs,
             default,
         }
@@ -91,11 +98,33 @@ impl Breakers {
             .seen_closed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut open = self
+            .seen_open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if mode == Mode::Closed {
             seen.insert(service.to_string(), now_ms);
+            open.remove(service);
         } else {
             seen.remove(service);
+            open.insert(service.to_string(), now_ms);
         }
+    }
+
+    /// Services whose shared breaker this worker saw open or half-open within the last
+    /// [`OPEN_SEEN_MS`] (for its registry record and the fleet's degradation signals).
+    pub fn open_now(&self, now_ms: u64) -> Vec<String> {
+        let open = self
+            .seen_open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut services: Vec<String> = open
+            .iter()
+            .filter(|(_, at)| now_ms.saturating_sub(**at) < OPEN_SEEN_MS)
+            .map(|(s, _)| s.clone())
+            .collect();
+        services.sort();
+        services
     }
 
     async fn apply(&self, service: &str, input: Input, now_ms: u64) -> Verdict {

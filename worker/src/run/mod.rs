@@ -58,7 +58,28 @@ pub async fn run_with_stats(
         .store
         .keep_alive_worker(worker_id.clone(), stop_heartbeat.clone());
     parts.controls.keep_fresh(stop_heartbeat.clone());
-    let _stop_heartbeat = stop_heartbeat.drop_guard();
+    let fleet = Arc::new(crate::fleet::Fleet::new(crate::fleet::FleetParts {
+        args: cfg.fleet.clone(),
+        worker_id: worker_id.clone(),
+        pool: cfg.pool.clone(),
+        amqp_url: cfg.broker.amqp_url.clone(),
+        stats: Arc::clone(&stats),
+        store: Arc::clone(&parts.store),
+        controls: Arc::clone(&parts.controls),
+        breakers: Arc::clone(&parts.breakers),
+        topology: Arc::clone(&topology),
+    }));
+    fleet.start(&stop_heartbeat);
+    let _stop_heartbeat = stop_heartbeat.clone().drop_guard();
+    // The memory watchdog stops the worker the way SIGTERM does.
+    let (memory, stopping) = (fleet.memory_exceeded.clone(), fleet.stopping.clone());
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = memory.cancelled() => {}
+        }
+        stopping.cancel();
+    };
     let stop_endpoints = CancellationToken::new();
     if let Some(addr) = cfg.metrics_addr {
         observe::serve(
@@ -152,6 +173,26 @@ pub async fn run_with_stats(
         }
     };
     stop_endpoints.cancel();
+    if fleet.memory_exceeded.is_cancelled() {
+        let left = WorkerStats::get(&stats.in_flight);
+        let detected = format!(
+            "resident memory above --max-rss-mb {}",
+            cfg.fleet.max_rss_mb
+        );
+        let done = format!(
+            "stopped taking work, finished or handed back what it held ({left} left), exiting 0 for a fresh start"
+        );
+        fleet
+            .healed(
+                "memory_restart",
+                &detected,
+                &done,
+                result.is_ok() && left == 0,
+            )
+            .await;
+    }
+    stop_heartbeat.cancel();
+    fleet.close().await;
     result
 }
 
