@@ -10,6 +10,7 @@ pub mod config;
 mod controller;
 pub mod memory;
 pub mod signals;
+pub mod watchdog;
 
 use crate::{breaker::Breakers, controls::ControlView, stats::WorkerStats, store::Store};
 pub use config::FleetArgs;
@@ -85,6 +86,7 @@ impl Fleet {
     /// Starts the heartbeat, the memory watchdog and the controller until `stop`.
     pub fn start(self: &Arc<Self>, stop: &CancellationToken) {
         self.keep_beating(stop.clone());
+        watchdog::start(stop);
         if self.args.max_rss_mb > 0 {
             let stats = Arc::clone(&self.stats);
             memory::watch(
