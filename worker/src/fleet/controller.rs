@@ -82,6 +82,11 @@ async fn tick(fleet: &Fleet, state: &mut State) {
         state.leading = true;
         state.hysteresis.last_change_ms = fleet.controls.snapshot().level.at_ms;
     }
+    if let Ok(Ok(healing)) = tokio::time::timeout(TICK, store.healing()).await
+        && let Some(rate) = healing.recovery_rate()
+    {
+        metrics::gauge!("secflow_healing_recovery_rate").set(rate);
+    }
     let records = match tokio::time::timeout(TICK, store.workers()).await {
         Ok(Ok((records, _))) => records,
         _ => return,

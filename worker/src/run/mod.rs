@@ -93,6 +93,8 @@ pub async fn run_with_stats(
     let name = format!("secflow-worker {worker_id}");
     tokio::pin!(shutdown);
     let mut connected_once = false;
+    // Why the last connection was lost, until a new one is up.
+    let mut lost: Option<String> = None;
     let mut backoff = secflow_common::retry::ReconnectBackoff::default();
     let result = loop {
         // The first connection has a deadline (a wrong URL must say so); later ones retry until
@@ -110,8 +112,13 @@ pub async fn run_with_stats(
             Ok(conn) => conn,
             Err(e) => break Err(e.into()),
         };
-        if connected_once {
+        if let Some(lost) = lost.take() {
             tracing::info!("reconnected to RabbitMQ: redeclaring and resuming");
+            let fleet = Arc::clone(&fleet);
+            tokio::spawn(async move {
+                let done = "reconnected with backoff; redeclaring the topology and consuming again";
+                fleet.healed("reconnect_broker", &lost, done, true).await;
+            });
         }
         connected_once = true;
         let up_since = std::time::Instant::now();
@@ -162,6 +169,7 @@ pub async fn run_with_stats(
                 break Err(WorkerError::Broker(e));
             }
             Err(WorkerError::Broker(e)) => {
+                lost = Some(format!("lost the RabbitMQ connection: {e}"));
                 let wait = backoff.next_delay(&mut rand::rng());
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "lost the RabbitMQ connection: in-flight deliveries go back to the queue; reconnecting");
                 tokio::select! {
