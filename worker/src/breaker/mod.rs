@@ -4,9 +4,14 @@
 //! compare-and-set of the whole state (retried on conflict with the state the script returns),
 //! so every worker sees one breaker. With Redis unreachable, the same transitions run on an
 //! in-process copy until Redis answers again.
+//!
+//! Successes reach the shared state only for services with a failure rate threshold
+//! ([`BreakerConfig::counts_calls`]); for the others a success in a breaker recently seen closed
+//! is not reported at all.
 
 mod config;
 pub mod state;
+pub mod window;
 
 use crate::store::{Store, StoreError};
 use state::{BreakerConfig, BreakerState, Input, Mode, Verdict, transition};
@@ -72,8 +77,10 @@ impl Breakers {
 
     /// Reports the outcome of a call.
     pub async fn record(&self, service: &str, healthy: bool, now_ms: u64) {
-        // A success changes nothing in a closed breaker: no need to ask.
-        if healthy && self.recently_closed(service, now_ms) {
+        // A success changes nothing in a closed breaker without a failure rate threshold: no
+        // need to ask. With one, the success is counted in the shared window.
+        if healthy && self.recently_closed(service, now_ms) && !self.config(service).counts_calls()
+        {
             return;
         }
         let input = if healthy {
