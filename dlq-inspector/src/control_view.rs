@@ -282,6 +282,8 @@ mod tests {
             rss_bytes: 64 << 20,
             level: Level::Full,
             state: "consuming".into(),
+            max_rss_bytes: 0,
+            open_breakers: Vec::new(),
         };
         let rows = worker_rows(vec![rec("a", 9_500), rec("b", 1_000)], 10_000);
         assert_eq!((rows[0].unresponsive, rows[1].unresponsive), (false, true));

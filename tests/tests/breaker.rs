@@ -56,6 +56,7 @@ async fn breaker_opens_fleet_wide_and_deferred_tasks_complete_after_recovery() {
         max_open_ms: 1_200,
         half_open_probes: 1,
         success_threshold: 2,
+        ..BreakerConfig::default()
     };
     let workers: Vec<_> = (0..4)
         .map(|i| {

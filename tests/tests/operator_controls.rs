@@ -318,6 +318,8 @@ async fn workers_lists_the_registry_and_marks_silent_ones() {
         rss_bytes: 96 << 20,
         level: Level::Medium,
         state: "consuming".into(),
+        max_rss_bytes: 0,
+        open_breakers: Vec::new(),
     };
     let s = store(&ns);
     s.beat(&record("w-alive", now)).await.unwrap();

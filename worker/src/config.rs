@@ -13,6 +13,9 @@ pub struct WorkerConfig {
     /// Broker, Redis and namespace.
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// Self-healing and degradation.
+    #[command(flatten)]
+    pub fleet: crate::fleet::FleetArgs,
     /// Worker pool: the work queue `{namespace}.work.{pool}` this worker consumes.
     #[arg(long, env = "SECFLOW_POOL", default_value = "default")]
     pub pool: String,
@@ -180,6 +183,7 @@ impl WorkerConfig {
     pub fn local(namespace: &str) -> Self {
         Self {
             broker: BrokerArgs::local(namespace),
+            fleet: crate::fleet::FleetArgs::default(),
             pool: "default".into(),
             bind: vec!["#".into()],
             prefetch: 64,
@@ -217,6 +221,7 @@ impl WorkerConfig {
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), String> {
         self.broker.validate().map_err(|e| e.to_string())?;
+        self.fleet.validate()?;
         if self.prefetch == 0 {
             return Err("--prefetch must be at least 1".into());
         }

@@ -10,6 +10,7 @@ pub mod controls;
 pub mod disposition;
 pub mod events;
 pub mod fingerprint;
+pub mod fleet;
 pub mod handlers;
 pub mod hooks;
 pub mod idempotency;

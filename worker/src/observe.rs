@@ -46,7 +46,7 @@ pub async fn serve(
         .await
         .map_err(|e| format!("cannot listen on --metrics-addr {addr}: {e}"))?;
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
         .route("/metrics", get(prometheus))
         .with_state(stats);
@@ -59,6 +59,14 @@ pub async fn serve(
         }
     });
     Ok(())
+}
+
+/// Alive unless the watchdog found the runtime or a handler stuck: then a restart is needed.
+async fn healthz() -> impl IntoResponse {
+    match crate::fleet::watchdog::health() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    }
 }
 
 async fn ready(State(stats): State<Arc<WorkerStats>>) -> impl IntoResponse {

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub struct WorkerStats {
     /// Tasks completed and acked.
     pub completed: AtomicU64,
+    /// Deliveries being processed now.
+    pub in_flight: AtomicU64,
     /// Retry copies scheduled.
     pub retried: AtomicU64,
     /// Tasks dead-lettered.

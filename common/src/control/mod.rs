@@ -7,6 +7,7 @@
 //! Fields: `breaker:SERVICE` and `pause:TYPE` (JSON [`BreakerHold`] / [`Pause`]), `level`
 //! (JSON [`LevelSetting`]). A field that does not parse is reported and ignored.
 
+pub mod healing;
 pub mod level;
 pub mod registry;
 

@@ -42,8 +42,14 @@ pub struct WorkerRecord {
     pub rss_bytes: u64,
     /// The degradation level it last saw.
     pub level: Level,
-    /// `consuming`, `isolating`, `stopping`, `disconnected`.
+    /// `consuming`, `stopping`, `disconnected`, `memory_limit`.
     pub state: String,
+    /// Its `--max-rss-mb` in bytes (0: no limit).
+    #[serde(default)]
+    pub max_rss_bytes: u64,
+    /// Services whose breaker it last saw open.
+    #[serde(default)]
+    pub open_breakers: Vec<String>,
 }
 
 impl WorkerRecord {
@@ -119,6 +125,8 @@ mod tests {
             rss_bytes: 0,
             level: Level::Full,
             state: "consuming".into(),
+            max_rss_bytes: 0,
+            open_breakers: Vec::new(),
         };
         assert!(!r.unresponsive(13_000));
         assert!(r.unresponsive(13_001));

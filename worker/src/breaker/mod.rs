@@ -4,9 +4,14 @@
 //! compare-and-set of the whole state (retried on conflict with the state the script returns),
 //! so every worker sees one breaker. With Redis unreachable, the same transitions run on an
 //! in-process copy until Redis answers again.
+//!
+//! Successes reach the shared state only for services with a failure rate threshold
+//! ([`BreakerConfig::counts_calls`]); for the others a success in a breaker recently seen closed
+//! is not reported at all.
 
 mod config;
 pub mod state;
+pub mod window;
 
 use crate::store::{Store, StoreError};
 use state::{BreakerConfig, BreakerState, Input, Mode, Verdict, transition};
@@ -25,12 +30,18 @@ const CAS_ATTEMPTS: usize = 16;
 /// for the common case (closed, healthy).
 pub const CLOSED_CACHE_MS: u64 = 100;
 
+/// How long a breaker seen open counts as open for the fleet's signals without being seen
+/// again (a worker that stops calling a service no longer reads its breaker).
+pub const OPEN_SEEN_MS: u64 = 30_000;
+
 /// All breakers of a worker.
 pub struct Breakers {
     store: Arc<Store>,
     local: Mutex<HashMap<String, BreakerState>>,
     /// Services last seen closed in Redis, and when.
     seen_closed: Mutex<HashMap<String, u64>>,
+    /// Services last seen open or half-open in Redis, and when.
+    seen_open: Mutex<HashMap<String, u64>>,
     configs: HashMap<String, BreakerConfig>,
     default: BreakerConfig,
 }
@@ -46,6 +57,7 @@ impl Breakers {
             store,
             local: Mutex::new(HashMap::new()),
             seen_closed: Mutex::new(HashMap::new()),
+            seen_open: Mutex::new(HashMap::new()),
             configs,
             default,
         }
@@ -65,8 +77,10 @@ impl Breakers {
 
     /// Reports the outcome of a call.
     pub async fn record(&self, service: &str, healthy: bool, now_ms: u64) {
-        // A success changes nothing in a closed breaker: no need to ask.
-        if healthy && self.recently_closed(service, now_ms) {
+        // A success changes nothing in a closed breaker without a failure rate threshold: no
+        // need to ask. With one, the success is counted in the shared window.
+        if healthy && self.recently_closed(service, now_ms) && !self.config(service).counts_calls()
+        {
             return;
         }
         let input = if healthy {
@@ -91,11 +105,33 @@ impl Breakers {
             .seen_closed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut open = self
+            .seen_open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if mode == Mode::Closed {
             seen.insert(service.to_string(), now_ms);
+            open.remove(service);
         } else {
             seen.remove(service);
+            open.insert(service.to_string(), now_ms);
         }
+    }
+
+    /// Services whose shared breaker this worker saw open or half-open within the last
+    /// [`OPEN_SEEN_MS`] (for its registry record and the fleet's degradation signals).
+    pub fn open_now(&self, now_ms: u64) -> Vec<String> {
+        let open = self
+            .seen_open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut services: Vec<String> = open
+            .iter()
+            .filter(|(_, at)| now_ms.saturating_sub(**at) < OPEN_SEEN_MS)
+            .map(|(s, _)| s.clone())
+            .collect();
+        services.sort();
+        services
     }
 
     async fn apply(&self, service: &str, input: Input, now_ms: u64) -> Verdict {

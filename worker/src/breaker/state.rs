@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use super::config::BreakerConfig;
+use super::window::{self, Bucket};
 
 /// Where a breaker is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,9 +26,14 @@ pub enum Mode {
 pub struct BreakerState {
     /// Current mode.
     pub mode: Mode,
-    /// Times of recent failures (closed), oldest first, at most `failure_threshold`.
+    /// Times of recent failures (closed), oldest first, at most `failure_threshold`; none
+    /// without a count threshold.
     #[serde(default)]
     pub failures: Vec<u64>,
+    /// Calls and failures per time bucket of the window (closed), oldest first; only with a
+    /// failure rate threshold, and then at most a few buckets whatever the call rate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<Bucket>,
     /// When it last opened.
     #[serde(default)]
     pub opened_at_ms: u64,
@@ -78,13 +84,22 @@ pub fn transition(
     let reopen_at = s.opened_at_ms.saturating_add(s.open_ms);
     match (s.mode, input) {
         (Mode::Closed, Input::Admit) => (n, Verdict::Allow),
-        (Mode::Closed, Input::Success) => (n, Verdict::Recorded),
-        (Mode::Closed, Input::Failure) => {
-            n.failures
-                .retain(|&t| now_ms.saturating_sub(t) < cfg.window_ms);
-            n.failures.push(now_ms);
-            // Below the threshold the list stays shorter than it, so the state stays small.
-            if n.failures.len() >= cfg.failure_threshold as usize {
+        (Mode::Closed, Input::Success | Input::Failure) => {
+            let failed = input == Input::Failure;
+            let mut reached = false;
+            if failed && cfg.failure_threshold > 0 {
+                n.failures
+                    .retain(|&t| now_ms.saturating_sub(t) < cfg.window_ms);
+                n.failures.push(now_ms);
+                // Below the threshold the list stays shorter than it, so the state stays small.
+                reached = n.failures.len() >= cfg.failure_threshold as usize;
+            }
+            // Without a rate threshold a success changes nothing: the state stays equal.
+            if let Some(pct) = cfg.failure_rate_threshold {
+                window::count(&mut n.calls, now_ms, cfg.window_ms, failed);
+                reached |= window::rate_reached(&n.calls, pct, cfg.minimum_calls);
+            }
+            if reached {
                 n = open(now_ms, cfg.open_ms);
             }
             (n, Verdict::Recorded)
@@ -160,33 +175,14 @@ mod tests {
     fn cfg() -> BreakerConfig {
         BreakerConfig {
             failure_threshold: 3,
+            failure_rate_threshold: None,
+            minimum_calls: 20,
             window_ms: 1_000,
             open_ms: 100,
             max_open_ms: 350,
             half_open_probes: 1,
             success_threshold: 2,
         }
-    }
-
-    #[test]
-    fn published_setting_names_mean_the_same_settings() {
-        let published: BreakerConfig = serde_json::from_str(
-            r#"{"failure_threshold":3,"success_threshold":2,"timeout":30,"half_open_max_calls":2}"#,
-        )
-        .unwrap();
-        assert_eq!((published.open_ms, published.half_open_probes), (30_000, 2));
-        assert_eq!(published.validate(), Ok(()));
-        let ours: BreakerConfig =
-            serde_json::from_str(r#"{"failure_threshold":3,"open_ms":30000,"half_open_probes":2}"#)
-                .unwrap();
-        assert_eq!(published, ours);
-        let long: BreakerConfig = serde_json::from_str(r#"{"timeout":900}"#).unwrap();
-        assert_eq!(long.validate(), Ok(()));
-        let both = serde_json::from_str::<BreakerConfig>(r#"{"timeout":1,"open_ms":5}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(both.contains("not both"), "{both}");
-        assert!(serde_json::from_str::<BreakerConfig>(r#"{"timeout_s":1}"#).is_err());
     }
 
     fn run(s: &BreakerState, inputs: &[(Input, u64)]) -> (BreakerState, Verdict) {
@@ -302,25 +298,89 @@ mod tests {
         );
     }
 
+    /// 40 % over at least 10 calls in 1 s; no count threshold unless `failure_threshold` is set.
+    fn rate(failure_threshold: u32) -> BreakerConfig {
+        BreakerConfig {
+            failure_threshold,
+            failure_rate_threshold: Some(40),
+            minimum_calls: 10,
+            ..cfg()
+        }
+    }
+
+    /// Feeds `calls` outcomes 1 ms apart from `start` (true = failed) to a closed breaker.
+    fn calls(
+        cfg: &BreakerConfig,
+        start: u64,
+        failed: impl Fn(u64) -> bool,
+        n: u64,
+    ) -> BreakerState {
+        let mut s = BreakerState::default();
+        for i in 0..n {
+            let input = if failed(i) {
+                Input::Failure
+            } else {
+                Input::Success
+            };
+            (s, _) = transition(&s, input, start + i, cfg);
+        }
+        s
+    }
+
     #[test]
-    fn config_is_validated() {
-        assert!(BreakerConfig::default().validate().is_ok());
+    fn a_failure_rate_above_the_threshold_opens_it() {
+        let s = calls(&rate(0), 0, |i| i % 2 == 0, 10);
+        assert_eq!(s.mode, Mode::Open, "50 % of 10 calls, threshold 40 %");
+        assert!(s.calls.is_empty() && s.failures.is_empty());
+    }
+
+    #[test]
+    fn a_failure_rate_below_the_threshold_keeps_it_closed() {
+        let s = calls(&rate(0), 0, |i| i % 10 == 0, 200);
+        assert_eq!(s.mode, Mode::Closed, "10 %");
         assert!(
-            BreakerConfig {
-                open_ms: 0,
-                ..cfg()
-            }
-            .validate()
-            .is_err()
+            s.failures.is_empty(),
+            "no count threshold: no failure times kept"
         );
-        assert!(
-            BreakerConfig {
-                failure_threshold: 0,
-                ..cfg()
-            }
-            .validate()
-            .unwrap_err()
-            .contains("failure_threshold")
-        );
+        assert_eq!(window::totals(&s.calls), (200, 20));
+    }
+
+    #[test]
+    fn below_the_minimum_calls_the_rate_never_opens_it() {
+        let s = calls(&rate(0), 0, |_| true, 9);
+        assert_eq!(s.mode, Mode::Closed, "9 failures of 9 calls, minimum 10");
+        let (s, _) = transition(&s, Input::Success, 9, &rate(0));
+        assert_eq!(s.mode, Mode::Open, "the tenth call, a success, makes 90 %");
+    }
+
+    #[test]
+    fn calls_that_left_the_window_do_not_count() {
+        // 5 failures early, then 5 successes after the window moved past them: 50 % of 10
+        // calls if the failures still counted.
+        let mut s = calls(&rate(0), 0, |_| true, 5);
+        for t in 1_200..1_205 {
+            (s, _) = transition(&s, Input::Success, t, &rate(0));
+        }
+        assert_eq!(s.mode, Mode::Closed);
+        assert_eq!(window::totals(&s.calls), (5, 0));
+    }
+
+    #[test]
+    fn either_threshold_opens_it() {
+        // The count: 3 failures among 100 calls (3 %).
+        let s = calls(&rate(3), 0, |i| i >= 97, 100);
+        assert_eq!(s.mode, Mode::Open);
+        // The rate, the count (3) not reached: 2 failures in the first 5 calls are 40 %.
+        let mut strict = rate(3);
+        strict.minimum_calls = 5;
+        let s = calls(&strict, 0, |i| i < 2, 5);
+        assert_eq!(s.mode, Mode::Open);
+    }
+
+    #[test]
+    fn without_a_rate_threshold_a_success_changes_nothing() {
+        let s = calls(&cfg(), 0, |i| i == 0, 1);
+        assert_eq!(transition(&s, Input::Success, 5, &cfg()).0, s);
+        assert!(s.calls.is_empty());
     }
 }

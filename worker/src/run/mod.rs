@@ -58,7 +58,28 @@ pub async fn run_with_stats(
         .store
         .keep_alive_worker(worker_id.clone(), stop_heartbeat.clone());
     parts.controls.keep_fresh(stop_heartbeat.clone());
-    let _stop_heartbeat = stop_heartbeat.drop_guard();
+    let fleet = Arc::new(crate::fleet::Fleet::new(crate::fleet::FleetParts {
+        args: cfg.fleet.clone(),
+        worker_id: worker_id.clone(),
+        pool: cfg.pool.clone(),
+        amqp_url: cfg.broker.amqp_url.clone(),
+        stats: Arc::clone(&stats),
+        store: Arc::clone(&parts.store),
+        controls: Arc::clone(&parts.controls),
+        breakers: Arc::clone(&parts.breakers),
+        topology: Arc::clone(&topology),
+    }));
+    fleet.start(&stop_heartbeat);
+    let _stop_heartbeat = stop_heartbeat.clone().drop_guard();
+    // The memory watchdog stops the worker the way SIGTERM does.
+    let (memory, stopping) = (fleet.memory_exceeded.clone(), fleet.stopping.clone());
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = memory.cancelled() => {}
+        }
+        stopping.cancel();
+    };
     let stop_endpoints = CancellationToken::new();
     if let Some(addr) = cfg.metrics_addr {
         observe::serve(
@@ -72,6 +93,8 @@ pub async fn run_with_stats(
     let name = format!("secflow-worker {worker_id}");
     tokio::pin!(shutdown);
     let mut connected_once = false;
+    // Why the last connection was lost, until a new one is up.
+    let mut lost: Option<String> = None;
     let mut backoff = secflow_common::retry::ReconnectBackoff::default();
     let result = loop {
         // The first connection has a deadline (a wrong URL must say so); later ones retry until
@@ -89,8 +112,13 @@ pub async fn run_with_stats(
             Ok(conn) => conn,
             Err(e) => break Err(e.into()),
         };
-        if connected_once {
+        if let Some(lost) = lost.take() {
             tracing::info!("reconnected to RabbitMQ: redeclaring and resuming");
+            let fleet = Arc::clone(&fleet);
+            tokio::spawn(async move {
+                let done = "reconnected with backoff; redeclaring the topology and consuming again";
+                fleet.healed("reconnect_broker", &lost, done, true).await;
+            });
         }
         connected_once = true;
         let up_since = std::time::Instant::now();
@@ -141,6 +169,7 @@ pub async fn run_with_stats(
                 break Err(WorkerError::Broker(e));
             }
             Err(WorkerError::Broker(e)) => {
+                lost = Some(format!("lost the RabbitMQ connection: {e}"));
                 let wait = backoff.next_delay(&mut rand::rng());
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "lost the RabbitMQ connection: in-flight deliveries go back to the queue; reconnecting");
                 tokio::select! {
@@ -152,6 +181,26 @@ pub async fn run_with_stats(
         }
     };
     stop_endpoints.cancel();
+    if fleet.memory_exceeded.is_cancelled() {
+        let left = WorkerStats::get(&stats.in_flight);
+        let detected = format!(
+            "resident memory above --max-rss-mb {}",
+            cfg.fleet.max_rss_mb
+        );
+        let done = format!(
+            "stopped taking work, finished or handed back what it held ({left} left), exiting 0 for a fresh start"
+        );
+        fleet
+            .healed(
+                "memory_restart",
+                &detected,
+                &done,
+                result.is_ok() && left == 0,
+            )
+            .await;
+    }
+    stop_heartbeat.cancel();
+    fleet.close().await;
     result
 }
 

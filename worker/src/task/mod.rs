@@ -135,6 +135,11 @@ impl End {
 /// Decodes, runs and settles one delivery. Never panics on input. `exclusive` runs it with no
 /// other task in flight.
 pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool) {
+    let stats = &shared.settler.stats;
+    stats
+        .in_flight
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _in_flight = InFlight(stats);
     let mut meta = DeliveryMeta::read(&delivery, shared.keyring.as_ref());
     match pipeline(shared, &delivery, &meta, exclusive).await {
         End::Settle(settlement) => {
@@ -177,6 +182,17 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
                 drop(back);
             }
         }
+    }
+}
+
+/// Counts a delivery out of `in_flight` however its processing ends.
+struct InFlight<'a>(&'a crate::stats::WorkerStats);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,298 @@
+//! The fleet's controller: one worker of the namespace at a time (a Redis lease renewed every
+//! tick) reads the registry and the queues once a second, and
+//! - moves the degradation level from the signals, with hysteresis ([`super::signals`]), when
+//!   it is automatic (`degradation.changed` event with the reason);
+//! - reports a queue that would take longer than `--backlog-secs` to drain at the measured rate
+//!   (`queue.backlog`, then `queue.backlog_cleared`; gauges per queue);
+//! - reports a worker silent for three beats (`worker.unresponsive`), checks that its leases are
+//!   free for others to take (its liveness key lapsed), and forgets it after an hour.
+
+use super::{
+    Fleet,
+    signals::{History, Hysteresis, Signals, Tick, drain_secs, next_level},
+};
+use secflow_common::{
+    control::{LevelSetting, registry::WorkerRecord},
+    now_ms,
+};
+use serde_json::json;
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
+use tokio_util::sync::CancellationToken;
+
+/// How often the controller looks.
+const TICK: Duration = Duration::from_secs(1);
+/// How long the lead lasts without renewal: a dead leader is replaced within this.
+const LEAD_MS: u64 = 3_000;
+/// Records silent for longer than this are removed from the registry.
+const FORGET_MS: u64 = 3_600_000;
+/// History needed before a queue's drain time is trusted.
+const MIN_HISTORY_MS: u64 = 2_000;
+
+#[derive(Default)]
+struct State {
+    leading: bool,
+    /// Counters of each worker (by liveness id) at the previous tick.
+    prev: HashMap<String, (u64, u64)>,
+    history: BTreeMap<String, History>,
+    backlogged: BTreeSet<String>,
+    reported: BTreeSet<String>,
+    hysteresis: Hysteresis,
+}
+
+pub(super) fn spawn(fleet: Arc<Fleet>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut state = State::default();
+        loop {
+            tokio::select! {
+                () = tick(&fleet, &mut state) => {}
+                () = stop.cancelled() => break,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(TICK) => {}
+                () = stop.cancelled() => break,
+            }
+        }
+        if state.leading
+            && let Some(store) = fleet.controls.store()
+        {
+            let _ = tokio::time::timeout(TICK, store.resign(fleet.store.live_id())).await;
+        }
+    });
+}
+
+async fn tick(fleet: &Fleet, state: &mut State) {
+    let Some(store) = fleet.controls.store() else {
+        return;
+    };
+    let me = fleet.store.live_id();
+    let leads = tokio::time::timeout(TICK, store.lead(me, LEAD_MS)).await;
+    if !matches!(leads, Ok(Ok(true))) {
+        if state.leading {
+            tracing::info!("no longer the fleet controller");
+        }
+        *state = State::default();
+        return;
+    }
+    if !state.leading {
+        tracing::info!("leading the fleet controller for this namespace");
+        state.leading = true;
+        state.hysteresis.last_change_ms = fleet.controls.snapshot().level.at_ms;
+    }
+    if let Ok(Ok(healing)) = tokio::time::timeout(TICK, store.healing()).await
+        && let Some(rate) = healing.recovery_rate()
+    {
+        metrics::gauge!("secflow_healing_recovery_rate").set(rate);
+    }
+    let records = match tokio::time::timeout(TICK, store.workers()).await {
+        Ok(Ok((records, _))) => records,
+        _ => return,
+    };
+    let now = now_ms();
+    let th = fleet.args.thresholds();
+    count_ticks(state, &records, now, th.window_ms);
+    watch_workers(fleet, state, &records, now).await;
+    let backlogged = watch_queues(fleet, state, &records, th.backlog_secs).await;
+    let signals = signals(state, &records, backlogged, th.min_outcomes, now);
+    if let Some(rate) = signals.error_rate {
+        metrics::gauge!("secflow_fleet_error_rate").set(rate);
+    }
+    let setting = fleet.controls.snapshot().level.clone();
+    if !setting.auto {
+        // An operator holds the level: the signals wait, and start from now when released.
+        state.hysteresis.last_change_ms = now;
+        return;
+    }
+    let Some((level, reason)) =
+        next_level(setting.level, &signals, &th, &mut state.hysteresis, now)
+    else {
+        return;
+    };
+    let next = LevelSetting {
+        level,
+        auto: true,
+        reason: reason.clone(),
+        by: "auto".into(),
+        at_ms: now,
+    };
+    if let Ok(Ok(true)) = tokio::time::timeout(TICK, store.set_level_auto(&next)).await {
+        tracing::warn!(from = %setting.level, to = %level, reason, "degradation level changed by the fleet's signals");
+        let detail = json!({
+            "from": setting.level, "to": level, "reason": reason, "auto": true,
+            "error_rate": signals.error_rate, "backlogged": signals.backlogged.iter().map(|(q, _)| q).collect::<Vec<_>>(),
+            "open_breakers": signals.open_breakers, "memory": signals.memory,
+        });
+        let _ = fleet.announcer.event("degradation.changed", detail).await;
+        fleet.controls.refresh().await;
+    }
+}
+
+/// Adds this tick's completed and failed tasks per pool to the history.
+fn count_ticks(state: &mut State, records: &[WorkerRecord], now: u64, window_ms: u64) {
+    let mut ticks: BTreeMap<&str, Tick> = BTreeMap::new();
+    for r in records {
+        // First sight: a baseline, not a burst of everything it ever did.
+        let (done, failed) = state
+            .prev
+            .get(&r.live)
+            .copied()
+            .unwrap_or((r.done, r.failed));
+        let tick = ticks.entry(&r.pool).or_insert(Tick {
+            at_ms: now,
+            done: 0,
+            failed: 0,
+        });
+        tick.done += r.done.saturating_sub(done);
+        tick.failed += r.failed.saturating_sub(failed);
+        state.prev.insert(r.live.clone(), (r.done, r.failed));
+    }
+    for (pool, tick) in ticks {
+        state
+            .history
+            .entry(pool.to_string())
+            .or_default()
+            .push(tick, window_ms);
+    }
+}
+
+async fn watch_workers(fleet: &Fleet, state: &mut State, records: &[WorkerRecord], now: u64) {
+    for r in records {
+        if !r.unresponsive(now) {
+            state.reported.remove(&r.live);
+            continue;
+        }
+        let silent_ms = now.saturating_sub(r.last_beat_ms);
+        if silent_ms > FORGET_MS {
+            if let Some(store) = fleet.controls.store() {
+                let _ = tokio::time::timeout(TICK, store.forget_worker(&r.live)).await;
+            }
+            state.reported.remove(&r.live);
+            continue;
+        }
+        if state.reported.contains(&r.live) {
+            continue;
+        }
+        // Its leases are free for others once its liveness key has lapsed.
+        let freed = match tokio::time::timeout(TICK, fleet.store.alive_for(&r.live)).await {
+            Ok(Ok(None)) => true,
+            Ok(Ok(Some(_))) => false,
+            _ => continue,
+        };
+        if !freed {
+            continue;
+        }
+        state.reported.insert(r.live.clone());
+        let detail = json!({
+            "worker": r.id, "live": r.live, "pool": r.pool, "host": r.host, "pid": r.pid,
+            "silent_ms": silent_ms, "in_flight": r.in_flight,
+        });
+        let _ = fleet.announcer.event("worker.unresponsive", detail).await;
+        let detected = format!(
+            "worker {} ({}, pid {}) silent for {} ms ({} tasks in flight)",
+            r.id, r.host, r.pid, silent_ms, r.in_flight
+        );
+        fleet
+            .healed(
+                "release_leases",
+                &detected,
+                "its liveness lapsed: its leases are free, its tasks run on other workers as the broker redelivers them",
+                true,
+            )
+            .await;
+    }
+}
+
+/// Reads each pool's queue (and the DLQ), reports backlogs; the backlogged queues.
+async fn watch_queues(
+    fleet: &Fleet,
+    state: &mut State,
+    records: &[WorkerRecord],
+    backlog_secs: f64,
+) -> Vec<(String, f64)> {
+    let pools: BTreeSet<&str> = records.iter().map(|r| r.pool.as_str()).collect();
+    let mut backlogged = Vec::new();
+    for pool in pools {
+        let queue = fleet.topology.work_queue(pool);
+        let Some(depth) = fleet.announcer.depth(&queue).await else {
+            continue;
+        };
+        let history = state.history.get(pool);
+        let rate = history.and_then(History::rate_per_sec);
+        let drain = drain_secs(depth.ready, rate);
+        metrics::gauge!("secflow_queue_depth", "queue" => queue.clone()).set(depth.ready as f64);
+        metrics::gauge!("secflow_queue_consumers", "queue" => queue.clone())
+            .set(depth.consumers as f64);
+        metrics::gauge!("secflow_queue_drain_seconds", "queue" => queue.clone())
+            .set(if drain.is_finite() { drain } else { -1.0 });
+        if history.is_none_or(|h| h.span_ms() < MIN_HISTORY_MS) {
+            continue;
+        }
+        let is_backlogged = drain > backlog_secs;
+        metrics::gauge!("secflow_queue_backlogged", "queue" => queue.clone())
+            .set(f64::from(u8::from(is_backlogged)));
+        if is_backlogged {
+            backlogged.push((queue.clone(), drain));
+        }
+        let was = state.backlogged.contains(&queue);
+        if is_backlogged != was {
+            let kind = if is_backlogged {
+                "queue.backlog"
+            } else {
+                "queue.backlog_cleared"
+            };
+            tracing::warn!(queue, depth = depth.ready, rate, drain_secs = drain, kind);
+            let detail = json!({
+                "queue": queue, "depth": depth.ready, "consumers": depth.consumers,
+                "rate_per_sec": rate, "drain_secs": drain.is_finite().then_some(drain),
+                "threshold_secs": backlog_secs,
+            });
+            let _ = fleet.announcer.event(kind, detail).await;
+            if is_backlogged {
+                state.backlogged.insert(queue);
+            } else {
+                state.backlogged.remove(&queue);
+            }
+        }
+    }
+    if let Some(depth) = fleet.announcer.depth(&fleet.topology.dlq()).await {
+        metrics::gauge!("secflow_queue_depth", "queue" => fleet.topology.dlq())
+            .set(depth.ready as f64);
+    }
+    backlogged
+}
+
+fn signals(
+    state: &State,
+    records: &[WorkerRecord],
+    backlogged: Vec<(String, f64)>,
+    min_outcomes: u64,
+    now: u64,
+) -> Signals {
+    let (done, failed) = state
+        .history
+        .values()
+        .map(History::totals)
+        .fold((0, 0), |(d, f), (hd, hf)| (d + hd, f + hf));
+    let settled = done + failed;
+    let live: Vec<&WorkerRecord> = records.iter().filter(|r| !r.unresponsive(now)).collect();
+    let open: BTreeSet<String> = live
+        .iter()
+        .flat_map(|r| r.open_breakers.iter().cloned())
+        .collect();
+    Signals {
+        error_rate: (settled >= min_outcomes.max(1)).then(|| failed as f64 / settled as f64),
+        backlogged,
+        open_breakers: open.into_iter().collect(),
+        memory: live
+            .iter()
+            .filter(|r| {
+                r.max_rss_bytes > 0
+                    && r.rss_bytes.saturating_mul(10) > r.max_rss_bytes.saturating_mul(9)
+            })
+            .map(|r| r.id.clone())
+            .collect(),
+    }
+}
