@@ -29,10 +29,15 @@ async fn main() -> anyhow::Result<()> {
     let n = secflow_tests::env_or("SECFLOW_BENCH_OPS", 5_000);
     let ns = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let stats = Arc::new(WorkerStats::default());
-    let store = Store::new(DEFAULT_REDIS_URL, &ns, Arc::clone(&stats)).map_err(anyhow::Error::msg)?;
+    let store =
+        Store::new(DEFAULT_REDIS_URL, &ns, Arc::clone(&stats)).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(store.check().await, "Redis must run on 127.0.0.1:6379");
     let controls = Arc::new(ControlView::new(DEFAULT_REDIS_URL, &ns).map_err(anyhow::Error::msg)?);
-    let breakers = Arc::new(Breakers::new(Arc::clone(&store), BreakerConfig::default(), HashMap::new()));
+    let breakers = Arc::new(Breakers::new(
+        Arc::clone(&store),
+        BreakerConfig::default(),
+        HashMap::new(),
+    ));
     let topology = Arc::new(Topology::new(Namespace::new(&ns)?, 5));
     let fleet = Fleet::new(FleetParts {
         args: FleetArgs::default(),
@@ -66,7 +71,9 @@ async fn main() -> anyhow::Result<()> {
     let (h50, h99) = percentiles(beat);
     let (r50, r99) = percentiles(refresh);
     println!("fleet background work per worker, {n} rounds against Redis on loopback");
-    println!("  building the registry record: p50 {b50:.1} µs, p99 {b99:.1} µs ({bytes} bytes of JSON)");
+    println!(
+        "  building the registry record: p50 {b50:.1} µs, p99 {b99:.1} µs ({bytes} bytes of JSON)"
+    );
     println!("  writing it (HSET):             p50 {h50:.1} µs, p99 {h99:.1} µs");
     println!("  reading the controls (HGETALL): p50 {r50:.1} µs, p99 {r99:.1} µs");
     let per_second = b50 + h50 + 4.0 * r50;
@@ -75,6 +82,8 @@ async fn main() -> anyhow::Result<()> {
         per_second / 1e4,
         bytes
     );
-    control_store.forget_worker(fleet.record().live.as_str()).await?;
+    control_store
+        .forget_worker(fleet.record().live.as_str())
+        .await?;
     Ok(())
 }

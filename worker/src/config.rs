@@ -67,7 +67,8 @@ pub struct WorkerConfig {
     )]
     pub idempotent: Vec<(String, bool)>,
     /// Circuit-breaker settings for every service, as JSON (failure_threshold, window_ms,
-    /// open_ms, max_open_ms, half_open_probes, success_threshold).
+    /// open_ms, max_open_ms, half_open_probes, success_threshold, failure_rate_threshold,
+    /// minimum_calls).
     #[arg(long = "breaker-default", value_parser = parse_breaker, default_value = "{}")]
     pub breaker_default: BreakerConfig,
     /// Circuit-breaker settings for one service, as SERVICE=JSON (repeatable).

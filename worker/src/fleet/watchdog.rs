@@ -45,7 +45,10 @@ fn mark_unhealthy(why: String) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if unhealthy.is_none() {
-        tracing::error!(why, "worker unhealthy: /healthz now fails so its supervisor restarts it");
+        tracing::error!(
+            why,
+            "worker unhealthy: /healthz now fails so its supervisor restarts it"
+        );
         *unhealthy = Some(why);
     }
 }
@@ -91,7 +94,10 @@ pub fn start(stop: &CancellationToken) {
             while !checking.is_cancelled() {
                 match health() {
                     Err(why) if !said => {
-                        tracing::error!(why, "worker unhealthy: /healthz fails so its supervisor restarts it");
+                        tracing::error!(
+                            why,
+                            "worker unhealthy: /healthz fails so its supervisor restarts it"
+                        );
                         said = true;
                     }
                     Err(_) => {}
