@@ -128,10 +128,33 @@ pub async fn run(broker: &BrokerArgs, command: Command) -> Result<(), InspectorE
         Command::Workers { json } => {
             let (records, problems) = fleet.workers().await?;
             let rows = worker_rows(records, now);
+            let healing = fleet.healing().await?;
+            let actions: serde_json::Map<String, serde_json::Value> = healing
+                .actions
+                .iter()
+                .map(|(a, (taken, worked))| (a.clone(), json!({"taken": taken, "worked": worked})))
+                .collect();
+            let rate = healing.recovery_rate();
             if json {
-                println!("{}", json!({"workers": rows, "problems": problems}));
+                let healing = json!({"actions": actions, "recovery_rate": rate});
+                println!(
+                    "{}",
+                    json!({"workers": rows, "problems": problems, "healing": healing})
+                );
             } else {
                 print!("{}", control_view::workers_text(&rows));
+                if let Some(rate) = rate {
+                    let each: Vec<String> = healing
+                        .actions
+                        .iter()
+                        .map(|(a, (t, w))| format!("{a} {w}/{t}"))
+                        .collect();
+                    println!(
+                        "healing: {:.0} % of actions worked ({})",
+                        rate * 100.0,
+                        each.join(", ")
+                    );
+                }
             }
             report_problems(&problems);
         }

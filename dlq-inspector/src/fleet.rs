@@ -67,6 +67,14 @@ impl Fleet {
             .await
     }
 
+    /// Healing actions taken and those that worked.
+    pub async fn healing(
+        &self,
+    ) -> Result<secflow_common::control::healing::HealingStats, InspectorError> {
+        self.call("reading the healing record", self.store.healing())
+            .await
+    }
+
     /// The services that have a stored breaker state (one `SCAN` pass).
     pub async fn breaker_services(&self) -> Result<Vec<String>, InspectorError> {
         let ns = self.store.ns().to_string();

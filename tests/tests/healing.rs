@@ -58,12 +58,15 @@ async fn a_stopped_worker_is_reported_and_its_task_completes_elsewhere_once() {
         "reported unresponsive {} ms after SIGSTOP",
         stopped_at.elapsed().as_millis()
     );
-    let healing = tap.of_kind("healing.action");
-    assert!(
-        healing
-            .iter()
-            .any(|e| detail(e, "action") == "release_leases" && detail(e, "outcome") == "worked")
-    );
+    // Published right after the report.
+    tap.wait_until("the healing action", Duration::from_secs(10), |e| {
+        e.iter().any(|e| {
+            e.kind == "healing.action"
+                && detail(e, "action") == "release_leases"
+                && detail(e, "outcome") == "worked"
+        })
+    })
+    .await;
     signal::kill(raw, signal::Signal::SIGKILL).unwrap();
     let _ = exit_status(&mut stopped, Duration::from_secs(10)).await;
     tap.wait_until(
@@ -84,6 +87,10 @@ async fn a_stopped_worker_is_reported_and_its_task_completes_elsewhere_once() {
     assert_eq!(completions, 1, "completed exactly once");
     let stats = controls.healing().await.unwrap();
     assert_eq!(stats.recovery_rate(), Some(1.0));
+    let out = secflow_tests::inspector(&ns, &["workers", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["healing"]["recovery_rate"], 1.0, "{report}");
+    assert_eq!(report["healing"]["actions"]["release_leases"]["worked"], 1);
 }
 
 /// Proves: a worker above `--max-rss-mb` stops taking work, finishes what it holds and exits
