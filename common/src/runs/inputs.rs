@@ -51,7 +51,9 @@ impl RunStore {
         for (name, source) in &node.inputs {
             let value = source
                 .split_once('.')
-                .and_then(|(up, out)| outputs.get(up).and_then(|o| o.get(out)).cloned());
+                .and_then(|(up, out)| outputs.get(up).and_then(|o| o.get(out)).cloned())
+                // A null output (a node skipped at its degradation level) is missing too.
+                .filter(|v| !v.is_null());
             if value.is_none() {
                 partial.push(Value::String(name.clone()));
             }

@@ -249,7 +249,11 @@ impl RunStore {
         record: Option<&NodeRecord>,
     ) -> Result<NodeEnd, RunError> {
         let keys = self.keys(run);
+        // A node skipped at its degradation level produced nothing: its dependents get its
+        // outputs as missing (`_partial`).
+        let skipped = record.is_some_and(|r| r.skipped.is_some());
         let selected = match output {
+            Some(_) if skipped => select_outputs(node, &Value::Null).to_string(),
             Some(o) => select_outputs(node, o).to_string(),
             None => failure.unwrap_or_default().to_string(),
         };
