@@ -201,7 +201,10 @@ fn degradation(e: &TaskEvent) -> String {
             by.index, by.node_type
         ));
     }
-    if let Some(level) = e.level.filter(|l| *l != secflow_common::control::Level::Full) {
+    if let Some(level) = e
+        .level
+        .filter(|l| *l != secflow_common::control::Level::Full)
+    {
         text.push_str(&format!(", level {level}"));
     }
     text

@@ -10,10 +10,7 @@
 //! per round, SECFLOW_BENCH_ROUNDS 5 rounds).
 
 use secflow_common::{
-    TaskEnvelope, TaskError,
-    config::DEFAULT_REDIS_URL,
-    control::Level,
-    recipe::Alternative,
+    TaskEnvelope, TaskError, config::DEFAULT_REDIS_URL, control::Level, recipe::Alternative,
     tools::ToolSet,
 };
 use secflow_tests::env_or;
@@ -126,7 +123,12 @@ async fn main() -> anyhow::Result<()> {
         alt("builtin.static", &cache, "cve-cache"),
     ]
     .iter()
-    .map(|a| (alternative_task(&primary, a, Level::Full, &tools), a.quality))
+    .map(|a| {
+        (
+            alternative_task(&primary, a, Level::Full, &tools),
+            a.quality,
+        )
+    })
     .collect();
     let alone = chain[1].0.clone();
     // Warm up: connections, breaker states, caches.

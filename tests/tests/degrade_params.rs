@@ -4,8 +4,8 @@
 
 use secflow_common::{
     TaskEnvelope,
-    control::{ControlStore, Level, LevelSetting},
     config::DEFAULT_REDIS_URL,
+    control::{ControlStore, Level, LevelSetting},
     events::TaskEvent,
     runs::RunStore,
 };
@@ -32,19 +32,23 @@ async fn set_level(ns: &TestNs, level: Level) {
 /// Waits until the worker runs tasks at `level`: publishes an ad-hoc probe at a time until
 /// one's completion says so.
 async fn wait_for_level(ns: &TestNs, tap: &EventTap, level: Level) {
-    wait_for("the worker to see the new level", Duration::from_secs(10), || async {
-        let probe = TaskEnvelope::new("builtin.noop", json!({}));
-        let id = probe.task_id;
-        publish(ns, &[probe]).await;
-        tap.wait_until("the probe's completion", Duration::from_secs(5), |ev| {
-            ev.iter()
-                .any(|e| e.kind == "node.completed" && e.task_id == Some(id))
-        })
-        .await;
-        tap.snapshot()
-            .iter()
-            .any(|e| e.task_id == Some(id) && e.kind == "node.completed" && e.level == Some(level))
-    })
+    wait_for(
+        "the worker to see the new level",
+        Duration::from_secs(10),
+        || async {
+            let probe = TaskEnvelope::new("builtin.noop", json!({}));
+            let id = probe.task_id;
+            publish(ns, &[probe]).await;
+            tap.wait_until("the probe's completion", Duration::from_secs(5), |ev| {
+                ev.iter()
+                    .any(|e| e.kind == "node.completed" && e.task_id == Some(id))
+            })
+            .await;
+            tap.snapshot().iter().any(|e| {
+                e.task_id == Some(id) && e.kind == "node.completed" && e.level == Some(level)
+            })
+        },
+    )
     .await;
 }
 
@@ -71,7 +75,9 @@ fn completed(events: &[TaskEvent], run: uuid::Uuid, node: &str) -> TaskEvent {
     events
         .iter()
         .find(|e| {
-            e.kind == "node.completed" && e.run_id == Some(run) && e.node_id.as_deref() == Some(node)
+            e.kind == "node.completed"
+                && e.run_id == Some(run)
+                && e.node_id.as_deref() == Some(node)
         })
         .cloned()
         .unwrap_or_else(|| panic!("no completion of {node}"))
@@ -153,13 +159,20 @@ async fn optional_nodes_are_skipped_at_low_and_non_essential_ones_at_minimal() {
     let extra = completed(&events, low, "extra");
     assert_eq!(extra.output, Some(json!({})));
     assert!(
-        extra.skipped.as_deref().is_some_and(|why| why.contains("low")),
+        extra
+            .skipped
+            .as_deref()
+            .is_some_and(|why| why.contains("low")),
         "{:?}",
         extra.skipped
     );
     for node in ["root", "main", "after"] {
         let e = completed(&events, low, node);
-        assert_eq!((e.skipped.clone(), e.level), (None, Some(Level::Low)), "{node}");
+        assert_eq!(
+            (e.skipped.clone(), e.level),
+            (None, Some(Level::Low)),
+            "{node}"
+        );
     }
     let after = completed(&events, low, "after").output.unwrap();
     assert_eq!(after["inputs"]["_partial"], json!(["e"]));
@@ -184,7 +197,9 @@ async fn optional_nodes_are_skipped_at_low_and_non_essential_ones_at_minimal() {
         let e = completed(&events, minimal, node);
         assert_eq!(e.output, Some(json!({})), "{node}");
         assert!(
-            e.skipped.as_deref().is_some_and(|w| w.contains("essential")),
+            e.skipped
+                .as_deref()
+                .is_some_and(|w| w.contains("essential")),
             "{node}: {:?}",
             e.skipped
         );

@@ -74,7 +74,9 @@ nodes:
             .any(|e| e.kind == "node.retrying" && e.run_id == Some(run.run_id)),
         "the primary is not retried when an alternative serves"
     );
-    let report = completions(&events, run.run_id)["report"][0].clone().unwrap();
+    let report = completions(&events, run.run_id)["report"][0]
+        .clone()
+        .unwrap();
     assert_eq!(report["echo"]["feed"], "CVE-2021-44228 (cached)");
     let end = events
         .iter()
@@ -118,11 +120,7 @@ async fn an_open_primary_breaker_sends_the_task_to_the_alternative_at_once() {
         Arc::new(WorkerStats::default()),
     )
     .unwrap();
-    let breakers = Breakers::new(
-        store,
-        breaker.clone(),
-        std::collections::HashMap::new(),
-    );
+    let breakers = Breakers::new(store, breaker.clone(), std::collections::HashMap::new());
     breakers
         .record("cve-api", false, secflow_common::now_ms())
         .await;
@@ -217,7 +215,13 @@ nodes:
         .find(|e| e.kind == "node.dead_lettered" && e.run_id == Some(run.run_id))
         .unwrap();
     let error = dead.error.as_ref().unwrap();
-    assert_eq!((error.class.as_str(), error.code.as_str()), ("security", "forged_token"));
-    assert!(completions(&events, run.run_id).is_empty(), "nothing served it");
+    assert_eq!(
+        (error.class.as_str(), error.code.as_str()),
+        ("security", "forged_token")
+    );
+    assert!(
+        completions(&events, run.run_id).is_empty(),
+        "nothing served it"
+    );
     let _ = std::fs::remove_file(path);
 }

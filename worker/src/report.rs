@@ -153,7 +153,10 @@ mod tests {
             (v["level"].clone(), v["quality"].clone()),
             (json!("medium"), json!("low"))
         );
-        assert_eq!(v["served_by"], json!({"index": 2, "type": "builtin.static"}));
+        assert_eq!(
+            v["served_by"],
+            json!({"index": 2, "type": "builtin.static"})
+        );
         assert!(v.get("skipped").is_none());
     }
 }

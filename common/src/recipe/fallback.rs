@@ -165,10 +165,7 @@ pub fn check_chain(
     if chain.len() > MAX_ALTERNATIVES {
         problems.push((
             prefix.to_string(),
-            format!(
-                "{} alternatives, at most {MAX_ALTERNATIVES}",
-                chain.len()
-            ),
+            format!("{} alternatives, at most {MAX_ALTERNATIVES}", chain.len()),
         ));
     }
     for (i, alt) in chain.iter().enumerate() {
@@ -254,8 +251,8 @@ pub type FleetChains = BTreeMap<String, Vec<Alternative>>;
 /// Parses and checks a `--fallbacks` file (YAML, service → list of alternatives) against the
 /// built-in tools and `catalog`. The error names the service, the alternative and the field.
 pub fn parse_fleet(text: &str, catalog: &Catalog) -> Result<FleetChains, String> {
-    let specs: BTreeMap<String, Vec<AlternativeSpec>> =
-        yaml_serde::from_str(text).map_err(|e| format!("not a map of service → alternatives: {e}"))?;
+    let specs: BTreeMap<String, Vec<AlternativeSpec>> = yaml_serde::from_str(text)
+        .map_err(|e| format!("not a map of service → alternatives: {e}"))?;
     let no_params = |_: &str| None;
     let mut problems = Vec::new();
     for (service, chain) in &specs {
@@ -291,8 +288,14 @@ mod tests {
         assert!(!falls_through(ErrorClass::Security, &[]));
         assert!(!falls_through(ErrorClass::Validation, &[]));
         assert!(!falls_through(ErrorClass::Cancelled, &[]));
-        assert!(!falls_through(ErrorClass::Permanent, &[ErrorClass::Transient]));
-        assert!(!falls_through(ErrorClass::Security, &[ErrorClass::Security]));
+        assert!(!falls_through(
+            ErrorClass::Permanent,
+            &[ErrorClass::Transient]
+        ));
+        assert!(!falls_through(
+            ErrorClass::Security,
+            &[ErrorClass::Security]
+        ));
         let bad = check_fallback_on(&[ErrorClass::Transient, ErrorClass::Security]);
         assert_eq!(bad.len(), 1);
         assert!(bad[0].contains("`security`"), "{bad:?}");

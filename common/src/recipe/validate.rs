@@ -338,7 +338,9 @@ fn check_degradation(
     err: &mut dyn FnMut(&str, String),
 ) {
     let inputs: Vec<&str> = node.inputs.keys().map(String::as_str).collect();
-    for (field, message) in fallback::check_chain("fallback", &node.fallback, &inputs, value_of, catalog) {
+    for (field, message) in
+        fallback::check_chain("fallback", &node.fallback, &inputs, value_of, catalog)
+    {
         err(&field, message);
     }
     for message in fallback::check_fallback_on(node.fallback_on.as_deref().unwrap_or_default()) {

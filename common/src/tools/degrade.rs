@@ -20,7 +20,10 @@ pub(super) fn check(def: &ToolDef) -> Result<(), DefProblem> {
             let Some(setting) = def.config.iter().find(|c| &c.name == key) else {
                 return Err((
                     field,
-                    format!("`{key}` is not a setting of this tool (its settings: {})", def.config_names().join(", ")),
+                    format!(
+                        "`{key}` is not a setting of this tool (its settings: {})",
+                        def.config_names().join(", ")
+                    ),
                 ));
             };
             if is_factor(value) {
@@ -28,7 +31,10 @@ pub(super) fn check(def: &ToolDef) -> Result<(), DefProblem> {
                     setting.spec.kind,
                     super::ConfigType::Integer | super::ConfigType::Number
                 ) {
-                    return Err((field, "a factor applies to integer and number settings only".into()));
+                    return Err((
+                        field,
+                        "a factor applies to integer and number settings only".into(),
+                    ));
                 }
             } else {
                 super::config::check_value(setting, value, true).map_err(|e| (field, e))?;
@@ -117,20 +123,33 @@ mod tests {
         let (high, _) = config_at(&config, Level::High, nuclei, &none);
         assert_eq!(high["rate_limit"], 100);
         let (medium, changed) = config_at(&config, Level::Medium, nuclei, &none);
-        assert_eq!((medium["rate_limit"].clone(), medium["concurrency"].clone()), (json!(50), json!(13)));
+        assert_eq!(
+            (medium["rate_limit"].clone(), medium["concurrency"].clone()),
+            (json!(50), json!(13))
+        );
         assert_eq!(changed, ["concurrency", "rate_limit"]);
         let node = overrides(json!({"medium": {"rate_limit": 20}}));
         let (mine, _) = config_at(&config, Level::Low, nuclei, &node);
         assert_eq!(mine["rate_limit"], 20, "the node's override wins");
-        let (echo, changed) = config_at(&json!({"n": 4}), Level::Minimal, None, &overrides(json!({"low": {"n": "x0.5"}})));
-        assert_eq!((echo["n"].clone(), changed), (json!(2), vec!["n".to_string()]));
+        let (echo, changed) = config_at(
+            &json!({"n": 4}),
+            Level::Minimal,
+            None,
+            &overrides(json!({"low": {"n": "x0.5"}})),
+        );
+        assert_eq!(
+            (echo["n"].clone(), changed),
+            (json!(2), vec!["n".to_string()])
+        );
     }
 
     #[test]
     fn a_tool_override_must_fit_its_setting() {
-        let text = |degrade: &str| format!(
-            "tools:\n  t.x:\n    program: x\n    argv: [\"${{config.n}}\"]\n    config:\n      n: {{ type: integer, default: 4, min: 1, max: 10 }}\n      s: {{ type: string, default: a }}\n    degrade: {degrade}\n    output: {{ format: lines, datasets: {{ lines: \"{{line}}\" }} }}\n"
-        );
+        let text = |degrade: &str| {
+            format!(
+                "tools:\n  t.x:\n    program: x\n    argv: [\"${{config.n}}\"]\n    config:\n      n: {{ type: integer, default: 4, min: 1, max: 10 }}\n      s: {{ type: string, default: a }}\n    degrade: {degrade}\n    output: {{ format: lines, datasets: {{ lines: \"{{line}}\" }} }}\n"
+            )
+        };
         let load = |d: &str| ToolSet::from_yaml("t.yaml", &text(d));
         load("{ medium: { n: 2 } }").unwrap();
         let err = |d: &str| load(d).unwrap_err().to_string();

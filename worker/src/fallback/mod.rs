@@ -22,8 +22,10 @@ use std::future::Future;
 /// worker stopped it (grace period over, connection lost).
 pub trait StepRunner {
     /// Runs `task`'s handler.
-    fn run(&self, task: &TaskEnvelope)
-    -> impl Future<Output = Option<Result<Value, TaskError>>> + Send;
+    fn run(
+        &self,
+        task: &TaskEnvelope,
+    ) -> impl Future<Output = Option<Result<Value, TaskError>>> + Send;
 }
 
 /// How a chain ended.
@@ -196,6 +198,10 @@ mod tests {
         task.fallback.clear();
         assert!(chain_of(&task, &fleet).is_empty());
         assert!(healthy(&Err(TaskError::validation("x", "y"))));
-        assert!(!healthy(&Err(TaskError::new(ErrorClass::Resource, "x", "y"))));
+        assert!(!healthy(&Err(TaskError::new(
+            ErrorClass::Resource,
+            "x",
+            "y"
+        ))));
     }
 }

@@ -17,8 +17,7 @@ use crate::{
     workflow::Prepared,
 };
 use secflow_common::{
-    ErrorClass, TaskEnvelope, TaskError, control::Level, now_ms, runs::NodeRecord,
-    tools::config_at,
+    ErrorClass, TaskEnvelope, TaskError, control::Level, now_ms, runs::NodeRecord, tools::config_at,
 };
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -163,7 +162,12 @@ pub(super) async fn execute(
     } else {
         let alternatives: Vec<(TaskEnvelope, Level)> = chain
             .iter()
-            .map(|alt| (alternative_task(&primary, alt, gated.level, tools), alt.quality))
+            .map(|alt| {
+                (
+                    alternative_task(&primary, alt, gated.level, tools),
+                    alt.quality,
+                )
+            })
             .collect();
         let runner = HandlerRunner {
             shared,

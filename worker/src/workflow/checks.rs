@@ -56,9 +56,8 @@ pub(super) async fn check_and_cache(
     if size > MAX_OUTPUT_BYTES {
         return crate::disposition::output_too_large(&task.node_id, size, MAX_OUTPUT_BYTES);
     }
-    let degraded = record.is_some_and(|r| {
-        r.served_by.is_some() || r.skipped.is_some() || !r.adjusted.is_empty()
-    });
+    let degraded = record
+        .is_some_and(|r| r.served_by.is_some() || r.skipped.is_some() || !r.adjusted.is_empty());
     if task.cache
         && !degraded
         && let Err(e) = runs.cache(&task.cache_key(), output).await
