@@ -1,6 +1,11 @@
 //! The task envelope: the JSON body of every task message, and its checks.
 
-use crate::retry::RetryPolicy;
+use crate::{
+    ErrorClass,
+    control::{Level, LevelOverrides},
+    recipe::Alternative,
+    retry::RetryPolicy,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -48,6 +53,23 @@ pub struct TaskEnvelope {
     pub timeout_ms: Option<u64>,
     /// Creation time, milliseconds since the epoch.
     pub created_at_ms: u64,
+    /// Alternatives that may serve the task, in order, when its handler fails with a class
+    /// `fallback_on` allows or its service's breaker is open.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<Alternative>,
+    /// Failure classes that let the chain fall through; empty: the default ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_on: Vec<ErrorClass>,
+    /// Config overrides by degradation level.
+    #[serde(default, skip_serializing_if = "LevelOverrides::is_empty")]
+    pub degrade: LevelOverrides,
+    /// Workflow nodes: a failure makes the run partial instead of failing it; skipped at
+    /// degradation level `low` and below.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+    /// Workflow nodes: runs at every degradation level.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub essential: bool,
 }
 
 fn empty_object() -> Value {
@@ -97,7 +119,19 @@ impl TaskEnvelope {
             cache: false,
             timeout_ms: None,
             created_at_ms: crate::now_ms(),
+            fallback: Vec::new(),
+            fallback_on: Vec::new(),
+            degrade: LevelOverrides::new(),
+            optional: false,
+            essential: false,
         }
+    }
+
+    /// Whether a workflow node skips its handler at `level`, and why (`None`: it runs).
+    /// Ad-hoc tasks always run.
+    pub fn skipped_at(&self, level: Level) -> Option<String> {
+        self.run_id?;
+        level.skips(self.optional, self.essential)
     }
 
     /// Serialises the envelope to its message body.
@@ -151,6 +185,14 @@ impl TaskEnvelope {
         if let Some(policy) = &self.retry {
             policy.validate()?;
         }
+        for (i, alt) in self.fallback.iter().enumerate() {
+            check_node_type(&alt.node_type).map_err(|e| format!("fallback[{i}]: {e}"))?;
+            if !alt.config.is_object() {
+                return Err(format!("fallback[{i}]: config must be a JSON object"));
+            }
+        }
+        crate::control::level::check_overrides(&self.degrade)
+            .map_err(|e| format!("degrade: {e}"))?;
         Ok(())
     }
 }
@@ -217,6 +259,36 @@ mod tests {
         let err = TaskEnvelope::decode(br#"{"schema":1}"#, None).unwrap_err();
         assert_eq!(err.code(), "invalid_envelope");
         assert!(err.to_string().contains("task_id"), "{err}");
+    }
+
+    #[test]
+    fn an_envelope_without_degradation_fields_is_byte_identical() {
+        let body = br#"{"schema":1,"task_id":"0190a6f3-7c2e-7000-8000-000000000001","run_id":null,"node_id":"n","type":"builtin.echo","config":{},"inputs":{},"created_at_ms":5}"#;
+        let env = TaskEnvelope::decode(body, None).unwrap();
+        assert_eq!(env.to_body(), body.to_vec());
+        let mut chained = env.clone();
+        chained.fallback.push(Alternative {
+            node_type: "builtin.static".into(),
+            config: json!({"x": 1}),
+            timeout_ms: None,
+            service: None,
+            quality: Level::Low,
+        });
+        chained.essential = true;
+        let back = TaskEnvelope::decode(&chained.to_body(), None).unwrap();
+        assert_eq!(back, chained);
+        chained.fallback[0].node_type = "Bad Type".into();
+        assert!(chained.check().unwrap_err().contains("fallback[0]"));
+    }
+
+    #[test]
+    fn only_workflow_nodes_are_skipped() {
+        let mut env = TaskEnvelope::new("builtin.echo", json!({}));
+        assert_eq!(env.skipped_at(Level::Minimal), None, "ad-hoc tasks run");
+        env.run_id = Some(Uuid::nil());
+        assert!(env.skipped_at(Level::Minimal).is_some());
+        env.essential = true;
+        assert_eq!(env.skipped_at(Level::Minimal), None);
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub struct TaskEvent {
     pub event: String,
     /// `node.started`, `node.completed`, `node.retrying`, `node.deferred`,
     /// `node.dead_lettered`, `node.cancelled`, `workflow.started`, `workflow.completed`
-    /// (succeeded or partial), `workflow.failed` (failed or cancelled), `run.cancelled`.
+    /// (succeeded, partial or degraded), `workflow.failed` (failed or cancelled), `run.cancelled`.
     pub kind: String,
     /// The run, as the contract names it (the same id as `run_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,9 +51,22 @@ pub struct TaskEvent {
     /// Peak resident memory of the node's program, bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_memory: Option<u64>,
-    /// A run's final status (`workflow.*`): succeeded, partial, failed or cancelled.
+    /// A run's final status (`workflow.*`): succeeded, partial, degraded, failed or
+    /// cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// The fleet's degradation level the node ran at (`node.completed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<crate::control::Level>,
+    /// Quality of what served the node (`node.completed`): `full` for its own handler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<crate::control::Level>,
+    /// The fallback alternative that served the node (`node.completed`), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<crate::recipe::ServedBy>,
+    /// Why the node was skipped at its degradation level without running (`node.completed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
     /// The recipe's name (`workflow.*`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<String>,
@@ -114,6 +127,10 @@ impl TaskEvent {
             cpu_time: None,
             peak_memory: None,
             status: None,
+            level: None,
+            quality: None,
+            served_by: None,
+            skipped: None,
             workflow: None,
             event_id: Some(event_id(None, kind)),
             task_id: None,

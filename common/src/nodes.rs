@@ -14,6 +14,7 @@ pub use kinds::{OutputKind, argv_index, needs_text, output_kind, textified};
 pub const KNOWN_TYPES: &[&str] = &[
     "builtin.noop",
     "builtin.echo",
+    "builtin.static",
     "builtin.sleep",
     "builtin.fail",
     "builtin.crash",

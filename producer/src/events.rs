@@ -104,6 +104,25 @@ pub fn describe(e: &TaskEvent) -> String {
     line
 }
 
+/// How a node was served, as `producer status` appends it to the node's line:
+/// ` level=medium served_by=#1:builtin.static quality=low`, ` skipped: WHY`.
+pub fn record_text(record: &secflow_common::runs::NodeRecord) -> String {
+    let mut text = format!(" level={}", record.level);
+    if let Some(by) = &record.served_by {
+        text.push_str(&format!(" served_by=#{}:{}", by.index, by.node_type));
+    }
+    if record.quality != secflow_common::control::Level::Full {
+        text.push_str(&format!(" quality={}", record.quality));
+    }
+    if !record.adjusted.is_empty() {
+        text.push_str(&format!(" adjusted={}", record.adjusted.join(",")));
+    }
+    if let Some(why) = &record.skipped {
+        text.push_str(&format!(" skipped: {why}"));
+    }
+    text
+}
+
 /// One line of a run's execution trace, as `producer watch` prints it:
 /// `[2025-10-06 12:01:05] Node discovery.ferox completed (urls=356) [discovery]`.
 pub fn trace_line(e: &TaskEvent) -> String {
@@ -119,6 +138,9 @@ pub fn trace_line(e: &TaskEvent) -> String {
             let how = match status {
                 "succeeded" => "completed successfully".to_string(),
                 "partial" => "completed partially (an optional node failed)".to_string(),
+                "degraded" => {
+                    "completed degraded (a node was served by a fallback or skipped)".to_string()
+                }
                 other => other.to_string(),
             };
             format!(
@@ -147,7 +169,10 @@ pub fn trace_line(e: &TaskEvent) -> String {
             } else {
                 ""
             };
-            format!("Node {ty} completed ({counts}{cached}) [{node}]")
+            format!(
+                "Node {ty} completed ({counts}{cached}{}) [{node}]",
+                degradation(e)
+            )
         }
         "node.dead_lettered" => format!("Node {ty} failed{} [{node}]", error_text(e)),
         "node.retrying" => format!(
@@ -160,6 +185,29 @@ pub fn trace_line(e: &TaskEvent) -> String {
         other => format!("{other} {ty} [{node}]"),
     };
     format!("[{}] {what}", datetime(e.at_ms))
+}
+
+/// `, served by #2 builtin.static (quality low), level medium` for a node served below full
+/// quality, skipped, or run below level `full`; empty otherwise.
+fn degradation(e: &TaskEvent) -> String {
+    let mut text = String::new();
+    if let Some(why) = &e.skipped {
+        text.push_str(&format!(", skipped: {why}"));
+    }
+    if let Some(by) = &e.served_by {
+        let quality = e.quality.map(|q| q.as_str()).unwrap_or("?");
+        text.push_str(&format!(
+            ", served by fallback #{} {} (quality {quality})",
+            by.index, by.node_type
+        ));
+    }
+    if let Some(level) = e
+        .level
+        .filter(|l| *l != secflow_common::control::Level::Full)
+    {
+        text.push_str(&format!(", level {level}"));
+    }
+    text
 }
 
 fn error_text(e: &TaskEvent) -> String {
@@ -234,6 +282,39 @@ mod tests {
         assert_eq!(
             trace_line(&end),
             "[2025-10-06 12:01:05] Workflow completed successfully (findings=112)"
+        );
+    }
+
+    #[test]
+    fn degraded_nodes_and_runs_say_so() {
+        use secflow_common::{control::Level, recipe::ServedBy, runs::NodeRecord};
+        let mut e = TaskEvent::new("node.completed", "w");
+        e.at_ms = 0;
+        e.node_type = Some("http".into());
+        e.node_id = Some("cves".into());
+        e.level = Some(Level::Medium);
+        e.quality = Some(Level::Low);
+        e.served_by = Some(ServedBy {
+            index: 2,
+            node_type: "builtin.static".into(),
+        });
+        assert_eq!(
+            trace_line(&e),
+            "[1970-01-01 00:00:00] Node http completed (findings=0, served by fallback #2 builtin.static (quality low), level medium) [cves]"
+        );
+        let mut end = TaskEvent::new("workflow.completed", "w");
+        end.at_ms = 0;
+        end.status = Some("degraded".into());
+        assert!(trace_line(&end).contains("completed degraded"));
+        let record = NodeRecord {
+            level: Level::Low,
+            skipped: Some("optional nodes are skipped".into()),
+            quality: Level::Full,
+            ..NodeRecord::default()
+        };
+        assert_eq!(
+            record_text(&record),
+            " level=low skipped: optional nodes are skipped"
         );
     }
 }

@@ -156,7 +156,10 @@ pub struct Follow<'a> {
 
 /// Whether a run in `status` has ended.
 fn has_ended(status: &str) -> bool {
-    matches!(status, "succeeded" | "partial" | "failed" | "cancelled")
+    matches!(
+        status,
+        "succeeded" | "partial" | "degraded" | "failed" | "cancelled"
+    )
 }
 
 /// Whether a node in `state` has ended.
@@ -347,7 +350,7 @@ mod tests {
         for s in ["running", "cancelling", "compensating"] {
             assert!(!has_ended(s), "{s}");
         }
-        for s in ["succeeded", "failed", "partial", "cancelled"] {
+        for s in ["succeeded", "failed", "partial", "degraded", "cancelled"] {
             assert!(has_ended(s));
         }
     }

@@ -273,6 +273,9 @@ async fn main() -> anyhow::Result<()> {
                     if let Some(why) = status.errors.get(node) {
                         line.push_str(&format!(" {why}"));
                     }
+                    if let Some(record) = status.records.get(node) {
+                        line.push_str(&secflow_producer::events::record_text(record));
+                    }
                     println!("{}", line.trim_end());
                 }
             }

@@ -183,7 +183,16 @@ async fn an_error_spike_lowers_the_level_and_calm_restores_it_without_flapping()
     let failing: Vec<_> = (0..60)
         .map(|_| TaskEnvelope::new("builtin.fail", json!({"class": "permanent"})))
         .collect();
+    let spike = Instant::now();
     publish(&ns, &failing).await;
+    tap.wait_until("the first step down", Duration::from_secs(30), |e| {
+        e.iter().any(|e| e.kind == "degradation.changed")
+    })
+    .await;
+    println!(
+        "first step down {} ms after the failures were published",
+        spike.elapsed().as_millis()
+    );
     tap.wait_until("the level down to medium", Duration::from_secs(30), |e| {
         e.iter()
             .any(|e| e.kind == "degradation.changed" && detail(e, "to") == "medium")

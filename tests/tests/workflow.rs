@@ -210,7 +210,7 @@ async fn node_end_is_exactly_once_across_redeliveries() {
     let run = run.to_string();
     let output = serde_json::json!({"echo": {"host": "10.0.0.5"}});
     let end = runs
-        .node_end(&run, &roots[0], Some(&output), None)
+        .node_end(&run, &roots[0], Some(&output), None, None)
         .await
         .unwrap();
     let (first, status, already) = (end.ready, end.status, end.already);
@@ -222,7 +222,7 @@ async fn node_end_is_exactly_once_across_redeliveries() {
         (vec!["b".to_string(), "c".to_string()], "running")
     );
     let end = runs
-        .node_end(&run, &roots[0], Some(&output), None)
+        .node_end(&run, &roots[0], Some(&output), None, None)
         .await
         .unwrap();
     let (again, already) = (end.ready, end.already);
@@ -234,7 +234,7 @@ async fn node_end_is_exactly_once_across_redeliveries() {
     );
     runs.published(&run, "a").await.unwrap();
     let after = runs
-        .node_end(&run, &roots[0], Some(&output), None)
+        .node_end(&run, &roots[0], Some(&output), None, None)
         .await
         .unwrap()
         .ready;

@@ -129,6 +129,10 @@ pub struct WorkerConfig {
     /// fails, records come from the Redis cache of earlier answers.
     #[arg(long, env = "SECFLOW_CVE_SOURCE")]
     pub cve_source: Option<String>,
+    /// Fleet fallback chains (YAML, service → list of alternatives as a recipe node's
+    /// `fallback:` writes them), for tasks whose node declares no chain of its own.
+    #[arg(long = "fallbacks", env = "SECFLOW_FALLBACKS")]
+    pub fallbacks: Option<std::path::PathBuf>,
     /// Fleet hooks (YAML, a top-level `hooks:` like a recipe's): webhooks and programs told
     /// about every completed task and every run's end. Needs a hook secret.
     #[arg(long = "hooks", env = "SECFLOW_HOOKS")]
@@ -213,6 +217,7 @@ impl WorkerConfig {
             tools: None,
             resources: None,
             cve_source: None,
+            fallbacks: None,
             hooks: None,
             hook_secret: None,
             hook_secret_file: None,
@@ -282,6 +287,25 @@ impl WorkerConfig {
             table.set(scope.clone(), policy.clone());
         }
         table
+    }
+
+    /// The fleet's fallback chains (`--fallbacks`), checked against `tools`; none without the
+    /// flag.
+    pub fn fleet_chains(
+        &self,
+        tools: &secflow_common::tools::ToolSet,
+    ) -> Result<secflow_common::recipe::FleetChains, String> {
+        let Some(path) = &self.fallbacks else {
+            return Ok(Default::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--fallbacks {}: cannot read it: {e}", path.display()))?;
+        let catalog = secflow_common::recipe::Catalog {
+            tools: tools.clone(),
+            resources: secflow_common::tools::Resources::new(None),
+        };
+        secflow_common::recipe::fallback::parse_fleet(&text, &catalog)
+            .map_err(|e| format!("--fallbacks {}: {e}", path.display()))
     }
 
     /// The tool definitions: the built-in ones with `--tools` over them.

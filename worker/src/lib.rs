@@ -9,6 +9,7 @@ pub mod config;
 pub mod controls;
 pub mod disposition;
 pub mod events;
+pub mod fallback;
 pub mod fingerprint;
 pub mod fleet;
 pub mod handlers;

@@ -2,22 +2,37 @@
 //! (duration, findings, exit status, cache hit, CPU time, peak memory, dataset sizes) and the
 //! per-node Prometheus metrics, both read from the handler's output and the time it took.
 
-use secflow_common::{events::TaskEvent, runs::count_findings};
+use secflow_common::{
+    events::TaskEvent,
+    runs::{NodeRecord, count_findings},
+};
 use serde_json::Value;
 use std::{collections::BTreeMap, time::Duration};
 
 /// How the task's attempt ran (absent when it never reached its handler).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct NodeReport {
-    /// Time its handler ran (zero for a cached output).
+    /// Time its handler ran (zero for a cached output), its fallback alternatives' included.
     pub duration: Duration,
     /// A cached output stood in for running it.
     pub cache_hit: bool,
+    /// How it was served: the degradation level, the alternative that served it and its
+    /// quality, or why it was skipped.
+    pub record: NodeRecord,
+    /// Its fallback chain already told each step's breaker how the step went.
+    pub breakers_told: bool,
 }
 
-/// Fills the contract fields of a `node.completed` event from the node's `output`.
+/// Fills the contract fields of a `node.completed` event from the node's `output`, and how it
+/// was served (level, quality, alternative, skip).
 pub fn completed(event: &mut TaskEvent, output: &Value, report: Option<&NodeReport>) {
     timed(event, report);
+    if let Some(r) = report {
+        event.level = Some(r.record.level);
+        event.quality = Some(r.record.quality);
+        event.served_by.clone_from(&r.record.served_by);
+        event.skipped.clone_from(&r.record.skipped);
+    }
     event.findings = Some(count_findings(output));
     let counts: BTreeMap<String, u64> = output
         .as_object()
@@ -109,7 +124,16 @@ mod tests {
         });
         let report = NodeReport {
             duration: Duration::from_millis(1500),
-            cache_hit: false,
+            record: NodeRecord {
+                level: secflow_common::control::Level::Medium,
+                served_by: Some(secflow_common::recipe::ServedBy {
+                    index: 2,
+                    node_type: "builtin.static".into(),
+                }),
+                quality: secflow_common::control::Level::Low,
+                ..NodeRecord::default()
+            },
+            ..NodeReport::default()
         };
         completed(&mut e, &output, Some(&report));
         let v = serde_json::to_value(&e).unwrap();
@@ -125,5 +149,14 @@ mod tests {
             (v["cpu_time"].clone(), v["peak_memory"].clone()),
             (json!(0.25), json!(4096))
         );
+        assert_eq!(
+            (v["level"].clone(), v["quality"].clone()),
+            (json!("medium"), json!("low"))
+        );
+        assert_eq!(
+            v["served_by"],
+            json!({"index": 2, "type": "builtin.static"})
+        );
+        assert!(v.get("skipped").is_none());
     }
 }

@@ -30,6 +30,7 @@
 
 mod catalog;
 mod cycle;
+pub mod fallback;
 mod flow;
 mod inputs;
 pub mod rules;
@@ -38,6 +39,7 @@ mod validate;
 mod version;
 
 pub use catalog::Catalog;
+pub use fallback::{Alternative, AlternativeSpec, FleetChains, ServedBy};
 pub use inputs::{InputProblem, Inputs};
 pub use rules::Rule;
 pub use template::{References, references, rewrite, substitute, substitute_params};
@@ -137,6 +139,20 @@ pub struct NodeSpec {
     /// Node that undoes this one's effects if the run fails after it succeeded.
     #[serde(default)]
     pub compensate: Option<String>,
+    /// Alternatives that may serve the node, in order, when its handler fails with a class
+    /// `fallback_on` allows or its service's breaker is open ([`fallback`]).
+    #[serde(default)]
+    pub fallback: Vec<AlternativeSpec>,
+    /// Failure classes that let the chain fall through (default: transient, resource,
+    /// unknown, permanent).
+    #[serde(default)]
+    pub fallback_on: Option<Vec<crate::ErrorClass>>,
+    /// Config overrides by degradation level (`{medium: {threads: "x0.5"}}`).
+    #[serde(default)]
+    pub degrade: crate::control::LevelOverrides,
+    /// Runs at every degradation level, `minimal` included.
+    #[serde(default)]
+    pub essential: bool,
 }
 
 fn empty_object() -> Value {

@@ -2,7 +2,9 @@
 //! cycles, data flow ([`super::flow`]). Errors name the file, the node and the field, and all
 //! of them are reported at once.
 
-use super::{Catalog, NodeSpec, RECIPE_MAJOR, Recipe, When, cycle::find_cycle, flow, template};
+use super::{
+    Catalog, NodeSpec, RECIPE_MAJOR, Recipe, When, cycle::find_cycle, fallback, flow, template,
+};
 use crate::{duration, nodes};
 use serde_json::Value;
 use std::{
@@ -322,6 +324,30 @@ fn check_node(
         && !by_id.contains_key(target.as_str())
     {
         err(id, "compensate", format!("there is no node `{target}`"));
+    }
+    check_degradation(node, value_of, catalog, &mut |field, message| {
+        err(id, field, message)
+    });
+}
+
+/// The node's fallback chain, `fallback_on` and `degrade` overrides.
+fn check_degradation(
+    node: &NodeSpec,
+    value_of: &dyn Fn(&str) -> Option<Value>,
+    catalog: &Catalog,
+    err: &mut dyn FnMut(&str, String),
+) {
+    let inputs: Vec<&str> = node.inputs.keys().map(String::as_str).collect();
+    for (field, message) in
+        fallback::check_chain("fallback", &node.fallback, &inputs, value_of, catalog)
+    {
+        err(&field, message);
+    }
+    for message in fallback::check_fallback_on(node.fallback_on.as_deref().unwrap_or_default()) {
+        err("fallback_on", message);
+    }
+    if let Err(e) = crate::control::level::check_overrides(&node.degrade) {
+        err("degrade", e);
     }
 }
 

@@ -51,7 +51,9 @@ impl RunStore {
         for (name, source) in &node.inputs {
             let value = source
                 .split_once('.')
-                .and_then(|(up, out)| outputs.get(up).and_then(|o| o.get(out)).cloned());
+                .and_then(|(up, out)| outputs.get(up).and_then(|o| o.get(out)).cloned())
+                // A null output (a node skipped at its degradation level) is missing too.
+                .filter(|v| !v.is_null());
             if value.is_none() {
                 partial.push(Value::String(name.clone()));
             }
@@ -61,6 +63,18 @@ impl RunStore {
         // Rules render structured values as text; `:file` stays for the exec handler.
         let config =
             crate::nodes::textified(&node.node_type, substitute(&node.config, "inputs", &lookup));
+        let fallback = node
+            .fallback
+            .iter()
+            .map(|alt| {
+                let mut alt = alt.clone();
+                alt.config = crate::nodes::textified(
+                    &alt.node_type,
+                    substitute(&alt.config, "inputs", &lookup),
+                );
+                alt
+            })
+            .collect();
         if !partial.is_empty() {
             inputs.insert("_partial".into(), Value::Array(partial));
         }
@@ -77,6 +91,11 @@ impl RunStore {
         task.timeout_ms = node.timeout_ms;
         task.service.clone_from(&node.service);
         task.cache = node.cache;
+        task.fallback = fallback;
+        task.fallback_on.clone_from(&node.fallback_on);
+        task.degrade.clone_from(&node.degrade);
+        task.optional = node.optional;
+        task.essential = node.essential;
         Ok(task)
     }
 }

@@ -21,7 +21,7 @@ mod model;
 mod state;
 
 pub use inputs::{missing_outputs, select_outputs};
-pub use model::{NodeEnd, RunError, RunStatus, StoredNode, count_findings};
+pub use model::{NodeEnd, NodeRecord, RunError, RunStatus, StoredNode, count_findings};
 
 /// The input under which a node receives its run's targets.
 pub const TARGETS_INPUT: &str = "_targets";
@@ -155,6 +155,10 @@ impl RunStore {
                 dependents: dependents.remove(n.id.as_str()).unwrap_or_default(),
                 compensation: is_compensation(&n.id),
                 targets: targets.to_vec(),
+                fallback: n.fallback.iter().map(|a| a.resolve(&value_of)).collect(),
+                fallback_on: n.fallback_on.clone().unwrap_or_default(),
+                degrade: n.degrade.clone(),
+                essential: n.essential,
             })
             .collect();
         let [links, state, waiting, ..] = self.keys(&run_id.to_string());
@@ -233,16 +237,23 @@ impl RunStore {
     /// attempt recorded it first). Calling it again for an ended node changes nothing and
     /// returns the dependents whose publish was not confirmed yet ([`RunStore::published`]).
     /// The node's findings ([`count_findings`]) are added to the run's.
-    /// `failure` says why a failed node failed (shown by `producer status`).
+    /// `failure` says why a failed node failed (shown by `producer status`); `record` how a
+    /// completed one was served (one served below `full` quality, or skipped, makes the run
+    /// end `degraded` rather than `succeeded`).
     pub async fn node_end(
         &self,
         run: &str,
         node: &StoredNode,
         output: Option<&Value>,
         failure: Option<&str>,
+        record: Option<&NodeRecord>,
     ) -> Result<NodeEnd, RunError> {
         let keys = self.keys(run);
+        // A node skipped at its degradation level produced nothing: its dependents get its
+        // outputs as missing (`_partial`).
+        let skipped = record.is_some_and(|r| r.skipped.is_some());
         let selected = match output {
+            Some(_) if skipped => select_outputs(node, &Value::Null).to_string(),
             Some(o) => select_outputs(node, o).to_string(),
             None => failure.unwrap_or_default().to_string(),
         };
@@ -255,7 +266,15 @@ impl RunStore {
             .arg(if output.is_some() { "ok" } else { "failed" })
             .arg(selected)
             .arg(crate::now_ms())
-            .arg(output.map_or(0, count_findings));
+            .arg(output.map_or(0, count_findings))
+            .arg(record.map_or_else(String::new, |r| {
+                serde_json::to_string(r).unwrap_or_default()
+            }))
+            .arg(if record.is_some_and(NodeRecord::degrades_run) {
+                "1"
+            } else {
+                "0"
+            });
         let mut conn = self.pool.get().await?;
         let (ready, status, already, findings, created, name): (
             String,

@@ -1,6 +1,11 @@
 //! What the run store keeps and returns: stored nodes, run status, errors.
 
-use crate::retry::RetryPolicy;
+use crate::{
+    ErrorClass,
+    control::{Level, LevelOverrides},
+    recipe::{Alternative, ServedBy},
+    retry::RetryPolicy,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -44,6 +49,44 @@ pub struct StoredNode {
     /// [`super::TARGETS_INPUT`], which tool nodes scan when their target input is unconnected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
+    /// Alternatives that may serve it (parameters filled in).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<Alternative>,
+    /// Failure classes that let its chain fall through; empty: the default ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_on: Vec<ErrorClass>,
+    /// Config overrides by degradation level.
+    #[serde(default, skip_serializing_if = "LevelOverrides::is_empty")]
+    pub degrade: LevelOverrides,
+    /// Runs at every degradation level.
+    #[serde(default)]
+    pub essential: bool,
+}
+
+/// How a node that completed was served, kept with its run (`_rec:NODE`) and told in its
+/// `node.completed` event.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The fleet's degradation level when it ran.
+    pub level: Level,
+    /// Config keys the level's overrides changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adjusted: Vec<String>,
+    /// The alternative that served it; absent when its own handler did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<ServedBy>,
+    /// Quality of what served it: `full` for its own handler, else the alternative's.
+    pub quality: Level,
+    /// Why it was skipped at this level without running (its output is `{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+impl NodeRecord {
+    /// Whether it makes its run end `degraded`: served below `full`, or skipped.
+    pub fn degrades_run(&self) -> bool {
+        self.quality > Level::Full || self.skipped.is_some()
+    }
 }
 
 /// What recording a node's end did ([`super::RunStore::node_end`]).
@@ -68,7 +111,7 @@ impl NodeEnd {
     pub fn run_ended(&self) -> bool {
         matches!(
             self.status.as_str(),
-            "succeeded" | "partial" | "failed" | "cancelled"
+            "succeeded" | "partial" | "degraded" | "failed" | "cancelled"
         )
     }
 }
@@ -125,7 +168,7 @@ impl From<deadpool_redis::PoolError> for RunError {
 pub struct RunStatus {
     /// Run id.
     pub run_id: String,
-    /// running, succeeded, partial or failed.
+    /// running, succeeded, partial, degraded, failed, cancelling, compensating or cancelled.
     pub status: String,
     /// The required node whose failure failed the run.
     pub blocking_node: Option<String>,
@@ -139,4 +182,7 @@ pub struct RunStatus {
     pub blocked_by: BTreeMap<String, String>,
     /// Failed node → why (`class/code: message`).
     pub errors: BTreeMap<String, String>,
+    /// Completed node → how it was served (level, alternative, quality, skipped).
+    #[serde(default)]
+    pub records: BTreeMap<String, NodeRecord>,
 }

@@ -11,7 +11,8 @@
 -- ended), KEYS[4] outputs hash, KEYS[5] unpublished hash, KEYS[6] compensations hash (node ->
 -- its compensation node)
 -- ARGV[1] node id, ARGV[2] "ok" | "failed", ARGV[3] outputs JSON (ok) or why it failed, ARGV[4] now ms,
--- ARGV[5] findings the node produced
+-- ARGV[5] findings the node produced, ARGV[6] how a completed node was served (record JSON, or
+-- ''), ARGV[7] "1" if that record degrades the run (served below full quality, or skipped)
 local nodes, state, waiting, outputs, unpublished = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local node, outcome = ARGV[1], ARGV[2]
 local function summary(ready, run, already)
@@ -26,6 +27,7 @@ if outcome == 'ok' then
   local found = tonumber(ARGV[5]) or 0
   redis.call('HSET', state, '_f:' .. node, found)
   redis.call('HINCRBY', state, '_findings', found)
+  if ARGV[6] and ARGV[6] ~= '' then redis.call('HSET', state, '_rec:' .. node, ARGV[6]) end
 end
 local ready = {}
 local own = cjson.decode(redis.call('HGET', nodes, node))
@@ -51,6 +53,7 @@ local todo = {{node, outcome == 'ok'}}
 if outcome == 'ok' then
   redis.call('HSET', state, node, 'succeeded')
   redis.call('HSET', outputs, node, ARGV[3])
+  if ARGV[7] == '1' then redis.call('HSET', state, '_degraded', '1') end
 else
   redis.call('HSET', state, node, 'failed')
   if ARGV[3] ~= '' then redis.call('HSET', state, '_error:' .. node, ARGV[3]) end
@@ -92,6 +95,7 @@ if tonumber(redis.call('HGET', state, '_ended')) == tonumber(redis.call('HGET', 
   if redis.call('HEXISTS', state, '_cancelled') == 1 then run = 'cancelled'
   elseif redis.call('HEXISTS', state, '_blocking') == 1 then run = 'failed'
   elseif redis.call('HEXISTS', state, '_partial') == 1 then run = 'partial'
+  elseif redis.call('HEXISTS', state, '_degraded') == 1 then run = 'degraded'
   else run = 'succeeded' end
   -- A failed (or cancelled) run undoes what succeeded: each succeeded node's compensation runs.
   local queued = 0

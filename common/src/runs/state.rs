@@ -75,6 +75,10 @@ impl RunStore {
                 .collect(),
             blocked_by: by_prefix("_blocked:"),
             errors: by_prefix("_error:"),
+            records: by_prefix("_rec:")
+                .into_iter()
+                .filter_map(|(n, r)| serde_json::from_str(&r).ok().map(|r| (n, r)))
+                .collect(),
         })
     }
 

@@ -173,6 +173,7 @@ impl ToolDef {
             timeout_ms,
         };
         check_templates(&def)?;
+        super::degrade::check(&def)?;
         Ok(def)
     }
 }

@@ -29,6 +29,10 @@
 //!   `{"line": ...}`, `regex` with `patterns` of `{regex, context}`), `where` (field = value
 //!   filters, json and jsonl), `finding` (record templates `id`, `title`, `severity`,
 //!   `target`, `evidence`), `severity_map`, `default_severity`, `datasets` (name → template).
+//! - `degrade`: overrides of settings by degradation level (`{high: {rate_limit: 100},
+//!   medium: {rate_limit: 50, concurrency: "x0.5"}}`): a value replaces the setting, a factor
+//!   scales it (its default when the node leaves it unset); a node's own `degrade` wins
+//!   ([`config_at`]).
 //!
 //! Arguments reference `${config.NAME}`, `${inputs.NAME}`, `${value}` (in `optional_args`),
 //! `${output_file}` and `${workdir}`; a list setting needs a filter (`|csv`, `|lines`, `|json`,
@@ -43,6 +47,7 @@
 mod argv;
 mod config;
 mod def;
+mod degrade;
 mod finding;
 mod inputs;
 mod output;
@@ -58,6 +63,7 @@ mod tests;
 
 pub use config::kind_of;
 pub use def::ToolDef;
+pub use degrade::config_at;
 pub use finding::{Finding, Severity, finding_id};
 pub use output::{MAX_FINDINGS, MAX_OUTPUT_BYTES, Parsed};
 pub use record::RecordTemplate;

@@ -53,6 +53,9 @@ pub struct ToolSpec {
     pub exclusive: Vec<String>,
     /// How the output becomes findings and datasets.
     pub output: OutputSpec,
+    /// Overrides of settings by degradation level.
+    #[serde(default)]
+    pub degrade: crate::control::LevelOverrides,
 }
 
 fn zero() -> Vec<i32> {

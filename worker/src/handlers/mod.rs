@@ -45,6 +45,7 @@ pub struct Handlers {
     tools: ToolSet,
     resources: Resources,
     cve: Option<CveSource>,
+    fallbacks: secflow_common::recipe::FleetChains,
 }
 
 /// What tool nodes and `enrich.cve` need besides the generic handlers.
@@ -56,6 +57,8 @@ pub struct Tooling {
     pub resources: Resources,
     /// The CVE source and its cache, for `enrich.cve`.
     pub cve: Option<CveSource>,
+    /// The fleet's fallback chains by service (`--fallbacks`).
+    pub fallbacks: secflow_common::recipe::FleetChains,
 }
 
 /// Version of the built-in handlers' checkpoint format.
@@ -89,7 +92,13 @@ impl Handlers {
             tools: tooling.tools,
             resources: tooling.resources,
             cve: tooling.cve,
+            fallbacks: tooling.fallbacks,
         })
+    }
+
+    /// The fleet's fallback chains by service (`--fallbacks`).
+    pub fn fleet_chains(&self) -> &secflow_common::recipe::FleetChains {
+        &self.fallbacks
     }
 
     /// The tool definitions this worker runs.
@@ -141,6 +150,7 @@ impl Handlers {
         match ctx.task.node_type.as_str() {
             "builtin.noop" => Ok(Value::Null),
             "builtin.echo" => Ok(builtin::echo(ctx.task)),
+            "builtin.static" => Ok(config.clone()),
             "builtin.sleep" => builtin::sleep(config).await,
             "builtin.fail" => builtin::fail(config, ctx.retry_count),
             "builtin.crash" => builtin::crash(),

@@ -54,8 +54,10 @@ impl Parts {
             RunStore::new(&cfg.broker.redis_url, &cfg.broker.namespace)
                 .map_err(|e| WorkerError::Config(e.to_string()))?,
         );
+        let tools = cfg.tool_set().map_err(WorkerError::Config)?;
         let tooling = crate::handlers::Tooling {
-            tools: cfg.tool_set().map_err(WorkerError::Config)?,
+            fallbacks: cfg.fleet_chains(&tools).map_err(WorkerError::Config)?,
+            tools,
             resources: secflow_common::tools::Resources::new(cfg.resources.clone()),
             cve: Some(crate::handlers::CveSource {
                 url: cfg.cve_source.clone(),

@@ -15,15 +15,29 @@ use secflow_common::{ErrorClass, TaskEnvelope, TaskError, now_ms};
 use serde_json::Value;
 use std::sync::Arc;
 
+/// How a task that reached its handler ran, besides its outcome.
+pub(super) struct Ran<'a> {
+    /// Its breaker key.
+    pub service: &'a str,
+    /// The lease this attempt holds.
+    pub lease: Option<&'a Lease>,
+    /// How it ran (served by, level, skipped), when it did.
+    pub report: Option<&'a crate::report::NodeReport>,
+}
+
 /// The disposition of a task that ran (`None`: stopped by shutdown or a lost connection).
 pub(super) async fn conclude(
     shared: &Shared,
     task: &TaskEnvelope,
     meta: &DeliveryMeta,
-    service: &str,
-    lease: Option<&Lease>,
+    ran: Ran<'_>,
     outcome: Option<Result<Value, TaskError>>,
 ) -> Disposition {
+    let Ran {
+        service,
+        lease,
+        report,
+    } = ran;
     let Some(outcome) = outcome else {
         tracing::warn!(task_id = %task.task_id, "shutdown: handing the task back unfinished");
         return Disposition::HandBack;
@@ -36,8 +50,11 @@ pub(super) async fn conclude(
     }
     // Only failures that say the service is unwell count against it: an unknown exit code or
     // a 404 is the task's problem, not the service's.
-    let healthy = !matches!(&outcome, Err(e) if matches!(e.class, ErrorClass::Transient | ErrorClass::Resource));
-    shared.breakers.record(service, healthy, now_ms()).await;
+    // A fallback chain has told each of its steps' breakers already.
+    if !report.is_some_and(|r| r.breakers_told) {
+        let healthy = !matches!(&outcome, Err(e) if matches!(e.class, ErrorClass::Transient | ErrorClass::Resource));
+        shared.breakers.record(service, healthy, now_ms()).await;
+    }
     let class = outcome.as_ref().err().map(|e| e.class);
     let policy = shared
         .policies
@@ -46,7 +63,16 @@ pub(super) async fn conclude(
     let unit = rand::rng().random::<f64>();
     let disposition = escalate(shared, task, decide(outcome, retries, policy, unit)).await;
     let retry = retry_by_policy(shared, task, meta);
-    crate::workflow::advance(&shared.runs, &shared.settler, task, disposition, &retry).await
+    let record = report.map(|r| &r.record);
+    crate::workflow::advance(
+        &shared.runs,
+        &shared.settler,
+        task,
+        disposition,
+        record,
+        &retry,
+    )
+    .await
 }
 
 /// What a transient failure outside the handler (the run store unreachable) leads to under the

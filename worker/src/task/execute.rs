@@ -1,19 +1,24 @@
 //! The third and fourth steps: [`gate`] asks the service's breaker and the run whether the
-//! task may run now; [`execute`] runs its handler under its timeout (or stands a cached output
-//! or a cancellation in for it), keeping its lease alive.
+//! task may run now, and reads the fleet's degradation level; [`execute`] runs its handler
+//! under its timeout, with the level's config overrides, falling through its fallback chain
+//! ([`crate::fallback`]) when it has one (or stands a cached output, a skip or a cancellation
+//! in for it), keeping its lease alive.
 
 use super::{Shared, claim::jittered};
 use crate::{
     breaker::state::Verdict,
     chaos::Injection,
     disposition::{self, Disposition},
+    fallback::{ChainEnd, StepRunner, alternative_task, chain_of, run_chain},
     handlers::TaskContext,
     report::NodeReport,
     settle::DeliveryMeta,
     store::Lease,
     workflow::Prepared,
 };
-use secflow_common::{ErrorClass, TaskEnvelope, TaskError, now_ms};
+use secflow_common::{
+    ErrorClass, TaskEnvelope, TaskError, control::Level, now_ms, runs::NodeRecord, tools::config_at,
+};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -26,13 +31,37 @@ pub(super) enum Held {
     Recorded(Disposition),
 }
 
-/// `Err` when the task must not run now; `Ok` with what its run says (run, or cancelled).
+/// What the gate lets through.
+pub(super) struct Gated {
+    /// What its run says: run it, or it was cancelled.
+    prepared: Prepared,
+    /// The fleet's degradation level it runs at.
+    level: Level,
+    /// Why a workflow node does not run at that level.
+    skipped: Option<String>,
+    /// Its service's breaker is open and it has a fallback chain: the deferral it gets if no
+    /// alternative serves it.
+    open: Option<Disposition>,
+}
+
+/// How [`execute`] ended.
+pub(super) enum Executed {
+    /// Its outcome (`None`: stopped by shutdown or a lost connection) and how it ran.
+    Ran(Option<Result<Value, TaskError>>, Option<NodeReport>),
+    /// Its breaker was open and no alternative of its chain served it: deferred as without
+    /// a chain.
+    Deferred(Disposition),
+}
+
+/// `Err` when the task must not run now; `Ok` with what its run says (run, or cancelled) and
+/// the level it runs at. A task whose breaker is open goes to its fallback chain at once
+/// instead of being deferred, when it has one.
 pub(super) async fn gate(
     shared: &Shared,
     task: &TaskEnvelope,
     meta: &DeliveryMeta,
     service: &str,
-) -> Result<Prepared, Held> {
+) -> Result<Gated, Held> {
     let now = now_ms();
     // An operator's hold (a paused type, a breaker held open or disabled) comes first: it
     // holds the task without counting a deferral.
@@ -42,13 +71,24 @@ pub(super) async fn gate(
             reason: held.reason,
         }));
     }
-    if let Verdict::Reject { until_ms } = shared.breakers.admit(service, now).await {
-        return Err(Held::Deferred(disposition::defer(
+    let level = shared.controls.level();
+    let skipped = task.skipped_at(level);
+    let mut open = None;
+    // A node skipped at this level calls no service.
+    if skipped.is_none()
+        && let Verdict::Reject { until_ms } = shared.breakers.admit(service, now).await
+    {
+        let deferral = disposition::defer(
             meta.defer_count,
             shared.limits.max_defers,
             jittered(until_ms.saturating_sub(now)),
             "circuit breaker open",
-        )));
+        );
+        if chain_of(task, shared.handlers.fleet_chains()).is_empty() {
+            return Err(Held::Deferred(deferral));
+        }
+        tracing::info!(task_id = %task.task_id, service, "circuit breaker open: going to the fallback alternatives at once");
+        open = Some(deferral);
     }
     let prepared = crate::workflow::prepare(&shared.runs, task).await;
     if prepared == Prepared::AlreadySucceeded {
@@ -57,43 +97,131 @@ pub(super) async fn gate(
             crate::workflow::finish_recorded(&shared.runs, &shared.settler, task, &retry).await;
         return Err(Held::Recorded(finished));
     }
-    Ok(prepared)
+    Ok(Gated {
+        prepared,
+        level,
+        skipped,
+        open,
+    })
 }
 
-/// The task's outcome: its handler's, a cached output, or a cancellation (`None` if the
-/// worker's grace period ran out, or its connection was lost, first), and how it ran. A
-/// workflow node's start is announced (`node.started`) before its handler runs.
+/// The task's outcome: its handler's (or its chain's), a cached output, a skip at the
+/// degradation level, or a cancellation (`None` if the worker's grace period ran out, or its
+/// connection was lost, first), and how it ran. A workflow node's start is announced
+/// (`node.started`) before its handler runs.
 pub(super) async fn execute(
     shared: &Shared,
     task: &TaskEnvelope,
     meta: &DeliveryMeta,
     lease: Option<&Lease>,
-    prepared: Prepared,
-) -> (Option<Result<Value, TaskError>>, Option<NodeReport>) {
-    if prepared == Prepared::Cancelled {
-        return (Some(Err(disposition::cancelled_before_start())), None);
+    gated: Gated,
+) -> Executed {
+    if gated.prepared == Prepared::Cancelled {
+        return Executed::Ran(Some(Err(disposition::cancelled_before_start())), None);
+    }
+    let mut report = NodeReport {
+        record: NodeRecord {
+            level: gated.level,
+            ..NodeRecord::default()
+        },
+        ..NodeReport::default()
+    };
+    if let Some(why) = gated.skipped {
+        tracing::info!(task_id = %task.task_id, node = %task.node_id, level = %gated.level, why, "node skipped at this degradation level");
+        report.record.skipped = Some(why);
+        return Executed::Ran(
+            Some(Ok(Value::Object(serde_json::Map::new()))),
+            Some(report),
+        );
     }
     if let Some(output) = crate::workflow::cached_output(&shared.runs, task).await {
-        let report = NodeReport {
-            duration: Duration::ZERO,
-            cache_hit: true,
-        };
-        return (Some(Ok(output)), Some(report));
+        report.cache_hit = true;
+        return Executed::Ran(Some(Ok(output)), Some(report));
     }
+    let tools = shared.handlers.tools();
+    let mut primary = task.clone();
+    let (config, adjusted) = config_at(
+        &task.config,
+        gated.level,
+        tools.get(&task.node_type),
+        &task.degrade,
+    );
+    if !adjusted.is_empty() {
+        tracing::info!(task_id = %task.task_id, level = %gated.level, ?adjusted, "config adjusted for the degradation level");
+    }
+    primary.config = config;
+    report.record.adjusted = adjusted;
     if task.run_id.is_some() {
         shared.settler.started(task, meta).await;
     }
     let cancel = task.run_id.map(|run| shared.cancels.enter(run));
     let started = Instant::now();
-    let outcome = run_handler(shared, task, meta, lease, cancel.as_ref()).await;
-    let report = NodeReport {
-        duration: started.elapsed(),
-        cache_hit: false,
+    let chain = chain_of(task, shared.handlers.fleet_chains());
+    let outcome = if chain.is_empty() {
+        run_handler(shared, &primary, meta, lease, cancel.as_ref()).await
+    } else {
+        let alternatives: Vec<(TaskEnvelope, Level)> = chain
+            .iter()
+            .map(|alt| {
+                (
+                    alternative_task(&primary, alt, gated.level, tools),
+                    alt.quality,
+                )
+            })
+            .collect();
+        let runner = HandlerRunner {
+            shared,
+            meta,
+            lease,
+            cancel: cancel.as_ref(),
+        };
+        report.breakers_told = true;
+        let open = gated.open.is_some();
+        match run_chain(&primary, open, &alternatives, &shared.breakers, &runner).await {
+            ChainEnd::Stopped => None,
+            ChainEnd::Served {
+                output,
+                served_by,
+                quality,
+            } => {
+                report.record.served_by = served_by;
+                report.record.quality = quality;
+                Some(Ok(output))
+            }
+            ChainEnd::Failed(e) => Some(Err(e)),
+            ChainEnd::PrimaryOpen => {
+                if let Some(run) = task.run_id {
+                    shared.cancels.release(run);
+                }
+                return match gated.open {
+                    Some(deferral) => Executed::Deferred(deferral),
+                    None => Executed::Ran(None, None),
+                };
+            }
+        }
     };
+    report.duration = started.elapsed();
     if let Some(run) = task.run_id {
         shared.cancels.release(run);
     }
-    (outcome, Some(report))
+    Executed::Ran(outcome, Some(report))
+}
+
+/// Runs each step of a chain the way a task's handler runs.
+struct HandlerRunner<'a> {
+    shared: &'a Shared,
+    meta: &'a DeliveryMeta,
+    lease: Option<&'a Lease>,
+    cancel: Option<&'a CancellationToken>,
+}
+
+impl StepRunner for HandlerRunner<'_> {
+    fn run(
+        &self,
+        task: &TaskEnvelope,
+    ) -> impl Future<Output = Option<Result<Value, TaskError>>> + Send {
+        run_handler(self.shared, task, self.meta, self.lease, self.cancel)
+    }
 }
 
 /// Runs the handler under its timeout, keeping the lease alive; `None` if the worker's grace

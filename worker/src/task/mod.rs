@@ -163,6 +163,7 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
                     &shared.settler,
                     task,
                     disposition,
+                    None,
                     &retry,
                 )
                 .await;
@@ -218,8 +219,8 @@ async fn pipeline(
         Err(end) => return end,
     };
     let service = task.service().to_string();
-    let prepared = match execute::gate(shared, &task, meta, &service).await {
-        Ok(prepared) => prepared,
+    let gated = match execute::gate(shared, &task, meta, &service).await {
+        Ok(gated) => gated,
         Err(execute::Held::Deferred(disposition)) => {
             return End::settle(Some(task), disposition, lease);
         }
@@ -227,8 +228,18 @@ async fn pipeline(
             return End::recorded(task, disposition, lease);
         }
     };
-    let (outcome, report) = execute::execute(shared, &task, meta, lease.as_ref(), prepared).await;
-    let disposition =
-        conclude::conclude(shared, &task, meta, &service, lease.as_ref(), outcome).await;
+    let (outcome, report) = match execute::execute(shared, &task, meta, lease.as_ref(), gated).await
+    {
+        execute::Executed::Ran(outcome, report) => (outcome, report),
+        execute::Executed::Deferred(disposition) => {
+            return End::settle(Some(task), disposition, lease);
+        }
+    };
+    let ran = conclude::Ran {
+        service: &service,
+        lease: lease.as_ref(),
+        report: report.as_ref(),
+    };
+    let disposition = conclude::conclude(shared, &task, meta, ran, outcome).await;
     End::ran(task, disposition, lease, report)
 }

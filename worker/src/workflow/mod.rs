@@ -13,7 +13,7 @@ use secflow_common::{
     ErrorClass, TaskEnvelope, TaskError,
     amqp::publish_task,
     events::TaskEvent,
-    runs::{Rewind, RunError, RunStore},
+    runs::{NodeRecord, Rewind, RunError, RunStore},
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -92,6 +92,7 @@ pub async fn finish_recorded(
     let nothing = NodeOutcome {
         output: None,
         failure: None,
+        record: None,
     };
     let published = continue_run(runs, settler, task, run, nothing).await;
     let failure = match (published, recorded) {
@@ -169,26 +170,30 @@ pub async fn cached_output(runs: &RunStore, task: &TaskEnvelope) -> Option<serde
 
 /// Moves the run of `task` forward after `disposition`, or turns the disposition into a retry
 /// when the run store cannot be reached (the continuation must not be lost).
+/// `record` says how a node that ran was served (level, fallback, skip).
 pub async fn advance(
     runs: &RunStore,
     settler: &Settler,
     task: &TaskEnvelope,
     disposition: Disposition,
+    record: Option<&NodeRecord>,
     retry: &(dyn Fn(TaskError) -> Disposition + Sync),
 ) -> Disposition {
     let Some(run) = task.run_id else {
         return disposition;
     };
-    let disposition = check_outputs(runs, task, disposition).await;
-    let disposition = check_and_cache(runs, task, disposition).await;
+    let disposition = check_outputs(runs, task, disposition, record).await;
+    let disposition = check_and_cache(runs, task, disposition, record).await;
     let end = match &disposition {
         Disposition::Complete(output) => NodeOutcome {
             output: Some(output),
             failure: None,
+            record,
         },
         Disposition::DeadLetter { error, .. } | Disposition::Cancelled(error) => NodeOutcome {
             output: None,
             failure: Some(failure_summary(error)),
+            record: None,
         },
         _ => return disposition,
     };
@@ -224,7 +229,13 @@ async fn continue_run(
         .first()
         .ok_or_else(|| Unrecorded::Corrupt(format!("node `{}` not in its run", task.node_id)))?;
     let mut ended = runs
-        .node_end(&run_key, node, end.output, end.failure.as_deref())
+        .node_end(
+            &run_key,
+            node,
+            end.output,
+            end.failure.as_deref(),
+            end.record,
+        )
         .await?;
     // A fan-out can make thousands of nodes ready at once: publish them with confirms in flight
     // together, and fail (so the node is retried and they are re-published) if any one fails.
@@ -253,6 +264,8 @@ pub struct NodeOutcome<'a> {
     pub output: Option<&'a serde_json::Value>,
     /// Why a node that did not succeed failed (`class/code: message`).
     pub failure: Option<String>,
+    /// How a node that succeeded was served.
+    pub record: Option<&'a NodeRecord>,
 }
 
 /// Why a node failed, as its run keeps it: secrets masked, at most 500 bytes.
@@ -270,7 +283,8 @@ fn failure_summary(error: &TaskError) -> String {
     text
 }
 
-/// `workflow.completed` (succeeded, partial) or `workflow.failed` (failed, cancelled), with the
+/// `workflow.completed` (succeeded, partial, degraded) or `workflow.failed` (failed,
+/// cancelled), with the
 /// run's findings and how long it took.
 fn run_end_event(
     settler: &Settler,
@@ -278,7 +292,7 @@ fn run_end_event(
     run: Uuid,
     ended: &secflow_common::runs::NodeEnd,
 ) -> TaskEvent {
-    let kind = if matches!(ended.status.as_str(), "succeeded" | "partial") {
+    let kind = if matches!(ended.status.as_str(), "succeeded" | "partial" | "degraded") {
         "workflow.completed"
     } else {
         "workflow.failed"

@@ -160,3 +160,26 @@ fn a_missing_resource_is_named_when_the_resource_directory_is_known() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn fallback_chains_and_level_overrides_are_checked_per_node_and_field() {
+    let yaml = format!(
+        "{HEAD}  - id: a\n    type: http\n    config: {{url: '${{params.target}}'}}\n    fallback_on: [transient, security]\n    fallback:\n      - {{type: http, config: {{url: '${{params.target}}/m'}}, timeout: 5s, quality: high}}\n      - {{type: scan.magic}}\n      - {{type: builtin.static, timeout: 1h}}\n    degrade: {{medium: {{threads: x-1}}}}\n    essential: true\n"
+    );
+    let errors = check(&yaml);
+    let has = |what: &str| errors.iter().any(|e| e.contains(what));
+    assert!(
+        has("node `a`: fallback_on: `security` cannot allow a fallback"),
+        "{errors:?}"
+    );
+    assert!(
+        has("node `a`: fallback[1].type: unknown node type `scan.magic`"),
+        "{errors:?}"
+    );
+    assert!(has("node `a`: fallback[2].timeout"), "{errors:?}");
+    assert!(
+        has("node `a`: degrade: level medium, `threads`"),
+        "{errors:?}"
+    );
+    assert_eq!(errors.len(), 4, "{errors:?}");
+}
