@@ -198,6 +198,28 @@ async fn an_error_spike_lowers_the_level_and_calm_restores_it_without_flapping()
             .any(|e| e.kind == "degradation.changed" && detail(e, "to") == "medium")
     })
     .await;
+    // The tasks that follow run with the level's parameters.
+    let probe = || {
+        let mut t = TaskEnvelope::new("builtin.echo", json!({"rate_limit": 150}));
+        t.degrade = serde_json::from_value(
+            json!({"high": {"rate_limit": 100}, "medium": {"rate_limit": 50}}),
+        )
+        .unwrap();
+        t
+    };
+    let rate_of = |id| {
+        let done = tap.of_kind("node.completed");
+        let e = done.iter().find(|e| e.task_id == Some(id)).cloned();
+        e.map(|e| e.output.unwrap()["echo"]["rate_limit"].clone())
+    };
+    let during = publish(&ns, &[probe()]).await[0];
+    wait_for(
+        "the probe during the spike",
+        Duration::from_secs(10),
+        || async { rate_of(during).is_some() },
+    )
+    .await;
+    assert_eq!(rate_of(during), Some(json!(50)), "medium's parameters");
     tap.wait_until("the level back to full", Duration::from_secs(60), |e| {
         e.iter()
             .any(|e| e.kind == "degradation.changed" && detail(e, "to") == "full")
@@ -218,6 +240,34 @@ async fn an_error_spike_lowers_the_level_and_calm_restores_it_without_flapping()
         "{first:?}"
     );
     let controls = ControlStore::new(&ns.broker().redis_url, &ns.name).unwrap();
+    wait_for("workers to see full", Duration::from_secs(5), || async {
+        controls.read().await.unwrap().level.level == secflow_common::control::Level::Full
+    })
+    .await;
+    // Once the worker's record says it sees full, the config is as written again.
+    wait_for(
+        "the worker to see full",
+        Duration::from_secs(10),
+        || async {
+            let (records, _) = controls.workers().await.unwrap();
+            records
+                .iter()
+                .all(|r| r.level == secflow_common::control::Level::Full)
+        },
+    )
+    .await;
+    let after = publish(&ns, &[probe()]).await[0];
+    wait_for(
+        "the probe after recovery",
+        Duration::from_secs(10),
+        || async { rate_of(after).is_some() },
+    )
+    .await;
+    assert_eq!(
+        rate_of(after),
+        Some(json!(150)),
+        "full runs the config as written"
+    );
     let level = controls.read().await.unwrap().level;
     assert!(level.auto);
     assert_eq!(level.level, secflow_common::control::Level::Full);
