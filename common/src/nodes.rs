@@ -19,6 +19,7 @@ pub const KNOWN_TYPES: &[&str] = &[
     "builtin.fail",
     "builtin.crash",
     "builtin.hang",
+    "builtin.block",
     "builtin.batch",
     "exec",
     "http",
@@ -157,7 +158,9 @@ pub fn parse_config<T: DeserializeOwned>(node_type: &str, config: &Value) -> Res
 /// Checks `config` against the shape `node_type` expects.
 pub fn check_config(node_type: &str, config: &Value) -> Result<(), String> {
     match node_type {
-        "builtin.sleep" => parse_config::<SleepConfig>(node_type, config).map(drop),
+        "builtin.sleep" | "builtin.block" => {
+            parse_config::<SleepConfig>(node_type, config).map(drop)
+        }
         "builtin.fail" => parse_config::<FailConfig>(node_type, config).map(drop),
         "enrich.cve" => {
             let cfg: EnrichConfig = parse_config(node_type, config)?;

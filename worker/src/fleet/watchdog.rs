@@ -1,7 +1,15 @@
-//! The worker's liveness watchdog: `/healthz` fails (and Kubernetes restarts the pod) when the
-//! tokio runtime stops making progress, or when a handler abandoned past its timeout and grace
-//! never lets go of its thread. A ticker on the runtime stamps the time every [`TICK`]; a plain
-//! OS thread, which a stalled runtime cannot hold up, checks the stamp.
+//! The worker's liveness watchdog and the runtime its handlers run on.
+//!
+//! Handlers run on a runtime of their own ([`handlers`]): a handler that blocks its thread (a
+//! blocking call in async code) can stall the runtime it runs on — tokio's timers and sockets
+//! are driven by whichever worker thread parks last — but not the worker's delivery loop,
+//! settlements, heartbeats and probes, which live on the main runtime; there the handler's
+//! timeout fires on time and its task is retried as `timeout`.
+//!
+//! `/healthz` fails (and Kubernetes restarts the pod) while either runtime makes no progress,
+//! and for good once a handler abandoned past its timeout never lets go of its thread. A ticker
+//! on each runtime stamps the time every [`TICK`]; a plain OS thread, which a stalled runtime
+//! cannot hold up, checks the stamps and says so in the log.
 
 use std::{
     sync::{
@@ -23,8 +31,10 @@ pub const STUCK_AFTER: Duration = Duration::from_secs(5);
 
 struct Watchdog {
     started: Instant,
-    /// Ms since `started` of the runtime's last stamp.
+    /// Ms since `started` of the main runtime's last stamp.
     last_tick_ms: AtomicU64,
+    /// Ms since `started` of the handler runtime's last stamp (0: not started).
+    handler_tick_ms: AtomicU64,
     /// Why the worker is unhealthy, once it is.
     unhealthy: Mutex<Option<String>>,
 }
@@ -35,6 +45,7 @@ fn watchdog() -> &'static Watchdog {
     WATCHDOG.get_or_init(|| Watchdog {
         started: Instant::now(),
         last_tick_ms: AtomicU64::new(0),
+        handler_tick_ms: AtomicU64::new(0),
         unhealthy: Mutex::new(None),
     })
 }
@@ -57,16 +68,27 @@ fn mark_unhealthy(why: String) {
 /// its thread: the worker needs a restart.
 pub fn health() -> Result<(), String> {
     let w = watchdog();
+    if let Some(why) = w
+        .unhealthy
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+    {
+        return Err(why);
+    }
     let since = w.started.elapsed().as_millis() as u64;
     let silent = since.saturating_sub(w.last_tick_ms.load(Ordering::Relaxed));
     if silent > STALL_AFTER.as_millis() as u64 {
         return Err(format!("the runtime made no progress for {silent} ms"));
     }
-    w.unhealthy
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
-        .map_or(Ok(()), Err)
+    let handler_tick = w.handler_tick_ms.load(Ordering::Relaxed);
+    let handler_silent = since.saturating_sub(handler_tick);
+    if handler_tick > 0 && handler_silent > STALL_AFTER.as_millis() as u64 {
+        return Err(format!(
+            "the handlers' runtime made no progress for {handler_silent} ms (a handler blocks it)"
+        ));
+    }
+    Ok(())
 }
 
 /// Starts the ticker on the runtime and the checking thread, until `stop`.
@@ -111,21 +133,70 @@ pub fn start(stop: &CancellationToken) {
     }
 }
 
-/// Watches a handler that was abandoned past its timeout and grace (`handle` aborted): if it
-/// has not let go of its thread within [`STUCK_AFTER`] the worker is marked unhealthy. Whether
-/// it let go.
-pub async fn abandoned(task_id: &str, handle: AbortHandle) -> bool {
+static HANDLERS: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+
+/// The runtime handlers run on (as many threads as cores, at least 2), started on first use
+/// with its ticker; `None` if it could not be started (handlers then run on the caller's).
+pub fn handlers() -> Option<tokio::runtime::Handle> {
+    HANDLERS
+        .get_or_init(|| {
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("secflow-handler")
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(rt) => {
+                    rt.spawn(async {
+                        loop {
+                            let w = watchdog();
+                            w.handler_tick_ms
+                                .store(w.started.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
+                            tokio::time::sleep(TICK).await;
+                        }
+                    });
+                    Some(rt)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no runtime of their own for handlers: they run beside the delivery loop");
+                    None
+                }
+            }
+        })
+        .as_ref()
+        .map(|rt| rt.handle().clone())
+}
+
+/// How an abandoned handler let go of its thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LetGo {
+    /// As soon as it was aborted (it was waiting, as handlers do).
+    AtOnce,
+    /// Later, within [`STUCK_AFTER`] (it was blocking its thread).
+    Later,
+    /// Not within [`STUCK_AFTER`]: the worker is marked unhealthy.
+    Never,
+}
+
+/// Aborts a handler abandoned past its timeout (`handle`) and follows it: if it has not let go
+/// of its thread within [`STUCK_AFTER`] the worker is marked unhealthy.
+pub async fn abandoned(task_id: &str, handle: AbortHandle) -> LetGo {
     handle.abort();
-    let deadline = Instant::now() + STUCK_AFTER;
-    while Instant::now() < deadline {
+    let started = Instant::now();
+    while started.elapsed() < STUCK_AFTER {
         if handle.is_finished() {
-            return true;
+            return if started.elapsed() < Duration::from_millis(100) {
+                LetGo::AtOnce
+            } else {
+                LetGo::Later
+            };
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     mark_unhealthy(format!(
         "the handler of task {task_id} still holds its thread {} s after it was abandoned",
         STUCK_AFTER.as_secs()
     ));
-    false
+    LetGo::Never
 }

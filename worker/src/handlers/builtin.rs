@@ -25,6 +25,14 @@ pub async fn sleep(config: &Value) -> Result<Value, TaskError> {
     Ok(json!({ "slept_ms": cfg.ms }))
 }
 
+/// Blocks its thread for `config.ms` milliseconds without yielding, as a handler stuck in
+/// blocking code would: what the worker's watchdog is for.
+pub fn block(config: &Value) -> Result<Value, TaskError> {
+    let cfg: SleepConfig = parse_config("builtin.block", config)?;
+    std::thread::sleep(Duration::from_millis(cfg.ms));
+    Ok(json!({ "blocked_ms": cfg.ms }))
+}
+
 /// Fails with the configured class on the first `times` attempts (or always).
 pub fn fail(config: &Value, retry_count: u64) -> Result<Value, TaskError> {
     let cfg: FailConfig = parse_config("builtin.fail", config)?;

@@ -155,6 +155,7 @@ impl Handlers {
             "builtin.fail" => builtin::fail(config, ctx.retry_count),
             "builtin.crash" => builtin::crash(),
             "builtin.hang" => builtin::hang().await,
+            "builtin.block" => builtin::block(config),
             "builtin.batch" => builtin::batch(config, &ctx.checkpoint).await,
             "exec" => {
                 let limits = exec::Limits {

@@ -128,7 +128,7 @@ pub async fn run_with_stats(
             &topology,
             &parts,
             &stats,
-            &worker_id,
+            &fleet,
             shutdown.as_mut(),
         )
         .await;
@@ -227,9 +227,10 @@ async fn session(
     topology: &Arc<Topology>,
     parts: &Parts,
     stats: &Arc<WorkerStats>,
-    worker_id: &str,
+    fleet: &Arc<crate::fleet::Fleet>,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<(), WorkerError> {
+    let worker_id = fleet.worker_id.as_str();
     let queue = topology.work_queue(&cfg.pool);
     let setup = within("declaring the topology and opening channels", async {
         let declare = conn
@@ -276,6 +277,7 @@ async fn session(
         store: Arc::clone(&parts.store),
         breakers: Arc::clone(&parts.breakers),
         controls: Arc::clone(&parts.controls),
+        fleet: Arc::clone(fleet),
         policies: cfg.policies_with(parts.handlers.tools()),
         default_timeout: Duration::from_secs(cfg.task_timeout_secs),
         isolation: RwLock::new(()),

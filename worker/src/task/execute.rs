@@ -20,7 +20,10 @@ use secflow_common::{
     ErrorClass, TaskEnvelope, TaskError, control::Level, now_ms, runs::NodeRecord, tools::config_at,
 };
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use tokio_util::sync::CancellationToken;
 
 /// Why a task does not run now.
@@ -239,14 +242,61 @@ async fn run_handler(
         .or_else(|| shared.handlers.default_timeout(&task.node_type))
         .unwrap_or(shared.default_timeout)
         .min(crate::config::MAX_TASK_TIMEOUT);
-    let ctx = TaskContext {
-        task,
-        retry_count: meta.retry_count,
-        timeout,
-        checkpoint: super::conclude::checkpoint(shared, task),
+    // The handler runs on a task of its own: one that blocks its thread past its timeout
+    // cannot hold the delivery (it is concluded as timed out, the handler abandoned and
+    // followed by the watchdog); dropping `_abort` stops it whichever way this ends.
+    let owned = handler_task(shared, task, meta.retry_count, timeout);
+    let handler = match crate::fleet::watchdog::handlers() {
+        Some(runtime) => runtime.spawn(owned),
+        None => tokio::spawn(owned),
     };
+    let abort = handler.abort_handle();
+    let _abort = AbortOnDrop(abort.clone());
     let handler = async {
-        if let Some(chaos) = &shared.chaos {
+        match tokio::time::timeout(timeout, handler).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(TaskError::new(
+                ErrorClass::Unknown,
+                "handler_panicked",
+                format!("the handler stopped abnormally: {e}"),
+            )),
+            Err(_) => {
+                let task_id = task.task_id.to_string();
+                let fleet = Arc::clone(&shared.fleet);
+                tokio::spawn(follow_abandoned(task_id, abort.clone(), fleet));
+                Err(shared.handlers.timed_out(&task.node_type, timeout))
+            }
+        }
+    };
+    let keep_alive = async {
+        match lease {
+            Some(lease) => lease.keep_alive().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = handler => Some(r),
+        () = keep_alive => None,
+        () = async { match cancel { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
+            Some(Err(TaskError::new(ErrorClass::Cancelled, "run_cancelled", "its run was cancelled while it ran; stopped")))
+        }
+        () = shared.hard_stop.cancelled() => None,
+    }
+}
+
+/// The handler of `task` (with chaos injection, when on), as an owned future for its own task.
+fn handler_task(
+    shared: &Shared,
+    task: &TaskEnvelope,
+    retry_count: u64,
+    timeout: Duration,
+) -> impl Future<Output = Result<Value, TaskError>> + Send + 'static {
+    let handlers = Arc::clone(&shared.handlers);
+    let chaos = shared.chaos.clone();
+    let checkpoint = super::conclude::checkpoint(shared, task);
+    let task = task.clone();
+    async move {
+        if let Some(chaos) = &chaos {
             let (latency, injection) = chaos.draw(&task.node_type);
             tokio::time::sleep(latency).await;
             match injection {
@@ -266,20 +316,55 @@ async fn run_handler(
                 }
             }
         }
-        shared.handlers.run(&ctx).await
-    };
-    let keep_alive = async {
-        match lease {
-            Some(lease) => lease.keep_alive().await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        r = tokio::time::timeout(timeout, handler) => Some(r.unwrap_or_else(|_| Err(shared.handlers.timed_out(&task.node_type, timeout)))),
-        () = keep_alive => None,
-        () = async { match cancel { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
-            Some(Err(TaskError::new(ErrorClass::Cancelled, "run_cancelled", "its run was cancelled while it ran; stopped")))
-        }
-        () = shared.hard_stop.cancelled() => None,
+        let ctx = TaskContext {
+            task: &task,
+            retry_count,
+            timeout,
+            checkpoint,
+        };
+        handlers.run(&ctx).await
     }
+}
+
+/// Aborts the handler's task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Follows a handler abandoned at its timeout. One that stops at once was merely slow (an
+/// ordinary timeout); one that blocked its thread is a stuck handler, a healing action
+/// (`abandon_stuck_handler`) that worked if it let go within the watchdog's grace, and one that
+/// never does makes `/healthz` fail.
+async fn follow_abandoned(
+    task_id: String,
+    abort: tokio::task::AbortHandle,
+    fleet: Arc<crate::fleet::Fleet>,
+) {
+    use crate::fleet::watchdog::{LetGo, STUCK_AFTER, abandoned};
+    let let_go = abandoned(&task_id, abort).await;
+    if let_go == LetGo::AtOnce {
+        return;
+    }
+    let detected = format!("the handler of task {task_id} blocked its thread past its timeout");
+    let done = match let_go {
+        LetGo::Later => {
+            "abandoned it (the task is retried as `timeout`); it let go of its thread".to_string()
+        }
+        _ => format!(
+            "abandoned it (the task is retried as `timeout`); it still held its thread after {} s: /healthz fails so the worker is restarted",
+            STUCK_AFTER.as_secs()
+        ),
+    };
+    fleet
+        .healed(
+            "abandon_stuck_handler",
+            &detected,
+            &done,
+            let_go == LetGo::Later,
+        )
+        .await;
 }

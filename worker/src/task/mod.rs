@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub runs: Arc<secflow_common::runs::RunStore>,
     pub cancels: Arc<crate::workflow::RunCancels>,
     pub breakers: Arc<Breakers>,
+    /// The fleet side of the worker (healing actions).
+    pub fleet: Arc<crate::fleet::Fleet>,
     /// The fleet controls (holds, pauses, degradation level) as last read.
     pub controls: Arc<crate::controls::ControlView>,
     pub policies: PolicyTable,
