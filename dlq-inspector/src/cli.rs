@@ -135,7 +135,7 @@ pub enum Command {
         pace: Pace,
         /// With `--pace auto`: how long to wait for held tasks (30s, 10m, 1h); those still held
         /// then stay in the DLQ and are reported.
-        #[arg(long, default_value = "1h", value_parser = duration_ms)]
+        #[arg(long, default_value = "25m", value_parser = duration_ms)]
         max_wait: u64,
     },
     /// Remove tasks from the DLQ for good.

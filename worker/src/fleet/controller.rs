@@ -149,12 +149,18 @@ fn count_ticks(state: &mut State, records: &[WorkerRecord], now: u64, window_ms:
         tick.failed += r.failed.saturating_sub(failed);
         state.prev.insert(r.live.clone(), (r.done, r.failed));
     }
+    // A pool whose workers are all gone still has a queue: nothing drains it now.
+    let mut ticks: BTreeMap<String, Tick> =
+        ticks.into_iter().map(|(p, t)| (p.to_string(), t)).collect();
+    for pool in state.history.keys() {
+        ticks.entry(pool.clone()).or_insert(Tick {
+            at_ms: now,
+            done: 0,
+            failed: 0,
+        });
+    }
     for (pool, tick) in ticks {
-        state
-            .history
-            .entry(pool.to_string())
-            .or_default()
-            .push(tick, window_ms);
+        state.history.entry(pool).or_default().push(tick, window_ms);
     }
 }
 
@@ -212,14 +218,15 @@ async fn watch_queues(
     records: &[WorkerRecord],
     backlog_secs: f64,
 ) -> Vec<(String, f64)> {
-    let pools: BTreeSet<&str> = records.iter().map(|r| r.pool.as_str()).collect();
+    let mut pools: BTreeSet<String> = records.iter().map(|r| r.pool.clone()).collect();
+    pools.extend(state.history.keys().cloned());
     let mut backlogged = Vec::new();
-    for pool in pools {
+    for pool in &pools {
         let queue = fleet.topology.work_queue(pool);
         let Some(depth) = fleet.announcer.depth(&queue).await else {
             continue;
         };
-        let history = state.history.get(pool);
+        let history = state.history.get(pool.as_str());
         let rate = history.and_then(History::rate_per_sec);
         let drain = drain_secs(depth.ready, rate);
         metrics::gauge!("secflow_queue_depth", "queue" => queue.clone()).set(depth.ready as f64);
