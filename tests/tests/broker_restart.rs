@@ -10,7 +10,7 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 
 const REDIS: &str = "redis://127.0.0.1:6379/";
-const TASKS: usize = 20_000;
+const TASKS: usize = 10_000;
 
 async fn ready(port: u16) -> Option<u16> {
     http_get(port, "/readyz").await.map(|(status, _)| status)
