@@ -15,6 +15,7 @@ pub const KNOWN_TYPES: &[&str] = &[
     "builtin.noop",
     "builtin.echo",
     "builtin.static",
+    "cache.last",
     "builtin.sleep",
     "builtin.fail",
     "builtin.crash",
@@ -25,6 +26,19 @@ pub const KNOWN_TYPES: &[&str] = &[
     "http",
     "enrich.cve",
 ];
+
+/// `cache.last`, a fallback alternative: the last output its node produced for the same type,
+/// config and inputs, from the output cache. Recipes give it no config; the worker fills `key`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheLastConfig {
+    /// The cache key of the node as written (set by the worker).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// The node type of the cache alternative.
+pub const CACHE_LAST: &str = "cache.last";
 
 /// `enrich.cve`: CVE records for the CVE ids its `findings` input mentions.
 #[derive(Debug, Deserialize)]
@@ -162,6 +176,7 @@ pub fn check_config(node_type: &str, config: &Value) -> Result<(), String> {
             parse_config::<SleepConfig>(node_type, config).map(drop)
         }
         "builtin.fail" => parse_config::<FailConfig>(node_type, config).map(drop),
+        "cache.last" => parse_config::<CacheLastConfig>(node_type, config).map(drop),
         "enrich.cve" => {
             let cfg: EnrichConfig = parse_config(node_type, config)?;
             match cfg.sources.iter().find(|s| {

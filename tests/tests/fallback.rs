@@ -17,7 +17,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 /// trace say which alternative served it and at what quality, its dependent gets that output,
 /// and the run ends `degraded`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chain_falls_through_to_the_cache_when_both_sources_are_down() {
+async fn a_chain_falls_through_to_a_static_record_when_both_sources_are_down() {
     let ns = TestNs::new().await;
     let tap = ns.tap_events().await;
     let worker = ns.spawn_worker(ns.worker_config());

@@ -62,7 +62,7 @@ pub fn chain_of<'a>(
 
 /// The task an alternative runs as: the primary's identity and inputs with the alternative's
 /// type, config (its tool's overrides at `level` applied), timeout and service, and no chain of
-/// its own.
+/// its own. A `cache.last` alternative gets the cache key of `task` (the node as written).
 pub fn alternative_task(
     task: &TaskEnvelope,
     alt: &Alternative,
@@ -75,6 +75,10 @@ pub fn alternative_task(
     step.config = config_at(&alt.config, level, tools.get(&alt.node_type), &empty).0;
     step.timeout_ms = alt.timeout_ms;
     step.service = Some(alt.service().to_string());
+    if alt.node_type == secflow_common::nodes::CACHE_LAST {
+        // The node's last output for the same type, config (as written) and inputs.
+        step.config = serde_json::json!({ "key": task.cache_key() });
+    }
     step.fallback = Vec::new();
     step.degrade = empty;
     step

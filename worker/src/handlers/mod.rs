@@ -139,6 +139,35 @@ impl Handlers {
             .unwrap_or_else(|| BUILTIN_VERSION.to_string())
     }
 
+    /// `cache.last`: the output cached under the config's key, or a `permanent`/`cache_miss`
+    /// failure (the chain goes on to its next alternative).
+    async fn last_output(&self, config: &Value) -> Result<Value, TaskError> {
+        let cfg: secflow_common::nodes::CacheLastConfig =
+            secflow_common::nodes::parse_config("cache.last", config).map_err(|e| {
+                TaskError::new(secflow_common::ErrorClass::Validation, "bad_config", e)
+            })?;
+        let (Some(key), Some(cve)) = (cfg.key, &self.cve) else {
+            return Err(TaskError::new(
+                secflow_common::ErrorClass::Permanent,
+                "cache_miss",
+                "cache.last: no cache key (it serves only as a fallback alternative) or no cache here",
+            ));
+        };
+        match cve.cache.cached(&key).await {
+            Ok(Some(output)) => Ok(output),
+            Ok(None) => Err(TaskError::new(
+                secflow_common::ErrorClass::Permanent,
+                "cache_miss",
+                "cache.last: this node has no earlier output for the same config and inputs (kept 24 h)",
+            )),
+            Err(e) => Err(TaskError::new(
+                secflow_common::ErrorClass::Transient,
+                "cache_unreachable",
+                format!("cache.last: the output cache did not answer: {e}"),
+            )),
+        }
+    }
+
     /// Whether `node_type` has a handler here.
     pub fn knows(&self, node_type: &str) -> bool {
         KNOWN_TYPES.contains(&node_type) || self.tools.get(node_type).is_some()
@@ -151,6 +180,7 @@ impl Handlers {
             "builtin.noop" => Ok(Value::Null),
             "builtin.echo" => Ok(builtin::echo(ctx.task)),
             "builtin.static" => Ok(config.clone()),
+            "cache.last" => self.last_output(config).await,
             "builtin.sleep" => builtin::sleep(config).await,
             "builtin.fail" => builtin::fail(config, ctx.retry_count),
             "builtin.crash" => builtin::crash(),

@@ -165,12 +165,7 @@ pub(super) async fn execute(
     } else {
         let alternatives: Vec<(TaskEnvelope, Level)> = chain
             .iter()
-            .map(|alt| {
-                (
-                    alternative_task(&primary, alt, gated.level, tools),
-                    alt.quality,
-                )
-            })
+            .map(|alt| (alternative_task(task, alt, gated.level, tools), alt.quality))
             .collect();
         let runner = HandlerRunner {
             shared,

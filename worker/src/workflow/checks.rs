@@ -58,7 +58,12 @@ pub(super) async fn check_and_cache(
     }
     let degraded = record
         .is_some_and(|r| r.served_by.is_some() || r.skipped.is_some() || !r.adjusted.is_empty());
-    if task.cache
+    // A node whose chain falls back on its last output keeps it, whatever `cache` says.
+    let keeps_last = task
+        .fallback
+        .iter()
+        .any(|a| a.node_type == secflow_common::nodes::CACHE_LAST);
+    if (task.cache || keeps_last)
         && !degraded
         && let Err(e) = runs.cache(&task.cache_key(), output).await
     {
