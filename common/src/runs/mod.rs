@@ -37,8 +37,9 @@ const POOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long cached outputs are kept.
 const CACHE_TTL_SECS: u64 = 24 * 3600;
 
-/// How long a run's keys are kept after its last change.
-const RUN_TTL_SECS: i64 = 7 * 24 * 3600;
+/// How long a run's keys are kept after its last change: every key of the run (its specs,
+/// state, outputs, records, compensations, hooks) gets this TTL whenever the run changes.
+pub const RUN_TTL_SECS: i64 = 7 * 24 * 3600;
 
 /// What [`RunStore::rewind`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,8 +82,9 @@ impl RunStore {
     }
 
     /// The keys the scripts take: links (what each node leads to, small), state, waiting,
-    /// outputs, unpublished. The full node specs live under `nodes`.
-    fn keys(&self, run: &str) -> [String; 6] {
+    /// outputs, unpublished, compensations, then the full node specs (`nodes`) and the sealed
+    /// hooks (`hooks`), which the scripts only keep alive. Every key a run has is here.
+    fn keys(&self, run: &str) -> [String; 8] {
         [
             "links",
             "state",
@@ -90,6 +92,8 @@ impl RunStore {
             "outputs",
             "unpublished",
             "compensations",
+            "nodes",
+            "hooks",
         ]
         .map(|p| self.key(run, p))
     }
@@ -161,8 +165,8 @@ impl RunStore {
                 essential: n.essential,
             })
             .collect();
-        let [links, state, waiting, ..] = self.keys(&run_id.to_string());
-        let nodes = self.key(&run_id.to_string(), "nodes");
+        let [links, state, waiting, _, _, compensations_key, nodes, hooks] =
+            self.keys(&run_id.to_string());
         let mut pipe = deadpool_redis::redis::pipe();
         pipe.atomic();
         for n in &stored {
@@ -189,7 +193,6 @@ impl RunStore {
             );
             pipe.hset(&waiting, &n.id, upstreams);
         }
-        let [.., compensations_key] = self.keys(&run_id.to_string());
         for (node, comp) in &compensations {
             pipe.hset(&compensations_key, *node, *comp);
         }
@@ -202,17 +205,14 @@ impl RunStore {
         .hset(&state, "_name", &recipe.name);
         pipe.hset(&state, "_created_at", crate::now_ms());
         if !recipe.hooks.is_empty() {
-            let hooks = self.key(&run_id.to_string(), "hooks");
             let sealed = SealedHooks::seal(&recipe.hooks, &run_id.to_string(), signer)
                 .and_then(|sealed| serde_json::to_string(&sealed))
                 .map_err(|e| RunError::Corrupt(format!("hooks: {e}")))?;
-            pipe.set(&hooks, sealed).expire(hooks, RUN_TTL_SECS);
+            pipe.set(&hooks, sealed);
         }
-        for key in self
-            .keys(&run_id.to_string())
-            .into_iter()
-            .chain([nodes.clone()])
-        {
+        // Keys not written yet (outputs, unpublished) get the TTL from the script that
+        // writes them.
+        for key in self.keys(&run_id.to_string()) {
             pipe.expire(key, RUN_TTL_SECS);
         }
         let mut conn = self.pool.get().await?;
@@ -274,7 +274,8 @@ impl RunStore {
                 "1"
             } else {
                 "0"
-            });
+            })
+            .arg(RUN_TTL_SECS);
         let mut conn = self.pool.get().await?;
         let (ready, status, already, findings, created, name): (
             String,
@@ -299,16 +300,13 @@ impl RunStore {
 
     /// Puts a failed node (and what its failure skipped) back to waiting before it runs again.
     pub async fn rewind(&self, run: &str, node: &str) -> Result<Rewind, RunError> {
-        let [links, state, waiting, ..] = self.keys(run);
+        let mut invocation = self.rewind.prepare_invoke();
+        for k in self.keys(run) {
+            invocation.key(k);
+        }
+        invocation.arg(node).arg(RUN_TTL_SECS);
         let mut conn = self.pool.get().await?;
-        let rewound: i64 = self
-            .rewind
-            .key(links)
-            .key(state)
-            .key(waiting)
-            .arg(node)
-            .invoke_async(&mut conn)
-            .await?;
+        let rewound: i64 = invocation.invoke_async(&mut conn).await?;
         Ok(match rewound {
             1 => Rewind::Rewound,
             2 => Rewind::AlreadySucceeded,
@@ -347,10 +345,7 @@ impl RunStore {
     /// Deletes a run's keys (tests).
     pub async fn delete(&self, run: &str) -> Result<(), RunError> {
         let mut conn = self.pool.get().await?;
-        let mut keys = self.keys(run).to_vec();
-        keys.push(self.key(run, "nodes"));
-        keys.push(self.key(run, "hooks"));
-        conn.del::<_, ()>(keys).await?;
+        conn.del::<_, ()>(self.keys(run).to_vec()).await?;
         Ok(())
     }
 }

@@ -9,12 +9,16 @@
 -- KEYS[1] links hash (id -> {"d": dependents, "o": optional, "w": when, "c": compensation}),
 -- KEYS[2] state hash (id -> state, plus run fields), KEYS[3] waiting hash (id -> upstreams not
 -- ended), KEYS[4] outputs hash, KEYS[5] unpublished hash, KEYS[6] compensations hash (node ->
--- its compensation node)
+-- its compensation node), KEYS[7] node specs hash, KEYS[8] sealed hooks (may not exist)
 -- ARGV[1] node id, ARGV[2] "ok" | "failed", ARGV[3] outputs JSON (ok) or why it failed, ARGV[4] now ms,
 -- ARGV[5] findings the node produced, ARGV[6] how a completed node was served (record JSON, or
 -- ''), ARGV[7] "1" if that record degrades the run (served below full quality, or skipped)
 local nodes, state, waiting, outputs, unpublished = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local node, outcome = ARGV[1], ARGV[2]
+-- Every key of the run lives as long as the run: refreshed on each change.
+local function keep()
+  for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[8]) end
+end
 local function summary(ready, run, already)
   return {ready, run, already, redis.call('HGET', state, '_findings') or '0',
     redis.call('HGET', state, '_created_at') or '0', redis.call('HGET', state, '_name') or ''}
@@ -46,6 +50,7 @@ if own.c then
       redis.call('HDEL', state, '_compensating')
     end
   end
+  keep()
   return summary('[]', run, '0')
 end
 -- Work list of (node, ended well?) so skipped nodes cascade without recursion.
@@ -119,4 +124,5 @@ end
 local encoded = cjson.encode(ready)
 if #ready == 0 then encoded = '[]' end
 redis.call('HSET', unpublished, node, encoded)
+keep()
 return summary(encoded, run, '0')

@@ -2,7 +2,9 @@
 -- the nodes its failure skipped back to waiting, so its next end moves the run on as if the
 -- failure had not happened. Upstream outputs stay. Returns 1 if it rewound, 2 if the node
 -- already succeeded (a redelivery after its end was recorded), 0 otherwise (nothing to do).
--- KEYS[1] links hash, KEYS[2] state hash, KEYS[3] waiting hash; ARGV[1] node id
+-- KEYS[1] links hash, KEYS[2] state hash, KEYS[3] waiting hash, KEYS[4..] the run's other keys
+-- (only kept alive); ARGV[1] node id, ARGV[2] the run's TTL in seconds: every key of the run is
+-- kept that long after a rewind
 local nodes, state, waiting = KEYS[1], KEYS[2], KEYS[3]
 local node = ARGV[1]
 local current = redis.call('HGET', state, node)
@@ -42,4 +44,5 @@ while i <= #todo do
   end
   i = i + 1
 end
+for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[2]) end
 return 1

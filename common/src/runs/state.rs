@@ -1,7 +1,7 @@
 //! What a run's state says and how it is changed from outside: status, cancellation, the
 //! failed nodes a resume re-runs, and the output cache.
 
-use super::{CACHE_TTL_SECS, RunError, RunStatus, RunStore, StoredNode};
+use super::{CACHE_TTL_SECS, RUN_TTL_SECS, RunError, RunStatus, RunStore, StoredNode};
 use deadpool_redis::redis::AsyncCommands;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -15,12 +15,17 @@ impl RunStore {
         if status.status != "running" {
             return Ok(false);
         }
-        let mut conn = self.pool.get().await?;
-        conn.hset_multiple::<_, _, _, ()>(
+        let mut pipe = deadpool_redis::redis::pipe();
+        pipe.atomic().hset_multiple(
             self.key(run, "state"),
             &[("_cancelled", "1"), ("_run", "cancelling")],
-        )
-        .await?;
+        );
+        // A change of the run: every key of it is kept the run's TTL from now.
+        for key in self.keys(run) {
+            pipe.expire(key, RUN_TTL_SECS);
+        }
+        let mut conn = self.pool.get().await?;
+        pipe.query_async::<()>(&mut conn).await?;
         Ok(true)
     }
 
