@@ -145,8 +145,14 @@ pub(crate) fn copy_of(
     })
 }
 
-/// Writes the selected messages to `path` as JSON lines and syncs the file to disk.
-pub fn export(session: &Session, selected: &[usize], path: &str) -> Result<(), InspectorError> {
+/// Writes the selected messages to `path` as JSON lines (secrets masked unless `secrets` says
+/// otherwise) and syncs the file to disk.
+pub fn export(
+    session: &Session,
+    selected: &[usize],
+    path: &str,
+    secrets: crate::report::Secrets,
+) -> Result<(), InspectorError> {
     let err = |source| InspectorError::Export {
         path: path.to_string(),
         source,
@@ -154,7 +160,7 @@ pub fn export(session: &Session, selected: &[usize], path: &str) -> Result<(), I
     let file = std::fs::File::create(path).map_err(err)?;
     let mut out = std::io::BufWriter::new(file);
     for &i in selected {
-        let line = crate::report::export_line(session, i);
+        let line = crate::report::export_line(session, i, secrets);
         writeln!(out, "{line}").map_err(err)?;
     }
     let file = out.into_inner().map_err(|e| err(e.into_error()))?;

@@ -115,6 +115,10 @@ pub enum Command {
         /// JSON.
         #[arg(long)]
         json: bool,
+        /// Print secrets in task configs, inputs and headers as they are (default: masked);
+        /// warns on stderr.
+        #[arg(long)]
+        unredacted: bool,
     },
     /// Republish tasks to where they came from (confirmed), then remove them from the DLQ.
     Requeue {
@@ -148,6 +152,10 @@ pub enum Command {
         /// First write them to this file (JSON lines, synced to disk before anything is removed).
         #[arg(long)]
         export: Option<String>,
+        /// With `--export`: write secrets in task configs, inputs and headers as they are
+        /// (default: masked), as a republish elsewhere needs them; warns on stderr.
+        #[arg(long, requires = "export")]
+        unredacted: bool,
     },
     /// Write tasks to a file as JSON lines, removing nothing.
     Export {
@@ -157,6 +165,10 @@ pub enum Command {
         /// KEY=VALUE filters.
         #[arg(long = "filter")]
         filters: Vec<Filter>,
+        /// Write secrets in task configs, inputs and headers as they are (default: masked);
+        /// warns on stderr.
+        #[arg(long)]
+        unredacted: bool,
     },
     /// Counts by class, type, origin queue and reason, and the oldest age.
     Stats {
@@ -266,5 +278,37 @@ mod tests {
         assert!(!parse(&["i", "degrade"]));
         assert!(Cli::try_parse_from(["i", "breaker", "open"]).is_err());
         assert!(Cli::try_parse_from(["i", "breaker", "shut", "nvd"]).is_err());
+    }
+
+    #[test]
+    fn unredacted_is_explicit_and_purge_needs_an_export_for_it() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
+        assert!(matches!(
+            parse(&["i", "show", "t"]),
+            Ok(Command::Show {
+                unredacted: false,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["i", "export", "--out", "f", "--unredacted"]),
+            Ok(Command::Export {
+                unredacted: true,
+                ..
+            })
+        ));
+        assert!(parse(&["i", "purge", "--all", "--yes", "--unredacted"]).is_err());
+        assert!(
+            parse(&[
+                "i",
+                "purge",
+                "--all",
+                "--yes",
+                "--export",
+                "f",
+                "--unredacted"
+            ])
+            .is_ok()
+        );
     }
 }

@@ -6,7 +6,8 @@ use crate::{
     actions::{self, RequeueOptions},
     cli::{Command, Pace},
     filter::Selection,
-    pace, report,
+    pace,
+    report::{self, Secrets},
 };
 use secflow_common::{config::BrokerArgs, now_ms};
 
@@ -55,13 +56,18 @@ pub async fn execute(
                 );
             }
         }
-        Command::Show { task_id, json } => {
+        Command::Show {
+            task_id,
+            json,
+            unredacted,
+        } => {
+            let secrets = unredacted_warned(unredacted);
             let i = Selection {
                 ids: vec![task_id],
                 ..Selection::default()
             }
             .apply(&session.records, &queue, now)?[0];
-            let view = report::full(session, i);
+            let view = report::full(session, i, secrets);
             if json {
                 println!("{view}");
             } else {
@@ -155,6 +161,7 @@ pub async fn execute(
             select,
             yes,
             export,
+            unredacted,
         } => {
             let selection = Selection::from(select);
             selection.require_explicit()?;
@@ -166,7 +173,7 @@ pub async fn execute(
                 )));
             }
             if let Some(path) = &export {
-                actions::export(session, &selected, path)?;
+                actions::export(session, &selected, path, unredacted_warned(unredacted))?;
             }
             let removed = actions::purge(session, &selected).await?;
             println!(
@@ -176,13 +183,18 @@ pub async fn execute(
                     .unwrap_or_default()
             );
         }
-        Command::Export { out, filters } => {
+        Command::Export {
+            out,
+            filters,
+            unredacted,
+        } => {
+            let secrets = unredacted_warned(unredacted);
             let selected = Selection {
                 filters,
                 ..Selection::default()
             }
             .apply(&session.records, &queue, now)?;
-            actions::export(session, &selected, &out)?;
+            actions::export(session, &selected, &out, secrets)?;
             println!(
                 "exported {} tasks to {out}; nothing was removed",
                 selected.len()
@@ -203,4 +215,13 @@ pub async fn execute(
         }
     }
     Ok(())
+}
+
+/// What `--unredacted` asks for, its warning already on stderr.
+fn unredacted_warned(unredacted: bool) -> Secrets {
+    let secrets = Secrets::from_flag(unredacted);
+    if let Some(warning) = secrets.warning() {
+        eprintln!("{warning}");
+    }
+    secrets
 }

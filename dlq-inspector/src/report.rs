@@ -1,4 +1,5 @@
-//! How dead-lettered tasks are shown: list lines, stats, the full view of one, export lines.
+//! How dead-lettered tasks are shown: list lines, stats, the full view of one, export lines,
+//! with secrets masked unless asked for as they are.
 
 use crate::{
     record::{DeadRecord, deaths},
@@ -8,6 +9,46 @@ use secflow_common::headers::table_to_json;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+
+/// Whether `show` and `export` mask secrets (in task configs, inputs, fallbacks, headers and
+/// error texts) or write the messages as they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Secrets {
+    /// Masked by the shared redactor: keys that name a secret (password, token, secret,
+    /// api_key, authorization, cookie, ...) and the patterns it knows (URL credentials,
+    /// bearer tokens, well-known token shapes, PEM keys).
+    #[default]
+    Redacted,
+    /// As published (`--unredacted`): what a republish elsewhere needs.
+    Unredacted,
+}
+
+impl Secrets {
+    /// `--unredacted` given or not.
+    pub fn from_flag(unredacted: bool) -> Self {
+        if unredacted {
+            Self::Unredacted
+        } else {
+            Self::Redacted
+        }
+    }
+
+    /// What the operator is told on stderr before anything unredacted is printed or written.
+    pub fn warning(self) -> Option<&'static str> {
+        (self == Self::Unredacted).then_some(
+            "warning: --unredacted: secrets in task configs, inputs and headers are written as they are; keep this output out of tickets, chats, logs and shared storage",
+        )
+    }
+}
+
+/// `view` as it may be shown: every string masked by the shared redactor when `secrets` says
+/// so, untouched otherwise.
+pub fn shown(mut view: Value, secrets: Secrets) -> Value {
+    if secrets == Secrets::Redacted {
+        secflow_common::redact::global().redact_json(&mut view);
+    }
+    view
+}
 
 /// Header of the list table.
 pub const LIST_HEADER: &str = "TASK_ID                               RUN       NODE                 TYPE               CLASS       REASON          RETRIES  AGE      ORIGIN_QUEUE             MESSAGE";
@@ -105,8 +146,9 @@ pub fn stats_text(s: &Stats) -> String {
     out
 }
 
-/// Everything about message `i`: record, headers (with the broker's `x-death`), body, timeline.
-pub fn full(session: &Session, i: usize) -> Value {
+/// Everything about message `i`: record, headers (with the broker's `x-death`), body, timeline,
+/// secrets masked unless `secrets` says otherwise.
+pub fn full(session: &Session, i: usize, secrets: Secrets) -> Value {
     let d = &session.messages[i];
     let r = &session.records[i];
     let headers = d.properties.headers().as_ref();
@@ -145,24 +187,29 @@ pub fn full(session: &Session, i: usize) -> Value {
         );
     }
     timeline.sort_by_key(|e| e["at_ms"].as_u64());
-    json!({
+    let view = json!({
         "record": r,
         "headers": headers.map(table_to_json).unwrap_or(Value::Null),
         "body": body_json(&d.data),
         "timeline": timeline,
-    })
+    });
+    shown(view, secrets)
 }
 
-/// One JSON line for `export`/`purge --export`: record, headers, body, enough to republish.
-pub fn export_line(session: &Session, i: usize) -> String {
+/// One JSON line for `export`/`purge --export`: record, headers, body, and `redacted` (whether
+/// secrets were masked, so the line is not the message as published). Unredacted, it is
+/// enough to republish the task.
+pub fn export_line(session: &Session, i: usize, secrets: Secrets) -> String {
     let d = &session.messages[i];
-    json!({
+    let line = json!({
         "record": session.records[i],
         "message_id": d.properties.message_id().as_ref().map(|m| m.to_string()),
         "headers": d.properties.headers().as_ref().map(table_to_json).unwrap_or(Value::Null),
         "body": body_json(&d.data),
-    })
-    .to_string()
+    });
+    let mut line = shown(line, secrets);
+    line["redacted"] = Value::Bool(secrets == Secrets::Redacted);
+    line.to_string()
 }
 
 /// The body as JSON when it is JSON, as text when it is UTF-8, else as hex.
@@ -179,6 +226,25 @@ fn body_json(body: &[u8]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_masked_unless_asked_for() {
+        let view = json!({
+            "body": {"config": {"api_key": "s3cr3t", "url": "https://u:pw@host/x"},
+                     "inputs": {"auth": {"Authorization": "Bearer abcdefgh12345678"}},
+                     "node_type": "http"},
+            "headers": {"x-error-message": "GET https://admin:hunter2@h/ failed"},
+        });
+        let masked = shown(view.clone(), Secrets::Redacted).to_string();
+        for secret in ["s3cr3t", ":pw@", "abcdefgh12345678", "hunter2"] {
+            assert!(!masked.contains(secret), "{secret} in {masked}");
+        }
+        assert!(masked.contains("https://u:[REDACTED]@host/x") && masked.contains("\"http\""));
+        assert_eq!(shown(view.clone(), Secrets::Unredacted), view);
+        assert_eq!(Secrets::from_flag(false), Secrets::Redacted);
+        assert!(Secrets::Redacted.warning().is_none());
+        assert!(Secrets::from_flag(true).warning().is_some());
+    }
 
     #[test]
     fn ages_are_short() {
