@@ -128,7 +128,13 @@ async fn export_and_purge_export_mask_secrets_unless_unredacted() {
     }
 
     let purged = temp_file(&ns, "purged");
-    let args = ["purge", &ids[0], "--yes", "--export", purged.to_str().unwrap()];
+    let args = [
+        "purge",
+        &ids[0],
+        "--yes",
+        "--export",
+        purged.to_str().unwrap(),
+    ];
     stdout(&inspector(&ns, &args));
     let lines = read(&purged);
     assert_eq!((lines.len(), &lines[0]["redacted"]), (1, &json!(true)));
