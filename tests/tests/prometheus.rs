@@ -1,6 +1,7 @@
-//! Prometheus integration: the alert rules pass `promtool check rules` and their unit tests, a
-//! live worker's `/metrics` passes `promtool check metrics`, and a real Prometheus scraping two
-//! worker processes every second sees the series of both and loads the rules.
+//! Prometheus integration: the alert rules pass `promtool check rules` and their unit tests, the
+//! Grafana dashboard's queries are valid PromQL, a live worker's `/metrics` passes `promtool
+//! check metrics`, and a real Prometheus scraping two worker processes every second sees the
+//! series of both and loads the rules.
 
 use secflow_common::TaskEnvelope;
 use secflow_tests::{TestNs, free_port, http_get, publish, stop_gracefully};
@@ -80,6 +81,49 @@ fn alert_rules_pass_promtool_checks_and_unit_tests() {
         .unwrap();
     assert!(unit.status.success(), "{}", text(&unit));
     assert!(text(&unit).contains("SUCCESS"), "{}", text(&unit));
+}
+
+/// Proves: the Grafana dashboard is valid JSON with a Prometheus datasource variable that every
+/// panel uses, and every panel query is valid PromQL over SecFlow metrics (`promtool check
+/// rules` on the queries as recording rules, Grafana's `$__rate_interval` as 1m).
+#[test]
+fn the_grafana_dashboard_queries_are_valid_promql() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/secflow.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(variables.iter().any(|v| v["type"] == "datasource"
+        && v["query"] == "prometheus"
+        && v["name"] == "datasource"));
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, panel) in panels.iter().enumerate() {
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "{}",
+            panel["title"]
+        );
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            assert!(expr.contains("secflow_"), "{expr}");
+            let expr = expr.replace("$__rate_interval", "1m");
+            rules.push_str(&format!(
+                "      - record: dashboard:panel{i}:{}\n        expr: {}\n",
+                target["refId"].as_str().unwrap(),
+                serde_json::to_string(&expr).unwrap()
+            ));
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("secflow-dashboard-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("queries.yaml"), rules).unwrap();
+    let check = tool("promtool")
+        .args(["check", "rules"])
+        .arg(dir.join("queries.yaml"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(panels.len() >= 10, "{} panels", panels.len());
 }
 
 /// A task that fails transiently on both of its 2 attempts: one retry, then the DLQ.
