@@ -4,12 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
-# Tool tests run python3 stand-ins and, for scan.nmap, the real nmap (Debian packages).
-for tool in python3 nmap; do
-  if ! command -v "$tool" >/dev/null 2>&1; then
-    echo "test: installing $tool" >&2
+# Tool tests run python3 stand-ins and, for scan.nmap, the real nmap; the Prometheus tests run
+# promtool and prometheus (Debian packages, as command:package).
+for tool in python3:python3 nmap:nmap promtool:prometheus prometheus:prometheus; do
+  if ! command -v "${tool%%:*}" >/dev/null 2>&1; then
+    echo "test: installing ${tool#*:}" >&2
     if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$tool" >/dev/null
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${tool#*:}" >/dev/null
   fi
 done
 # Private RabbitMQ nodes (sf-*@localhost) that a killed earlier run left behind.

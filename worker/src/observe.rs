@@ -23,8 +23,14 @@ pub fn install_prometheus() -> Result<(), String> {
             &crate::report::DURATION_BUCKETS,
         )
         .map_err(|e| format!("cannot set the metrics buckets: {e}"))?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("secflow_hook_delivery_seconds".into()),
+            &crate::report::DURATION_BUCKETS,
+        )
+        .map_err(|e| format!("cannot set the metrics buckets: {e}"))?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    describe();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         loop {
@@ -34,6 +40,187 @@ pub fn install_prometheus() -> Result<(), String> {
     });
     let _ = PROMETHEUS.set(handle);
     Ok(())
+}
+
+/// The kind of a metric, for its `# TYPE` line.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    /// Only goes up; the name ends in `_total`.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Observations in buckets; the name ends in the unit (`_seconds`).
+    Histogram,
+}
+
+/// Every metric the worker exports, with its kind and help text (the `# HELP` line).
+pub const METRICS: &[(&str, Kind, &str)] = &[
+    (
+        "secflow_tasks_settled_total",
+        Kind::Counter,
+        "Deliveries settled, by outcome (completed, cancelled, retried, dead_lettered, handed_back, deferred, duplicate).",
+    ),
+    (
+        "secflow_task_failures_total",
+        Kind::Counter,
+        "Failed attempts by error class and outcome (retried or dead_lettered).",
+    ),
+    (
+        "secflow_settle_failures_total",
+        Kind::Counter,
+        "Settlements that could not be published; the delivery went back to the queue.",
+    ),
+    (
+        "secflow_security_rejections_total",
+        Kind::Counter,
+        "Tasks refused before running, by rejection code (signature, limits, hostile input).",
+    ),
+    (
+        "secflow_chaos_injected_total",
+        Kind::Counter,
+        "Failures injected by --chaos, by kind.",
+    ),
+    (
+        "secflow_breaker_transitions_total",
+        Kind::Counter,
+        "Circuit breaker changes, by service, new state and scope (shared or local).",
+    ),
+    (
+        "secflow_breaker_state",
+        Kind::Gauge,
+        "Circuit breaker state this worker last read, by service: 0 closed, 1 half-open, 2 open.",
+    ),
+    (
+        "secflow_redis_degraded",
+        Kind::Gauge,
+        "1 while Redis is unreachable and the worker runs on local breakers, else 0.",
+    ),
+    (
+        "secflow_state_corrupted_total",
+        Kind::Counter,
+        "Stored state found corrupted and repaired or dropped, by kind.",
+    ),
+    (
+        "secflow_unparseable_total",
+        Kind::Counter,
+        "Deliveries whose body is no task; dead-lettered.",
+    ),
+    (
+        "secflow_memory_limit_exits_total",
+        Kind::Counter,
+        "Worker exits for passing its memory limit.",
+    ),
+    (
+        "secflow_hook_deliveries_total",
+        Kind::Counter,
+        "Hook delivery attempts, by hook kind and outcome (delivered, retried, failed).",
+    ),
+    (
+        "secflow_hook_delivery_seconds",
+        Kind::Histogram,
+        "Hook deliveries from their first attempt to their end, in seconds.",
+    ),
+    (
+        "secflow_node_duration_seconds",
+        Kind::Histogram,
+        "Node attempts' run time in seconds, by node type and outcome.",
+    ),
+    (
+        "secflow_node_cache_total",
+        Kind::Counter,
+        "Node result cache lookups, by node type and result (hit or miss).",
+    ),
+    (
+        "secflow_node_exit_status_total",
+        Kind::Counter,
+        "Tool exit statuses, by node type and status.",
+    ),
+    (
+        "secflow_node_findings_total",
+        Kind::Counter,
+        "Findings reported by nodes, by node type and severity.",
+    ),
+    (
+        "secflow_healing_actions_total",
+        Kind::Counter,
+        "Healing actions taken, by action and outcome (worked or failed).",
+    ),
+    (
+        "secflow_degradation_level",
+        Kind::Gauge,
+        "The fleet's degradation level this worker runs at (0 full).",
+    ),
+    (
+        "secflow_fleet_controller_leading",
+        Kind::Gauge,
+        "1 while this worker leads the fleet controller (its secflow_queue_* and secflow_fleet_* gauges are current), else 0.",
+    ),
+    (
+        "secflow_fleet_error_ratio",
+        Kind::Gauge,
+        "Failed share of the tasks settled over the controller's window (0 to 1); set by the leader.",
+    ),
+    (
+        "secflow_healing_recovery_ratio",
+        Kind::Gauge,
+        "Share of healing actions that worked (0 to 1); set by the leader.",
+    ),
+    (
+        "secflow_queue_depth",
+        Kind::Gauge,
+        "Messages ready in a work queue or the DLQ; set by the leader.",
+    ),
+    (
+        "secflow_queue_consumers",
+        Kind::Gauge,
+        "Consumers on a work queue; set by the leader.",
+    ),
+    (
+        "secflow_queue_drain_seconds",
+        Kind::Gauge,
+        "Seconds a work queue takes to drain at its recent rate (+Inf when nothing is taken); set by the leader.",
+    ),
+    (
+        "secflow_queue_backlogged",
+        Kind::Gauge,
+        "1 while a work queue's drain time exceeds the backlog threshold, else 0; set by the leader.",
+    ),
+];
+
+/// Registers the help text of every metric in [`METRICS`] with the installed recorder.
+fn describe() {
+    for &(name, kind, help) in METRICS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+}
+
+/// What breaks the Prometheus naming conventions in a metric's name, if anything.
+pub fn naming_problem(name: &str, kind: Kind) -> Option<&'static str> {
+    if !name.starts_with("secflow_") {
+        return Some("not in the secflow_ namespace");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Some("not snake_case");
+    }
+    let total = name.ends_with("_total");
+    match kind {
+        Kind::Counter if !total => Some("a counter's name ends in _total"),
+        Kind::Gauge | Kind::Histogram if total => Some("only counters end in _total"),
+        Kind::Histogram if !name.ends_with("_seconds") && !name.ends_with("_bytes") => {
+            Some("a histogram's name ends in its base unit")
+        }
+        _ if name.contains("_milliseconds") || name.contains("_ms") || name.ends_with("_rate") => {
+            Some("not in base units (seconds, ratio 0..1)")
+        }
+        _ => None,
+    }
 }
 
 /// Serves the endpoints on `addr` until `shutdown` resolves.
@@ -92,5 +279,66 @@ async fn prometheus() -> impl IntoResponse {
             StatusCode::NOT_FOUND,
             "no metrics recorder in this process\n".to_string(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_named_by_convention() {
+        for &(name, kind, help) in METRICS {
+            assert_eq!(naming_problem(name, kind), None, "{name}");
+            assert!(help.ends_with('.'), "{name}: help text is a sentence");
+        }
+        let mut names: Vec<_> = METRICS.iter().map(|m| m.0).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), METRICS.len(), "a metric is listed twice");
+    }
+
+    #[test]
+    fn naming_problems_are_found() {
+        assert!(naming_problem("secflow_tasks", Kind::Counter).is_some());
+        assert!(naming_problem("secflow_depth_total", Kind::Gauge).is_some());
+        assert!(naming_problem("secflow_latency", Kind::Histogram).is_some());
+        assert!(naming_problem("secflow_error_rate", Kind::Gauge).is_some());
+        assert!(naming_problem("secflow_wait_ms", Kind::Gauge).is_some());
+        assert!(naming_problem("tasks_total", Kind::Counter).is_some());
+        assert!(naming_problem("secflow_Tasks_total", Kind::Counter).is_some());
+        assert_eq!(naming_problem("secflow_error_ratio", Kind::Gauge), None);
+    }
+
+    #[test]
+    fn every_metric_the_worker_emits_is_listed() {
+        let listed: Vec<&str> = METRICS.iter().map(|m| m.0).collect();
+        let mut dirs = vec![std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src"
+        ))];
+        let mut found = 0;
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                for macro_ in ["counter!(\"", "gauge!(\"", "histogram!(\""] {
+                    for (i, _) in text.match_indices(macro_) {
+                        let rest = &text[i + macro_.len()..];
+                        let name = &rest[..rest.find('"').unwrap()];
+                        assert!(
+                            listed.contains(&name),
+                            "{name} in {path:?} is not in METRICS"
+                        );
+                        found += 1;
+                    }
+                }
+            }
+        }
+        assert!(found > 20, "only {found} metric uses found");
     }
 }

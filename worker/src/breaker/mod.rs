@@ -101,6 +101,7 @@ impl Breakers {
     }
 
     fn remember(&self, service: &str, mode: Mode, now_ms: u64) {
+        set_state_gauge(service, mode);
         let mut seen = self
             .seen_closed
             .lock()
@@ -156,6 +157,7 @@ impl Breakers {
                 let state = local.entry(service.to_string()).or_default();
                 let (next, verdict) = transition(state, input, now_ms, cfg);
                 log_change(service, state.mode, next.mode, "local");
+                set_state_gauge(service, next.mode);
                 *state = next;
                 verdict
             }
@@ -246,6 +248,22 @@ pub fn encode_record(version: u64, state: &BreakerState) -> String {
     )
 }
 
+/// The value of `secflow_breaker_state` for a mode: 0 closed, 1 half-open, 2 open (ordered by
+/// severity, so `max` over workers is the worst state any of them last read).
+pub fn state_value(mode: Mode) -> f64 {
+    match mode {
+        Mode::Closed => 0.0,
+        Mode::HalfOpen => 1.0,
+        Mode::Open => 2.0,
+    }
+}
+
+/// Sets `secflow_breaker_state{service}` to the mode this worker just read or decided.
+fn set_state_gauge(service: &str, mode: Mode) {
+    metrics::gauge!("secflow_breaker_state", "service" => service.to_string())
+        .set(state_value(mode));
+}
+
 fn log_change(service: &str, from: Mode, to: Mode, scope: &str) {
     if from != to {
         let to_name = match to {
@@ -292,6 +310,13 @@ mod tests {
             parse_record(r#"1|{"mode":"closed"}"#),
             Ok((1, BreakerState::default()))
         );
+    }
+
+    #[test]
+    fn breaker_state_values_rise_with_severity() {
+        assert_eq!(state_value(Mode::Closed), 0.0);
+        assert_eq!(state_value(Mode::HalfOpen), 1.0);
+        assert_eq!(state_value(Mode::Open), 2.0);
     }
 
     #[test]

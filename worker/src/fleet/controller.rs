@@ -70,7 +70,11 @@ async fn tick(fleet: &Fleet, state: &mut State) {
     };
     let me = fleet.store.live_id();
     let leads = tokio::time::timeout(TICK, store.lead(me, LEAD_MS)).await;
-    if !matches!(leads, Ok(Ok(true))) {
+    let leading = matches!(leads, Ok(Ok(true)));
+    // The queue gauges below are this worker's only while it leads: the alert rules keep them
+    // from the leader alone, so a former leader's last values never count.
+    metrics::gauge!("secflow_fleet_controller_leading").set(f64::from(u8::from(leading)));
+    if !leading {
         if state.leading {
             tracing::info!("no longer the fleet controller");
         }
@@ -85,7 +89,7 @@ async fn tick(fleet: &Fleet, state: &mut State) {
     if let Ok(Ok(healing)) = tokio::time::timeout(TICK, store.healing()).await
         && let Some(rate) = healing.recovery_rate()
     {
-        metrics::gauge!("secflow_healing_recovery_rate").set(rate);
+        metrics::gauge!("secflow_healing_recovery_ratio").set(rate);
     }
     let records = match tokio::time::timeout(TICK, store.workers()).await {
         Ok(Ok((records, _))) => records,
@@ -98,7 +102,7 @@ async fn tick(fleet: &Fleet, state: &mut State) {
     let backlogged = watch_queues(fleet, state, &records, th.backlog_secs).await;
     let signals = signals(state, &records, backlogged, th.min_outcomes, now);
     if let Some(rate) = signals.error_rate {
-        metrics::gauge!("secflow_fleet_error_rate").set(rate);
+        metrics::gauge!("secflow_fleet_error_ratio").set(rate);
     }
     let setting = fleet.controls.snapshot().level.clone();
     if !setting.auto {
@@ -232,8 +236,7 @@ async fn watch_queues(
         metrics::gauge!("secflow_queue_depth", "queue" => queue.clone()).set(depth.ready as f64);
         metrics::gauge!("secflow_queue_consumers", "queue" => queue.clone())
             .set(depth.consumers as f64);
-        metrics::gauge!("secflow_queue_drain_seconds", "queue" => queue.clone())
-            .set(if drain.is_finite() { drain } else { -1.0 });
+        metrics::gauge!("secflow_queue_drain_seconds", "queue" => queue.clone()).set(drain);
         if history.is_none_or(|h| h.span_ms() < MIN_HISTORY_MS) {
             continue;
         }

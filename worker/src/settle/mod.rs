@@ -153,6 +153,12 @@ impl Settler {
                 };
                 WorkerStats::bump(counter);
                 metrics::counter!("secflow_tasks_settled_total", "outcome" => outcome).increment(1);
+                if let Disposition::Retry { error, .. } | Disposition::DeadLetter { error, .. } =
+                    &disposition
+                {
+                    metrics::counter!("secflow_task_failures_total", "outcome" => outcome, "class" => error.class.as_str())
+                        .increment(1);
+                }
                 if let (Some(task), Some(report)) = (task, &meta.report) {
                     let output = match &disposition {
                         Disposition::Complete(output) => Some(output),
