@@ -82,3 +82,9 @@ $bin/producer status "$run" || true
 echo
 echo "== the DLQ, as an operator reviews it (dlq-inspector list; requeue, purge and export work the same way)"
 $bin/dlq-inspector list --filter newer=1m
+
+echo
+echo "== the fleet as an operator steers it (dlq-inspector workers, breakers, degrade; see README)"
+$bin/dlq-inspector workers
+$bin/dlq-inspector breakers
+$bin/dlq-inspector degrade
