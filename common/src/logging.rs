@@ -32,7 +32,10 @@ pub fn init(json: bool, default_filter: &str) {
         builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // A task's line carries its span: `"span": {"task_id", "run_id", "node", "type",
+            // "worker", "attempt"}`.
+            .with_current_span(true)
+            .with_span_list(false)
             .init();
     } else {
         builder.init();

@@ -70,6 +70,14 @@ pub async fn run_with_stats(
         topology: Arc::clone(&topology),
     }));
     fleet.start(&stop_heartbeat);
+    tracing::info!(
+        worker = %worker_id,
+        host = %fleet.host,
+        version = env!("CARGO_PKG_VERSION"),
+        pid = std::process::id(),
+        pool = %cfg.pool,
+        "worker starting"
+    );
     let _stop_heartbeat = stop_heartbeat.clone().drop_guard();
     // The memory watchdog stops the worker the way SIGTERM does.
     let (memory, stopping) = (fleet.memory_exceeded.clone(), fleet.stopping.clone());

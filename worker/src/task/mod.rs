@@ -24,6 +24,7 @@ use secflow_common::TaskEnvelope;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// What every in-flight task of a worker shares.
 pub(crate) struct Shared {
@@ -137,6 +138,42 @@ impl End {
 /// Decodes, runs and settles one delivery. Never panics on input. `exclusive` runs it with no
 /// other task in flight.
 pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool) {
+    // Every line logged while this delivery is processed carries its task, run, node, type,
+    // worker and attempt (the fields are filled in once the envelope is read).
+    let meta_attempt = delivery_attempt(&delivery);
+    let span = tracing::info_span!(
+        "task",
+        task_id = tracing::field::Empty,
+        run_id = tracing::field::Empty,
+        node = tracing::field::Empty,
+        r#type = tracing::field::Empty,
+        worker = %shared.settler.worker_id,
+        attempt = meta_attempt,
+    );
+    process_in(shared, delivery, exclusive)
+        .instrument(span)
+        .await;
+}
+
+/// The attempt this delivery is: retries so far + 1 (the unsigned header is only read for
+/// the log; the signed bookkeeping decides).
+fn delivery_attempt(delivery: &Delivery) -> u64 {
+    let retries = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(secflow_common::headers::RETRY_COUNT))
+        .and_then(|v| match v {
+            lapin::types::AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+            lapin::types::AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+            lapin::types::AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+            _ => None,
+        })
+        .unwrap_or(0);
+    retries + 1
+}
+
+async fn process_in(shared: &Shared, delivery: Delivery, exclusive: bool) {
     let stats = &shared.settler.stats;
     stats
         .in_flight
@@ -209,6 +246,13 @@ async fn pipeline(
         Ok(task) => task,
         Err(end) => return end,
     };
+    let span = tracing::Span::current();
+    span.record("task_id", tracing::field::display(task.task_id));
+    if let Some(run) = task.run_id {
+        span.record("run_id", tracing::field::display(run));
+    }
+    span.record("node", task.node_id.as_str());
+    span.record("type", task.node_type.as_str());
     // Suspects run alone (write), everything else side by side (read).
     let (_exclusive, _shared);
     if exclusive {
