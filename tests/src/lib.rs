@@ -34,10 +34,20 @@ pub use redis_helpers::{PrivateRedis, redis_done_markers, redis_keys};
 pub const TEST_SIGNING_KEY: &str = "test:secflow-test-signing-key-0123456789";
 
 /// A workspace binary as a command, with the test signing key and `sh` allowed for `exec`.
+/// The process is SIGKILLed if the thread that spawned it ends (the test's thread, when the
+/// test ends, however it ends): a test that fails half-way leaves no worker behind.
 pub fn command(name: &str) -> Command {
+    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(bin(name));
     cmd.env("SECFLOW_SIGNING_KEY", TEST_SIGNING_KEY)
         .env("SECFLOW_EXEC_ALLOW", "sh");
+    // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
     cmd
 }
 

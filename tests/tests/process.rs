@@ -204,3 +204,38 @@ async fn health_readiness_and_metrics_endpoints() {
     .await;
     stop_gracefully(&mut child).await;
 }
+
+/// Proves: a binary the harness starts dies with the thread that started it (a test that fails
+/// half-way leaves no worker behind): a worker waiting for an absent broker is SIGKILLed as
+/// soon as its spawning thread ends.
+#[test]
+fn a_harness_child_dies_with_the_thread_that_started_it() {
+    use std::os::unix::process::ExitStatusExt;
+    let port = secflow_tests::free_port();
+    let mut child = std::thread::spawn(move || {
+        secflow_tests::command("worker")
+            .env(
+                "AMQP_URL",
+                format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            )
+            .args(["--namespace", "t-orphan", "--connect-timeout-secs", "120"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker outlived its thread"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+}
