@@ -136,7 +136,17 @@ async fn tick(fleet: &Fleet, state: &mut State) {
 
 /// Adds this tick's completed and failed tasks per pool to the history.
 fn count_ticks(state: &mut State, records: &[WorkerRecord], now: u64, window_ms: u64) {
-    let mut ticks: BTreeMap<&str, Tick> = BTreeMap::new();
+    let zero = Tick {
+        at_ms: now,
+        done: 0,
+        failed: 0,
+    };
+    // A pool whose workers are all gone still has a queue: nothing drains it now.
+    let mut ticks: BTreeMap<String, Tick> = state
+        .history
+        .keys()
+        .map(|pool| (pool.clone(), zero))
+        .collect();
     for r in records {
         // First sight: a baseline, not a burst of everything it ever did.
         let (done, failed) = state
@@ -144,24 +154,10 @@ fn count_ticks(state: &mut State, records: &[WorkerRecord], now: u64, window_ms:
             .get(&r.live)
             .copied()
             .unwrap_or((r.done, r.failed));
-        let tick = ticks.entry(&r.pool).or_insert(Tick {
-            at_ms: now,
-            done: 0,
-            failed: 0,
-        });
+        let tick = ticks.entry(r.pool.clone()).or_insert(zero);
         tick.done += r.done.saturating_sub(done);
         tick.failed += r.failed.saturating_sub(failed);
         state.prev.insert(r.live.clone(), (r.done, r.failed));
-    }
-    // A pool whose workers are all gone still has a queue: nothing drains it now.
-    let mut ticks: BTreeMap<String, Tick> =
-        ticks.into_iter().map(|(p, t)| (p.to_string(), t)).collect();
-    for pool in state.history.keys() {
-        ticks.entry(pool.clone()).or_insert(Tick {
-            at_ms: now,
-            done: 0,
-            failed: 0,
-        });
     }
     for (pool, tick) in ticks {
         state.history.entry(pool).or_default().push(tick, window_ms);

@@ -140,7 +140,7 @@ impl End {
 pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool) {
     // Every line logged while this delivery is processed carries its task, run, node, type,
     // worker and attempt (the fields are filled in once the envelope is read).
-    let meta_attempt = delivery_attempt(&delivery);
+    let meta = DeliveryMeta::read(&delivery, shared.keyring.as_ref());
     let span = tracing::info_span!(
         "task",
         task_id = tracing::field::Empty,
@@ -148,38 +148,19 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
         node = tracing::field::Empty,
         r#type = tracing::field::Empty,
         worker = %shared.settler.worker_id,
-        attempt = meta_attempt,
+        attempt = meta.retry_count + 1,
     );
-    process_in(shared, delivery, exclusive)
+    process_in(shared, delivery, meta, exclusive)
         .instrument(span)
         .await;
 }
 
-/// The attempt this delivery is: retries so far + 1 (the unsigned header is only read for
-/// the log; the signed bookkeeping decides).
-fn delivery_attempt(delivery: &Delivery) -> u64 {
-    let retries = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(secflow_common::headers::RETRY_COUNT))
-        .and_then(|v| match v {
-            lapin::types::AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
-            lapin::types::AMQPValue::LongUInt(n) => Some(u64::from(*n)),
-            lapin::types::AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
-            _ => None,
-        })
-        .unwrap_or(0);
-    retries + 1
-}
-
-async fn process_in(shared: &Shared, delivery: Delivery, exclusive: bool) {
+async fn process_in(shared: &Shared, delivery: Delivery, mut meta: DeliveryMeta, exclusive: bool) {
     let stats = &shared.settler.stats;
     stats
         .in_flight
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _in_flight = InFlight(stats);
-    let mut meta = DeliveryMeta::read(&delivery, shared.keyring.as_ref());
     match pipeline(shared, &delivery, &meta, exclusive).await {
         End::Settle(settlement) => {
             let Settlement {
