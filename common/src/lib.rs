@@ -22,10 +22,12 @@ pub mod redis_fault;
 pub mod redis_pool;
 pub mod retry;
 pub mod runs;
+pub mod severity;
 pub mod signing;
 pub mod task_error;
 pub mod tools;
 pub mod topology;
+pub mod trace;
 
 pub use envelope::TaskEnvelope;
 pub use error::{Error, Result};

@@ -9,6 +9,8 @@ use std::time::Duration;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     secflow_common::logging::init(false, "warn");
+    let _flush =
+        secflow_common::trace::install("secflow-dlq-inspector", env!("CARGO_PKG_VERSION"))?;
     if !cli.command.uses_dlq() {
         // Control commands need Redis (and a short-lived connection for their event), never
         // the DLQ or its lock.

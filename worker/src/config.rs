@@ -261,9 +261,8 @@ impl WorkerConfig {
     /// The worker id, from the flag or host name and pid.
     pub fn worker_id(&self) -> String {
         self.worker_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .unwrap_or_else(|_| "worker".into());
-            format!("{}-{}", host.trim(), std::process::id())
+            let host = secflow_common::logging::hostname().unwrap_or_else(|| "worker".into());
+            format!("{host}-{}", std::process::id())
         })
     }
 

@@ -30,6 +30,7 @@ async fn main() -> anyhow::Result<()> {
         return secflow_worker::classify::cli::run(args);
     }
     secflow_common::logging::init(cli.log_format != "text", "info");
+    let _flush = secflow_common::trace::install("secflow-worker", env!("CARGO_PKG_VERSION"))?;
     // Installed before anything else, so a SIGTERM during start-up is a graceful stop too.
     let shutdown = shutdown_signal()?;
     if cli.config.metrics_addr.is_some() {

@@ -14,6 +14,12 @@ use std::{
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Buckets of `secflow_event_publish_seconds`: a confirm takes about a millisecond on a healthy
+/// broker, seconds when it is in trouble.
+const EVENT_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
 /// Installs the process-wide Prometheus recorder (once; binaries call it at start-up) and keeps
 /// its histograms trimmed.
 pub fn install_prometheus() -> Result<(), String> {
@@ -26,6 +32,11 @@ pub fn install_prometheus() -> Result<(), String> {
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full("secflow_hook_delivery_seconds".into()),
             &crate::report::DURATION_BUCKETS,
+        )
+        .map_err(|e| format!("cannot set the metrics buckets: {e}"))?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("secflow_event_publish_seconds".into()),
+            &EVENT_BUCKETS,
         )
         .map_err(|e| format!("cannot set the metrics buckets: {e}"))?
         .install_recorder()
@@ -185,6 +196,36 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Gauge,
         "1 while a work queue's drain time exceeds the backlog threshold, else 0; set by the leader.",
     ),
+    (
+        "secflow_tasks_in_flight",
+        Kind::Gauge,
+        "Deliveries this worker holds and is processing now.",
+    ),
+    (
+        "secflow_redeliveries_total",
+        Kind::Counter,
+        "Deliveries that an earlier delivery of the same copy left unsettled (a lost connection or a crashed worker), by the broker's redelivered flag.",
+    ),
+    (
+        "secflow_broker_consuming",
+        Kind::Gauge,
+        "1 while the worker's broker connection is up and its consumer registered, else 0.",
+    ),
+    (
+        "secflow_event_publish_seconds",
+        Kind::Histogram,
+        "Time from handing a lifecycle event to the publisher to the broker's confirm, by outcome (confirmed, failed).",
+    ),
+    (
+        "secflow_trace_spans_exported_total",
+        Kind::Counter,
+        "Spans the OTLP collector accepted.",
+    ),
+    (
+        "secflow_trace_spans_dropped_total",
+        Kind::Counter,
+        "Spans dropped, by reason: queue_full (the exporter fell behind), export_failed (the collector refused or did not answer).",
+    ),
 ];
 
 /// Registers the help text of every metric in [`METRICS`] with the installed recorder.
@@ -272,7 +313,17 @@ async fn ready(State(stats): State<Arc<WorkerStats>>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-async fn prometheus() -> impl IntoResponse {
+async fn prometheus(State(stats): State<Arc<WorkerStats>>) -> impl IntoResponse {
+    // Values read at scrape time from the worker's own counters.
+    metrics::gauge!("secflow_tasks_in_flight").set(stats.in_flight.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("secflow_broker_consuming")
+        .set(f64::from(u8::from(stats.consuming.load(Ordering::Relaxed))));
+    let spans = secflow_common::trace::counts();
+    metrics::counter!("secflow_trace_spans_exported_total").absolute(spans.exported);
+    metrics::counter!("secflow_trace_spans_dropped_total", "reason" => "queue_full")
+        .absolute(spans.dropped_queue_full);
+    metrics::counter!("secflow_trace_spans_dropped_total", "reason" => "export_failed")
+        .absolute(spans.dropped_export_failed);
     match PROMETHEUS.get() {
         Some(handle) => (StatusCode::OK, handle.render()),
         None => (

@@ -63,9 +63,7 @@ pub struct FleetParts {
 impl Fleet {
     /// The fleet side of one worker.
     pub fn new(p: FleetParts) -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
+        let host = secflow_common::logging::hostname().unwrap_or_else(|| "unknown".into());
         Self {
             announcer: announce::Announcer::new(&p.amqp_url, Arc::clone(&p.topology), &p.worker_id),
             args: p.args,

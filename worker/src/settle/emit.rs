@@ -40,6 +40,10 @@ impl Settler {
         event.retry_count = meta.retry_count;
         event.scheduled_delay_ms = meta.scheduled_delay_ms;
         event.observed_delay_ms = meta.observed_delay_ms;
+        if let Some(trace) = &meta.trace {
+            event.trace_id = Some(trace.trace_id.to_string());
+            event.span_id = Some(trace.span_id.to_string());
+        }
         crate::report::timed(&mut event, meta.report.as_ref());
         fill(&mut event);
         self.events
