@@ -115,6 +115,9 @@ pub struct TaskEvent {
     /// The span of the attempt that emitted the event, 16 hex digits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub span_id: Option<String>,
+    /// The service (breaker key) of the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// Why a task was dead-lettered (`exhausted`, `permanent`, `security`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -160,6 +163,7 @@ impl TaskEvent {
             observed_delay_ms: None,
             trace_id: None,
             span_id: None,
+            service: None,
             reason: None,
             severity: None,
         }
@@ -185,6 +189,10 @@ pub struct EventError {
     pub code: String,
     /// Redacted message.
     pub message: String,
+    /// The same failure told apart from its incidental details (type, class, normalised
+    /// message, hashed): what analytics and notifications group by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// Decodes an events message: workers publish a JSON array of events of one kind (one object

@@ -3,6 +3,7 @@
 //! RabbitMQ topology.
 
 pub mod amqp;
+pub mod audit;
 pub mod bookkeeping;
 pub mod config;
 pub mod control;

@@ -6,6 +6,9 @@ use secflow_common::trace::{KeyValue, Kind, TraceContext, TraceSpan};
 use secflow_common::{TaskEnvelope, amqp, bookkeeping, headers as h, now_ms, signing::Keyring};
 use std::{io::Write, time::Duration};
 
+/// The audit event of a requeue.
+pub const REQUEUED: &str = "task.requeued";
+
 /// Copies in flight at once during a requeue: also the most duplicates a kill can leave.
 pub const WINDOW: usize = 32;
 
@@ -92,10 +95,21 @@ pub(crate) async fn publish_copy(
         c.trace.as_ref(),
         vec![KeyValue::new("secflow.task_type", c.routing_key.clone())],
     );
-    let published = publisher
-        .publish(exchange, &c.routing_key, &c.body, c.props, true)
+    // The trail says the task was requeued before anything its copy does can be recorded.
+    let (events, event) = &c.event;
+    let props = amqp::json_properties(&uuid::Uuid::now_v7().to_string(), Default::default());
+    let published = match publisher
+        .publish(events, REQUEUED, event, props, false)
         .await
-        .map_err(|e| e.to_string());
+    {
+        Ok(()) => publisher
+            .publish(exchange, &c.routing_key, &c.body, c.props, true)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!(
+            "its requeue could not be recorded in the audit trail: {e}"
+        )),
+    };
     match &published {
         Ok(()) => span.end("requeued", None),
         Err(e) => span.end("not_requeued", Some(("transient", "publish", e))),
@@ -113,6 +127,8 @@ pub(crate) struct Copy {
     pub(crate) body: Vec<u8>,
     /// The trace context it was published under.
     pub(crate) trace: Option<TraceContext>,
+    /// Its `task.requeued` event (for the audit trail) and the events exchange.
+    pub(crate) event: (String, Vec<u8>),
 }
 
 /// The requeue copy of message `i`: same body and task signature, requeue recorded, broker
@@ -164,11 +180,22 @@ pub(crate) fn copy_of(
     }
     let trace = TraceContext::from_headers(Some(&headers));
     let props = amqp::copy_properties(&delivery.properties, headers);
+    let by = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let event = crate::announce::task_event(
+        REQUEUED,
+        record,
+        delivery.properties.headers().as_ref(),
+        &by,
+    );
     Ok(Copy {
         routing_key: task.node_type,
         props,
         body: delivery.data.clone(),
         trace,
+        event: (
+            session.topology.events_exchange(),
+            serde_json::to_vec(&[event]).unwrap_or_default(),
+        ),
     })
 }
 

@@ -176,6 +176,7 @@ pub async fn execute(
                 actions::export(session, &selected, path, unredacted_warned(unredacted))?;
             }
             let removed = actions::purge(session, &selected).await?;
+            record_in_trail(session, broker, "task.purged", &selected).await;
             println!(
                 "purged {removed} tasks from {queue}{}",
                 export
@@ -224,4 +225,23 @@ fn unredacted_warned(unredacted: bool) -> Secrets {
         eprintln!("{warning}");
     }
     secrets
+}
+
+/// Announces what was done to the tasks at `indices` (one `kind` event each, for the audit
+/// trail). A failure is reported; what was done stands.
+async fn record_in_trail(session: &Session, broker: &BrokerArgs, kind: &str, indices: &[usize]) {
+    if indices.is_empty() {
+        return;
+    }
+    let by = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let events: Vec<serde_json::Value> = indices
+        .iter()
+        .map(|&i| {
+            let headers = session.messages[i].properties.headers().as_ref();
+            crate::announce::task_event(kind, &session.records[i], headers, &by)
+        })
+        .collect();
+    if let Err(e) = crate::announce::announce_tasks(broker, kind, &events).await {
+        eprintln!("warning: the audit trail did not get the {kind} events: {e}");
+    }
 }

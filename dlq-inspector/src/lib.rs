@@ -3,6 +3,7 @@
 //! ([`controls`]).
 
 pub mod actions;
+pub mod analytics;
 pub mod announce;
 pub mod breaker_state;
 pub mod cli;
@@ -16,5 +17,6 @@ pub mod pace;
 pub mod record;
 pub mod report;
 pub mod session;
+pub mod trail;
 
 pub use session::{InspectorError, Session};

@@ -2,7 +2,11 @@
 //! controls (breakers, paused types, the degradation level, the worker registry).
 
 use clap::Parser;
-use secflow_dlq_inspector::{Session, cli::Cli, controls, dlq_cmd};
+use secflow_dlq_inspector::{
+    Session,
+    cli::{Cli, Command},
+    controls, dlq_cmd, trail,
+};
 use std::time::Duration;
 
 #[tokio::main]
@@ -11,6 +15,17 @@ async fn main() -> anyhow::Result<()> {
     secflow_common::logging::init(false, "warn");
     let _flush =
         secflow_common::trace::install("secflow-dlq-inspector", env!("CARGO_PKG_VERSION"))?;
+    match cli.command {
+        Command::Audit {
+            filter,
+            limit,
+            json,
+        } => return Ok(trail::audit(&cli.broker, &filter.into(), limit, json).await?),
+        Command::Analytics { window, top, json } => {
+            return Ok(trail::analytics(&cli.broker, window, top, json).await?);
+        }
+        _ => {}
+    }
     if !cli.command.uses_dlq() {
         // Control commands need Redis (and a short-lived connection for their event), never
         // the DLQ or its lock.
