@@ -152,7 +152,7 @@ pub async fn read(
         let headers = delivery.properties.headers().as_ref();
         delivered += 1;
         // A stream reader acks only to let the broker send more (credit), in batches.
-        if delivered % 200 == 0 {
+        if delivered.is_multiple_of(200) {
             let ack = BasicAckOptions { multiple: true };
             let tag = delivery.delivery_tag;
             let _ = within("acking the audit trail", BROKER_OP, ch.basic_ack(tag, ack)).await;
@@ -188,6 +188,95 @@ pub async fn read(
     )
     .await;
     outcome
+}
+
+/// Where a follower starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The oldest event kept.
+    First,
+    /// Events appended from now on.
+    Next,
+    /// The event at this stream offset (one after the last handled, to resume).
+    Offset(u64),
+}
+
+/// Follows the audit trail from `start`, handing each event and the stream offset of its
+/// message to `each` (awaited: a slow handler slows the reader, never loses an event), until
+/// `stop` is cancelled or the connection fails (the error; the caller reconnects and resumes
+/// from its last offset).
+pub async fn follow<F, Fut>(
+    conn: &Connection,
+    topology: &Topology,
+    start: Start,
+    stop: &tokio_util::sync::CancellationToken,
+    mut each: F,
+) -> std::result::Result<(), AuditError>
+where
+    F: FnMut(u64, RawEvent) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let stream = topology.audit_stream();
+    let ch = open(conn, &stream).await?;
+    within(
+        "setting the audit follower's prefetch",
+        BROKER_OP,
+        ch.basic_qos(PREFETCH, BasicQosOptions::default()),
+    )
+    .await??;
+    let mut args = FieldTable::default();
+    let offset = match start {
+        Start::First => AMQPValue::LongString("first".into()),
+        Start::Next => AMQPValue::LongString("next".into()),
+        Start::Offset(n) => AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)),
+    };
+    args.insert("x-stream-offset".into(), offset);
+    let mut consumer = within(
+        "following the audit trail",
+        BROKER_OP,
+        ch.basic_consume(
+            stream.as_str().into(),
+            "audit-follower".into(),
+            BasicConsumeOptions::default(),
+            args,
+        ),
+    )
+    .await??;
+    let mut delivered = 0u64;
+    loop {
+        let delivery = tokio::select! {
+            () = stop.cancelled() => break,
+            next = consumer.next() => match next {
+                None => return Err(AuditError::Stalled(Duration::ZERO)),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(d)) => d,
+            },
+        };
+        delivered += 1;
+        if delivered.is_multiple_of(100) {
+            let ack = BasicAckOptions { multiple: true };
+            let tag = delivery.delivery_tag;
+            within("acking the audit trail", BROKER_OP, ch.basic_ack(tag, ack)).await??;
+        }
+        let headers = delivery.properties.headers().as_ref();
+        if h::get_str(headers, MARKER).is_some() {
+            continue;
+        }
+        let offset = h::get_u64(headers, "x-stream-offset").unwrap_or(0);
+        let Ok(events) = decode_raw(&delivery.data) else {
+            continue;
+        };
+        for raw in events {
+            each(offset, raw).await;
+        }
+    }
+    let _ = within(
+        "closing the audit channel",
+        BROKER_OP,
+        ch.close(200, "stopped".into()),
+    )
+    .await;
+    Ok(())
 }
 
 /// A channel on which `stream` exists. Just after a broker restart the stream's replica may

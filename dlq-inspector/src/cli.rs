@@ -238,6 +238,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Follow the audit trail and send dead letters, security rejections, breaker openings,
+    /// backlogs, unresponsive workers and error-rate anomalies to webhooks, deduplicated and
+    /// rate limited; runs until SIGTERM or Ctrl-C.
+    Notify(crate::notify::NotifyArgs),
     /// Error analytics from the audit trail over a window: errors per minute, by class and
     /// severity, top failures, recovery rate, mean time to recovery per service.
     Analytics {

@@ -13,6 +13,7 @@ pub mod dlq_cmd;
 pub mod filter;
 pub mod fleet;
 pub mod gate;
+pub mod notify;
 pub mod pace;
 pub mod record;
 pub mod report;

@@ -24,6 +24,20 @@ async fn main() -> anyhow::Result<()> {
         Command::Analytics { window, top, json } => {
             return Ok(trail::analytics(&cli.broker, window, top, json).await?);
         }
+        Command::Notify(args) => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let on_signal = stop.clone();
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                on_signal.cancel();
+            });
+            return Ok(secflow_dlq_inspector::notify::run(&cli.broker, args, stop).await?);
+        }
         _ => {}
     }
     if !cli.command.uses_dlq() {
