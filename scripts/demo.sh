@@ -88,3 +88,10 @@ echo "== the fleet as an operator steers it (dlq-inspector workers, breakers, de
 $bin/dlq-inspector workers
 $bin/dlq-inspector breakers
 $bin/dlq-inspector degrade
+
+echo
+echo "== the audit trail: the published recipe's run read back after the fact (dlq-inspector audit), and the last 10 minutes' error analytics"
+if [ -n "$run" ]; then
+  $bin/dlq-inspector audit --run "$run" --kind node. | tail -8
+fi
+$bin/dlq-inspector analytics --window 10m

@@ -68,13 +68,17 @@ async fn drain(n: usize, collector: Option<u16>) -> anyhow::Result<f64> {
     let metrics = free_port();
     match collector {
         Some(port) => {
-            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{port}"))
-                .env("RUST_LOG", "info")
-                .args(["--log-format", "json"])
-                .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")]);
+            cmd.env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{port}"),
+            )
+            .env("RUST_LOG", "info")
+            .args(["--log-format", "json"])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")]);
         }
         None => {
-            cmd.env("RUST_LOG", "error").env("OTEL_SDK_DISABLED", "true");
+            cmd.env("RUST_LOG", "error")
+                .env("OTEL_SDK_DISABLED", "true");
         }
     }
     let mut worker = cmd.spawn()?;
@@ -139,7 +143,9 @@ async fn sink() -> anyhow::Result<(u16, Arc<AtomicU64>)> {
                 let mut buf = vec![0u8; 1 << 16];
                 let mut pending: Vec<u8> = Vec::new();
                 loop {
-                    let Ok(n) = s.read(&mut buf).await else { return };
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }

@@ -70,7 +70,7 @@ fn alert_rules_pass_promtool_checks_and_unit_tests() {
         .unwrap();
     assert!(check.status.success(), "{}", text(&check));
     assert!(
-        text(&check).contains("SUCCESS: 6 rules found"),
+        text(&check).contains("SUCCESS: 7 rules found"),
         "{}",
         text(&check)
     );
@@ -262,7 +262,7 @@ impl Drop for Prometheus {
 
 /// Proves: a real Prometheus scraping two worker processes every second returns, through
 /// `/api/v1/query`, the series of both (exactly one of them leading the fleet controller), and
-/// loads all six alert rules healthy.
+/// loads all seven alert rules healthy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_two_workers_and_loads_the_rules() {
     let ns = TestNs::new().await;
@@ -298,7 +298,7 @@ async fn prometheus_scrapes_two_workers_and_loads_the_rules() {
     .await;
     assert_eq!(seen["resultType"], "vector");
     poll(
-        "the six alert rules loaded and evaluated",
+        "the seven alert rules loaded and evaluated",
         Duration::from_secs(30),
         || async {
             let data = prometheus.api("/api/v1/rules").await?;
@@ -308,7 +308,7 @@ async fn prometheus_scrapes_two_workers_and_loads_the_rules() {
                 .flatten()
                 .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
                 .collect();
-            (rules.len() == 6 && rules.iter().all(|r| r["health"] == "ok")).then_some(())
+            (rules.len() == 7 && rules.iter().all(|r| r["health"] == "ok")).then_some(())
         },
     )
     .await;

@@ -203,6 +203,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "1 while a work queue's drain time exceeds the backlog threshold, else 0; set by the leader.",
     ),
     (
+        "secflow_queue_head_age_seconds",
+        Kind::Gauge,
+        "How long the last message this worker took from the queue had waited in it (since publication, or since a retry's delay ended): under FIFO, the age of the queue's oldest message when it was taken.",
+    ),
+    (
         "secflow_tasks_in_flight",
         Kind::Gauge,
         "Deliveries this worker holds and is processing now.",

@@ -143,6 +143,10 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
     if delivery.redelivered {
         metrics::counter!("secflow_redeliveries_total").increment(1);
     }
+    if let Some(waited) = waited_in_queue(&delivery, &meta) {
+        metrics::gauge!("secflow_queue_head_age_seconds", "queue" => shared.settler.queue.clone())
+            .set(waited.as_secs_f64());
+    }
     // The attempt's span, in the trace the task was published under.
     let kind = delivery
         .properties
@@ -268,6 +272,24 @@ async fn process_in(
             }
         }
     }
+}
+
+/// How long `delivery` waited in the work queue: since its retry copy came back from its delay
+/// (a retry), or since it was published (the `timestamp` property, in seconds). Under FIFO this
+/// is the age of the queue's oldest message when it was taken.
+fn waited_in_queue(delivery: &Delivery, meta: &DeliveryMeta) -> Option<Duration> {
+    let ms = match (meta.observed_delay_ms, meta.scheduled_delay_ms) {
+        (Some(observed), Some(scheduled)) => observed.saturating_sub(scheduled),
+        _ => {
+            let published = delivery
+                .properties
+                .timestamp()
+                .as_ref()?
+                .saturating_mul(1000);
+            secflow_common::now_ms().checked_sub(published)?
+        }
+    };
+    Some(Duration::from_millis(ms))
 }
 
 /// The task's identity on its attempt's span.
