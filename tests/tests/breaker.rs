@@ -133,6 +133,30 @@ async fn breaker_opens_fleet_wide_and_deferred_tasks_complete_after_recovery() {
         tap.of_kind("node.dead_lettered").is_empty(),
         "nothing dead-lettered for the outage"
     );
+    // The transitions were announced (for the audit trail) by the workers that decided them:
+    // the breaker opened first and was closed last.
+    let transitions: Vec<_> = tap
+        .snapshot()
+        .into_iter()
+        .filter(|e| e.kind.starts_with("breaker."))
+        .collect();
+    let first = transitions.first().expect("breaker transitions announced");
+    assert_eq!(first.kind, "breaker.opened");
+    assert_eq!(first.output.as_ref().unwrap()["service"], "scanner");
+    assert_eq!(
+        first.severity,
+        Some(secflow_common::severity::Severity::High)
+    );
+    tap.wait_until(
+        "the breaker's close announced",
+        Duration::from_secs(10),
+        |ev| {
+            ev.iter()
+                .rfind(|e| e.kind.starts_with("breaker."))
+                .is_some_and(|e| e.kind == "breaker.closed")
+        },
+    )
+    .await;
 }
 
 /// Proves: when Redis goes away mid-run, tasks keep completing on local breakers and the
