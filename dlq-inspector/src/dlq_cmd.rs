@@ -3,7 +3,7 @@
 
 use crate::{
     InspectorError, Session,
-    actions::{self, RequeueOptions},
+    actions::{self, RequeueOptions, RequeueReport},
     cli::{Command, Pace},
     filter::Selection,
     pace,
@@ -105,27 +105,15 @@ pub async fn execute(
                 );
                 return Ok(());
             }
-            // Requeue copies carry bookkeeping headers signed like a worker's.
-            let keyring = broker.keyring().map_err(|e| {
-                InspectorError::Usage(format!(
-                    "requeue signs each copy's retry count and history with the fleet's key: {e}"
-                ))
-            })?;
-            let opts = RequeueOptions {
-                reset_retries,
-                rate,
+            let how = RequeueHow {
+                options: RequeueOptions {
+                    reset_retries,
+                    rate,
+                },
+                pace,
+                max_wait: std::time::Duration::from_millis(max_wait),
             };
-            let report = match pace {
-                Pace::None => actions::requeue(session, &selected, opts, keyring.as_ref()).await?,
-                Pace::Auto => {
-                    let fleet = crate::fleet::Fleet::open(broker)?;
-                    let pacing = pace::PaceOptions {
-                        requeue: opts,
-                        max_wait: std::time::Duration::from_millis(max_wait),
-                    };
-                    pace::requeue(session, &selected, pacing, keyring.as_ref(), &fleet).await?
-                }
-            };
+            let report = requeue_selected(session, &selected, how, broker).await?;
             for (i, reason) in &report.failed {
                 eprintln!(
                     "not requeued: {}: {reason}",
@@ -215,6 +203,44 @@ pub async fn execute(
         }
     }
     Ok(())
+}
+
+/// How a requeue goes: retry budget and rate, paced by the breakers or not.
+#[derive(Clone, Copy, Debug)]
+pub struct RequeueHow {
+    /// Retry budget and rate.
+    pub options: RequeueOptions,
+    /// Whether the breakers and pauses hold tasks back.
+    pub pace: Pace,
+    /// With [`Pace::Auto`]: how long to wait for held tasks.
+    pub max_wait: std::time::Duration,
+}
+
+/// Requeues `selected` messages of the held DLQ as `requeue` does (signed bookkeeping, each
+/// acked only once its copy is confirmed), paced or not: what the CLI and the console both run.
+pub async fn requeue_selected(
+    session: &mut Session,
+    selected: &[usize],
+    how: RequeueHow,
+    broker: &BrokerArgs,
+) -> Result<RequeueReport, InspectorError> {
+    // Requeue copies carry bookkeeping headers signed like a worker's.
+    let keyring = broker.keyring().map_err(|e| {
+        InspectorError::Usage(format!(
+            "requeue signs each copy's retry count and history with the fleet's key: {e}"
+        ))
+    })?;
+    match how.pace {
+        Pace::None => actions::requeue(session, selected, how.options, keyring.as_ref()).await,
+        Pace::Auto => {
+            let fleet = crate::fleet::Fleet::open(broker)?;
+            let pacing = pace::PaceOptions {
+                requeue: how.options,
+                max_wait: how.max_wait,
+            };
+            pace::requeue(session, selected, pacing, keyring.as_ref(), &fleet).await
+        }
+    }
 }
 
 /// What `--unredacted` asks for, its warning already on stderr.
