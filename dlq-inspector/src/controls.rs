@@ -197,7 +197,9 @@ pub async fn breaker_change(
                 .await?;
             (
                 Value::Null,
-                format!("breaker of {service} enabled: hold lifted, its stored state decides again"),
+                format!(
+                    "breaker of {service} enabled: hold lifted, its stored state decides again"
+                ),
             )
         }
     };
@@ -292,7 +294,10 @@ pub async fn level_change(
             "manual"
         }
     );
-    Ok((Action::now("degrade", "fleet", reason, by, json!(setting)), text))
+    Ok((
+        Action::now("degrade", "fleet", reason, by, json!(setting)),
+        text,
+    ))
 }
 
 /// `auto` → (none, auto); a level name → (that level, manual).
