@@ -175,6 +175,10 @@ fn router(console: Shared) -> Router {
         .route("/", get(pages::index))
         .route("/login", get(pages::login_get).post(pages::login_post))
         .route("/assets/{file}", get(pages::asset))
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
         .nest("/api", api)
         .layer(middleware::map_response(pages::security_headers))
         .with_state(console)

@@ -19,6 +19,10 @@ const INDEX: &str = include_str!("assets/index.html");
 const LOGIN: &str = include_str!("assets/login.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const DAG_JS: &str = include_str!("assets/dag.js");
+const RUNS_JS: &str = include_str!("assets/runs.js");
+const DLQ_JS: &str = include_str!("assets/dlq.js");
+const FLEET_JS: &str = include_str!("assets/fleet.js");
+const BOOT_JS: &str = include_str!("assets/boot.js");
 const APP_CSS: &str = include_str!("assets/app.css");
 
 /// `/`: the console once signed in, else the way to the sign-in form.
@@ -78,6 +82,10 @@ pub async fn asset(Path(file): Path<String>) -> Response {
     let (body, kind) = match file.as_str() {
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
         "dag.js" => (DAG_JS, "text/javascript; charset=utf-8"),
+        "runs.js" => (RUNS_JS, "text/javascript; charset=utf-8"),
+        "dlq.js" => (DLQ_JS, "text/javascript; charset=utf-8"),
+        "fleet.js" => (FLEET_JS, "text/javascript; charset=utf-8"),
+        "boot.js" => (BOOT_JS, "text/javascript; charset=utf-8"),
         "app.css" => (APP_CSS, "text/css; charset=utf-8"),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };

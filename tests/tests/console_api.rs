@@ -1,0 +1,277 @@
+//! The web console's API against the real RabbitMQ and Redis: no access without a token, the
+//! read-only role cannot act, a cookie session must send its CSRF token, a requeue through the
+//! API moves the dead letter back to its work queue, and every action is announced as an
+//! `operator.action` event that names who took it, through the console.
+
+mod console_support;
+
+use console_support::{Console, OPERATOR, READ, call, dead_letter};
+use futures_util::StreamExt;
+use secflow_tests::{TestNs, wait_for};
+use serde_json::{Value, json};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+/// Collects the raw `operator.action` events of the namespace.
+async fn tap_actions(ns: &TestNs) -> Arc<Mutex<Vec<Value>>> {
+    let ch = ns.conn.create_channel().await.unwrap();
+    let mut consumer = secflow_common::events::subscribe(&ch, &ns.topology(), "operator.action")
+        .await
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    tokio::spawn(async move {
+        let _ch = ch;
+        while let Some(Ok(d)) = consumer.next().await {
+            let events: Vec<Value> = serde_json::from_slice(&d.data).unwrap();
+            sink.lock().unwrap().extend(events);
+        }
+    });
+    seen
+}
+
+/// Waits for the announcement of `action` and returns it.
+async fn announced(actions: &Arc<Mutex<Vec<Value>>>, action: &str) -> Value {
+    let find = || {
+        actions
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == action)
+            .cloned()
+    };
+    wait_for(
+        &format!("the {action} event"),
+        Duration::from_secs(20),
+        || async { find().is_some() },
+    )
+    .await;
+    find().unwrap()
+}
+
+/// Proves: without a token (or with a wrong one) the API answers 401 and the page sends the
+/// browser to sign in; the read-only token reads but gets 403 for a requeue; a browser session
+/// (HttpOnly, SameSite=Strict cookie) must send its CSRF token: none or a forged one is 403, the
+/// right one acts, and the action's event names the session's role and the console.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_roles_and_csrf_guard_every_action() {
+    let ns = TestNs::new().await;
+    let actions = tap_actions(&ns).await;
+    let console = Console::start(&ns).await;
+
+    let anonymous = console.get("/api/runs", None).await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    assert!(anonymous.header("www-authenticate").is_some());
+    assert_eq!(
+        console
+            .get("/api/dlq", Some("not-a-console-token"))
+            .await
+            .status,
+        401
+    );
+    let page = console.get("/", None).await;
+    assert_eq!(
+        (page.status, page.header("location")),
+        (303, Some("/login"))
+    );
+
+    let read = console.get("/api/dlq", Some(READ)).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    let refused = console
+        .post("/api/dlq/requeue", READ, &json!({"all": true}))
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("read-only")
+    );
+    let refused = console
+        .post("/api/breakers/svc-a", READ, &json!({"action": "open"}))
+        .await;
+    assert_eq!(refused.status, 403);
+
+    let wrong = call(console.port, "GET", "/login?token=nope", &[], None).await;
+    assert_eq!(wrong.status, 401);
+    let form = format!("token={OPERATOR}");
+    let signed_in = call(
+        console.port,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(&form),
+    )
+    .await;
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    let set_cookie = signed_in.header("set-cookie").unwrap().to_string();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let session = call(
+        console.port,
+        "GET",
+        "/api/session",
+        &[("Cookie", &cookie)],
+        None,
+    )
+    .await;
+    let csrf = session.json()["csrf"].as_str().unwrap().to_string();
+    assert_eq!(session.json()["role"], "operator");
+
+    let body = json!({"action": "open", "for": "10m", "reason": "maintenance"}).to_string();
+    let post = |headers: Vec<(&'static str, String)>| {
+        let body = body.clone();
+        let port = console.port;
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            call(port, "POST", "/api/breakers/svc-a", &headers, Some(&body)).await
+        }
+    };
+    let json_type = ("Content-Type", "application/json".to_string());
+    let no_csrf = post(vec![("Cookie", cookie.clone()), json_type.clone()]).await;
+    assert_eq!(no_csrf.status, 403, "{}", no_csrf.body);
+    let forged = post(vec![
+        ("Cookie", cookie.clone()),
+        json_type.clone(),
+        ("X-CSRF-Token", "0".repeat(64)),
+    ])
+    .await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert!(forged.json()["error"].as_str().unwrap().contains("CSRF"));
+    assert!(
+        actions.lock().unwrap().is_empty(),
+        "nothing refused was done or announced"
+    );
+    let opened = post(vec![
+        ("Cookie", cookie.clone()),
+        json_type,
+        ("X-CSRF-Token", csrf),
+    ])
+    .await;
+    assert_eq!(opened.status, 200, "{}", opened.body);
+    assert_eq!(opened.json()["state"]["mode"], "open");
+    let event = announced(&actions, "breaker.open").await;
+    assert_eq!(
+        (
+            event["by"].as_str(),
+            event["via"].as_str(),
+            event["target"].as_str()
+        ),
+        (Some("console:operator"), Some("console"), Some("svc-a"))
+    );
+    assert_eq!(event["reason"], "maintenance");
+    let breakers = console.get("/api/breakers", Some(READ)).await.json();
+    assert_eq!(breakers["breakers"][0]["state"], "held_open");
+}
+
+/// Proves: the API lists the dead letters (paginated) and shows one with its record; a requeue
+/// of one selected task puts it back in its work queue and leaves the others; a purge without
+/// the right confirmation removes nothing, with it removes the selection; each action's
+/// `operator.action` event says what was done, by whom, through the console.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_and_purge_through_the_api_act_and_are_announced() {
+    let ns = TestNs::new().await;
+    let ids = dead_letter(&ns, 3).await;
+    let actions = tap_actions(&ns).await;
+    let console = Console::start(&ns).await;
+    let dlq = ns.topology().dlq();
+    let work = ns.topology().work_queue("default");
+
+    let page = console
+        .get("/api/dlq?limit=2&type=builtin.fail", Some(READ))
+        .await
+        .json();
+    assert_eq!(
+        (page["total"].as_u64(), page["matched"].as_u64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let one = console
+        .get(&format!("/api/dlq/task/{}", ids[0]), Some(READ))
+        .await
+        .json();
+    assert_eq!(one["record"]["class"], "permanent");
+    assert!(!one["timeline"].as_array().unwrap().is_empty());
+
+    let requeued = console
+        .post(
+            "/api/dlq/requeue",
+            OPERATOR,
+            &json!({"ids": [ids[0].to_string()], "reason": "fixed upstream"}),
+        )
+        .await;
+    assert_eq!(requeued.status, 200, "{}", requeued.body);
+    assert_eq!(
+        (
+            requeued.json()["requeued"].as_u64(),
+            requeued.json()["selected"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    wait_for(
+        "the task back in its work queue",
+        Duration::from_secs(20),
+        || async { ns.ready(&work).await == 1 && ns.ready(&dlq).await == 2 },
+    )
+    .await;
+    let back = ns.take(&work, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        back[0]
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string()),
+        Some(ids[0].to_string())
+    );
+    let event = announced(&actions, "dlq.requeue").await;
+    assert_eq!(
+        (
+            event["by"].as_str(),
+            event["via"].as_str(),
+            event["reason"].as_str()
+        ),
+        (
+            Some("console:operator"),
+            Some("console"),
+            Some("fixed upstream")
+        )
+    );
+    assert_eq!(event["output"]["requeued"], 1);
+
+    let unconfirmed = console
+        .post(
+            "/api/dlq/purge",
+            OPERATOR,
+            &json!({"all": true, "confirm": 5}),
+        )
+        .await;
+    assert_eq!(unconfirmed.status, 409, "{}", unconfirmed.body);
+    assert!(
+        unconfirmed.body.contains("\\\"confirm\\\": 2") || unconfirmed.body.contains("confirm")
+    );
+    assert_eq!(
+        ns.ready(&dlq).await,
+        2,
+        "an unconfirmed purge removes nothing"
+    );
+    let purged = console
+        .post(
+            "/api/dlq/purge",
+            OPERATOR,
+            &json!({"all": true, "confirm": 2}),
+        )
+        .await;
+    assert_eq!(
+        (purged.status, purged.json()["purged"].as_u64()),
+        (200, Some(2))
+    );
+    assert_eq!(ns.ready(&dlq).await, 0);
+    let event = announced(&actions, "dlq.purge").await;
+    assert_eq!(event["by"], "console:operator");
+}
