@@ -213,7 +213,7 @@ pub async fn overview(State(console): State<Shared>) -> ApiResult<Json<Value>> {
         .await?;
     let mut recent: Vec<&crate::record::DeadRecord> =
         snapshot.entries.iter().map(|e| &e.record).collect();
-    recent.sort_by(|a, b| b.dead_lettered_ms.cmp(&a.dead_lettered_ms));
+    recent.sort_by_key(|r| std::cmp::Reverse(r.dead_lettered_ms));
     recent.truncate(10);
     let mut out = json!({
         "runs": {"total": runs.len(), "running": running, "recent": runs.iter().take(5).collect::<Vec<_>>()},
