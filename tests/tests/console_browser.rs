@@ -171,3 +171,123 @@ async fn the_console_in_headless_chromium() {
         assert!(shots.join(format!("{page}.png")).exists(), "{page}.png");
     }
 }
+
+/// `n` dead letters published straight to the namespace's DLX, as a worker would leave them.
+async fn fill_dlq(ns: &TestNs, n: usize) {
+    use secflow_common::headers as h;
+    let publisher = secflow_common::amqp::Publisher::new(&ns.conn)
+        .await
+        .unwrap();
+    let dlx = ns.topology().dlx();
+    let now = secflow_common::now_ms();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let sends = chunk.iter().map(|i| {
+            let task = secflow_common::TaskEnvelope::new(
+                "builtin.fail",
+                serde_json::json!({"class": "permanent", "message": format!("case {i}")}),
+            );
+            let mut headers = lapin::types::FieldTable::default();
+            h::set_str(&mut headers, h::DEAD_LETTER_REASON, "permanent");
+            h::set_str(&mut headers, h::ERROR_CLASS, "permanent");
+            h::set_str(&mut headers, h::ERROR_CODE, "out_of_scope");
+            h::set_str(&mut headers, h::ERROR_MESSAGE, "out of scope");
+            h::set_u64(&mut headers, h::DEAD_LETTERED_AT, now);
+            let props = secflow_common::amqp::json_properties(&task.task_id.to_string(), headers);
+            let (publisher, dlx) = (&publisher, dlx.as_str());
+            async move {
+                publisher
+                    .publish(dlx, "", &task.to_body(), props, false)
+                    .await
+                    .unwrap()
+            }
+        });
+        futures_util::future::join_all(sends).await;
+    }
+}
+
+/// A stored run of 2,000 nodes (40 layers of 50, each node fed by two of the layer before),
+/// never published: the page only draws it.
+async fn big_run(ns: &TestNs) -> String {
+    let (layers, width) = (40, 50);
+    let mut yaml = String::from("version: 1\nname: big\nnodes:\n");
+    for l in 0..layers {
+        for k in 0..width {
+            let inputs = if l == 0 {
+                String::new()
+            } else {
+                format!(
+                    ", inputs: {{ a: n{}x{k}.echo, b: n{}x{}.echo }}",
+                    l - 1,
+                    l - 1,
+                    (k + 1) % width
+                )
+            };
+            yaml.push_str(&format!(
+                "  - {{ id: n{l}x{k}, type: builtin.echo, outputs: [echo]{inputs} }}\n"
+            ));
+        }
+    }
+    let recipe = secflow_common::recipe::parse("big.yaml", &yaml).unwrap();
+    let runs = secflow_common::runs::RunStore::new(&ns.broker().redis_url, &ns.name).unwrap();
+    let (run, _) = runs
+        .create(&recipe, &BTreeMap::new(), &[], false, None)
+        .await
+        .unwrap();
+    run.to_string()
+}
+
+/// Proves: with 10,000 dead letters and a 2,000-node run the page stays usable: the DLQ page
+/// keeps one page of 100 rows in the DOM and renders it, and the DAG of 2,000 nodes is drawn,
+/// each within 30 s (the figures are printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_stays_usable_with_10000_dead_letters_and_a_2000_node_run() {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium must be installed (scripts/test.sh installs it)"
+    );
+    let browser_dir = repo().join("tests/browser");
+    playwright(&browser_dir);
+    let ns = TestNs::new().await;
+    fill_dlq(&ns, 10_000).await;
+    let dlq = ns.topology().dlq();
+    wait_for("10,000 dead letters", Duration::from_secs(60), || async {
+        ns.ready(&dlq).await == 10_000
+    })
+    .await;
+    let run = big_run(&ns).await;
+    let console = Console::start(&ns).await;
+    let profile = std::env::temp_dir().join(format!("{}-chromium", ns.name));
+    let child = tokio::process::Command::new("node")
+        .arg("scale.js")
+        .current_dir(&browser_dir)
+        .env("CONSOLE_URL", format!("http://127.0.0.1:{}", console.port))
+        .env("CONSOLE_TOKEN", OPERATOR)
+        .env("BIG_RUN", &run)
+        .env("BIG_NODES", "2000")
+        .env("PROFILE", &profile)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(BROWSER_DEADLINE, child)
+        .await
+        .expect("the browser session did not end in time")
+        .expect("node must be installed (scripts/test.sh installs it)");
+    let _ = std::fs::remove_dir_all(&profile);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{said}");
+    assert!(out.status.success() && said.ends_with("ok\n"), "{said}");
+    let figure = |name: &str| -> u64 {
+        said.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {said}"))
+    };
+    assert_eq!(figure("dlq_rows_in_dom"), 100, "one page in the DOM");
+    for name in ["dlq_first_render_ms", "dag_first_render_ms"] {
+        assert!(figure(name) < 30_000, "{name}: {} ms", figure(name));
+    }
+    assert_eq!(
+        ns.ready(&dlq).await,
+        10_000,
+        "reading the DLQ removed nothing"
+    );
+}
