@@ -49,6 +49,19 @@ impl Action {
         }
     }
 
+    /// What a command or the console answers about it: action, target, reason, by, when, and
+    /// the state in force.
+    pub fn summary(&self) -> Value {
+        json!({
+            "action": self.action,
+            "target": self.target,
+            "reason": self.reason,
+            "by": self.by,
+            "at_ms": self.at_ms,
+            "state": self.state,
+        })
+    }
+
     /// The same action, taken through `via` (`console`).
     pub fn via(mut self, via: &str) -> Self {
         self.via = Some(via.to_string());

@@ -314,16 +314,9 @@ pub fn parse_level(s: &str) -> Result<(Option<Level>, bool), String> {
 async fn finish(broker: &BrokerArgs, a: Action, text: &str, json: bool) {
     let published = announce::announce(broker, &a).await;
     if json {
-        let out = json!({
-            "action": a.action,
-            "target": a.target,
-            "reason": a.reason,
-            "by": a.by,
-            "at_ms": a.at_ms,
-            "state": a.state,
-            "event_published": published.is_ok(),
-            "event_error": published.as_ref().err(),
-        });
+        let mut out = a.summary();
+        out["event_published"] = json!(published.is_ok());
+        out["event_error"] = json!(published.as_ref().err());
         println!("{out}");
     } else {
         println!("{text} (by {}: {})", a.by, show(&a.reason));

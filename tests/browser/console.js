@@ -7,12 +7,8 @@
 "use strict";
 const path = require("path");
 const readline = require("readline");
-const { chromium } = require("playwright-core");
+const { env, launch, run } = require("./launch");
 
-const env = (k) => {
-  if (!process.env[k]) throw new Error("missing " + k);
-  return process.env[k];
-};
 const URL = env("CONSOLE_URL"), SHOTS = env("SHOTS");
 const lines = readline.createInterface({ input: process.stdin });
 const nextLine = () => new Promise((resolve) => lines.once("line", resolve));
@@ -20,15 +16,8 @@ const step = (name) => console.log("step " + name);
 const shot = (page, name) => page.screenshot({ path: path.join(SHOTS, name + ".png"), fullPage: true });
 const T = { timeout: 60000 };
 
-(async () => {
-  const context = await chromium.launchPersistentContext(env("PROFILE"), {
-    executablePath: "/usr/bin/chromium",
-    headless: true,
-    viewport: { width: 1400, height: 860 },
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
-  const page = context.pages()[0] || (await context.newPage());
+run(async () => {
+  const { context, page } = await launch(env("PROFILE"));
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
   page.on("dialog", (d) => d.accept(d.type() === "prompt" ? d.defaultValue() : undefined));
@@ -108,8 +97,4 @@ const T = { timeout: 60000 };
   if (errors.length) throw new Error("page errors: " + errors.join("; "));
   console.log("ok");
   await context.close();
-  process.exit(0);
-})().catch((e) => {
-  console.error(e && e.stack ? e.stack : String(e));
-  process.exit(1);
 });

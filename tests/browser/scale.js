@@ -2,24 +2,13 @@
 // (tests/tests/console_browser.rs fills both). Environment: CONSOLE_URL, CONSOLE_TOKEN, BIG_RUN,
 // BIG_NODES, PROFILE. Prints `NAME VALUE` figures, then `ok`; any failure exits non-zero.
 "use strict";
-const { chromium } = require("playwright-core");
+const { env, launch, run } = require("./launch");
 
-const env = (k) => {
-  if (!process.env[k]) throw new Error("missing " + k);
-  return process.env[k];
-};
 const URL = env("CONSOLE_URL");
 const T = { timeout: 120000 };
 
-(async () => {
-  const context = await chromium.launchPersistentContext(env("PROFILE"), {
-    executablePath: "/usr/bin/chromium",
-    headless: true,
-    viewport: { width: 1400, height: 860 },
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
-  const page = context.pages()[0] || (await context.newPage());
+run(async () => {
+  const { context, page } = await launch(env("PROFILE"));
   // The overview is the first to read the DLQ: its time includes taking all 10,000 messages.
   let t = Date.now();
   await page.goto(URL + "/login?token=" + encodeURIComponent(env("CONSOLE_TOKEN")));
@@ -50,8 +39,4 @@ const T = { timeout: 120000 };
   console.log("dag_pick_node_ms " + (Date.now() - t));
   console.log("ok");
   await context.close();
-  process.exit(0);
-})().catch((e) => {
-  console.error(e && e.stack ? e.stack : String(e));
-  process.exit(1);
 });

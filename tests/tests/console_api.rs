@@ -5,32 +5,13 @@
 
 mod console_support;
 
-use console_support::{Console, OPERATOR, READ, call, dead_letter};
-use futures_util::StreamExt;
+use console_support::{Console, OPERATOR, READ, SECRET, call, dead_letter, tap_actions};
 use secflow_tests::{TestNs, wait_for};
 use serde_json::{Value, json};
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-
-/// Collects the raw `operator.action` events of the namespace.
-async fn tap_actions(ns: &TestNs) -> Arc<Mutex<Vec<Value>>> {
-    let ch = ns.conn.create_channel().await.unwrap();
-    let mut consumer = secflow_common::events::subscribe(&ch, &ns.topology(), "operator.action")
-        .await
-        .unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&seen);
-    tokio::spawn(async move {
-        let _ch = ch;
-        while let Some(Ok(d)) = consumer.next().await {
-            let events: Vec<Value> = serde_json::from_slice(&d.data).unwrap();
-            sink.lock().unwrap().extend(events);
-        }
-    });
-    seen
-}
 
 /// Waits for the announcement of `action` and returns it.
 async fn announced(actions: &Arc<Mutex<Vec<Value>>>, action: &str) -> Value {
@@ -170,7 +151,8 @@ async fn tokens_roles_and_csrf_guard_every_action() {
     assert_eq!(breakers["breakers"][0]["state"], "held_open");
 }
 
-/// Proves: the API lists the dead letters (paginated) and shows one with its record; a requeue
+/// Proves: the API lists the dead letters (paginated), shows one with its record and exports
+/// them, the secret in their configs masked everywhere; a requeue
 /// of one selected task puts it back in its work queue and leaves the others; a purge without
 /// the right confirmation removes nothing, with it removes the selection; each action's
 /// `operator.action` event says what was done, by whom, through the console.
@@ -198,6 +180,13 @@ async fn requeue_and_purge_through_the_api_act_and_are_announced() {
         .json();
     assert_eq!(one["record"]["class"], "permanent");
     assert!(!one["timeline"].as_array().unwrap().is_empty());
+    assert!(
+        !one.to_string().contains(SECRET),
+        "the task's secret is masked"
+    );
+    let export = console.get("/api/dlq/export", Some(READ)).await;
+    assert_eq!((export.status, export.body.lines().count()), (200, 3));
+    assert!(!export.body.contains(SECRET), "exports are masked");
 
     let requeued = console
         .post(

@@ -55,23 +55,25 @@ fn tree_recipe(ns: &TestNs) -> String {
     )
 }
 
-/// A run whose `scan` fails until `marker` exists (then dead-lettered at once).
+/// A two-node run whose `probe` fails (dead-lettered at once) until `marker` exists; `after`
+/// runs once it has succeeded.
 fn fixable_recipe(ns: &TestNs, marker: &Path) -> String {
-    recipe_file(
-        ns,
-        "fixable",
-        &format!(
-            r#"
-version: 1
-name: fixable
-nodes:
-  - {{ id: discover, type: builtin.echo, config: {{ target: "10.0.0.5" }}, outputs: [echo] }}
-  - {{ id: scan, type: exec, inputs: {{ h: discover.echo }}, config: {{ argv: ["sh", "-c", "test -f {}"] }}, retry: {{ max_attempts: 1 }}, outputs: [stdout] }}
-  - {{ id: report, type: builtin.echo, inputs: {{ s: scan.stdout, h: discover.echo }} }}
-"#,
-            marker.display()
-        ),
-    )
+    let probe = format!("test -f {}", marker.display());
+    let yaml = [
+        "version: 1",
+        "name: fixable",
+        "nodes:",
+        "  - id: probe",
+        "    type: exec",
+        &format!("    config: {{ argv: [sh, -c, {probe:?}] }}"),
+        "    retry: { max_attempts: 1 }",
+        "    outputs: [stdout]",
+        "  - id: after",
+        "    type: builtin.echo",
+        "    inputs: { seen: probe.stdout }",
+    ]
+    .join("\n");
+    recipe_file(ns, "fixable", &yaml)
 }
 
 /// Proves: the console works in a real browser for the operator's everyday tasks, live, with
@@ -103,10 +105,10 @@ async fn the_console_in_headless_chromium() {
     assert_eq!(failed.status.as_deref(), Some("failed"));
     let runs = secflow_common::runs::RunStore::new(&ns.broker().redis_url, &ns.name).unwrap();
     let run_key = failed.run_id.to_string();
-    let scan = runs.nodes(&run_key, &["scan".to_string()]).await.unwrap();
+    let probe = runs.nodes(&run_key, &["probe".to_string()]).await.unwrap();
     let dlq = ns.topology().dlq();
     wait_for(
-        "the scan node dead-lettered",
+        "the probe node dead-lettered",
         Duration::from_secs(30),
         || async { ns.ready(&dlq).await == 1 },
     )
@@ -120,7 +122,7 @@ async fn the_console_in_headless_chromium() {
         .env("CONSOLE_URL", format!("http://127.0.0.1:{}", console.port))
         .env("CONSOLE_TOKEN", OPERATOR)
         .env("FIXABLE_RUN", &run_key)
-        .env("FIXABLE_TASK", scan[0].task_id.to_string())
+        .env("FIXABLE_TASK", probe[0].task_id.to_string())
         .env("SHOTS", &shots)
         .env("PROFILE", &profile)
         .stdin(Stdio::piped())

@@ -97,15 +97,8 @@ impl Console {
 
     /// The answer to a control change: what it did, what is in force, and its announcement.
     async fn finish(&self, a: Action, text: String) -> serde_json::Value {
-        let mut out = serde_json::json!({
-            "action": a.action,
-            "target": a.target,
-            "reason": a.reason,
-            "by": a.by,
-            "at_ms": a.at_ms,
-            "state": a.state,
-            "text": text,
-        });
+        let mut out = a.summary();
+        out["text"] = serde_json::json!(text);
         dlq_api::merge(&mut out, self.announce(a).await);
         out
     }

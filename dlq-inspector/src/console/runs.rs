@@ -67,31 +67,15 @@ pub fn run_of_key<'k>(ns: &str, key: &'k str) -> Option<&'k str> {
 
 /// Every run of `ns`, newest first.
 pub async fn list(pool: &Pool, ns: &str) -> Result<Vec<RunSummary>, String> {
-    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
     let pattern = format!("sf:{{{ns}:run:*}}:state");
-    let mut ids = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut *conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        ids.extend(
-            keys.iter()
-                .filter_map(|k| run_of_key(ns, k).map(str::to_string)),
-        );
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    let keys = crate::fleet::scan_keys(pool, &pattern).await?;
+    let mut ids: Vec<String> = keys
+        .iter()
+        .filter_map(|k| run_of_key(ns, k).map(str::to_string))
+        .collect();
     ids.sort();
     ids.dedup();
+    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
     let mut runs = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
         let mut pipe = redis::pipe();

@@ -5,9 +5,13 @@
 #![allow(dead_code)]
 
 use secflow_dlq_inspector::console::{self, Tokens};
+use secflow_producer::follow_run::Subscription;
 use secflow_tests::{TestNs, publish, wait_for};
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The operator's token.
@@ -155,23 +159,57 @@ pub async fn call(
     }
 }
 
-/// `n` tasks that fail for good, dead-lettered by a real worker (stopped after); their ids.
+/// The secret each dead letter's config carries (the API must never show it).
+pub const SECRET: &str = "s3cr3t-console-api-key-0123";
+
+/// `n` tasks that fail for good, their inputs holding [`SECRET`], dead-lettered by a real
+/// worker (stopped once it has reported every dead letter); their ids.
 pub async fn dead_letter(ns: &TestNs, n: usize) -> Vec<uuid::Uuid> {
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            secflow_common::TaskEnvelope::new(
-                "builtin.fail",
-                json!({"class": "permanent", "message": "out of scope"}),
-            )
-        })
-        .collect();
+    let tap = ns.tap_events().await;
     let worker = ns.spawn_worker(ns.worker_config());
-    let ids = publish(ns, &tasks).await;
-    let dlq = ns.topology().dlq();
-    wait_for("tasks dead-lettered", Duration::from_secs(60), || async {
-        ns.ready(&dlq).await as usize >= n
+    let config = json!({"class": "permanent", "message": "out of scope"});
+    let tasks: Vec<_> = std::iter::repeat_with(|| {
+        let mut task = secflow_common::TaskEnvelope::new("builtin.fail", config.clone());
+        task.inputs
+            .insert("target".into(), json!({"api_key": SECRET}));
+        task
     })
+    .take(n)
+    .collect();
+    let ids = publish(ns, &tasks).await;
+    tap.wait_until(
+        "every task dead-lettered",
+        Duration::from_secs(60),
+        |events| {
+            events
+                .iter()
+                .filter(|e| e.kind == "node.dead_lettered")
+                .count()
+                >= n
+        },
+    )
     .await;
     worker.stop().await;
     ids
+}
+
+/// Collects the `operator.action` events of `ns` as published (with `by` and `via`), through
+/// the same subscription the producer follows events with.
+pub async fn tap_actions(ns: &TestNs) -> Arc<Mutex<Vec<Value>>> {
+    let mut sub = Subscription::open(&ns.broker(), "operator.action", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = sub.next().await {
+            let raw = secflow_common::events::decode_raw(&delivery.data).unwrap();
+            let mut sink = sink.lock().unwrap();
+            sink.extend(
+                raw.iter()
+                    .map(|r| serde_json::from_str(r.json.get()).unwrap()),
+            );
+        }
+    });
+    seen
 }
