@@ -24,17 +24,23 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Installs `playwright-core` from the lock file when it is missing.
-fn playwright(dir: &Path) {
-    if dir.join("node_modules/playwright-core").exists() {
-        return;
+/// The browser scripts' folder, once Debian's chromium is there and `playwright-core` is
+/// installed (from the lock file, when missing).
+fn browser() -> PathBuf {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium must be installed (scripts/test.sh installs it)"
+    );
+    let dir = repo().join("tests/browser");
+    if !dir.join("node_modules/playwright-core").exists() {
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm must be installed (scripts/test.sh installs it)");
+        assert!(status.success(), "npm ci in {} failed", dir.display());
     }
-    let status = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .status()
-        .expect("npm must be installed (scripts/test.sh installs it)");
-    assert!(status.success(), "npm ci in {} failed", dir.display());
+    dir
 }
 
 /// A 20-node run: a binary tree of 600 ms sleeps, five layers deep (about 3 s end to end).
@@ -80,12 +86,7 @@ fn fixable_recipe(ns: &TestNs, marker: &Path) -> String {
 /// nothing loaded from outside the console; saves a screenshot of every page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_headless_chromium() {
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "Debian's chromium must be installed (scripts/test.sh installs it)"
-    );
-    let browser_dir = repo().join("tests/browser");
-    playwright(&browser_dir);
+    let browser_dir = browser();
     let shots = repo().join("docs/console");
     std::fs::create_dir_all(&shots).unwrap();
 
@@ -243,12 +244,7 @@ async fn big_run(ns: &TestNs) -> String {
 /// each within 30 s (the figures are printed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_stays_usable_with_10000_dead_letters_and_a_2000_node_run() {
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "Debian's chromium must be installed (scripts/test.sh installs it)"
-    );
-    let browser_dir = repo().join("tests/browser");
-    playwright(&browser_dir);
+    let browser_dir = browser();
     let ns = TestNs::new().await;
     fill_dlq(&ns, 10_000).await;
     let dlq = ns.topology().dlq();
