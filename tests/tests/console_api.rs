@@ -6,9 +6,11 @@
 mod console_support;
 
 use console_support::{Console, OPERATOR, READ, SECRET, call, dead_letter, tap_actions};
-use secflow_tests::{TestNs, wait_for};
+use secflow_producer::recipes::submit;
+use secflow_tests::{TestNs, recipe_file, wait_for};
 use serde_json::{Value, json};
 use std::{
+    collections::BTreeMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -262,4 +264,113 @@ async fn requeue_and_purge_through_the_api_act_and_are_announced() {
     assert_eq!(ns.ready(&dlq).await, 0);
     let event = announced(&actions, "dlq.purge").await;
     assert_eq!(event["by"], "console:operator");
+}
+
+/// Proves: a run's cancel and resume through the API are `producer cancel` and `resume`: a
+/// cancelled run ends `cancelled`, a second cancel is 409; a failed node resumed by itself runs
+/// again and its run succeeds; both are announced with who did them; an unknown run is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_resume_runs_through_the_api() {
+    let ns = TestNs::new().await;
+    let actions = tap_actions(&ns).await;
+    let worker = ns.spawn_worker(ns.worker_config());
+    let console = Console::start(&ns).await;
+    let marker = std::env::temp_dir().join(format!("{}-ready", ns.name));
+    let yaml = format!(
+        "version: 1\nname: console-runs\nnodes:\n  - id: wait\n    type: builtin.sleep\n    config: {{ ms: 60000 }}\n  - id: check\n    type: exec\n    config: {{ argv: [sh, -c, \"test -f {}\"] }}\n    retry: {{ max_attempts: 1 }}\n",
+        marker.display()
+    );
+    let recipe = recipe_file(&ns, "runs", &yaml);
+    let run = submit(&ns.broker(), &recipe, &BTreeMap::new(), None, false)
+        .await
+        .unwrap()
+        .run_id
+        .to_string();
+    let node_state = |node: &'static str| {
+        let (console, run) = (&console, &run);
+        async move {
+            let r = console
+                .get(&format!("/api/runs/{run}"), Some(READ))
+                .await
+                .json();
+            let nodes = r["nodes"].as_array().cloned().unwrap_or_default();
+            let n = nodes.iter().find(|n| n["id"] == node).cloned();
+            (
+                r["status"].as_str().map(str::to_string),
+                n.map(|n| n["state"].clone()),
+            )
+        }
+    };
+    wait_for("the check node failed", Duration::from_secs(30), || async {
+        node_state("check").await.1 == Some(json!("failed"))
+    })
+    .await;
+    std::fs::write(&marker, b"ready").unwrap();
+    let resumed = console
+        .post(
+            &format!("/api/runs/{run}/resume"),
+            OPERATOR,
+            &json!({"node": "check"}),
+        )
+        .await;
+    assert_eq!(resumed.status, 200, "{}", resumed.body);
+    assert_eq!(resumed.json()["resumed"], json!(["check"]));
+    wait_for(
+        "the resumed node succeeded",
+        Duration::from_secs(30),
+        || async { node_state("check").await.1 == Some(json!("succeeded")) },
+    )
+    .await;
+    let event = announced(&actions, "run.resume").await;
+    assert_eq!(
+        (event["by"].as_str(), event["target"].as_str()),
+        (Some("console:operator"), Some(run.as_str()))
+    );
+
+    let cancelled = console
+        .post(
+            &format!("/api/runs/{run}/cancel"),
+            OPERATOR,
+            &json!({"reason": "done"}),
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    wait_for("the run cancelled", Duration::from_secs(30), || async {
+        node_state("wait").await.0.as_deref() == Some("cancelled")
+    })
+    .await;
+    let again = console
+        .post(&format!("/api/runs/{run}/cancel"), OPERATOR, &json!({}))
+        .await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert_eq!(announced(&actions, "run.cancel").await["reason"], "done");
+    let unknown = console
+        .get(&format!("/api/runs/{}", uuid::Uuid::now_v7()), Some(READ))
+        .await;
+    assert_eq!(unknown.status, 404);
+    worker.stop().await;
+    let _ = std::fs::remove_file(&marker);
+}
+
+/// Proves: `dlq-inspector serve` refuses to start without a token, naming the variables and
+/// `--no-auth`, and refuses `--no-auth` off loopback.
+#[test]
+fn serve_needs_a_token_unless_no_auth_on_loopback() {
+    let run = |args: &[&str]| {
+        secflow_tests::command("dlq-inspector")
+            .env_remove(secflow_dlq_inspector::console::TOKEN_ENV)
+            .env_remove(secflow_dlq_inspector::console::READ_TOKEN_ENV)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["serve", "--addr", "127.0.0.1:0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("SECFLOW_CONSOLE_TOKEN") && err.contains("--no-auth"),
+        "{err}"
+    );
+    let out = run(&["serve", "--addr", "0.0.0.0:0", "--no-auth"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }
