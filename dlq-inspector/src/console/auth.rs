@@ -78,15 +78,18 @@ impl Auth {
         }
     }
 
-    /// Opens a browser session for `token`: its id and CSRF token, or `None` for a wrong token.
-    pub fn sign_in(&self, token: &str) -> Option<(String, Role)> {
-        let role = self.tokens.role_of(token)?;
+    /// Opens a browser session for `token`: its id and role, or why not.
+    pub fn sign_in(&self, token: &str) -> Result<(String, Role), &'static str> {
+        let role = self
+            .tokens
+            .role_of(token)
+            .ok_or("That token is not one of this console's.")?;
         let id = random_token();
         let now = Instant::now();
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions.retain(|_, s| s.expires > now);
         if sessions.len() >= MAX_SESSIONS {
-            return None;
+            return Err("Too many open sessions: sign out elsewhere, or wait for them to expire.");
         }
         let session = BrowserSession {
             role,
@@ -94,7 +97,7 @@ impl Auth {
             expires: now + SESSION_TTL,
         };
         sessions.insert(id.clone(), session);
-        Some((id, role))
+        Ok((id, role))
     }
 
     /// Ends the browser session of `headers`' cookie, if any.
@@ -242,7 +245,7 @@ mod tests {
             HeaderValue::from_static("Bearer nope"),
         );
         assert!(a.principal(&h).is_err());
-        assert!(a.sign_in("nope").is_none());
+        assert!(a.sign_in("nope").is_err());
         let (id, role) = a.sign_in("operator-token-0123456789").unwrap();
         assert_eq!(role, Role::Operator);
         let mut h = HeaderMap::new();

@@ -54,7 +54,7 @@ pub async fn login_post(State(console): State<Shared>, Form(f): Form<TokenForm>)
 
 fn sign_in(console: &Shared, token: &str) -> Response {
     match console.auth.sign_in(token.trim()) {
-        Some((id, _)) => {
+        Ok((id, _)) => {
             let cookie = format!(
                 "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
                 SESSION_TTL.as_secs()
@@ -65,10 +65,7 @@ fn sign_in(console: &Shared, token: &str) -> Response {
             }
             response
         }
-        None => login_page(
-            StatusCode::UNAUTHORIZED,
-            "That token is not one of this console's.",
-        ),
+        Err(why) => login_page(StatusCode::UNAUTHORIZED, why),
     }
 }
 

@@ -57,6 +57,7 @@ fn summary(r: &RunSummary, now: u64) -> Value {
 
 /// `GET /api/runs/{id}`: the run and every node of its DAG.
 pub async fn one(State(console): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    check_run_id(&id)?;
     let head = console
         .fleet
         .call(
@@ -132,6 +133,7 @@ pub async fn cancel(
     Path(id): Path<String>,
     body: Option<Json<ActionBody>>,
 ) -> ApiResult<Json<Value>> {
+    check_run_id(&id)?;
     let reason = body.map(|b| b.0.reason).unwrap_or_default();
     let cancelled = secflow_producer::control::cancel(&console.broker, &id)
         .await
@@ -166,6 +168,7 @@ pub async fn resume(
     Path(id): Path<String>,
     body: Option<Json<ActionBody>>,
 ) -> ApiResult<Json<Value>> {
+    check_run_id(&id)?;
     let body = body.map(|b| b.0).unwrap_or_default();
     let resumed = secflow_producer::control::resume(&console.broker, &id, body.node.as_deref())
         .await
@@ -174,6 +177,13 @@ pub async fn resume(
     let a = Action::now("run.resume", &id, &body.reason, &who.by, out.clone());
     merge(&mut out, console.announce(a).await);
     Ok(Json(out))
+}
+
+/// A run id is a UUID: anything else is refused before it reaches a Redis key.
+fn check_run_id(id: &str) -> Result<(), ApiError> {
+    id.parse::<uuid::Uuid>()
+        .map(|_| ())
+        .map_err(|_| ApiError::bad_request(format!("`{id}` is not a run id (a UUID)")))
 }
 
 /// A refused run action: the producer's message, which says why; the status from its type.

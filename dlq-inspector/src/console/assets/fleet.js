@@ -68,7 +68,7 @@ SF.views.workers = {
         SF.h("h2", {}, "Queues"),
         SF.h("table", { id: "queues" }, SF.h("tr", {}, ["Queue", "Ready", "Consumers"].map((t) => SF.h("th", {}, t))),
           q.queues.map((r) => SF.h("tr", {}, SF.h("td", {}, r.queue), SF.h("td", {}, r.missing ? "not declared" : r.messages), SF.h("td", {}, r.consumers === undefined ? "-" : r.consumers)))),
-        q.dlq ? SF.h("p", { class: "muted" }, "Oldest dead letter: " + SF.ms(q.dlq.oldest_age_ms) + " old (as of " + SF.time(q.dlq.taken_ms) + ")") : null);
+        q.dlq && q.dlq.oldest_age_ms !== null ? SF.h("p", { class: "muted" }, "Oldest dead letter: " + SF.ms(q.dlq.oldest_age_ms) + " old (as of " + SF.time(q.dlq.taken_ms) + ")") : null);
     };
     await draw();
     const again = SF.throttle(() => draw().catch(() => {}), 5000);
