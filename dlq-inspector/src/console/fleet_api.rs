@@ -147,7 +147,6 @@ pub async fn queues(State(console): State<Shared>) -> ApiResult<Json<Value>> {
         .iter()
         .map(|w| topology.work_queue(&w.pool))
         .collect();
-    names.insert(topology.work_queue("default"));
     names.insert(topology.dlq());
     let conn = amqp::connect(
         &console.broker.amqp_url,
