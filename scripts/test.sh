@@ -13,6 +13,11 @@ for tool in python3:python3 nmap:nmap promtool:prometheus prometheus:prometheus 
     $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${tool#*:}" >/dev/null
   fi
 done
+# The OTLP test receiver decodes spans with the official OpenTelemetry protobuf definitions.
+if ! python3 -c 'import opentelemetry.proto.collector.trace.v1' >/dev/null 2>&1; then
+  echo "test: installing opentelemetry-proto (PyPI)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check opentelemetry-proto >/dev/null
+fi
 # Private RabbitMQ nodes (sf-*@localhost) that a killed earlier run left behind.
 for pid in $(pgrep beam.smp 2>/dev/null || true); do
   node=$(tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | sed -n 's/^RABBITMQ_NODENAME=\(sf-[a-z0-9]*@localhost\)$/\1/p' || true)

@@ -231,11 +231,13 @@ pub fn copy_properties(p: &BasicProperties, headers: FieldTable) -> BasicPropert
 }
 
 /// Publishes one task to the tasks exchange (routing key = its type), confirmed and mandatory,
-/// signed when the publisher has keys; a task over the size limit is refused unpublished.
+/// with `trace` as its trace context, signed when the publisher has keys; a task over the size
+/// limit is refused unpublished.
 pub async fn publish_task(
     publisher: &Publisher,
     topology: &crate::Topology,
     task: &crate::TaskEnvelope,
+    trace: Option<&crate::trace::TraceContext>,
 ) -> Result<()> {
     let body = task.to_body();
     if body.len() > publisher.max_message_bytes {
@@ -247,6 +249,9 @@ pub async fn publish_task(
     }
     let message_id = task.task_id.to_string();
     let mut headers = FieldTable::default();
+    if let Some(trace) = trace {
+        trace.write(&mut headers);
+    }
     if let Some(signer) = &publisher.signer {
         signer.sign(&mut headers, &message_id, &body);
     }

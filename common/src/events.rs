@@ -109,6 +109,21 @@ pub struct TaskEvent {
     /// For a retried delivery: how long it really waited (publish of the copy to delivery), ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_delay_ms: Option<u64>,
+    /// The trace of the task's run (or of the ad-hoc task), 32 hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The span of the attempt that emitted the event, 16 hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
+    /// The service (breaker key) of the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Why a task was dead-lettered (`exhausted`, `permanent`, `security`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How urgent the failure the event reports is (`critical`, `high`, `medium`, `low`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<crate::severity::Severity>,
 }
 
 impl TaskEvent {
@@ -146,6 +161,11 @@ impl TaskEvent {
             next_delay_ms: None,
             scheduled_delay_ms: None,
             observed_delay_ms: None,
+            trace_id: None,
+            span_id: None,
+            service: None,
+            reason: None,
+            severity: None,
         }
     }
 
@@ -169,6 +189,10 @@ pub struct EventError {
     pub code: String,
     /// Redacted message.
     pub message: String,
+    /// The same failure told apart from its incidental details (type, class, normalised
+    /// message, hashed): what analytics and notifications group by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// Decodes an events message: workers publish a JSON array of events of one kind (one object

@@ -3,6 +3,7 @@
 //! RabbitMQ topology.
 
 pub mod amqp;
+pub mod audit;
 pub mod bookkeeping;
 pub mod config;
 pub mod control;
@@ -22,10 +23,12 @@ pub mod redis_fault;
 pub mod redis_pool;
 pub mod retry;
 pub mod runs;
+pub mod severity;
 pub mod signing;
 pub mod task_error;
 pub mod tools;
 pub mod topology;
+pub mod trace;
 
 pub use envelope::TaskEnvelope;
 pub use error::{Error, Result};

@@ -7,6 +7,10 @@
 //! retries, deferrals and the DLQ keep body, message id and task signature, so a requeued task
 //! still verifies.
 //!
+//! A task's W3C trace context (`traceparent`, `tracestate`) is covered too when it has one: it
+//! is written once by the task's publisher and copied unchanged, so a copy cannot be moved into
+//! another trace, and a trace header added to a task signed without one fails verification.
+//!
 //! Keys are `ID:SECRET` pairs; the first signs, all verify, so a key can be rotated by adding the
 //! new one first on every binary, then removing the old one once its tasks have drained.
 
@@ -122,8 +126,12 @@ impl Keyring {
     }
 
     /// Adds the signature headers for a message with `message_id` and `body`.
+    /// Set the trace context headers first: the signature covers them.
     pub fn sign(&self, headers: &mut FieldTable, message_id: &str, body: &[u8]) {
-        let tag = self.tag(&self.signer, message_id, body).unwrap_or_default();
+        let trace = Trace::of(Some(headers));
+        let tag = self
+            .tag(&self.signer, message_id, &trace, body)
+            .unwrap_or_default();
         crate::headers::set_str(headers, KEY_ID, &self.signer);
         crate::headers::set_str(headers, SIGNATURE, &format!("v1={}", hex::encode(tag)));
     }
@@ -147,14 +155,15 @@ impl Keyring {
             .and_then(|h| hex::decode(h).ok())
             .filter(|b| b.len() == 32)
             .ok_or(Forgery::Malformed)?;
-        let mac = mac(key, key_id, message_id, body).ok_or(Forgery::Mismatch)?;
+        let trace = Trace::of(headers);
+        let mac = mac(key, key_id, message_id, &trace, body).ok_or(Forgery::Mismatch)?;
         mac.verify_slice(&given).map_err(|_| Forgery::Mismatch)
     }
 
-    fn tag(&self, key_id: &str, message_id: &str, body: &[u8]) -> Option<Vec<u8>> {
+    fn tag(&self, key_id: &str, message_id: &str, trace: &Trace, body: &[u8]) -> Option<Vec<u8>> {
         let key = self.keys.get(key_id)?;
         Some(
-            mac(key, key_id, message_id, body)?
+            mac(key, key_id, message_id, trace, body)?
                 .finalize()
                 .into_bytes()
                 .to_vec(),
@@ -178,13 +187,49 @@ impl Keyring {
     }
 }
 
-fn mac(key: &[u8], key_id: &str, message_id: &str, body: &[u8]) -> Option<HmacSha256> {
+/// The trace context headers of a message, as the signature covers them (raw, unparsed).
+struct Trace<'a> {
+    parent: Option<&'a str>,
+    state: Option<&'a str>,
+}
+
+impl<'a> Trace<'a> {
+    fn of(headers: Option<&'a FieldTable>) -> Self {
+        Self {
+            parent: crate::headers::get_str(headers, crate::trace::TRACEPARENT),
+            state: crate::headers::get_str(headers, crate::trace::TRACESTATE),
+        }
+    }
+}
+
+/// A task without trace headers is signed as before they existed (`secflow-task-v1`); with
+/// them, each is framed by its length before the body (`secflow-task-v2`).
+fn mac(
+    key: &[u8],
+    key_id: &str,
+    message_id: &str,
+    trace: &Trace,
+    body: &[u8],
+) -> Option<HmacSha256> {
     let mut mac = HmacSha256::new_from_slice(key).ok()?;
-    mac.update(b"secflow-task-v1\n");
+    let traced = trace.parent.is_some() || trace.state.is_some();
+    mac.update(if traced {
+        b"secflow-task-v2\n"
+    } else {
+        b"secflow-task-v1\n"
+    });
     mac.update(key_id.as_bytes());
     mac.update(b"\n");
     mac.update(message_id.as_bytes());
     mac.update(b"\n");
+    if traced {
+        for value in [trace.parent, trace.state] {
+            match value {
+                Some(v) => mac.update(format!("{}:{v}\n", v.len()).as_bytes()),
+                None => mac.update(b"-\n"),
+            }
+        }
+    }
     mac.update(body);
     Some(mac)
 }
@@ -280,6 +325,47 @@ mod tests {
         assert_eq!(
             k.verify(Some(&h), "id-1", b"{\"a\":1}"),
             Err(Forgery::Malformed)
+        );
+    }
+
+    #[test]
+    fn the_trace_context_is_covered_when_present() {
+        let k = ring("k1:0123456789abcdef0123");
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = FieldTable::default();
+        crate::headers::set_str(&mut h, crate::trace::TRACEPARENT, parent);
+        k.sign(&mut h, "id", b"body");
+        assert_eq!(k.verify(Some(&h), "id", b"body"), Ok(()));
+        // Moved into another trace, given a tracestate, or stripped of its trace: forged.
+        let mut moved = h.clone();
+        crate::headers::set_str(
+            &mut moved,
+            crate::trace::TRACEPARENT,
+            &parent.replace("4bf9", "4bf8"),
+        );
+        assert_eq!(
+            k.verify(Some(&moved), "id", b"body"),
+            Err(Forgery::Mismatch)
+        );
+        let mut stated = h.clone();
+        crate::headers::set_str(&mut stated, crate::trace::TRACESTATE, "v=1");
+        assert_eq!(
+            k.verify(Some(&stated), "id", b"body"),
+            Err(Forgery::Mismatch)
+        );
+        let mut stripped = h.clone();
+        crate::headers::remove(&mut stripped, &[crate::trace::TRACEPARENT]);
+        assert_eq!(
+            k.verify(Some(&stripped), "id", b"body"),
+            Err(Forgery::Mismatch)
+        );
+        // A trace header added to a task signed without one.
+        let mut plain = FieldTable::default();
+        k.sign(&mut plain, "id", b"body");
+        crate::headers::set_str(&mut plain, crate::trace::TRACEPARENT, parent);
+        assert_eq!(
+            k.verify(Some(&plain), "id", b"body"),
+            Err(Forgery::Mismatch)
         );
     }
 

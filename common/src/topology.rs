@@ -172,6 +172,11 @@ impl Topology {
         Ok(())
     }
 
+    /// The audit trail: a RabbitMQ stream bound to every event of the namespace.
+    pub fn audit_stream(&self) -> String {
+        format!("{}.audit", self.ns.0)
+    }
+
     /// Delay queue holding messages for `bucket_ms`.
     pub fn delay_queue(&self, bucket_ms: u64) -> String {
         format!("{}.delay.{bucket_ms}", self.ns.0)
@@ -204,6 +209,17 @@ impl Topology {
             dlq.as_str().into(),
             self.dlx().into(),
             "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        // Every event is appended to the audit trail as it is published, whoever listens.
+        let audit = self.audit_stream();
+        declare_queue(ch, &audit, stream_args()).await?;
+        ch.queue_bind(
+            audit.as_str().into(),
+            self.events_exchange().into(),
+            "#".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -282,6 +298,7 @@ impl Topology {
         let mut queues: Vec<String> = pools.iter().map(|p| self.work_queue(p)).collect();
         queues.push(self.dlq());
         queues.push(self.hooks_queue());
+        queues.push(self.audit_stream());
         queues.extend(
             delay_ladder(Duration::from_millis(crate::retry::policy::MAX_DELAY_MS))
                 .into_iter()
@@ -310,11 +327,34 @@ fn long_str(s: &str) -> AMQPValue {
 }
 
 /// Quorum queue with at-least-once dead-lettering (which needs `reject-publish` overflow).
+/// How long the audit trail keeps events (RabbitMQ's `x-max-age` syntax).
+pub const AUDIT_MAX_AGE: &str = "7D";
+/// Most bytes the audit trail keeps.
+pub const AUDIT_MAX_BYTES: i64 = 1 << 30;
+
 fn quorum_args() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), long_str("quorum"));
     args.insert("x-dead-letter-strategy".into(), long_str("at-least-once"));
     args.insert("x-overflow".into(), long_str("reject-publish"));
+    args
+}
+
+/// The audit stream's retention: 7 days or 1 GiB, whichever comes first, dropped a 16 MiB
+/// segment at a time. Operators change it with a RabbitMQ policy (`max-age`,
+/// `max-length-bytes`), which overrides these without a redeclare.
+fn stream_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long_str("stream"));
+    args.insert("x-max-age".into(), long_str(AUDIT_MAX_AGE));
+    args.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(AUDIT_MAX_BYTES),
+    );
+    args.insert(
+        "x-stream-max-segment-size-bytes".into(),
+        AMQPValue::LongLongInt(16 << 20),
+    );
     args
 }
 

@@ -2,8 +2,12 @@
 
 use crate::session::{InspectorError, Session};
 use futures_util::{StreamExt, stream};
+use secflow_common::trace::{KeyValue, Kind, TraceContext, TraceSpan};
 use secflow_common::{TaskEnvelope, amqp, bookkeeping, headers as h, now_ms, signing::Keyring};
 use std::{io::Write, time::Duration};
+
+/// The audit event of a requeue.
+pub const REQUEUED: &str = "task.requeued";
 
 /// Copies in flight at once during a requeue: also the most duplicates a kill can leave.
 pub const WINDOW: usize = 32;
@@ -56,10 +60,7 @@ pub async fn requeue(
         })
         .map(|(i, copy)| async move {
             let result = match copy {
-                Ok(c) => publisher
-                    .publish(exchange, &c.routing_key, &c.body, c.props, true)
-                    .await
-                    .map_err(|e| e.to_string()),
+                Ok(c) => publish_copy(publisher, exchange, c).await,
                 Err(e) => Err(e),
             };
             (i, result)
@@ -80,6 +81,42 @@ pub async fn requeue(
     Ok(report)
 }
 
+/// Publishes a requeue copy to the tasks exchange with a confirm. The requeue is a span of the
+/// task's own trace: its next attempt follows it there (the copy keeps the task's signed trace
+/// context).
+pub(crate) async fn publish_copy(
+    publisher: &amqp::Publisher,
+    exchange: &str,
+    c: Copy,
+) -> Result<(), String> {
+    let span = TraceSpan::start(
+        format!("requeue {}", c.routing_key),
+        Kind::Producer,
+        c.trace.as_ref(),
+        vec![KeyValue::new("secflow.task_type", c.routing_key.clone())],
+    );
+    // The trail says the task was requeued before anything its copy does can be recorded.
+    let (events, event) = &c.event;
+    let props = amqp::json_properties(&uuid::Uuid::now_v7().to_string(), Default::default());
+    let published = match publisher
+        .publish(events, REQUEUED, event, props, false)
+        .await
+    {
+        Ok(()) => publisher
+            .publish(exchange, &c.routing_key, &c.body, c.props, true)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!(
+            "its requeue could not be recorded in the audit trail: {e}"
+        )),
+    };
+    match &published {
+        Ok(()) => span.end("requeued", None),
+        Err(e) => span.end("not_requeued", Some(("transient", "publish", e))),
+    }
+    published
+}
+
 /// A message ready to publish.
 pub(crate) struct Copy {
     /// The task's type.
@@ -88,6 +125,10 @@ pub(crate) struct Copy {
     pub(crate) props: lapin::BasicProperties,
     /// Its body, unchanged.
     pub(crate) body: Vec<u8>,
+    /// The trace context it was published under.
+    pub(crate) trace: Option<TraceContext>,
+    /// Its `task.requeued` event (for the audit trail) and the events exchange.
+    pub(crate) event: (String, Vec<u8>),
 }
 
 /// The requeue copy of message `i`: same body and task signature, requeue recorded, broker
@@ -137,11 +178,23 @@ pub(crate) fn copy_of(
         Some(keyring) => bookkeeping::sign(keyring, &mut headers, message_id),
         None => h::remove(&mut headers, &[bookkeeping::SIGNATURE, bookkeeping::KEY_ID]),
     }
+    let trace = TraceContext::from_headers(Some(&headers));
     let props = amqp::copy_properties(&delivery.properties, headers);
+    let event = crate::announce::task_event(
+        REQUEUED,
+        record,
+        delivery.properties.headers().as_ref(),
+        &session.by,
+    );
     Ok(Copy {
         routing_key: task.node_type,
         props,
         body: delivery.data.clone(),
+        trace,
+        event: (
+            session.topology.events_exchange(),
+            serde_json::to_vec(&[event]).unwrap_or_default(),
+        ),
     })
 }
 

@@ -93,6 +93,53 @@ pub fn event_body(a: &Action) -> Vec<u8> {
 /// Publishes `a` to `broker`'s namespace's events exchange and waits for the confirm; the error
 /// says what failed.
 pub async fn announce(broker: &BrokerArgs, a: &Action) -> Result<(), String> {
+    let body = event_body(a);
+    publish(broker, KIND, &body).await
+}
+
+/// Publishes what the inspector did to dead-lettered tasks (`task.requeued`, `task.purged`),
+/// one event per task with its task, run, node, type and trace, `by` the operator, in messages
+/// of at most 500 events; the error says what failed.
+pub async fn announce_tasks(
+    broker: &BrokerArgs,
+    kind: &str,
+    events: &[Value],
+) -> Result<(), String> {
+    for chunk in events.chunks(500) {
+        let body = serde_json::to_vec(chunk).unwrap_or_default();
+        publish(broker, kind, &body).await?;
+    }
+    Ok(())
+}
+
+/// The event of `kind` about dead-lettered task `record` (with the trace from `headers`),
+/// done by `by`.
+pub fn task_event(
+    kind: &str,
+    record: &crate::record::DeadRecord,
+    headers: Option<&lapin::types::FieldTable>,
+    by: &str,
+) -> Value {
+    let mut event = TaskEvent::new(kind, "dlq-inspector").about(
+        record.task_id.as_deref().and_then(|t| t.parse().ok()),
+        record.run_id.as_deref().and_then(|r| r.parse().ok()),
+    );
+    event.event_id = Some(uuid::Uuid::now_v7().to_string());
+    event.node_id = record.node_id.clone();
+    event.node_type = record.node_type.clone();
+    event.retry_count = record.retry_count;
+    event.reason = Some(record.reason.clone());
+    event.trace_id =
+        secflow_common::trace::TraceContext::from_headers(headers).map(|t| t.trace_id.to_string());
+    let mut value = serde_json::to_value(&event).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("by".into(), json!(by));
+    }
+    value
+}
+
+/// Publishes `body` under `kind` and waits for the confirm, within [`DEADLINE`].
+async fn publish(broker: &BrokerArgs, kind: &str, body: &[u8]) -> Result<(), String> {
     let publish = async {
         let topology = Topology::new(broker.namespace()?, broker.delivery_limit);
         let conn =
@@ -117,11 +164,10 @@ pub async fn announce(broker: &BrokerArgs, a: &Action) -> Result<(), String> {
             )
             .await;
             let publisher = amqp::Publisher::new(&conn).await?;
-            let body = event_body(a);
-            let id = uuid_of(&body);
+            let id = uuid_of(body);
             let props = amqp::json_properties(&id, Default::default());
             let sent = publisher
-                .publish(&topology.events_exchange(), KIND, &body, props, false)
+                .publish(&topology.events_exchange(), kind, body, props, false)
                 .await;
             let closing = publisher.channel().close(200, "published".into());
             let _ = deadline::within("closing a channel", deadline::CLOSE, closing).await;

@@ -226,8 +226,81 @@ pub enum Command {
         #[command(flatten)]
         change: Change,
     },
+    /// Read the audit trail back: every error, retry, dead letter, requeue, purge, breaker
+    /// transition, operator and healing action, run and node event, in stored order.
+    Audit {
+        #[command(flatten)]
+        filter: AuditFilter,
+        /// Show at most N events.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// JSON lines, as the events were published.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow the audit trail and send dead letters, security rejections, breaker openings,
+    /// backlogs, unresponsive workers and error-rate anomalies to webhooks, deduplicated and
+    /// rate limited; runs until SIGTERM or Ctrl-C.
+    Notify(crate::notify::NotifyArgs),
+    /// Error analytics from the audit trail over a window: errors per minute, by class and
+    /// severity, top failures, recovery rate, mean time to recovery per service.
+    Analytics {
+        /// The window: the last 15m, 2h, 1d...
+        #[arg(long, default_value = "1h", value_parser = duration_ms)]
+        window: u64,
+        /// How many of the most frequent failures to list.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        /// JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve the operator's web console (runs, DLQ, breakers, workers) and its JSON API.
     Serve(crate::console::ServeArgs),
+}
+
+/// Which audit events to show; every condition given must hold.
+#[derive(Args, Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// Events of this run.
+    #[arg(long)]
+    pub run: Option<uuid::Uuid>,
+    /// Events of this task.
+    #[arg(long)]
+    pub task: Option<uuid::Uuid>,
+    /// Events of this trace (32 hex digits).
+    #[arg(long)]
+    pub trace: Option<String>,
+    /// Failures of this error class.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// This kind (`node.dead_lettered`), or kinds starting so when it ends in `.` (`breaker.`).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// At least this severe: critical, high, medium, low.
+    #[arg(long)]
+    pub severity: Option<secflow_common::severity::Severity>,
+    /// From: a duration ago (15m), ms since the epoch or UTC (2026-11-30T18:00:00Z).
+    #[arg(long, value_parser = crate::trail::time_arg)]
+    pub since: Option<u64>,
+    /// Until, as --since.
+    #[arg(long, value_parser = crate::trail::time_arg)]
+    pub until: Option<u64>,
+}
+
+impl From<AuditFilter> for secflow_common::audit::Query {
+    fn from(f: AuditFilter) -> Self {
+        Self {
+            since_ms: f.since,
+            until_ms: f.until,
+            run: f.run,
+            task: f.task,
+            trace: f.trace.map(|t| t.to_lowercase()),
+            class: f.class,
+            kind: f.kind,
+            severity: f.severity,
+        }
+    }
 }
 
 impl Command {

@@ -163,7 +163,7 @@ pub async fn execute(
             if let Some(path) = &export {
                 actions::export(session, &selected, path, unredacted_warned(unredacted))?;
             }
-            let removed = actions::purge(session, &selected).await?;
+            let removed = purge_selected(session, &selected, broker).await?;
             println!(
                 "purged {removed} tasks from {queue}{}",
                 export
@@ -250,4 +250,35 @@ fn unredacted_warned(unredacted: bool) -> Secrets {
         eprintln!("{warning}");
     }
     secrets
+}
+
+/// Removes `selected` messages from the held DLQ for good, as `purge --yes` does, and records
+/// each in the audit trail (`task.purged`, by [`Session::by`]): what the CLI and the console
+/// both run.
+pub async fn purge_selected(
+    session: &mut Session,
+    selected: &[usize],
+    broker: &BrokerArgs,
+) -> Result<usize, InspectorError> {
+    let removed = actions::purge(session, selected).await?;
+    record_in_trail(session, broker, "task.purged", selected).await;
+    Ok(removed)
+}
+
+/// Announces what was done to the tasks at `indices` (one `kind` event each, for the audit
+/// trail). A failure is reported; what was done stands.
+async fn record_in_trail(session: &Session, broker: &BrokerArgs, kind: &str, indices: &[usize]) {
+    if indices.is_empty() {
+        return;
+    }
+    let events: Vec<serde_json::Value> = indices
+        .iter()
+        .map(|&i| {
+            let headers = session.messages[i].properties.headers().as_ref();
+            crate::announce::task_event(kind, &session.records[i], headers, &session.by)
+        })
+        .collect();
+    if let Err(e) = crate::announce::announce_tasks(broker, kind, &events).await {
+        eprintln!("warning: the audit trail did not get the {kind} events: {e}");
+    }
 }

@@ -3,6 +3,7 @@
 //! ([`controls`]).
 
 pub mod actions;
+pub mod analytics;
 pub mod announce;
 pub mod breaker_state;
 pub mod cli;
@@ -13,9 +14,11 @@ pub mod dlq_cmd;
 pub mod filter;
 pub mod fleet;
 pub mod gate;
+pub mod notify;
 pub mod pace;
 pub mod record;
 pub mod report;
 pub mod session;
+pub mod trail;
 
 pub use session::{InspectorError, Session};

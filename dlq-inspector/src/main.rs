@@ -6,7 +6,7 @@ use clap::Parser;
 use secflow_dlq_inspector::{
     Session,
     cli::{Cli, Command},
-    console, controls, dlq_cmd,
+    console, controls, dlq_cmd, trail,
 };
 use std::time::Duration;
 
@@ -14,10 +14,37 @@ use std::time::Duration;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     secflow_common::logging::init(false, "warn");
-    if let Command::Serve(args) = &cli.command {
-        // The console holds the DLQ only for the moment of each read or action.
-        let lock_wait = Duration::from_secs(cli.lock_wait);
-        return Ok(console::run(&cli.broker, args, lock_wait).await?);
+    let _flush =
+        secflow_common::trace::install("secflow-dlq-inspector", env!("CARGO_PKG_VERSION"))?;
+    match cli.command {
+        Command::Audit {
+            filter,
+            limit,
+            json,
+        } => return Ok(trail::audit(&cli.broker, &filter.into(), limit, json).await?),
+        Command::Analytics { window, top, json } => {
+            return Ok(trail::analytics(&cli.broker, window, top, json).await?);
+        }
+        Command::Notify(args) => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let on_signal = stop.clone();
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                on_signal.cancel();
+            });
+            return Ok(secflow_dlq_inspector::notify::run(&cli.broker, args, stop).await?);
+        }
+        Command::Serve(args) => {
+            // The console holds the DLQ only for the moment of each read or action.
+            let lock_wait = Duration::from_secs(cli.lock_wait);
+            return Ok(console::run(&cli.broker, &args, lock_wait).await?);
+        }
+        _ => {}
     }
     if !cli.command.uses_dlq() {
         // Control commands need Redis (and a short-lived connection for their event), never

@@ -8,7 +8,7 @@
 
 use crate::{
     InspectorError, Session,
-    actions::{RequeueOptions, RequeueReport, WINDOW, copy_of},
+    actions::{RequeueOptions, RequeueReport, WINDOW, copy_of, publish_copy},
     fleet::{BreakerRead, Fleet},
     gate::{Gate, decide},
 };
@@ -152,13 +152,9 @@ pub async fn requeue(
                 next_slot = next_slot.max(Instant::now()) + interval;
             }
             match copy_of(session, i, opts.requeue.reset_retries, keyring) {
-                Ok(c) => in_flight.push(async move {
-                    let sent = publisher
-                        .publish(exchange, &c.routing_key, &c.body, c.props, true)
-                        .await
-                        .map_err(|e| e.to_string());
-                    (i, sent)
-                }),
+                Ok(c) => {
+                    in_flight.push(async move { (i, publish_copy(publisher, exchange, c).await) })
+                }
                 Err(e) => report.failed.push((i, e)),
             }
         }

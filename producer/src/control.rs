@@ -39,6 +39,7 @@ pub async fn resume(
     let published = async {
         let publisher =
             amqp::Publisher::for_tasks(&conn, broker.keyring()?, broker.max_message_bytes).await?;
+        let trace = within("Redis to read the run's trace", REDIS_OP, runs.trace(run)).await??;
         for n in &failed {
             let task = within(
                 "Redis to build a resumed task",
@@ -46,7 +47,7 @@ pub async fn resume(
                 runs.envelope(run_id, n),
             )
             .await??;
-            amqp::publish_task(&publisher, &topology, &task).await?;
+            amqp::publish_task(&publisher, &topology, &task, trace.as_ref()).await?;
         }
         anyhow::Ok(())
     }

@@ -126,6 +126,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     secflow_common::logging::init(false, "warn");
+    let _flush = secflow_common::trace::install("secflow-producer", env!("CARGO_PKG_VERSION"))?;
     match cli.command {
         Command::Publish {
             node_type,

@@ -1,6 +1,7 @@
 //! Ad-hoc single-node tasks: `producer publish`.
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
+use secflow_common::trace::{KeyValue, Kind, TraceSpan};
 use secflow_common::{
     Error, Result, TaskEnvelope, Topology,
     amqp::{self, Publisher},
@@ -164,8 +165,27 @@ async fn publish_each<'a>(
     loop {
         while in_flight.len() < CONFIRM_WINDOW {
             let Some(task) = next.next() else { break };
-            in_flight
-                .push(async move { (task, amqp::publish_task(publisher, topology, task).await) });
+            in_flight.push(async move {
+                // One trace per ad-hoc task, rooted in its publication.
+                let span = TraceSpan::start(
+                    format!("publish {}", task.node_type),
+                    Kind::Producer,
+                    None,
+                    vec![
+                        KeyValue::new("secflow.task_id", task.task_id.to_string()),
+                        KeyValue::new("secflow.task_type", task.node_type.clone()),
+                    ],
+                );
+                let published = amqp::publish_task(publisher, topology, task, span.context()).await;
+                match &published {
+                    Ok(()) => span.end("published", None),
+                    Err(e) => span.end(
+                        "unconfirmed",
+                        Some(("transient", "publish", &e.to_string())),
+                    ),
+                }
+                (task, published)
+            });
         }
         match in_flight.next().await {
             Some((task, Err(e))) => failures.push((task, e)),

@@ -4,6 +4,7 @@
 pub use crate::control::{cancel, resume, watch};
 
 use crate::follow_run::{self, Follow, Subscription};
+use secflow_common::trace::{KeyValue, Kind, TraceSpan};
 use secflow_common::{
     amqp,
     config::BrokerArgs,
@@ -111,6 +112,8 @@ pub struct Submitted {
     /// Final status when waited for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// The run's trace id (32 hex digits).
+    pub trace_id: String,
 }
 
 /// Validates `path`, stores the run in Redis and publishes its roots with confirms. With
@@ -196,17 +199,18 @@ pub async fn submit_until(
             .run(&conn, &summary, params, request.targets, cache)
             .await;
         amqp::close(&conn, "submitted").await;
-        let (run_id, roots) = stored?;
+        let (run_id, roots, trace_id) = stored?;
         return Ok(Submitted {
             run_id,
             roots,
             status: None,
+            trace_id,
         });
     };
     // Subscribe before publishing, so a fast run's end is not missed; the subscription owns
     // the connection from here and the roots go out on it.
     let sub = Subscription::on(conn, &topology, "workflow.*").await?;
-    let (run_id, roots) = match store
+    let (run_id, roots, trace_id) = match store
         .run(sub.connection(), &summary, params, request.targets, cache)
         .await
     {
@@ -228,6 +232,7 @@ pub async fn submit_until(
         run_id,
         roots,
         status: Some(status),
+        trace_id,
     })
 }
 
@@ -247,7 +252,7 @@ impl Store<'_> {
         params: &BTreeMap<String, Value>,
         targets: &[String],
         cache: bool,
-    ) -> anyhow::Result<(uuid::Uuid, Vec<String>)> {
+    ) -> anyhow::Result<(uuid::Uuid, Vec<String>, String)> {
         // Before the run is stored: without signing keys nothing is stored either.
         let keyring = self.broker.keyring()?;
         let publisher =
@@ -257,13 +262,31 @@ impl Store<'_> {
             // Before any root is published: every completion of the run lands in the queue.
             declare_hooks(conn, self.topology).await?;
         }
+        // The run's trace: its root span covers the submission; every node attempt of the run
+        // is a span in it.
+        let mut span = TraceSpan::start(
+            format!("run {}", summary.recipe.name),
+            Kind::Producer,
+            None,
+            vec![KeyValue::new(
+                "secflow.workflow",
+                summary.recipe.name.clone(),
+            )],
+        );
         let (run_id, roots) = within(
             "Redis to store a new run",
             REDIS_OP,
-            self.runs
-                .create(&summary.recipe, params, targets, cache, keyring.as_ref()),
+            self.runs.create(
+                &summary.recipe,
+                params,
+                targets,
+                cache,
+                keyring.as_ref(),
+                span.context(),
+            ),
         )
         .await??;
+        span.set("secflow.run_id", run_id.to_string());
         for root in &roots {
             let task = within(
                 "Redis to build a root task",
@@ -271,8 +294,10 @@ impl Store<'_> {
                 self.runs.envelope(run_id, root),
             )
             .await??;
-            amqp::publish_task(&publisher, self.topology, &task).await?;
+            amqp::publish_task(&publisher, self.topology, &task, span.context()).await?;
         }
+        let trace_id = span.trace_id();
+        span.end("published", None);
         let mut started = secflow_common::events::TaskEvent::new("workflow.started", "producer")
             .about(None, Some(run_id));
         started.workflow = Some(summary.recipe.name.clone());
@@ -280,7 +305,7 @@ impl Store<'_> {
             // The run is stored and its roots are out: it runs whether or not this is seen.
             tracing::warn!(run = %run_id, error = %e, "could not announce the run's start");
         }
-        Ok((run_id, roots.into_iter().map(|r| r.id).collect()))
+        Ok((run_id, roots.into_iter().map(|r| r.id).collect(), trace_id))
     }
 }
 

@@ -5,7 +5,7 @@
 
 mod console_support;
 
-use console_support::{Console, OPERATOR, READ, SECRET, call, dead_letter, tap_actions};
+use console_support::{Console, OPERATOR, READ, SECRET, call, dead_letter, tap, tap_actions};
 use secflow_producer::recipes::submit;
 use secflow_tests::{TestNs, recipe_file, wait_for};
 use serde_json::{Value, json};
@@ -157,12 +157,14 @@ async fn tokens_roles_and_csrf_guard_every_action() {
 /// them, the secret in their configs masked everywhere; a requeue
 /// of one selected task puts it back in its work queue and leaves the others; a purge without
 /// the right confirmation removes nothing, with it removes the selection; each action's
-/// `operator.action` event says what was done, by whom, through the console.
+/// `operator.action` event says what was done, by whom, through the console, and the audit
+/// trail gets each task's `task.requeued` / `task.purged` with the console's caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requeue_and_purge_through_the_api_act_and_are_announced() {
     let ns = TestNs::new().await;
     let ids = dead_letter(&ns, 3).await;
     let actions = tap_actions(&ns).await;
+    let trail = tap(&ns, "task.*").await;
     let console = Console::start(&ns).await;
     let dlq = ns.topology().dlq();
     let work = ns.topology().work_queue("default");
@@ -264,6 +266,23 @@ async fn requeue_and_purge_through_the_api_act_and_are_announced() {
     assert_eq!(ns.ready(&dlq).await, 0);
     let event = announced(&actions, "dlq.purge").await;
     assert_eq!(event["by"], "console:operator");
+    // The audit trail has one event per task, naming the console's caller.
+    wait_for(
+        "the trail's task events",
+        Duration::from_secs(20),
+        || async { trail.lock().unwrap().len() >= 3 },
+    )
+    .await;
+    let trail = trail.lock().unwrap().clone();
+    let of = |kind: &str| -> Vec<&Value> { trail.iter().filter(|e| e["kind"] == kind).collect() };
+    let requeued = of("task.requeued");
+    assert_eq!(requeued.len(), 1);
+    assert_eq!(requeued[0]["task_id"], ids[0].to_string());
+    assert_eq!(of("task.purged").len(), 2);
+    assert!(
+        trail.iter().all(|e| e["by"] == "console:operator"),
+        "{trail:?}"
+    );
 }
 
 /// Proves: a run's cancel and resume through the API are `producer cancel` and `resume`: a

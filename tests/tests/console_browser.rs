@@ -233,7 +233,7 @@ async fn big_run(ns: &TestNs) -> String {
     let recipe = secflow_common::recipe::parse("big.yaml", &yaml).unwrap();
     let runs = secflow_common::runs::RunStore::new(&ns.broker().redis_url, &ns.name).unwrap();
     let (run, _) = runs
-        .create(&recipe, &BTreeMap::new(), &[], false, None)
+        .create(&recipe, &BTreeMap::new(), &[], false, None, None)
         .await
         .unwrap();
     run.to_string()

@@ -204,7 +204,7 @@ async fn node_end_is_exactly_once_across_redeliveries() {
     .unwrap();
     let runs = secflow_common::runs::RunStore::new(&ns.broker().redis_url, &ns.name).unwrap();
     let (run, roots) = runs
-        .create(&recipe, &BTreeMap::new(), &[], false, None)
+        .create(&recipe, &BTreeMap::new(), &[], false, None, None)
         .await
         .unwrap();
     let run = run.to_string();

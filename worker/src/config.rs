@@ -77,6 +77,14 @@ pub struct WorkerConfig {
     /// Serve /healthz, /readyz and /metrics on this address (e.g. 0.0.0.0:9464).
     #[arg(long, env = "SECFLOW_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Token that `PUT /log-filter` on the metrics address requires (`Authorization: Bearer
+    /// TOKEN`) to change the log filter at run time; without one the endpoint is off.
+    #[arg(long, env = "SECFLOW_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding a log filter (`RUST_LOG` syntax) that SIGHUP applies, e.g. a mounted
+    /// ConfigMap; without one SIGHUP applies `RUST_LOG` as the worker started with it.
+    #[arg(long, env = "SECFLOW_LOG_FILTER_FILE")]
+    pub log_filter_file: Option<std::path::PathBuf>,
     /// Classification rules (YAML), tried before the built-in ones.
     #[arg(long, env = "SECFLOW_RULES")]
     pub rules: Option<String>,
@@ -201,6 +209,8 @@ impl WorkerConfig {
             breaker_default: BreakerConfig::default(),
             breakers: Vec::new(),
             metrics_addr: None,
+            admin_token: None,
+            log_filter_file: None,
             rules: None,
             model: None,
             lease_ms: 30_000,
@@ -261,9 +271,8 @@ impl WorkerConfig {
     /// The worker id, from the flag or host name and pid.
     pub fn worker_id(&self) -> String {
         self.worker_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .unwrap_or_else(|_| "worker".into());
-            format!("{}-{}", host.trim(), std::process::id())
+            let host = secflow_common::logging::hostname().unwrap_or_else(|| "worker".into());
+            format!("{host}-{}", std::process::id())
         })
     }
 

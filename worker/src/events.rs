@@ -54,13 +54,20 @@ impl EventBatcher {
 
     /// Publishes `event` (in a batch) and returns once the broker confirmed it.
     pub async fn emit(&self, event: TaskEvent) -> Result<(), String> {
+        let started = std::time::Instant::now();
         let (reply, confirmed) = oneshot::channel();
         self.tx
             .send((event, reply))
             .map_err(|_| "the event publisher has stopped".to_string())?;
-        confirmed
+        let result = confirmed
             .await
-            .map_err(|_| "the event publisher has stopped".to_string())?
+            .map_err(|_| "the event publisher has stopped".to_string())?;
+        metrics::histogram!(
+            "secflow_event_publish_seconds",
+            "outcome" => if result.is_ok() { "confirmed" } else { "failed" }
+        )
+        .record(started.elapsed().as_secs_f64());
+        result
     }
 }
 

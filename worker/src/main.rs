@@ -30,12 +30,41 @@ async fn main() -> anyhow::Result<()> {
         return secflow_worker::classify::cli::run(args);
     }
     secflow_common::logging::init(cli.log_format != "text", "info");
+    let _flush = secflow_common::trace::install("secflow-worker", env!("CARGO_PKG_VERSION"))?;
     // Installed before anything else, so a SIGTERM during start-up is a graceful stop too.
     let shutdown = shutdown_signal()?;
+    reload_on_hangup(cli.config.log_filter_file.clone())?;
     if cli.config.metrics_addr.is_some() {
         secflow_worker::observe::install_prometheus().map_err(anyhow::Error::msg)?;
     }
     secflow_worker::run(cli.config, shutdown).await?;
+    Ok(())
+}
+
+/// On every SIGHUP, replaces the log filter with the content of `file` (or `RUST_LOG` as the
+/// process started with it); an unreadable file or invalid filter keeps the old one.
+fn reload_on_hangup(file: Option<std::path::PathBuf>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    let started_with = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let wanted = match &file {
+                Some(path) => match std::fs::read_to_string(path) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), error = %e, "SIGHUP: cannot read the log filter file; the filter is unchanged");
+                        continue;
+                    }
+                },
+                None => started_with.clone(),
+            };
+            match secflow_common::logging::set_filter(&wanted) {
+                Ok(()) => tracing::warn!(filter = wanted.trim(), "SIGHUP: log filter replaced"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: the log filter is unchanged"),
+            }
+        }
+    });
     Ok(())
 }
 

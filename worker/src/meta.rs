@@ -6,6 +6,7 @@ use secflow_common::{
     bookkeeping::{self, Tampered, Trust},
     headers as h, now_ms,
     signing::Keyring,
+    trace::TraceContext,
 };
 
 /// Counters, history and retry timing of a delivery.
@@ -31,6 +32,10 @@ pub struct DeliveryMeta {
     pub observed_delay_ms: Option<u64>,
     /// How the attempt ran, once it has (for its events and metrics).
     pub report: Option<crate::report::NodeReport>,
+    /// The trace context the task was published under (its parent).
+    pub parent: Option<TraceContext>,
+    /// This attempt's own span context (set when its span starts).
+    pub trace: Option<TraceContext>,
 }
 
 impl Default for DeliveryMeta {
@@ -45,6 +50,8 @@ impl Default for DeliveryMeta {
             scheduled_delay_ms: None,
             observed_delay_ms: None,
             report: None,
+            parent: None,
+            trace: None,
         }
     }
 }
@@ -79,6 +86,8 @@ impl DeliveryMeta {
         let bookkeeping = bookkeeping::verify(keyring, headers, message_id);
         let mut meta = Self {
             delivery_count: h::get_u64(headers, h::DELIVERY_COUNT).unwrap_or(0),
+            // Covered by the task signature, which the worker checks before it runs the task.
+            parent: TraceContext::from_headers(headers),
             ..Self::default()
         };
         if bookkeeping.as_ref().is_ok_and(|t| t.believed()) {

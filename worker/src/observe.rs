@@ -2,7 +2,13 @@
 //! `/readyz` (consuming; with Redis's state as detail) and `/metrics` (Prometheus text).
 
 use crate::stats::WorkerStats;
-use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::IntoResponse,
+    routing::get,
+};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use std::{
@@ -13,6 +19,12 @@ use std::{
 };
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Buckets of `secflow_event_publish_seconds`: a confirm takes about a millisecond on a healthy
+/// broker, seconds when it is in trouble.
+const EVENT_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
 
 /// Installs the process-wide Prometheus recorder (once; binaries call it at start-up) and keeps
 /// its histograms trimmed.
@@ -26,6 +38,11 @@ pub fn install_prometheus() -> Result<(), String> {
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full("secflow_hook_delivery_seconds".into()),
             &crate::report::DURATION_BUCKETS,
+        )
+        .map_err(|e| format!("cannot set the metrics buckets: {e}"))?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("secflow_event_publish_seconds".into()),
+            &EVENT_BUCKETS,
         )
         .map_err(|e| format!("cannot set the metrics buckets: {e}"))?
         .install_recorder()
@@ -185,6 +202,36 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Gauge,
         "1 while a work queue's drain time exceeds the backlog threshold, else 0; set by the leader.",
     ),
+    (
+        "secflow_tasks_in_flight",
+        Kind::Gauge,
+        "Deliveries this worker holds and is processing now.",
+    ),
+    (
+        "secflow_redeliveries_total",
+        Kind::Counter,
+        "Deliveries that an earlier delivery of the same copy left unsettled (a lost connection or a crashed worker), by the broker's redelivered flag.",
+    ),
+    (
+        "secflow_broker_consuming",
+        Kind::Gauge,
+        "1 while the worker's broker connection is up and its consumer registered, else 0.",
+    ),
+    (
+        "secflow_event_publish_seconds",
+        Kind::Histogram,
+        "Time from handing a lifecycle event to the publisher to the broker's confirm, by outcome (confirmed, failed).",
+    ),
+    (
+        "secflow_trace_spans_exported_total",
+        Kind::Counter,
+        "Spans the OTLP collector accepted.",
+    ),
+    (
+        "secflow_trace_spans_dropped_total",
+        Kind::Counter,
+        "Spans dropped, by reason: queue_full (the exporter fell behind), export_failed (the collector refused or did not answer).",
+    ),
 ];
 
 /// Registers the help text of every metric in [`METRICS`] with the installed recorder.
@@ -223,10 +270,20 @@ pub fn naming_problem(name: &str, kind: Kind) -> Option<&'static str> {
     }
 }
 
-/// Serves the endpoints on `addr` until `shutdown` resolves.
+/// What the endpoints read.
+#[derive(Clone)]
+pub struct Endpoints {
+    pub stats: Arc<WorkerStats>,
+    /// The bearer token `/log-filter` requires (`None`: that endpoint is off).
+    pub admin_token: Option<String>,
+}
+
+/// Serves the endpoints on `addr` until `shutdown` resolves: `/healthz`, `/readyz`,
+/// `/metrics`, and `GET`/`PUT /log-filter` (the log filter in force, and replacing it; both
+/// need the admin token).
 pub async fn serve(
     addr: SocketAddr,
-    stats: Arc<WorkerStats>,
+    endpoints: Endpoints,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -236,7 +293,8 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
         .route("/metrics", get(prometheus))
-        .with_state(stats);
+        .route("/log-filter", get(log_filter).put(set_log_filter))
+        .with_state(endpoints);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -256,7 +314,68 @@ async fn healthz() -> impl IntoResponse {
     }
 }
 
-async fn ready(State(stats): State<Arc<WorkerStats>>) -> impl IntoResponse {
+/// Whether the request carries the admin token (compared in constant time).
+fn authorized(endpoints: &Endpoints, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+    let Some(token) = &endpoints.admin_token else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "the log filter endpoint is off: start the worker with SECFLOW_ADMIN_TOKEN\n".into(),
+        ));
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err((
+            StatusCode::UNAUTHORIZED,
+            "a valid `Authorization: Bearer TOKEN` header is required\n".into(),
+        ))
+    }
+}
+
+async fn log_filter(State(endpoints): State<Endpoints>, headers: HeaderMap) -> impl IntoResponse {
+    match authorized(&endpoints, &headers) {
+        Ok(()) => (
+            StatusCode::OK,
+            format!("{}\n", secflow_common::logging::filter()),
+        ),
+        Err(refused) => refused,
+    }
+}
+
+/// Replaces the log filter with the request body (`RUST_LOG` syntax).
+async fn set_log_filter(
+    State(endpoints): State<Endpoints>,
+    headers: HeaderMap,
+    body: String,
+) -> impl IntoResponse {
+    if let Err(refused) = authorized(&endpoints, &headers) {
+        return refused;
+    }
+    match secflow_common::logging::set_filter(&body) {
+        Ok(()) => {
+            tracing::warn!(
+                filter = body.trim(),
+                "log filter replaced through /log-filter"
+            );
+            (StatusCode::OK, format!("{}\n", body.trim()))
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
+}
+
+async fn ready(State(endpoints): State<Endpoints>) -> impl IntoResponse {
+    let stats = &endpoints.stats;
     let consuming = stats.consuming.load(Ordering::Relaxed);
     let degraded = stats.redis_degraded.load(Ordering::Relaxed);
     let body = json!({
@@ -272,7 +391,18 @@ async fn ready(State(stats): State<Arc<WorkerStats>>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-async fn prometheus() -> impl IntoResponse {
+async fn prometheus(State(endpoints): State<Endpoints>) -> impl IntoResponse {
+    let stats = &endpoints.stats;
+    // Values read at scrape time from the worker's own counters.
+    metrics::gauge!("secflow_tasks_in_flight").set(stats.in_flight.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("secflow_broker_consuming")
+        .set(f64::from(u8::from(stats.consuming.load(Ordering::Relaxed))));
+    let spans = secflow_common::trace::counts();
+    metrics::counter!("secflow_trace_spans_exported_total").absolute(spans.exported);
+    metrics::counter!("secflow_trace_spans_dropped_total", "reason" => "queue_full")
+        .absolute(spans.dropped_queue_full);
+    metrics::counter!("secflow_trace_spans_dropped_total", "reason" => "export_failed")
+        .absolute(spans.dropped_export_failed);
     match PROMETHEUS.get() {
         Some(handle) => (StatusCode::OK, handle.render()),
         None => (

@@ -108,6 +108,7 @@ impl RunStore {
         targets: &[String],
         cache: bool,
         signer: Option<&crate::signing::Keyring>,
+        trace: Option<&crate::trace::TraceContext>,
     ) -> Result<(Uuid, Vec<StoredNode>), RunError> {
         let run_id = Uuid::now_v7();
         let value_of = |name: &str| {
@@ -204,6 +205,10 @@ impl RunStore {
         .hset(&state, "_run", "running")
         .hset(&state, "_name", &recipe.name);
         pipe.hset(&state, "_created_at", crate::now_ms());
+        if let Some(trace) = trace {
+            // The run's root span: resumed nodes are published under it too.
+            pipe.hset(&state, "_trace", trace.traceparent());
+        }
         if !recipe.hooks.is_empty() {
             let sealed = SealedHooks::seal(&recipe.hooks, &run_id.to_string(), signer)
                 .and_then(|sealed| serde_json::to_string(&sealed))

@@ -174,6 +174,9 @@ pub struct RunStatus {
     pub blocking_node: Option<String>,
     /// Node id → pending, queued, succeeded, failed or skipped.
     pub nodes: BTreeMap<String, String>,
+    /// The run's trace (32 hex digits), when it was submitted with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// Findings of the whole run so far.
     pub findings: u64,
     /// Findings by node (nodes that succeeded).

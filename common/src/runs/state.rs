@@ -78,6 +78,10 @@ impl RunStore {
                 .into_iter()
                 .map(|(n, f)| (n, f.parse().unwrap_or(0)))
                 .collect(),
+            trace_id: state
+                .get("_trace")
+                .and_then(|t| crate::trace::TraceContext::parse(t, None))
+                .map(|t| t.trace_id.to_string()),
             blocked_by: by_prefix("_blocked:"),
             errors: by_prefix("_error:"),
             records: by_prefix("_rec:")
@@ -85,6 +89,13 @@ impl RunStore {
                 .filter_map(|(n, r)| serde_json::from_str(&r).ok().map(|r| (n, r)))
                 .collect(),
         })
+    }
+
+    /// The trace context `run` was submitted under (`None`: none recorded).
+    pub async fn trace(&self, run: &str) -> Result<Option<crate::trace::TraceContext>, RunError> {
+        let mut conn = self.pool.get().await?;
+        let raw: Option<String> = conn.hget(self.key(run, "state"), "_trace").await?;
+        Ok(raw.and_then(|t| crate::trace::TraceContext::parse(&t, None)))
     }
 
     /// The cached output for `key` (see [`TaskEnvelope::cache_key`]).

@@ -10,10 +10,10 @@ use super::{
 };
 use crate::{
     Session,
-    actions::{self, RequeueOptions},
+    actions::RequeueOptions,
     announce::Action,
     cli::Pace,
-    dlq_cmd::{RequeueHow, requeue_selected},
+    dlq_cmd::{RequeueHow, purge_selected, requeue_selected},
     filter::all_match,
     report::{self, Secrets},
 };
@@ -182,6 +182,7 @@ pub async fn requeue(
     };
     let queue = console.queue();
     let mut session = Session::open(&console.broker, console.lock_wait).await?;
+    session.by = who.by.clone();
     let outcome = async {
         let selected = selection.apply(&session.records, &queue, now_ms())?;
         let report = requeue_selected(&mut session, &selected, how, &console.broker).await?;
@@ -230,12 +231,14 @@ pub async fn purge(
     selection.require_explicit()?;
     let queue = console.queue();
     let mut session = Session::open(&console.broker, console.lock_wait).await?;
+    session.by = who.by.clone();
     let outcome = async {
         let selected = selection.apply(&session.records, &queue, now_ms())?;
         if body.confirm != Some(selected.len()) {
             return Ok(Err(selected.len()));
         }
-        Ok::<_, crate::InspectorError>(Ok(actions::purge(&mut session, &selected).await?))
+        let removed = purge_selected(&mut session, &selected, &console.broker).await?;
+        Ok::<_, crate::InspectorError>(Ok(removed))
     }
     .await;
     session.release().await?;

@@ -193,10 +193,15 @@ pub async fn dead_letter(ns: &TestNs, n: usize) -> Vec<uuid::Uuid> {
     ids
 }
 
-/// Collects the `operator.action` events of `ns` as published (with `by` and `via`), through
-/// the same subscription the producer follows events with.
+/// Collects the `operator.action` events of `ns` as published (with `by` and `via`).
 pub async fn tap_actions(ns: &TestNs) -> Arc<Mutex<Vec<Value>>> {
-    let mut sub = Subscription::open(&ns.broker(), "operator.action", Duration::from_secs(10))
+    tap(ns, "operator.action").await
+}
+
+/// Collects the events of `ns` matching `pattern` as published (unknown fields kept), through
+/// the same subscription the producer follows events with.
+pub async fn tap(ns: &TestNs, pattern: &str) -> Arc<Mutex<Vec<Value>>> {
+    let mut sub = Subscription::open(&ns.broker(), pattern, Duration::from_secs(10))
         .await
         .unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));

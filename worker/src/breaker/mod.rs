@@ -44,6 +44,20 @@ pub struct Breakers {
     seen_open: Mutex<HashMap<String, u64>>,
     configs: HashMap<String, BreakerConfig>,
     default: BreakerConfig,
+    /// Every transition this worker decided, for the fleet to announce.
+    transitions: tokio::sync::mpsc::UnboundedSender<Transition>,
+    announced: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Transition>>>,
+}
+
+/// A breaker transition this worker decided (in Redis, so once for the fleet, or locally while
+/// Redis is unreachable).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    pub service: String,
+    pub from: Mode,
+    pub to: Mode,
+    /// `shared` (Redis) or `local`.
+    pub scope: &'static str,
 }
 
 impl Breakers {
@@ -53,6 +67,7 @@ impl Breakers {
         default: BreakerConfig,
         configs: HashMap<String, BreakerConfig>,
     ) -> Self {
+        let (transitions, announced) = tokio::sync::mpsc::unbounded_channel();
         Self {
             store,
             local: Mutex::new(HashMap::new()),
@@ -60,6 +75,8 @@ impl Breakers {
             seen_open: Mutex::new(HashMap::new()),
             configs,
             default,
+            transitions,
+            announced: Mutex::new(Some(announced)),
         }
     }
 
@@ -156,7 +173,7 @@ impl Breakers {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let state = local.entry(service.to_string()).or_default();
                 let (next, verdict) = transition(state, input, now_ms, cfg);
-                log_change(service, state.mode, next.mode, "local");
+                self.changed(service, state.mode, next.mode, "local");
                 set_state_gauge(service, next.mode);
                 *state = next;
                 verdict
@@ -204,7 +221,7 @@ impl Breakers {
                             "corrupted breaker state repaired: replaced by a fresh one"
                         );
                     }
-                    log_change(service, current.mode, next.mode, "shared");
+                    self.changed(service, current.mode, next.mode, "shared");
                     self.remember(service, next.mode, now_ms);
                     return Ok(verdict);
                 }
@@ -237,6 +254,30 @@ pub fn parse_record(raw: &str) -> Result<(u64, BreakerState), String> {
     let state: BreakerState =
         serde_json::from_str(json).map_err(|e| format!("breaker state is unreadable: {e}"))?;
     Ok((version, state))
+}
+
+impl Breakers {
+    /// The transitions this worker decides from now on (once: the fleet announces them).
+    pub fn transitions(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Transition>> {
+        self.announced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    fn changed(&self, service: &str, from: Mode, to: Mode, scope: &'static str) {
+        if from == to {
+            return;
+        }
+        log_change(service, from, to, scope);
+        // Nobody listening (no fleet side, as in unit tests) is fine.
+        let _ = self.transitions.send(Transition {
+            service: service.to_string(),
+            from,
+            to,
+            scope,
+        });
+    }
 }
 
 /// The stored form of `state` at `version`.

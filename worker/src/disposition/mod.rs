@@ -84,6 +84,22 @@ pub enum Disposition {
     Duplicate,
 }
 
+impl Disposition {
+    /// How the attempt ended, in one word (span outcome), and the error behind it, if any.
+    pub fn outcome(&self) -> (&'static str, Option<&TaskError>) {
+        match self {
+            Self::Complete(_) => ("completed", None),
+            Self::Retry { error, .. } => ("retried", Some(error)),
+            Self::DeadLetter { error, .. } => ("dead_lettered", Some(error)),
+            Self::Cancelled(error) => ("cancelled", Some(error)),
+            Self::HandBack => ("handed_back", None),
+            Self::Defer { .. } => ("deferred", None),
+            Self::Hold { .. } => ("held", None),
+            Self::Duplicate => ("duplicate", None),
+        }
+    }
+}
+
 /// Decides the fate of a task that has been retried `retries` times, given its outcome.
 /// `unit` is a uniform draw in `[0, 1)` for jitter.
 pub fn decide(

@@ -66,8 +66,15 @@ impl Announcer {
     /// logged and returned; the next call reconnects.
     pub async fn event(&self, kind: &str, detail: Value) -> Result<(), String> {
         let mut event = TaskEvent::new(kind, &self.worker_id);
-        event.event_id = Some(uuid::Uuid::new_v4().to_string());
         event.output = Some(detail);
+        self.publish(event).await
+    }
+
+    /// Publishes `event` (under its kind), confirmed; as [`Announcer::event`].
+    pub async fn publish(&self, mut event: TaskEvent) -> Result<(), String> {
+        event.event_id = Some(uuid::Uuid::new_v4().to_string());
+        let kind = event.kind.clone();
+        let kind = kind.as_str();
         let body = serde_json::to_vec(&[event]).unwrap_or_default();
         let exchange = self.topology.events_exchange();
         let props = BasicProperties::default()

@@ -12,9 +12,14 @@ pub mod memory;
 pub mod signals;
 pub mod watchdog;
 
-use crate::{breaker::Breakers, controls::ControlView, stats::WorkerStats, store::Store};
+use crate::{
+    breaker::{Breakers, state::Mode},
+    controls::ControlView,
+    stats::WorkerStats,
+    store::Store,
+};
 pub use config::FleetArgs;
-use secflow_common::{Topology, now_ms};
+use secflow_common::{Topology, events::TaskEvent, now_ms, severity::Severity};
 use serde_json::json;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -63,9 +68,7 @@ pub struct FleetParts {
 impl Fleet {
     /// The fleet side of one worker.
     pub fn new(p: FleetParts) -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
+        let host = secflow_common::logging::hostname().unwrap_or_else(|| "unknown".into());
         Self {
             announcer: announce::Announcer::new(&p.amqp_url, Arc::clone(&p.topology), &p.worker_id),
             args: p.args,
@@ -99,6 +102,44 @@ impl Fleet {
         if !self.args.no_controller {
             controller::spawn(Arc::clone(self), stop.clone());
         }
+        if let Some(transitions) = self.breakers.transitions() {
+            self.announce_breakers(transitions, stop.clone());
+        }
+    }
+
+    /// Announces every breaker transition this worker decides (`breaker.opened`,
+    /// `breaker.half_open`, `breaker.closed`) until `stop`, on the fleet's own connection:
+    /// the task path never waits for it.
+    fn announce_breakers(
+        self: &Arc<Self>,
+        mut transitions: tokio::sync::mpsc::UnboundedReceiver<crate::breaker::Transition>,
+        stop: CancellationToken,
+    ) {
+        let fleet = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let t = tokio::select! {
+                    () = stop.cancelled() => return,
+                    t = transitions.recv() => match t {
+                        Some(t) => t,
+                        None => return,
+                    },
+                };
+                let (kind, severity) = match t.to {
+                    Mode::Open => ("breaker.opened", Some(Severity::High)),
+                    Mode::HalfOpen => ("breaker.half_open", None),
+                    Mode::Closed => ("breaker.closed", None),
+                };
+                let mut event = TaskEvent::new(kind, &fleet.worker_id);
+                event.severity = severity;
+                event.output = Some(serde_json::json!({
+                    "service": t.service,
+                    "from": format!("{:?}", t.from).to_lowercase(),
+                    "scope": t.scope,
+                }));
+                let _ = fleet.announcer.publish(event).await;
+            }
+        });
     }
 
     /// Reports a healing action: what was `detected`, what was `done`, whether it `worked`,

@@ -244,6 +244,7 @@ fn failure_event(
         class: error.class.to_string(),
         code: error.code.clone(),
         message: secflow_common::redact::redact(&error.message).into_owned(),
+        fingerprint: None,
     });
     event
 }

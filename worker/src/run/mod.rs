@@ -92,7 +92,10 @@ pub async fn run_with_stats(
     if let Some(addr) = cfg.metrics_addr {
         observe::serve(
             addr,
-            Arc::clone(&stats),
+            observe::Endpoints {
+                stats: Arc::clone(&stats),
+                admin_token: cfg.admin_token.clone().filter(|t| !t.is_empty()),
+            },
             stop_endpoints.clone().cancelled_owned(),
         )
         .await

@@ -40,8 +40,20 @@ impl Settler {
         event.retry_count = meta.retry_count;
         event.scheduled_delay_ms = meta.scheduled_delay_ms;
         event.observed_delay_ms = meta.observed_delay_ms;
+        if let Some(trace) = &meta.trace {
+            event.trace_id = Some(trace.trace_id.to_string());
+            event.span_id = Some(trace.span_id.to_string());
+        }
         crate::report::timed(&mut event, meta.report.as_ref());
+        event.service = task.map(|t| t.service().to_string());
         fill(&mut event);
+        if let Some(error) = &mut event.error {
+            error.fingerprint = Some(crate::fingerprint::fingerprint(
+                event.node_type.as_deref().unwrap_or_default(),
+                &error.class,
+                &error.message,
+            ));
+        }
         self.events
             .emit(event)
             .await
@@ -54,6 +66,7 @@ pub(super) fn event_error(error: &TaskError) -> EventError {
         class: error.class.to_string(),
         code: error.code.clone(),
         message: truncate(&error.message),
+        fingerprint: None,
     }
 }
 

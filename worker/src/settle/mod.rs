@@ -16,6 +16,7 @@ use lapin::{
     options::{BasicAckOptions, BasicNackOptions},
     types::FieldTable,
 };
+use secflow_common::severity::Severity;
 use secflow_common::{
     ErrorClass, TaskEnvelope, TaskError, Topology,
     amqp::{Publisher, copy_properties},
@@ -223,13 +224,15 @@ impl Settler {
         let mut headers = self.failure_headers(delivery, meta, error);
         h::set_u64(&mut headers, h::RETRY_COUNT, meta.retry_count + 1);
         let delay_ms = self.republish_after(delivery, headers, delay).await?;
+        let severity = Severity::of_failure(error.class.as_str(), "retried", None);
         tracing::warn!(
             task_id = task.map(|t| t.task_id.to_string()), class = %error.class, code = %error.code,
-            retry = meta.retry_count + 1, delay_ms, error = %error.message, "task failed; retry scheduled"
+            %severity, retry = meta.retry_count + 1, delay_ms, error = %error.message, "task failed; retry scheduled"
         );
         self.emit("node.retrying", task, meta, |e| {
             e.error = Some(event_error(error));
             e.next_delay_ms = Some(delay_ms);
+            e.severity = Some(severity);
         })
         .await
     }
@@ -318,13 +321,17 @@ impl Settler {
             )
             .await?;
         let task_id = task.map(|t| t.task_id.to_string());
+        let severity =
+            Severity::of_failure(error.class.as_str(), "dead_lettered", Some(reason.as_str()));
         if error.class == ErrorClass::Security {
-            tracing::error!(alert = "critical", task_id, code = %error.code, error = %error.message, "security failure: task dead-lettered");
+            tracing::error!(alert = "critical", %severity, task_id, class = %error.class, code = %error.code, error = %error.message, "security failure: task dead-lettered");
         } else {
-            tracing::error!(task_id, class = %error.class, code = %error.code, reason = reason.as_str(), retries = meta.retry_count, error = %error.message, "task dead-lettered");
+            tracing::error!(task_id, class = %error.class, code = %error.code, %severity, reason = reason.as_str(), retries = meta.retry_count, error = %error.message, "task dead-lettered");
         }
         self.emit("node.dead_lettered", task, meta, |e| {
-            e.error = Some(event_error(error))
+            e.error = Some(event_error(error));
+            e.reason = Some(reason.as_str().to_string());
+            e.severity = Some(severity);
         })
         .await
     }

@@ -21,6 +21,7 @@ use crate::{
 };
 use lapin::message::Delivery;
 use secflow_common::TaskEnvelope;
+use secflow_common::trace::{self, KeyValue, TraceSpan};
 use std::{sync::Arc, time::Duration};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
@@ -138,24 +139,70 @@ impl End {
 /// Decodes, runs and settles one delivery. Never panics on input. `exclusive` runs it with no
 /// other task in flight.
 pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool) {
-    // Every line logged while this delivery is processed carries its task, run, node, type,
-    // worker and attempt (the fields are filled in once the envelope is read).
-    let meta = DeliveryMeta::read(&delivery, shared.keyring.as_ref());
+    let mut meta = DeliveryMeta::read(&delivery, shared.keyring.as_ref());
+    if delivery.redelivered {
+        metrics::counter!("secflow_redeliveries_total").increment(1);
+    }
+    // The attempt's span, in the trace the task was published under.
+    let kind = delivery
+        .properties
+        .kind()
+        .as_ref()
+        .map_or_else(|| delivery.routing_key.as_str(), |k| k.as_str())
+        .chars()
+        .take(128)
+        .collect::<String>();
+    let attempt = TraceSpan::start(
+        format!("task {kind}"),
+        trace::Kind::Consumer,
+        meta.parent.as_ref(),
+        vec![
+            KeyValue::new("messaging.system", "rabbitmq"),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("secflow.worker", shared.settler.worker_id.clone()),
+            KeyValue::new("secflow.attempt", (meta.retry_count + 1) as i64),
+            KeyValue::new("secflow.retry_count", meta.retry_count as i64),
+        ],
+    );
+    meta.trace = attempt.context().cloned();
+    // Every line logged while this delivery is processed carries its trace, span, task, run,
+    // node, type, worker and attempt, and once decided, its error class and code (the fields
+    // are filled in as they become known).
     let span = tracing::info_span!(
         "task",
+        trace_id = %attempt.trace_id(),
+        span_id = %attempt.span_id(),
         task_id = tracing::field::Empty,
         run_id = tracing::field::Empty,
         node = tracing::field::Empty,
         r#type = tracing::field::Empty,
         worker = %shared.settler.worker_id,
         attempt = meta.retry_count + 1,
+        class = tracing::field::Empty,
+        code = tracing::field::Empty,
     );
-    process_in(shared, delivery, meta, exclusive)
+    ATTEMPT
+        .scope(
+            meta.trace.clone(),
+            process_in(shared, delivery, meta, exclusive, attempt),
+        )
         .instrument(span)
         .await;
 }
 
-async fn process_in(shared: &Shared, delivery: Delivery, mut meta: DeliveryMeta, exclusive: bool) {
+tokio::task_local! {
+    /// The span context of the attempt being processed: nodes its completion makes ready are
+    /// published as its children.
+    pub(crate) static ATTEMPT: Option<secflow_common::trace::TraceContext>;
+}
+
+async fn process_in(
+    shared: &Shared,
+    delivery: Delivery,
+    mut meta: DeliveryMeta,
+    exclusive: bool,
+    mut attempt: TraceSpan,
+) {
     let stats = &shared.settler.stats;
     stats
         .in_flight
@@ -189,6 +236,16 @@ async fn process_in(shared: &Shared, delivery: Delivery, mut meta: DeliveryMeta,
                 .await;
             }
             let completed = matches!(disposition, Disposition::Complete(_));
+            let (outcome, error) = disposition.outcome();
+            if let Some(e) = &error {
+                let span = tracing::Span::current();
+                span.record("class", tracing::field::display(e.class));
+                span.record("code", e.code.as_str());
+            }
+            if let Some(task) = &task {
+                describe(&mut attempt, task);
+            }
+            let error = error.map(|e| (e.class.to_string(), e.code.clone(), e.message.clone()));
             shared
                 .settler
                 .settle(&delivery, task.as_ref(), &meta, disposition, lease.as_ref())
@@ -196,14 +253,32 @@ async fn process_in(shared: &Shared, delivery: Delivery, mut meta: DeliveryMeta,
             if let (true, Some(task)) = (completed, &task) {
                 conclude::checkpoint(shared, task).clear().await;
             }
+            attempt.end(
+                outcome,
+                error.as_ref().map(|(class, code, message)| {
+                    (class.as_str(), code.as_str(), message.as_str())
+                }),
+            );
         }
         End::Isolate => {
+            attempt.end("isolated", None);
             if let Err(back) = shared.suspects.send(delivery) {
                 // The consumer is gone (connection lost, stopping): the broker redelivers it.
                 drop(back);
             }
         }
     }
+}
+
+/// The task's identity on its attempt's span.
+fn describe(span: &mut TraceSpan, task: &TaskEnvelope) {
+    span.set("secflow.task_id", task.task_id.to_string());
+    if let Some(run) = task.run_id {
+        span.set("secflow.run_id", run.to_string());
+    }
+    span.set("secflow.node", task.node_id.clone());
+    span.set("secflow.task_type", task.node_type.clone());
+    span.set("secflow.service", task.service().to_string());
 }
 
 /// Counts a delivery out of `in_flight` however its processing ends.

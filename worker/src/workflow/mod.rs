@@ -239,10 +239,13 @@ async fn continue_run(
         .await?;
     // A fan-out can make thousands of nodes ready at once: publish them with confirms in flight
     // together, and fail (so the node is retried and they are re-published) if any one fails.
+    // Published as children of this attempt's span: the trace follows the DAG.
+    let parent = crate::task::ATTEMPT.try_with(Clone::clone).ok().flatten();
+    let parent = parent.as_ref();
     futures_util::stream::iter(std::mem::take(&mut ended.ready))
         .map(|next| async move {
             let envelope = runs.envelope(run, &next).await?;
-            publish_task(&settler.publisher, &settler.topology, &envelope)
+            publish_task(&settler.publisher, &settler.topology, &envelope, parent)
                 .await
                 .map_err(|e| Unrecorded::Unavailable(e.to_string()))
         })
