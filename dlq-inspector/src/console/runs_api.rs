@@ -126,30 +126,6 @@ pub async fn one(State(console): State<Shared>, Path(id): Path<String>) -> ApiRe
     Ok(Json(shown(out, Secrets::Redacted)))
 }
 
-/// `POST /api/runs/{id}/cancel`: as `producer cancel`.
-pub async fn cancel(
-    State(console): State<Shared>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-    body: Option<Json<ActionBody>>,
-) -> ApiResult<Json<Value>> {
-    check_run_id(&id)?;
-    let reason = body.map(|b| b.0.reason).unwrap_or_default();
-    let cancelled = secflow_producer::control::cancel(&console.broker, &id)
-        .await
-        .map_err(refused)?;
-    if !cancelled {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("run {id} has already ended: nothing to cancel"),
-        ));
-    }
-    let mut out = json!({ "run_id": id, "cancelled": true });
-    let a = Action::now("run.cancel", &id, &reason, &who.by, out.clone());
-    merge(&mut out, console.announce(a).await);
-    Ok(Json(out))
-}
-
 /// The body of a run action.
 #[derive(Default, Deserialize)]
 pub struct ActionBody {
@@ -161,22 +137,47 @@ pub struct ActionBody {
     reason: String,
 }
 
-/// `POST /api/runs/{id}/resume` (`{"node": ID}` for one node): as `producer resume`.
-pub async fn resume(
+/// `POST /api/runs/{id}/cancel` (as `producer cancel`; 409 once the run has ended) and
+/// `POST /api/runs/{id}/resume` (as `producer resume`; `{"node": ID}` for one failed node).
+pub async fn act(
     State(console): State<Shared>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    Path((id, verb)): Path<(String, String)>,
     body: Option<Json<ActionBody>>,
 ) -> ApiResult<Json<Value>> {
     check_run_id(&id)?;
     let body = body.map(|b| b.0).unwrap_or_default();
-    let resumed = secflow_producer::control::resume(&console.broker, &id, body.node.as_deref())
-        .await
-        .map_err(refused)?;
-    let mut out = json!({ "run_id": id, "resumed": resumed });
-    let a = Action::now("run.resume", &id, &body.reason, &who.by, out.clone());
-    merge(&mut out, console.announce(a).await);
-    Ok(Json(out))
+    let (action, out) = match verb.as_str() {
+        "cancel" => {
+            let cancelled = secflow_producer::control::cancel(&console.broker, &id)
+                .await
+                .map_err(refused)?;
+            if !cancelled {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("run {id} has already ended: nothing to cancel"),
+                ));
+            }
+            ("run.cancel", json!({ "run_id": id, "cancelled": true }))
+        }
+        "resume" => {
+            let node = body.node.as_deref();
+            let resumed = secflow_producer::control::resume(&console.broker, &id, node)
+                .await
+                .map_err(refused)?;
+            ("run.resume", json!({ "run_id": id, "resumed": resumed }))
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no run action `{other}`: use cancel or resume"),
+            ));
+        }
+    };
+    let mut answer = out.clone();
+    let a = Action::now(action, &id, &body.reason, &who.by, out);
+    merge(&mut answer, console.announce(a).await);
+    Ok(Json(answer))
 }
 
 /// A run id is a UUID: anything else is refused before it reaches a Redis key.
