@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/services.sh
 # Tool tests run python3 stand-ins and, for scan.nmap, the real nmap; the Prometheus tests run
 # promtool and prometheus (Debian packages, as command:package).
-for tool in python3:python3 nmap:nmap promtool:prometheus prometheus:prometheus; do
+for tool in python3:python3 nmap:nmap promtool:prometheus prometheus:prometheus chromium:chromium npm:npm; do
   if ! command -v "${tool%%:*}" >/dev/null 2>&1; then
     echo "test: installing ${tool#*:}" >&2
     if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi

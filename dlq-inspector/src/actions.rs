@@ -180,12 +180,11 @@ pub(crate) fn copy_of(
     }
     let trace = TraceContext::from_headers(Some(&headers));
     let props = amqp::copy_properties(&delivery.properties, headers);
-    let by = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let event = crate::announce::task_event(
         REQUEUED,
         record,
         delivery.properties.headers().as_ref(),
-        &by,
+        &session.by,
     );
     Ok(Copy {
         routing_key: task.node_type,

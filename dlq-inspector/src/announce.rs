@@ -31,6 +31,8 @@ pub struct Action {
     pub at_ms: u64,
     /// What is in force after it (the hold, the pause, the level; `null` once lifted).
     pub state: Value,
+    /// Where it was taken (`console`); `None` for the command line.
+    pub via: Option<String>,
 }
 
 impl Action {
@@ -43,12 +45,33 @@ impl Action {
             by: by.to_string(),
             at_ms: now_ms(),
             state,
+            via: None,
         }
+    }
+
+    /// What a command or the console answers about it: action, target, reason, by, when, and
+    /// the state in force.
+    pub fn summary(&self) -> Value {
+        json!({
+            "action": self.action,
+            "target": self.target,
+            "reason": self.reason,
+            "by": self.by,
+            "at_ms": self.at_ms,
+            "state": self.state,
+        })
+    }
+
+    /// The same action, taken through `via` (`console`).
+    pub fn via(mut self, via: &str) -> Self {
+        self.via = Some(via.to_string());
+        self
     }
 }
 
 /// The event's body: a JSON array of one event with the fleet's common fields, plus `action`,
-/// `target`, `reason`, `by`, and the state in force in `output`.
+/// `target`, `reason`, `by`, `via` (when not the command line), and the state in force in
+/// `output`.
 pub fn event_body(a: &Action) -> Vec<u8> {
     let mut event = TaskEvent::new(KIND, "dlq-inspector");
     event.at_ms = a.at_ms;
@@ -60,6 +83,9 @@ pub fn event_body(a: &Action) -> Vec<u8> {
         obj.insert("target".into(), json!(a.target));
         obj.insert("reason".into(), json!(a.reason));
         obj.insert("by".into(), json!(a.by));
+        if let Some(via) = &a.via {
+            obj.insert("via".into(), json!(via));
+        }
     }
     serde_json::to_vec(&json!([value])).unwrap_or_default()
 }
@@ -196,5 +222,8 @@ mod tests {
         assert_eq!(raw[0]["reason"], "upgrade");
         assert_eq!(raw[0]["output"]["mode"], "open");
         assert!(!uuid_of(&body).is_empty());
+        assert!(raw[0].get("via").is_none());
+        let raw: Value = serde_json::from_slice(&event_body(&a.via("console"))).unwrap();
+        assert_eq!(raw[0]["via"], "console");
     }
 }

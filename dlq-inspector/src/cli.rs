@@ -255,6 +255,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the operator's web console (runs, DLQ, breakers, workers) and its JSON API.
+    Serve(crate::console::ServeArgs),
 }
 
 /// Which audit events to show; every condition given must hold.
@@ -349,6 +351,7 @@ mod tests {
         assert!(!parse(&["i", "breakers"]));
         assert!(!parse(&["i", "breaker", "open", "nvd", "--for", "10m"]));
         assert!(!parse(&["i", "degrade"]));
+        assert!(!parse(&["i", "serve", "--addr", "127.0.0.1:0"]));
         assert!(Cli::try_parse_from(["i", "breaker", "open"]).is_err());
         assert!(Cli::try_parse_from(["i", "breaker", "shut", "nvd"]).is_err());
     }

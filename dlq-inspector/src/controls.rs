@@ -11,7 +11,7 @@ use crate::{
 };
 use secflow_common::{
     config::BrokerArgs,
-    control::{BreakerHold, HoldMode, Level, LevelSetting, Pause},
+    control::{BreakerHold, Controls, HoldMode, Level, LevelSetting, Pause},
     envelope::check_node_type,
     now_ms,
 };
@@ -24,10 +24,7 @@ pub async fn run(broker: &BrokerArgs, command: Command) -> Result<(), InspectorE
     let now = now_ms();
     match command {
         Command::Breakers { json } => {
-            let controls = fleet.controls().await?;
-            let services = fleet.breaker_services().await?;
-            let stored = fleet.breaker_states(&services).await?;
-            let rows = breaker_rows(&controls, &stored, now);
+            let (rows, controls) = breaker_table(&fleet, now).await?;
             if json {
                 println!(
                     "{}",
@@ -44,79 +41,9 @@ pub async fn run(broker: &BrokerArgs, command: Command) -> Result<(), InspectorE
             for_ms,
             change,
         } => {
-            check_service(&service)?;
-            if for_ms.is_some() && action != BreakerAction::Open {
-                return Err(InspectorError::Usage(
-                    "--for applies to `breaker open` only (disable holds until enabled)".into(),
-                ));
-            }
             let (reason, by) = who(&change);
-            let held = |mode| BreakerHold {
-                mode,
-                until_ms: for_ms.map(|d| now.saturating_add(d)),
-                reason: reason.clone(),
-                by: by.clone(),
-                at_ms: now,
-            };
-            let (state, text) = match action {
-                BreakerAction::Open | BreakerAction::Disable => {
-                    let mode = if action == BreakerAction::Open {
-                        HoldMode::Open
-                    } else {
-                        HoldMode::Disabled
-                    };
-                    let hold = held(mode);
-                    fleet
-                        .call(
-                            "holding the breaker",
-                            fleet.store.hold_breaker(&service, Some(&hold)),
-                        )
-                        .await?;
-                    let until = match (mode, hold.until_ms) {
-                        (HoldMode::Open, Some(u)) => format!("until {}", relative(u, now)),
-                        (HoldMode::Open, None) => "until closed".into(),
-                        (HoldMode::Disabled, _) => "until enabled".into(),
-                    };
-                    let what = if mode == HoldMode::Open {
-                        "held open"
-                    } else {
-                        "disabled"
-                    };
-                    (
-                        json!(hold),
-                        format!("breaker of {service} {what} {until}: its tasks are deferred"),
-                    )
-                }
-                BreakerAction::Close => {
-                    fleet
-                        .call("lifting the hold", fleet.store.hold_breaker(&service, None))
-                        .await?;
-                    fleet
-                        .call(
-                            "resetting the breaker state",
-                            fleet.store.reset_breaker(&service),
-                        )
-                        .await?;
-                    (
-                        Value::Null,
-                        format!(
-                            "breaker of {service} closed: hold lifted, state reset to a fresh closed breaker"
-                        ),
-                    )
-                }
-                BreakerAction::Enable => {
-                    fleet
-                        .call("lifting the hold", fleet.store.hold_breaker(&service, None))
-                        .await?;
-                    (
-                        Value::Null,
-                        format!(
-                            "breaker of {service} enabled: hold lifted, its stored state decides again"
-                        ),
-                    )
-                }
-            };
-            let a = Action::now(action.name(), &service, &reason, &by, state);
+            let (a, text) =
+                breaker_change(&fleet, action, &service, for_ms, &reason, &by, now).await?;
             finish(broker, a, &text, change.json).await;
         }
         Command::Pause { task_type, change } => {
@@ -168,6 +95,17 @@ pub async fn run(broker: &BrokerArgs, command: Command) -> Result<(), InspectorE
     Ok(())
 }
 
+/// Every service with a stored breaker state or a hold in force at `now`, and the controls read.
+pub async fn breaker_table(
+    fleet: &Fleet,
+    now: u64,
+) -> Result<(Vec<control_view::BreakerRow>, Controls), InspectorError> {
+    let controls = fleet.controls().await?;
+    let services = fleet.breaker_services().await?;
+    let stored = fleet.breaker_states(&services).await?;
+    Ok((breaker_rows(&controls, &stored, now), controls))
+}
+
 /// `pause TYPE` (`pausing`) or `resume TYPE`.
 async fn pause(
     fleet: &Fleet,
@@ -177,12 +115,111 @@ async fn pause(
     pausing: bool,
     now: u64,
 ) -> Result<(), InspectorError> {
-    check_node_type(task_type).map_err(InspectorError::Usage)?;
     let (reason, by) = who(&change);
+    let (a, text) = pause_change(fleet, task_type, pausing, &reason, &by, now).await?;
+    finish(broker, a, &text, change.json).await;
+    Ok(())
+}
+
+/// Holds `service`'s breaker open (for `for_ms`, else until closed) or disabled, or lifts the
+/// hold (`enable`; `close` also resets the stored state). The action to announce and a line
+/// saying what is in force now. Nothing is announced here.
+pub async fn breaker_change(
+    fleet: &Fleet,
+    action: BreakerAction,
+    service: &str,
+    for_ms: Option<u64>,
+    reason: &str,
+    by: &str,
+    now: u64,
+) -> Result<(Action, String), InspectorError> {
+    check_service(service)?;
+    if for_ms.is_some() && action != BreakerAction::Open {
+        return Err(InspectorError::Usage(
+            "--for applies to `breaker open` only (disable holds until enabled)".into(),
+        ));
+    }
+    let (state, text) = match action {
+        BreakerAction::Open | BreakerAction::Disable => {
+            let mode = if action == BreakerAction::Open {
+                HoldMode::Open
+            } else {
+                HoldMode::Disabled
+            };
+            let hold = BreakerHold {
+                mode,
+                until_ms: for_ms.map(|d| now.saturating_add(d)),
+                reason: reason.to_string(),
+                by: by.to_string(),
+                at_ms: now,
+            };
+            fleet
+                .call(
+                    "holding the breaker",
+                    fleet.store.hold_breaker(service, Some(&hold)),
+                )
+                .await?;
+            let until = match (mode, hold.until_ms) {
+                (HoldMode::Open, Some(u)) => format!("until {}", relative(u, now)),
+                (HoldMode::Open, None) => "until closed".into(),
+                (HoldMode::Disabled, _) => "until enabled".into(),
+            };
+            let what = if mode == HoldMode::Open {
+                "held open"
+            } else {
+                "disabled"
+            };
+            (
+                json!(hold),
+                format!("breaker of {service} {what} {until}: its tasks are deferred"),
+            )
+        }
+        BreakerAction::Close => {
+            fleet
+                .call("lifting the hold", fleet.store.hold_breaker(service, None))
+                .await?;
+            fleet
+                .call(
+                    "resetting the breaker state",
+                    fleet.store.reset_breaker(service),
+                )
+                .await?;
+            (
+                Value::Null,
+                format!(
+                    "breaker of {service} closed: hold lifted, state reset to a fresh closed breaker"
+                ),
+            )
+        }
+        BreakerAction::Enable => {
+            fleet
+                .call("lifting the hold", fleet.store.hold_breaker(service, None))
+                .await?;
+            (
+                Value::Null,
+                format!(
+                    "breaker of {service} enabled: hold lifted, its stored state decides again"
+                ),
+            )
+        }
+    };
+    Ok((Action::now(action.name(), service, reason, by, state), text))
+}
+
+/// Pauses (`pausing`) or resumes `task_type`. The action to announce and what is in force.
+pub async fn pause_change(
+    fleet: &Fleet,
+    task_type: &str,
+    pausing: bool,
+    reason: &str,
+    by: &str,
+    now: u64,
+) -> Result<(Action, String), InspectorError> {
+    check_node_type(task_type).map_err(InspectorError::Usage)?;
     let (action, state, text) = if pausing {
         let p = Pause {
-            reason: reason.clone(),
-            by: by.clone(),
+            reason: reason.to_string(),
+            by: by.to_string(),
             at_ms: now,
         };
         fleet
@@ -199,9 +236,7 @@ async fn pause(
             .await?;
         ("resume", Value::Null, format!("type {task_type} resumed"))
     };
-    let a = Action::now(action, task_type, &reason, &by, state);
-    finish(broker, a, &text, change.json).await;
-    Ok(())
+    Ok((Action::now(action, task_type, reason, by, state), text))
 }
 
 /// `degrade` (show), `degrade LEVEL` (an operator's level) or `degrade auto` (back to the
@@ -223,13 +258,28 @@ async fn degrade(
         report_problems(&current.problems);
         return Ok(());
     };
-    let (level, auto) = parse_level(&wanted).map_err(InspectorError::Usage)?;
     let (reason, by) = who(&change);
+    let (a, text) = level_change(fleet, &current.level, &wanted, &reason, &by, now).await?;
+    finish(broker, a, &text, change.json).await;
+    Ok(())
+}
+
+/// Sets the degradation level (`full` .. `minimal`) or hands it back to the fleet's controller
+/// (`auto`, from `current`). The action to announce and what is in force.
+pub async fn level_change(
+    fleet: &Fleet,
+    current: &LevelSetting,
+    wanted: &str,
+    reason: &str,
+    by: &str,
+    now: u64,
+) -> Result<(Action, String), InspectorError> {
+    let (level, auto) = parse_level(wanted).map_err(InspectorError::Usage)?;
     let setting = LevelSetting {
-        level: level.unwrap_or(current.level.level),
+        level: level.unwrap_or(current.level),
         auto,
-        reason: reason.clone(),
-        by: by.clone(),
+        reason: reason.to_string(),
+        by: by.to_string(),
         at_ms: now,
     };
     fleet
@@ -244,9 +294,10 @@ async fn degrade(
             "manual"
         }
     );
-    let a = Action::now("degrade", "fleet", &reason, &by, json!(setting));
-    finish(broker, a, &text, change.json).await;
-    Ok(())
+    Ok((
+        Action::now("degrade", "fleet", reason, by, json!(setting)),
+        text,
+    ))
 }
 
 /// `auto` → (none, auto); a level name → (that level, manual).
@@ -263,16 +314,9 @@ pub fn parse_level(s: &str) -> Result<(Option<Level>, bool), String> {
 async fn finish(broker: &BrokerArgs, a: Action, text: &str, json: bool) {
     let published = announce::announce(broker, &a).await;
     if json {
-        let out = json!({
-            "action": a.action,
-            "target": a.target,
-            "reason": a.reason,
-            "by": a.by,
-            "at_ms": a.at_ms,
-            "state": a.state,
-            "event_published": published.is_ok(),
-            "event_error": published.as_ref().err(),
-        });
+        let mut out = a.summary();
+        out["event_published"] = json!(published.is_ok());
+        out["event_error"] = json!(published.as_ref().err());
         println!("{out}");
     } else {
         println!("{text} (by {}: {})", a.by, show(&a.reason));

@@ -3,7 +3,7 @@
 
 use crate::{
     InspectorError, Session,
-    actions::{self, RequeueOptions},
+    actions::{self, RequeueOptions, RequeueReport},
     cli::{Command, Pace},
     filter::Selection,
     pace,
@@ -105,27 +105,15 @@ pub async fn execute(
                 );
                 return Ok(());
             }
-            // Requeue copies carry bookkeeping headers signed like a worker's.
-            let keyring = broker.keyring().map_err(|e| {
-                InspectorError::Usage(format!(
-                    "requeue signs each copy's retry count and history with the fleet's key: {e}"
-                ))
-            })?;
-            let opts = RequeueOptions {
-                reset_retries,
-                rate,
+            let how = RequeueHow {
+                options: RequeueOptions {
+                    reset_retries,
+                    rate,
+                },
+                pace,
+                max_wait: std::time::Duration::from_millis(max_wait),
             };
-            let report = match pace {
-                Pace::None => actions::requeue(session, &selected, opts, keyring.as_ref()).await?,
-                Pace::Auto => {
-                    let fleet = crate::fleet::Fleet::open(broker)?;
-                    let pacing = pace::PaceOptions {
-                        requeue: opts,
-                        max_wait: std::time::Duration::from_millis(max_wait),
-                    };
-                    pace::requeue(session, &selected, pacing, keyring.as_ref(), &fleet).await?
-                }
-            };
+            let report = requeue_selected(session, &selected, how, broker).await?;
             for (i, reason) in &report.failed {
                 eprintln!(
                     "not requeued: {}: {reason}",
@@ -175,8 +163,7 @@ pub async fn execute(
             if let Some(path) = &export {
                 actions::export(session, &selected, path, unredacted_warned(unredacted))?;
             }
-            let removed = actions::purge(session, &selected).await?;
-            record_in_trail(session, broker, "task.purged", &selected).await;
+            let removed = purge_selected(session, &selected, broker).await?;
             println!(
                 "purged {removed} tasks from {queue}{}",
                 export
@@ -218,6 +205,44 @@ pub async fn execute(
     Ok(())
 }
 
+/// How a requeue goes: retry budget and rate, paced by the breakers or not.
+#[derive(Clone, Copy, Debug)]
+pub struct RequeueHow {
+    /// Retry budget and rate.
+    pub options: RequeueOptions,
+    /// Whether the breakers and pauses hold tasks back.
+    pub pace: Pace,
+    /// With [`Pace::Auto`]: how long to wait for held tasks.
+    pub max_wait: std::time::Duration,
+}
+
+/// Requeues `selected` messages of the held DLQ as `requeue` does (signed bookkeeping, each
+/// acked only once its copy is confirmed), paced or not: what the CLI and the console both run.
+pub async fn requeue_selected(
+    session: &mut Session,
+    selected: &[usize],
+    how: RequeueHow,
+    broker: &BrokerArgs,
+) -> Result<RequeueReport, InspectorError> {
+    // Requeue copies carry bookkeeping headers signed like a worker's.
+    let keyring = broker.keyring().map_err(|e| {
+        InspectorError::Usage(format!(
+            "requeue signs each copy's retry count and history with the fleet's key: {e}"
+        ))
+    })?;
+    match how.pace {
+        Pace::None => actions::requeue(session, selected, how.options, keyring.as_ref()).await,
+        Pace::Auto => {
+            let fleet = crate::fleet::Fleet::open(broker)?;
+            let pacing = pace::PaceOptions {
+                requeue: how.options,
+                max_wait: how.max_wait,
+            };
+            pace::requeue(session, selected, pacing, keyring.as_ref(), &fleet).await
+        }
+    }
+}
+
 /// What `--unredacted` asks for, its warning already on stderr.
 fn unredacted_warned(unredacted: bool) -> Secrets {
     let secrets = Secrets::from_flag(unredacted);
@@ -227,18 +252,30 @@ fn unredacted_warned(unredacted: bool) -> Secrets {
     secrets
 }
 
+/// Removes `selected` messages from the held DLQ for good, as `purge --yes` does, and records
+/// each in the audit trail (`task.purged`, by [`Session::by`]): what the CLI and the console
+/// both run.
+pub async fn purge_selected(
+    session: &mut Session,
+    selected: &[usize],
+    broker: &BrokerArgs,
+) -> Result<usize, InspectorError> {
+    let removed = actions::purge(session, selected).await?;
+    record_in_trail(session, broker, "task.purged", selected).await;
+    Ok(removed)
+}
+
 /// Announces what was done to the tasks at `indices` (one `kind` event each, for the audit
 /// trail). A failure is reported; what was done stands.
 async fn record_in_trail(session: &Session, broker: &BrokerArgs, kind: &str, indices: &[usize]) {
     if indices.is_empty() {
         return;
     }
-    let by = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let events: Vec<serde_json::Value> = indices
         .iter()
         .map(|&i| {
             let headers = session.messages[i].properties.headers().as_ref();
-            crate::announce::task_event(kind, &session.records[i], headers, &by)
+            crate::announce::task_event(kind, &session.records[i], headers, &session.by)
         })
         .collect();
     if let Err(e) = crate::announce::announce_tasks(broker, kind, &events).await {

@@ -80,28 +80,11 @@ impl Fleet {
         let ns = self.store.ns().to_string();
         let pattern = format!("sf:{{{ns}:breaker:*}}");
         let scan = async {
-            let mut conn = self.store.pool().get().await.map_err(|e| e.to_string())?;
-            let mut services = Vec::new();
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut *conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                services.extend(
-                    keys.iter()
-                        .filter_map(|k| service_of_key(&ns, k).map(str::to_string)),
-                );
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+            let keys = scan_keys(self.store.pool(), &pattern).await?;
+            let mut services: Vec<String> = keys
+                .iter()
+                .filter_map(|k| service_of_key(&ns, k).map(str::to_string))
+                .collect();
             services.sort();
             services.dedup();
             Ok::<_, String>(services)
@@ -136,5 +119,28 @@ impl Fleet {
             )
         };
         self.call("reading breaker states", read).await
+    }
+}
+
+/// Every key matching `pattern` (`SCAN`, 1,000 at a time; a key may come twice).
+pub async fn scan_keys(pool: &deadpool_redis::Pool, pattern: &str) -> Result<Vec<String>, String> {
+    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
     }
 }

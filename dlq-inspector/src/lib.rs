@@ -7,6 +7,7 @@ pub mod analytics;
 pub mod announce;
 pub mod breaker_state;
 pub mod cli;
+pub mod console;
 pub mod control_view;
 pub mod controls;
 pub mod dlq_cmd;

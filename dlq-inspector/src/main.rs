@@ -1,11 +1,12 @@
 //! `dlq-inspector`: review, requeue, export and purge dead-lettered tasks, and steer the fleet's
-//! controls (breakers, paused types, the degradation level, the worker registry).
+//! controls (breakers, paused types, the degradation level, the worker registry), or serve the
+//! web console.
 
 use clap::Parser;
 use secflow_dlq_inspector::{
     Session,
     cli::{Cli, Command},
-    controls, dlq_cmd, trail,
+    console, controls, dlq_cmd, trail,
 };
 use std::time::Duration;
 
@@ -37,6 +38,11 @@ async fn main() -> anyhow::Result<()> {
                 on_signal.cancel();
             });
             return Ok(secflow_dlq_inspector::notify::run(&cli.broker, args, stop).await?);
+        }
+        Command::Serve(args) => {
+            // The console holds the DLQ only for the moment of each read or action.
+            let lock_wait = Duration::from_secs(cli.lock_wait);
+            return Ok(console::run(&cli.broker, &args, lock_wait).await?);
         }
         _ => {}
     }

@@ -5,6 +5,7 @@ use crate::{
     record::{DeadRecord, deaths},
     session::Session,
 };
+use lapin::BasicProperties;
 use secflow_common::headers::table_to_json;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -150,18 +151,19 @@ pub fn stats_text(s: &Stats) -> String {
 /// secrets masked unless `secrets` says otherwise.
 pub fn full(session: &Session, i: usize, secrets: Secrets) -> Value {
     let d = &session.messages[i];
-    let r = &session.records[i];
-    let headers = d.properties.headers().as_ref();
+    full_of(&d.properties, &d.data, &session.records[i], secrets)
+}
+
+/// [`full`] of a message read earlier: its properties, body and record.
+pub fn full_of(props: &BasicProperties, body: &[u8], r: &DeadRecord, secrets: Secrets) -> Value {
+    let headers = props.headers().as_ref();
     let mut timeline = Vec::new();
     let mut at = |t: Option<u64>, what: String| {
         if let Some(t) = t {
             timeline.push(json!({ "at_ms": t, "event": what }));
         }
     };
-    at(
-        d.properties.timestamp().map(|t| t * 1000),
-        "published".into(),
-    );
+    at(props.timestamp().map(|t| t * 1000), "published".into());
     at(r.first_failure_ms, "first failure".into());
     if r.retry_count > 0 {
         at(
@@ -190,7 +192,7 @@ pub fn full(session: &Session, i: usize, secrets: Secrets) -> Value {
     let view = json!({
         "record": r,
         "headers": headers.map(table_to_json).unwrap_or(Value::Null),
-        "body": body_json(&d.data),
+        "body": body_json(body),
         "timeline": timeline,
     });
     shown(view, secrets)

@@ -88,6 +88,9 @@ pub struct Session {
     pub messages: Vec<Delivery>,
     /// What each message says about itself (same order).
     pub records: Vec<DeadRecord>,
+    /// Who acts on the messages, as the audit trail records it: `$USER` for the command line,
+    /// the console's caller (`console:operator`) for the console.
+    pub by: String,
     settled: Vec<bool>,
 }
 
@@ -159,6 +162,7 @@ impl Session {
             topology,
             messages,
             records,
+            by: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
             settled,
         })
     }
