@@ -337,3 +337,30 @@ async fn a_dead_collector_costs_only_dropped_spans_and_they_are_counted() {
     .await;
     secflow_tests::stop_gracefully(&mut w).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_standard_sampler_variable_is_honoured() {
+    let ns = TestNs::new().await;
+    let receiver = Receiver::start(&ns, false);
+    let mut sampled_out = command("worker");
+    sampled_out
+        .env("AMQP_URL", &ns.amqp_url)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+        .env("OTEL_TRACES_SAMPLER", "always_off")
+        .args(["--namespace", &ns.name, "--log-format", "text"])
+        .stdout(Stdio::null());
+    let mut w = sampled_out.spawn().unwrap();
+    let tap = ns.tap_events().await;
+    let task = secflow_common::TaskEnvelope::new("builtin.noop", serde_json::json!({}));
+    secflow_tests::publish(&ns, &[task]).await;
+    tap.wait_until("the task's completion", Duration::from_secs(20), |ev| {
+        ev.iter().any(|e| e.kind == "node.completed")
+    })
+    .await;
+    // A graceful stop exports whatever is queued: with the sampler off, nothing.
+    secflow_tests::stop_gracefully(&mut w).await;
+    assert_eq!(receiver.spans().len(), 0, "{:#?}", receiver.spans());
+    // The ids still go into the events (and logs) for correlation.
+    let completed = tap.of_kind("node.completed");
+    assert_eq!(completed[0].trace_id.as_deref().map(str::len), Some(32));
+}
