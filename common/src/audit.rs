@@ -199,6 +199,9 @@ pub enum Start {
     Next,
     /// The event at this stream offset (one after the last handled, to resume).
     Offset(u64),
+    /// Events appended from about this time on (ms since the epoch; the stream's index is by
+    /// second, so a second earlier at most).
+    At(u64),
 }
 
 /// Follows the audit trail from `start`, handing each event and the stream offset of its
@@ -229,6 +232,7 @@ where
         Start::First => AMQPValue::LongString("first".into()),
         Start::Next => AMQPValue::LongString("next".into()),
         Start::Offset(n) => AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)),
+        Start::At(ms) => AMQPValue::Timestamp((ms / 1000).saturating_sub(1)),
     };
     args.insert("x-stream-offset".into(), offset);
     let mut consumer = within(

@@ -1,6 +1,8 @@
-//! Live updates: one subscription to the namespace's events exchange (`#`, on its own
-//! connection, renewed with the fleet's reconnect backoff when lost) feeds the [`Tracker`] and
-//! every open `/api/events` stream. Each event goes out as it was published, secrets masked.
+//! Live updates: the console follows the namespace's audit trail (a RabbitMQ stream of every
+//! event; on its own connection, renewed with the fleet's reconnect backoff when lost, resumed
+//! at the next event so an outage leaves no gap). It starts [`HISTORY`] back, so the sparklines
+//! and the nodes' attempts cover the time before the console started too. The events feed the
+//! [`Tracker`] and every open `/api/events` stream, each as it was published, secrets masked.
 
 use super::{Shared, tracker::Tracker};
 use crate::report::{Secrets, shown};
@@ -9,8 +11,13 @@ use axum::{
     response::sse::{Event, KeepAlive, Sse},
 };
 use futures_util::{Stream, StreamExt, stream};
-use secflow_common::{config::BrokerArgs, retry::ReconnectBackoff};
-use secflow_producer::follow_run::Subscription;
+use secflow_common::{
+    Topology, amqp,
+    audit::{self, Start},
+    config::BrokerArgs,
+    now_ms,
+    retry::ReconnectBackoff,
+};
 use std::{
     convert::Infallible,
     sync::{
@@ -21,6 +28,9 @@ use std::{
 };
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+
+/// How far back the console reads the trail when it starts (the sparklines' width).
+const HISTORY: Duration = Duration::from_secs(600);
 
 /// Events buffered for a slow stream before it is told it lagged.
 const BUFFER: usize = 4_096;
@@ -73,32 +83,44 @@ impl Follower {
     async fn run(self, broker: BrokerArgs, stop: CancellationToken) {
         let mut backoff = ReconnectBackoff::default();
         let timeout = Duration::from_secs(broker.connect_timeout_secs);
+        let mut start = Start::At(now_ms().saturating_sub(HISTORY.as_millis() as u64));
+        let mut last: Option<u64> = None;
         loop {
+            let topology = match broker.namespace() {
+                Ok(ns) => Topology::new(ns, broker.delivery_limit),
+                Err(e) => {
+                    tracing::error!(error = %e, "console: no namespace to follow");
+                    return;
+                }
+            };
             let opened = tokio::select! {
-                opened = Subscription::open(&broker, "#", timeout) => opened,
+                opened = amqp::connect(&broker.amqp_url, "secflow-console-live", timeout) => opened,
                 () = stop.cancelled() => return,
             };
             match opened {
-                Ok(mut sub) => {
+                Ok(conn) => {
+                    let since = std::time::Instant::now();
                     self.subscribed.store(true, Ordering::Relaxed);
-                    let stopped = loop {
-                        tokio::select! {
-                            next = sub.next() => match next {
-                                Some(Ok(delivery)) => self.take(&delivery.data),
-                                Some(Err(_)) | None => break false,
-                            },
-                            () = stop.cancelled() => break true,
-                        }
-                    };
+                    let followed = audit::follow(&conn, &topology, start, &stop, |offset, raw| {
+                        last = Some(offset);
+                        self.take(raw);
+                        std::future::ready(())
+                    })
+                    .await;
                     self.subscribed.store(false, Ordering::Relaxed);
-                    backoff.connection_lasted(sub.age());
-                    sub.close().await;
-                    if stopped {
+                    backoff.connection_lasted(since.elapsed());
+                    amqp::close(&conn, "console stopped").await;
+                    if stop.is_cancelled() {
                         return;
                     }
-                    tracing::warn!("console: lost the events subscription; reconnecting");
+                    if let Err(e) = followed {
+                        tracing::warn!(error = %e, "console: lost the audit trail; reconnecting");
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "console: cannot follow events yet"),
+            }
+            if let Some(offset) = last {
+                start = Start::Offset(offset + 1);
             }
             let wait = backoff.next_delay(&mut rand::rng());
             tokio::select! {
@@ -108,18 +130,12 @@ impl Follower {
         }
     }
 
-    fn take(&self, body: &[u8]) {
-        let Ok(events) = secflow_common::events::decode_raw(body) else {
-            tracing::warn!("console: skipping an event that is not SecFlow JSON");
-            return;
-        };
+    fn take(&self, raw: secflow_common::events::RawEvent) {
         let mut tracker = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
-        for raw in events {
-            tracker.record(&raw.event);
-            if let Ok(value) = serde_json::from_str(raw.json.get()) {
-                // Nobody listening is fine.
-                let _ = self.tx.send(shown(value, Secrets::Redacted).to_string());
-            }
+        tracker.record(&raw.event);
+        if let Ok(value) = serde_json::from_str(raw.json.get()) {
+            // Nobody listening is fine.
+            let _ = self.tx.send(shown(value, Secrets::Redacted).to_string());
         }
     }
 }
