@@ -284,6 +284,8 @@ mod tests {
             state: "consuming".into(),
             max_rss_bytes: 0,
             open_breakers: Vec::new(),
+            queue_wait_ms: 0,
+            queue_wait_at_ms: 0,
         };
         let rows = worker_rows(vec![rec("a", 9_500), rec("b", 1_000)], 10_000);
         assert_eq!((rows[0].unresponsive, rows[1].unresponsive), (false, true));

@@ -324,6 +324,22 @@ async fn cancel_and_resume_runs_through_the_api() {
         node_state("check").await.1 == Some(json!("failed"))
     })
     .await;
+    // The work queue's row says how long the messages taken from it had waited (its workers
+    // report it with their heartbeat).
+    let work_queue = ns.topology().work_queue("default");
+    wait_for(
+        "the queue's wait reported",
+        Duration::from_secs(10),
+        || async {
+            let q = console.get("/api/queues", Some(READ)).await.json();
+            q["queues"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["queue"] == work_queue.as_str() && r["waited_ms"].is_u64())
+        },
+    )
+    .await;
     std::fs::write(&marker, b"ready").unwrap();
     let resumed = console
         .post(

@@ -320,6 +320,8 @@ async fn workers_lists_the_registry_and_marks_silent_ones() {
         state: "consuming".into(),
         max_rss_bytes: 0,
         open_breakers: Vec::new(),
+        queue_wait_ms: 0,
+        queue_wait_at_ms: 0,
     };
     let s = store(&ns);
     s.beat(&record("w-alive", now)).await.unwrap();

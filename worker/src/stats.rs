@@ -5,6 +5,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// Settlement counters, shared by every in-flight task of a worker.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
+    /// How long the last delivery taken had waited in the work queue, ms.
+    pub last_wait_ms: AtomicU64,
+    /// When that delivery was taken, ms since the epoch (0: none yet).
+    pub last_wait_at_ms: AtomicU64,
     /// Tasks completed and acked.
     pub completed: AtomicU64,
     /// Deliveries being processed now.

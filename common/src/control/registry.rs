@@ -50,6 +50,12 @@ pub struct WorkerRecord {
     /// Services whose breaker it last saw open.
     #[serde(default)]
     pub open_breakers: Vec<String>,
+    /// How long the last message it took had waited in its work queue, ms.
+    #[serde(default)]
+    pub queue_wait_ms: u64,
+    /// When it took that message (ms since the epoch; 0: none yet).
+    #[serde(default)]
+    pub queue_wait_at_ms: u64,
 }
 
 impl WorkerRecord {
@@ -127,6 +133,8 @@ mod tests {
             state: "consuming".into(),
             max_rss_bytes: 0,
             open_breakers: Vec::new(),
+            queue_wait_ms: 0,
+            queue_wait_at_ms: 0,
         };
         assert!(!r.unresponsive(13_000));
         assert!(r.unresponsive(13_001));

@@ -139,7 +139,9 @@ pub async fn workers(State(console): State<Shared>) -> ApiResult<Json<Value>> {
 }
 
 /// `GET /api/queues`: depth and consumers of the DLQ and of every work queue a registered worker
-/// consumes, and the age of the oldest dead letter (from the latest DLQ snapshot, if any).
+/// consumes, how long the messages taken from each work queue in the last minute had waited
+/// (`waited_ms`, reported by its workers), and the age of the oldest dead letter (from the latest
+/// DLQ snapshot, if any).
 pub async fn queues(State(console): State<Shared>) -> ApiResult<Json<Value>> {
     let (records, _) = console.fleet.workers().await?;
     let topology = &console.topology;
@@ -178,6 +180,7 @@ pub async fn queues(State(console): State<Shared>) -> ApiResult<Json<Value>> {
                 "queue": name,
                 "messages": q.message_count(),
                 "consumers": q.consumer_count(),
+                "waited_ms": waited(&records, topology, &name),
             })),
             Ok(Err(_)) => queues.push(json!({"queue": name, "missing": true})),
             Err(e) => queues.push(json!({"queue": name, "error": e.to_string()})),
@@ -191,6 +194,21 @@ pub async fn queues(State(console): State<Shared>) -> ApiResult<Json<Value>> {
         })
     });
     Ok(Json(json!({ "queues": queues, "dlq": oldest })))
+}
+
+/// How long the last messages the pool's workers took from `queue` had waited in it (the
+/// longest, among takes of the last minute): under FIFO, the age of its oldest message then.
+fn waited(
+    records: &[secflow_common::control::registry::WorkerRecord],
+    topology: &secflow_common::Topology,
+    queue: &str,
+) -> Option<u64> {
+    let recent = now_ms().saturating_sub(60_000);
+    records
+        .iter()
+        .filter(|w| topology.work_queue(&w.pool) == queue && w.queue_wait_at_ms >= recent)
+        .map(|w| w.queue_wait_ms)
+        .max()
 }
 
 /// `GET /api/overview`: counts for the landing page and the most recent dead letters.

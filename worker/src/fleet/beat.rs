@@ -42,6 +42,8 @@ impl Fleet {
             state: state.to_string(),
             max_rss_bytes: self.args.max_rss_mb << 20,
             open_breakers: self.breakers.open_now(now_ms()),
+            queue_wait_ms: WorkerStats::get(&stats.last_wait_ms),
+            queue_wait_at_ms: WorkerStats::get(&stats.last_wait_at_ms),
         }
     }
 

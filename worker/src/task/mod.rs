@@ -146,6 +146,15 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
     if let Some(waited) = waited_in_queue(&delivery, &meta) {
         metrics::gauge!("secflow_queue_head_age_seconds", "queue" => shared.settler.queue.clone())
             .set(waited.as_secs_f64());
+        let stats = &shared.settler.stats;
+        let ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+        stats
+            .last_wait_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+        stats.last_wait_at_ms.store(
+            secflow_common::now_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
     // The attempt's span, in the trace the task was published under.
     let kind = delivery

@@ -66,8 +66,9 @@ SF.views.workers = {
             SF.h("td", {}, r.in_flight), SF.h("td", {}, r.done), SF.h("td", {}, r.failed), SF.h("td", {}, SF.bytes(r.rss_bytes)), SF.h("td", {}, r.level)))),
         w.workers.length ? null : SF.h("p", { class: "muted" }, "No worker is registered."),
         SF.h("h2", {}, "Queues"),
-        SF.h("table", { id: "queues" }, SF.h("tr", {}, ["Queue", "Ready", "Consumers"].map((t) => SF.h("th", {}, t))),
-          q.queues.map((r) => SF.h("tr", {}, SF.h("td", {}, r.queue), SF.h("td", {}, r.missing ? "not declared" : r.messages), SF.h("td", {}, r.consumers === undefined ? "-" : r.consumers)))),
+        SF.h("table", { id: "queues" }, SF.h("tr", {}, ["Queue", "Ready", "Consumers", "Oldest waited"].map((t) => SF.h("th", {}, t))),
+          q.queues.map((r) => SF.h("tr", {}, SF.h("td", {}, r.queue), SF.h("td", {}, r.missing ? "not declared" : r.messages), SF.h("td", {}, r.consumers === undefined ? "-" : r.consumers),
+            SF.h("td", {}, r.waited_ms === null || r.waited_ms === undefined ? "-" : SF.ms(r.waited_ms))))),
         q.dlq && q.dlq.oldest_age_ms !== null ? SF.h("p", { class: "muted" }, "Oldest dead letter: " + SF.ms(q.dlq.oldest_age_ms) + " old (as of " + SF.time(q.dlq.taken_ms) + ")") : null);
     };
     await draw();
