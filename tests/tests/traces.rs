@@ -84,6 +84,23 @@ fn worker(ns: &TestNs, pool: &str, bind: &str, endpoint: &str, metrics: Option<u
     cmd.spawn().expect("spawn the worker binary")
 }
 
+/// Consumers of `queue`, 0 while it is not declared yet (a channel of its own: a passive
+/// declare of a missing queue closes it).
+async fn consumers(ns: &TestNs, queue: &str) -> u32 {
+    let Ok(ch) = ns.conn.create_channel().await else {
+        return 0;
+    };
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let found = ch
+        .queue_declare(queue.into(), passive, Default::default())
+        .await;
+    let _ = ch.close(200, "".into()).await;
+    found.map_or(0, |q| q.consumer_count())
+}
+
 fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
     &span["attributes"][key]
 }
@@ -111,8 +128,8 @@ async fn a_retried_node_and_its_dependent_form_one_trace_across_two_workers() {
     let mut a = worker(&ns, "default", "builtin.fail", &receiver.endpoint(), None);
     let mut b = worker(&ns, "other", "builtin.echo", &receiver.endpoint(), None);
     wait_for("both pools' consumers", Duration::from_secs(20), || async {
-        ns.consumers(&topology.work_queue("default")).await == 1
-            && ns.consumers(&topology.work_queue("other")).await == 1
+        consumers(&ns, &topology.work_queue("default")).await == 1
+            && consumers(&ns, &topology.work_queue("other")).await == 1
     })
     .await;
     let recipe = recipe_file(

@@ -178,17 +178,14 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
         ],
     );
     meta.trace = attempt.context().cloned();
-    // Every line logged while this delivery is processed carries its trace, span, task, run,
-    // node, type, worker and attempt, and once decided, its error class and code (the fields
-    // are filled in as they become known).
+    // Every line logged while this delivery is processed carries its trace, span, worker and
+    // attempt; once the envelope is read, a span of the task adds its task, run, node and type
+    // (made with every field at once: recording fields into a span one by one costs the JSON
+    // log format a re-serialisation each), and once decided its error class and code.
     let span = tracing::info_span!(
-        "task",
+        "delivery",
         trace_id = %attempt.trace_id(),
         span_id = %attempt.span_id(),
-        task_id = tracing::field::Empty,
-        run_id = tracing::field::Empty,
-        node = tracing::field::Empty,
-        r#type = tracing::field::Empty,
         worker = %shared.settler.worker_id,
         attempt = meta.retry_count + 1,
         class = tracing::field::Empty,
@@ -212,7 +209,7 @@ tokio::task_local! {
 async fn process_in(
     shared: &Shared,
     delivery: Delivery,
-    mut meta: DeliveryMeta,
+    meta: DeliveryMeta,
     exclusive: bool,
     mut attempt: TraceSpan,
 ) {
@@ -221,7 +218,42 @@ async fn process_in(
         .in_flight
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _in_flight = InFlight(stats);
-    match pipeline(shared, &delivery, &meta, exclusive).await {
+    match admit::admit(shared, &delivery, &meta) {
+        Ok(task) => {
+            describe(&mut attempt, &task);
+            let span = tracing::info_span!(
+                "task",
+                trace_id = %attempt.trace_id(),
+                span_id = %attempt.span_id(),
+                task_id = %task.task_id,
+                run_id = task.run_id.map(tracing::field::display),
+                node = task.node_id.as_str(),
+                r#type = task.node_type.as_str(),
+                worker = %shared.settler.worker_id,
+                attempt = meta.retry_count + 1,
+                class = tracing::field::Empty,
+                code = tracing::field::Empty,
+            );
+            async {
+                let end = pipeline(shared, &meta, exclusive, task).await;
+                finish(shared, delivery, meta, end, attempt).await;
+            }
+            .instrument(span)
+            .await;
+        }
+        Err(end) => finish(shared, delivery, meta, end, attempt).await,
+    }
+}
+
+/// Settles the delivery as `end` says and ends its attempt's span.
+async fn finish(
+    shared: &Shared,
+    delivery: Delivery,
+    mut meta: DeliveryMeta,
+    end: End,
+    attempt: TraceSpan,
+) {
+    match end {
         End::Settle(settlement) => {
             let Settlement {
                 task,
@@ -254,9 +286,6 @@ async fn process_in(
                 let span = tracing::Span::current();
                 span.record("class", tracing::field::display(e.class));
                 span.record("code", e.code.as_str());
-            }
-            if let Some(task) = &task {
-                describe(&mut attempt, task);
             }
             let error = error.map(|e| (e.class.to_string(), e.code.clone(), e.message.clone()));
             shared
@@ -325,21 +354,10 @@ impl Drop for InFlight<'_> {
 
 async fn pipeline(
     shared: &Shared,
-    delivery: &Delivery,
     meta: &DeliveryMeta,
     exclusive: bool,
+    task: TaskEnvelope,
 ) -> End {
-    let task = match admit::admit(shared, delivery, meta) {
-        Ok(task) => task,
-        Err(end) => return end,
-    };
-    let span = tracing::Span::current();
-    span.record("task_id", tracing::field::display(task.task_id));
-    if let Some(run) = task.run_id {
-        span.record("run_id", tracing::field::display(run));
-    }
-    span.record("node", task.node_id.as_str());
-    span.record("type", task.node_type.as_str());
     // Suspects run alone (write), everything else side by side (read).
     let (_exclusive, _shared);
     if exclusive {
