@@ -72,7 +72,7 @@ done
 # --connect-timeout-secs, 30 s by default, and exits).
 deadline=$((SECONDS + 60))
 for i in $(seq 1 "$n"); do
-  until curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$((port + i - 1))/readyz"; do
+  until curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$((port + i - 1))/readyz"; do
     if ! kill -0 "${pids[$((i - 1))]}" 2>/dev/null; then
       echo "fleet: worker $i exited at start; its log ($dir/w$i.log) ends:" >&2
       tail -n 5 "$dir/w$i.log" >&2
