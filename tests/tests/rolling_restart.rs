@@ -65,9 +65,9 @@ async fn rolling_restart_loses_nothing_and_duplicates_nothing() {
     )
     .await;
 
-    for i in 0..WORKERS {
+    for (i, slot) in workers.iter_mut().enumerate() {
         let replacement = ready_worker(&ns, &format!("{}-r{i}", ns.name)).await;
-        let (mut old, old_port) = std::mem::replace(&mut workers[i], replacement);
+        let (mut old, old_port) = std::mem::replace(slot, replacement);
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(old.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
