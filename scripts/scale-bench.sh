@@ -72,11 +72,12 @@ start_fleet() {
   done
 }
 stop_fleet() { kill -TERM "$fleet"; wait "$fleet" || true; fleet=""; }
-# Deletes the namespace's queues from the shared broker.
-drop_queues() {
+# Deletes the namespace's queues and Redis keys (`sf:{NS...`); its empty exchanges stay.
+drop_namespace() {
   rabbitmqctl -q list_queues name 2>/dev/null | grep "^$1\." | while read -r q; do
-    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+    rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true
   done
+  redis-cli --scan --pattern "sf:{$1*" | xargs -r -n 1000 redis-cli del >/dev/null
 }
 
 printf '%-5s %7s %7s %10s %11s %9s %9s %9s\n' kind workers tasks tasks/s efficiency broker% redis% workers%
@@ -120,7 +121,7 @@ for kind in ${SCALE_KINDS:-io noop}; do
     until [ "$(completed "$n")" -ge "$tasks" ] || [ "$SECONDS" -ge "$deadline" ]; do sleep 0.1; done
     final=$(completed "$n")
     stop_fleet
-    drop_queues "$ns"
+    drop_namespace "$ns"
     if [ "$final" != "$tasks" ]; then
       echo "scale-bench: $kind with $n workers: $final completions for $tasks tasks" >&2
       exit 1
