@@ -50,6 +50,14 @@ umask 077
 } > "$dir/env"
 rm -f "$dir/ready" "$dir/pids"
 
+# A port already answering would pass the readiness check below for a worker that never started.
+for i in $(seq 1 "$n"); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$((port + i - 1))") 2>/dev/null; then
+    echo "fleet: port $((port + i - 1)) is in use (another fleet?); set FLEET_METRICS_PORT" >&2
+    exit 1
+  fi
+done
+
 pids=()
 stop() {
   trap - TERM INT EXIT
