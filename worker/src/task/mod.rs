@@ -194,9 +194,8 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
     ATTEMPT
         .scope(
             meta.trace.clone(),
-            process_in(shared, delivery, meta, exclusive, attempt),
+            process_in(shared, delivery, meta, exclusive, attempt, span),
         )
-        .instrument(span)
         .await;
 }
 
@@ -212,14 +211,18 @@ async fn process_in(
     meta: DeliveryMeta,
     exclusive: bool,
     mut attempt: TraceSpan,
+    delivery_span: tracing::Span,
 ) {
     let stats = &shared.settler.stats;
     stats
         .in_flight
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _in_flight = InFlight(stats);
-    match admit::admit(shared, &delivery, &meta) {
+    // One span is entered at each poll, never two nested: entering a span costs the subscriber
+    // work on every poll of the future.
+    match delivery_span.in_scope(|| admit::admit(shared, &delivery, &meta)) {
         Ok(task) => {
+            drop(delivery_span);
             describe(&mut attempt, &task);
             let span = tracing::info_span!(
                 "task",
@@ -241,7 +244,11 @@ async fn process_in(
             .instrument(span)
             .await;
         }
-        Err(end) => finish(shared, delivery, meta, end, attempt).await,
+        Err(end) => {
+            finish(shared, delivery, meta, end, attempt)
+                .instrument(delivery_span)
+                .await;
+        }
     }
 }
 
