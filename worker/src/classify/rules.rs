@@ -67,6 +67,34 @@ pub struct Rule {
     pub(super) io_kinds: Vec<String>,
 }
 
+/// `pattern` with its word boundaries (`\\b`, `\\B`) made ASCII (`(?-u:\\b)`): a Unicode word
+/// boundary stops the regex set's fast automaton at the first non-ASCII character of a message
+/// (a typographic quote is enough), and the slow fallback over every rule took milliseconds.
+/// Error messages name their words in ASCII, so the rules lose nothing.
+pub fn ascii_boundaries(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some(b @ ('b' | 'B')) => {
+                out.push_str("(?-u:\\");
+                out.push(b);
+                out.push(')');
+            }
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
 /// Compiles a rules file; errors name the source and the rule.
 pub fn compile(source: &str, text: &str) -> Result<Vec<Rule>, String> {
     let file: RuleFile =
@@ -83,7 +111,7 @@ pub fn compile(source: &str, text: &str) -> Result<Vec<Rule>, String> {
         .map(|(i, spec)| {
             let at = format!("{source}: rule {} (`{}`)", i + 1, spec.name);
             if let Some(m) = &spec.message {
-                RegexBuilder::new(m)
+                RegexBuilder::new(&ascii_boundaries(m))
                     .case_insensitive(true)
                     .size_limit(1 << 22)
                     .build()
@@ -152,7 +180,7 @@ impl RuleSet {
         let mut patterns = Vec::new();
         for r in &rules {
             slot.push(r.message.as_ref().map(|m| {
-                patterns.push(m.as_str());
+                patterns.push(ascii_boundaries(m));
                 patterns.len() - 1
             }));
         }
