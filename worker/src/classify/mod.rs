@@ -138,7 +138,7 @@ impl Classifier {
         self.model.as_deref()
     }
 
-    /// The first rule whose every condition holds (one pass of the regex set for all the
+    /// The first rule whose every condition holds (one pass of the regex sets for all the
     /// message conditions, then the other conditions in rule order).
     fn rule_for(&self, f: &Failure) -> Option<&rules::Rule> {
         self.rules.first(&f.message, |r| {
