@@ -2,7 +2,8 @@
 //! labelled corpus files: accuracy overall, per class and per action (retry, fail fast,
 //! security alert), the `unknown` rate, security false negatives and the confusion matrix.
 //! `--model FILE` / `--rules FILE` evaluate other ones, `--model-only` the model without the
-//! rules, `--misses` lists every wrong answer. `--cv K` cross-validates instead: the files are
+//! rules, `--misses` lists every wrong answer (and names the security false negatives,
+//! otherwise only counted). `--cv K` cross-validates instead: the files are
 //! pooled, split into K stratified folds, and each fold is classified by the rules with a model
 //! trained on the other folds (default options, or `--epochs`, `--l2`, `--lr`); the figures are over all the folds.
 
@@ -254,7 +255,8 @@ fn report(scored: &[(Example, Classification)], o: &Opts, file: &str, out: &mut 
     );
     let _ = writeln!(out, "unknown rate: {unknown}/{n} ({:.1}%)", pct(unknown, n));
     let _ = writeln!(out, "security false negatives: {}", sec_fn.len());
-    for s in &sec_fn {
+    // Their text only with --misses: a held-out file's figures must not show its messages.
+    for s in sec_fn.iter().filter(|_| o.misses) {
         let _ = writeln!(out, "  {s}");
     }
     let _ = writeln!(out, "confusion (rows expected, columns answered):");

@@ -23,6 +23,10 @@ use std::sync::Arc;
 /// The built-in rules.
 const DEFAULT_RULES: &str = include_str!("../../rules/default.yaml");
 
+/// The model's probability of `security` at which it overrules a rule's retryable answer even
+/// when security is not its best class.
+const RULE_GUARD_MIN: f32 = 0.5;
+
 /// What is known about a failure.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct Failure {
@@ -134,7 +138,7 @@ impl Classifier {
         self.model.as_deref()
     }
 
-    /// The first rule whose every condition holds (one pass of the regex set for all the
+    /// The first rule whose every condition holds (one pass of the regex sets for all the
     /// message conditions, then the other conditions in rule order).
     fn rule_for(&self, f: &Failure) -> Option<&rules::Rule> {
         self.rules.first(&f.message, |r| {
@@ -150,14 +154,18 @@ impl Classifier {
 
     /// Classifies a failure: by the first rule whose every condition holds, else by the model
     /// when the message has words, else `unknown`. A rule's retryable answer (transient,
-    /// resource) gives way to `security` when the model answers `security` (likely enough, see
-    /// [`Model::decide`]): a failure that may be an attack is never retried.
+    /// resource) gives way to `security` when the model answers `security` (see
+    /// [`Model::decide`]) with security as its best class or at even odds: a failure that may
+    /// be an attack is never retried.
     pub fn classify(&self, f: &Failure) -> Classification {
         if let Some(r) = self.rule_for(f) {
             let retryable = matches!(r.class, ErrorClass::Transient | ErrorClass::Resource);
+            // Overruling a rule takes more than the guard alone: security must be the model's
+            // best class or at least even odds (a low guard bar suits text no rule knows).
             let guard = || {
                 let p = self.model.as_ref().and_then(|m| m.predict(f))?;
-                (p.class == ErrorClass::Security).then_some(p)
+                let strong = p.best == ErrorClass::Security || p.security >= RULE_GUARD_MIN;
+                (p.class == ErrorClass::Security && strong).then_some(p)
             };
             if let Some(p) = retryable.then(guard).flatten() {
                 return Classification {

@@ -150,3 +150,18 @@ fn user_rules_come_first_and_errors_name_the_rule() {
     );
     let _ = std::fs::remove_file(dir);
 }
+
+#[test]
+fn word_boundaries_are_ascii_and_hold_beside_typographic_quotes() {
+    use super::rules::ascii_boundaries;
+    assert_eq!(
+        ascii_boundaries(r"\bEAGAIN\b|a\\b|\Bx\d"),
+        r"(?-u:\b)EAGAIN(?-u:\b)|a\\b|(?-u:\B)x\d"
+    );
+    // A non-ASCII quote next to the word still ends it, and the rule still matches.
+    let c = Classifier::defaults().with_model(None);
+    assert_eq!(
+        c.classify(&text("write: ‘ENOSPC’ while saving")).rule,
+        "disk_full"
+    );
+}
