@@ -345,3 +345,27 @@ async fn workers_lists_the_registry_and_marks_silent_ones() {
     assert!(text.contains("2 workers, 1 unresponsive"), "{text}");
     assert!(text.contains("node-1") && text.contains("96"), "{text}");
 }
+
+/// Proves: a worker process stopped with SIGTERM removes its registry record before it exits, so
+/// it is never listed (let alone as unresponsive) afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_cleanly_leaves_the_registry() {
+    let ns = TestNs::new().await;
+    let mut worker = ns.spawn_worker_process(&["--worker-id", "leaving"]);
+    let listed = || {
+        let out = json_of(&inspector(&ns, &["workers", "--json"]));
+        out["workers"]
+            .as_array()
+            .map(|w| w.iter().any(|w| w["id"] == "leaving"))
+            .unwrap_or(false)
+    };
+    secflow_tests::wait_for("the worker registered", Duration::from_secs(20), || async {
+        listed()
+    })
+    .await;
+    secflow_tests::stop_gracefully(&mut worker).await;
+    assert!(
+        !listed(),
+        "a cleanly stopped worker is still in the registry"
+    );
+}

@@ -51,7 +51,7 @@ impl Fleet {
     /// unresponsive record behind).
     pub(super) fn keep_beating(self: &Arc<Self>, stop: CancellationToken) {
         let fleet = Arc::clone(self);
-        tokio::spawn(async move {
+        let beating = tokio::spawn(async move {
             let Some(store) = fleet.controls.store() else {
                 return;
             };
@@ -69,5 +69,9 @@ impl Fleet {
             let live = fleet.store.live_id().to_string();
             let _ = tokio::time::timeout(Duration::from_secs(2), store.forget_worker(&live)).await;
         });
+        *self
+            .beating
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(beating);
     }
 }

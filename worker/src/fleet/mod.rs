@@ -41,6 +41,8 @@ pub struct Fleet {
     pub stopping: CancellationToken,
     /// Cancelled when the memory watchdog fires (the worker then stops).
     pub memory_exceeded: CancellationToken,
+    /// The heartbeat's task, which removes the registry record when it stops.
+    beating: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// What [`Fleet::new`] takes.
@@ -83,6 +85,7 @@ impl Fleet {
             topology: p.topology,
             stopping: CancellationToken::new(),
             memory_exceeded: CancellationToken::new(),
+            beating: std::sync::Mutex::new(None),
         }
     }
 
@@ -164,6 +167,17 @@ impl Fleet {
 
     /// Closes the fleet's broker connection.
     pub async fn close(&self) {
+        // Waits for the heartbeat (stopped by then) to remove the registry record: left to
+        // itself, its task may be dropped with the runtime at exit before it does, and a worker
+        // that stopped cleanly would look unresponsive later.
+        let beating = self
+            .beating
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(beating) = beating {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), beating).await;
+        }
         self.announcer.close().await;
     }
 }

@@ -118,12 +118,11 @@ impl Signals {
         }
         if let Some((queue, secs)) = self.backlogged.first() {
             severity += 1;
-            let secs = if secs.is_finite() {
-                format!("{secs:.0} s")
+            reasons.push(if secs.is_finite() {
+                format!("backlog on {queue} (drains in {secs:.0} s)")
             } else {
-                "ever".into()
-            };
-            reasons.push(format!("backlog on {queue} (drains in {secs})"));
+                format!("backlog on {queue} (nothing is draining it)")
+            });
         }
         if !self.open_breakers.is_empty() {
             severity += 1;
@@ -265,7 +264,7 @@ mod tests {
         let (level, reasons) = s.target(&th());
         assert_eq!(level, Level::Low);
         assert_eq!(reasons.len(), 3);
-        assert!(reasons[0].contains("drains in ever"));
+        assert!(reasons[0].contains("nothing is draining it"), "{reasons:?}");
         assert!(!s.calm(&th()));
         assert!(Signals::default().calm(&th()));
     }
