@@ -29,6 +29,7 @@ pub mod task_error;
 pub mod tools;
 pub mod topology;
 pub mod trace;
+pub mod utc;
 
 pub use envelope::TaskEnvelope;
 pub use error::{Error, Result};
