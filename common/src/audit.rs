@@ -113,34 +113,12 @@ pub async fn read(
     mut each: impl FnMut(RawEvent),
 ) -> std::result::Result<u64, AuditError> {
     let stream = topology.audit_stream();
-    let ch = open(conn, &stream).await?;
     let marker = Uuid::new_v4().to_string();
-    append_marker(conn, &stream, &marker).await?;
-    within(
-        "setting the audit reader's prefetch",
-        BROKER_OP,
-        ch.basic_qos(PREFETCH, BasicQosOptions::default()),
-    )
-    .await??;
-    let mut args = FieldTable::default();
-    let offset = match query.since_ms {
-        // A second early: the stream's index is by second, the filter is exact.
-        Some(ms) => AMQPValue::Timestamp((ms / 1000).saturating_sub(1)),
-        None => AMQPValue::LongString("first".into()),
-    };
-    args.insert("x-stream-offset".into(), offset);
     let tag = format!("audit-{marker}");
-    let mut consumer = within(
-        "reading the audit trail",
-        BROKER_OP,
-        ch.basic_consume(
-            stream.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            args,
-        ),
-    )
-    .await??;
+    // A second early: the stream's index is by second, the filter is exact.
+    let start = query.since_ms.map_or(Start::First, Start::At);
+    let (ch, mut consumer) = consume(conn, &stream, start, &tag).await?;
+    append_marker(conn, &stream, &marker).await?;
     let (mut read, mut delivered) = (0u64, 0u64);
     let outcome = loop {
         let delivery = match tokio::time::timeout(STALL, consumer.next()).await {
@@ -219,33 +197,8 @@ where
     F: FnMut(u64, RawEvent) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let stream = topology.audit_stream();
-    let ch = open(conn, &stream).await?;
-    within(
-        "setting the audit follower's prefetch",
-        BROKER_OP,
-        ch.basic_qos(PREFETCH, BasicQosOptions::default()),
-    )
-    .await??;
-    let mut args = FieldTable::default();
-    let offset = match start {
-        Start::First => AMQPValue::LongString("first".into()),
-        Start::Next => AMQPValue::LongString("next".into()),
-        Start::Offset(n) => AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)),
-        Start::At(ms) => AMQPValue::Timestamp((ms / 1000).saturating_sub(1)),
-    };
-    args.insert("x-stream-offset".into(), offset);
-    let mut consumer = within(
-        "following the audit trail",
-        BROKER_OP,
-        ch.basic_consume(
-            stream.as_str().into(),
-            "audit-follower".into(),
-            BasicConsumeOptions::default(),
-            args,
-        ),
-    )
-    .await??;
+    let (ch, mut consumer) =
+        consume(conn, &topology.audit_stream(), start, "audit-follower").await?;
     let mut delivered = 0u64;
     loop {
         let delivery = tokio::select! {
@@ -281,6 +234,43 @@ where
     )
     .await;
     Ok(())
+}
+
+/// A consumer of `stream` from `start`, tagged `tag`, on a channel of its own (with the prefetch
+/// a stream consumer needs).
+async fn consume(
+    conn: &Connection,
+    stream: &str,
+    start: Start,
+    tag: &str,
+) -> std::result::Result<(lapin::Channel, lapin::Consumer), AuditError> {
+    let ch = open(conn, stream).await?;
+    within(
+        "setting the audit reader's prefetch",
+        BROKER_OP,
+        ch.basic_qos(PREFETCH, BasicQosOptions::default()),
+    )
+    .await??;
+    let offset = match start {
+        Start::First => AMQPValue::LongString("first".into()),
+        Start::Next => AMQPValue::LongString("next".into()),
+        Start::Offset(n) => AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)),
+        Start::At(ms) => AMQPValue::Timestamp((ms / 1000).saturating_sub(1)),
+    };
+    let mut args = FieldTable::default();
+    args.insert("x-stream-offset".into(), offset);
+    let consumer = within(
+        "reading the audit trail",
+        BROKER_OP,
+        ch.basic_consume(
+            stream.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            args,
+        ),
+    )
+    .await??;
+    Ok((ch, consumer))
 }
 
 /// A channel on which `stream` exists. Just after a broker restart the stream's replica may
