@@ -216,17 +216,14 @@ impl Position {
                 .await
                 .map_err(|e| e.to_string())
         };
-        match within("Redis: the notifier's position", REDIS_OP, read).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "notify: no saved position (Redis); starting from --from");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "notify: no saved position (Redis); starting from --from");
-                None
-            }
-        }
+        let loaded = within("Redis: the notifier's position", REDIS_OP, read)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        loaded.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "notify: no saved position (Redis); starting from --from");
+            None
+        })
     }
 
     async fn save(&self, offset: u64) {
