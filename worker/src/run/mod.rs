@@ -304,6 +304,7 @@ async fn session(
         keyring: parts.keyring.clone(),
         max_message_bytes: cfg.broker.max_message_bytes,
         chaos: cfg.chaos.clone().filter(crate::chaos::ChaosConfig::enabled),
+        head_age: metrics::gauge!("secflow_queue_head_age_seconds", "queue" => queue.clone()),
     });
     // The hook dispatcher runs beside the consumer: it stops consuming on the same signal and
     // finishes its deliveries within the same grace period; a lost connection ends it at once.

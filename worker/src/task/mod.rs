@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub max_message_bytes: usize,
     /// Fault injection, when switched on.
     pub chaos: Option<crate::chaos::ChaosConfig>,
+    /// `secflow_queue_head_age_seconds` of the work queue (looked up once, set per delivery).
+    pub head_age: metrics::Gauge,
 }
 
 /// Idempotency, deferral and escalation settings.
@@ -144,8 +146,7 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
         metrics::counter!("secflow_redeliveries_total").increment(1);
     }
     if let Some(waited) = waited_in_queue(&delivery, &meta) {
-        metrics::gauge!("secflow_queue_head_age_seconds", "queue" => shared.settler.queue.clone())
-            .set(waited.as_secs_f64());
+        shared.head_age.set(waited.as_secs_f64());
         let stats = &shared.settler.stats;
         let ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
         stats
