@@ -266,3 +266,22 @@ pub async fn publish_task(
         )
         .await
 }
+
+/// Looks `queue` up with a passive declare on a channel of its own, closed afterwards: the broker
+/// answers a missing queue by closing the channel it was asked on, so no channel in use is ever
+/// risked. The caller bounds it with a deadline.
+pub async fn passive_declare(
+    conn: &Connection,
+    queue: &str,
+) -> std::result::Result<lapin::Queue, lapin::Error> {
+    let ch = conn.create_channel().await?;
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let found = ch
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await;
+    let _ = ch.close(200, "looked up".into()).await;
+    found
+}

@@ -8,7 +8,6 @@
 //! (SECFLOW_BENCH_TASKS overrides 20,000 tasks, SECFLOW_BENCH_ROUNDS 3 rounds per setting;
 //! SECFLOW_BENCH_ON=traces, logs or metrics, comma-separated, turns on only those).
 
-use lapin::options::QueueDeclareOptions;
 use secflow_producer::publish_tasks;
 use secflow_tests::{TestNs, command, free_port, request};
 use serde_json::json;
@@ -113,19 +112,9 @@ async fn drain(n: usize, collector: Option<u16>) -> anyhow::Result<Drained> {
     });
     let queue = ns.topology().work_queue("default");
     let ready = || async {
-        let ch = ns.conn.create_channel().await.ok()?;
-        let q = ch
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
+        let q = secflow_common::amqp::passive_declare(&ns.conn, &queue)
             .await
             .ok()?;
-        let _ = ch.close(200, "".into()).await;
         Some(q.message_count() as usize)
     };
     let deadline = Instant::now() + Duration::from_secs(300);

@@ -84,21 +84,11 @@ fn worker(ns: &TestNs, pool: &str, bind: &str, endpoint: &str, metrics: Option<u
     cmd.spawn().expect("spawn the worker binary")
 }
 
-/// Consumers of `queue`, 0 while it is not declared yet (a channel of its own: a passive
-/// declare of a missing queue closes it).
+/// Consumers of `queue`, 0 while it is not declared yet.
 async fn consumers(ns: &TestNs, queue: &str) -> u32 {
-    let Ok(ch) = ns.conn.create_channel().await else {
-        return 0;
-    };
-    let passive = lapin::options::QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let found = ch
-        .queue_declare(queue.into(), passive, Default::default())
-        .await;
-    let _ = ch.close(200, "".into()).await;
-    found.map_or(0, |q| q.consumer_count())
+    secflow_common::amqp::passive_declare(&ns.conn, queue)
+        .await
+        .map_or(0, |q| q.consumer_count())
 }
 
 fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {

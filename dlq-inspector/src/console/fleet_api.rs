@@ -16,7 +16,6 @@ use axum::{
     Extension, Json,
     extract::{Path, State},
 };
-use lapin::{options::QueueDeclareOptions, types::FieldTable};
 use secflow_common::{amqp, deadline, now_ms};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -159,22 +158,7 @@ pub async fn queues(State(console): State<Shared>) -> ApiResult<Json<Value>> {
     .map_err(crate::InspectorError::from)?;
     let mut queues = Vec::new();
     for name in names {
-        // A passive declare of a missing queue closes its channel: one channel per queue.
-        let passive = async {
-            let ch = conn.create_channel().await?;
-            let q = ch
-                .queue_declare(
-                    name.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            let _ = ch.close(200, "read".into()).await;
-            q
-        };
+        let passive = amqp::passive_declare(&conn, &name);
         match deadline::within("reading a queue", deadline::BROKER_OP, passive).await {
             Ok(Ok(q)) => queues.push(json!({
                 "queue": name,

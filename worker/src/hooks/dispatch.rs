@@ -15,8 +15,7 @@ use lapin::{
     Channel, Connection,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicQosOptions, QueueDeclareOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     },
     protocol::{AMQPErrorKind, AMQPSoftError},
     types::FieldTable,
@@ -105,17 +104,9 @@ async fn queue_exists(amqp_url: &str, queue: &str) -> bool {
         let conn = secflow_common::amqp::connect(amqp_url, "secflow-worker-hooks-check", BROKER_OP)
             .await
             .map_err(|e| e.to_string())?;
-        let found = async {
-            let ch = conn.create_channel().await?;
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            };
-            ch.queue_declare(queue.into(), passive, FieldTable::default())
-                .await
-                .map(drop)
-        }
-        .await;
+        let found = secflow_common::amqp::passive_declare(&conn, queue)
+            .await
+            .map(drop);
         let _ = conn.close(200, "checked".into()).await;
         match found {
             Ok(()) => Ok(true),
