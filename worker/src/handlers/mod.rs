@@ -131,6 +131,12 @@ impl Handlers {
             .map(Duration::from_millis)
     }
 
+    /// Whether `node_type`'s handler saves checkpoints (only those have one to clear when the
+    /// task completes).
+    pub fn keeps_checkpoints(node_type: &str) -> bool {
+        node_type == "builtin.batch"
+    }
+
     /// The version of `node_type`'s handler, recorded with its checkpoints.
     pub fn version(&self, node_type: &str) -> String {
         self.versions

@@ -136,10 +136,6 @@ impl Settler {
         let task_id = task.map(|t| t.task_id.to_string());
         match result {
             Ok(()) => {
-                // Before the ack: a redelivery after this point must find the done marker.
-                if let (Some(lease), Disposition::Complete(_)) = (lease, &disposition) {
-                    lease.complete(self.done_ttl_ms).await;
-                }
                 let stats = &self.stats;
                 let (counter, outcome) = match disposition {
                     Disposition::Complete(_) => (&stats.completed, "completed"),
@@ -184,6 +180,14 @@ impl Settler {
                         error,
                         "ack failed after settlement; the broker will redeliver"
                     );
+                }
+                // After the ack, out of the delivery's round trip: the completing marker
+                // written before the event already keeps any later copy (an ack lost with its
+                // connection, a republished duplicate) from running the task again. The done
+                // marker only turns such a copy into a silent duplicate instead of its
+                // completion reported again under the same event id.
+                if let (Some(lease), Disposition::Complete(_)) = (lease, &disposition) {
+                    lease.complete(self.done_ttl_ms).await;
                 }
             }
             Err(e) => {

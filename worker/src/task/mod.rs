@@ -300,7 +300,9 @@ async fn finish(
                 .settler
                 .settle(&delivery, task.as_ref(), &meta, disposition, lease.as_ref())
                 .await;
-            if let (true, Some(task)) = (completed, &task) {
+            if let (true, Some(task)) = (completed, &task)
+                && Handlers::keeps_checkpoints(&task.node_type)
+            {
                 conclude::checkpoint(shared, task).clear().await;
             }
             attempt.end(
