@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Checks the labelled error corpus: tests/corpus/train.yaml and tests/corpus/heldout.yaml.
+"""Checks the labelled error corpus: tests/corpus/train.yaml and a held-out file
+(tests/corpus/heldout.yaml unless told otherwise).
 
 Validates every line (fields, classes, io_kind names), refuses duplicate messages and held-out
 messages that are near-copies of training ones, checks the balance of classes and sources and
@@ -7,7 +8,14 @@ the coverage of the error-handling specification's phrases, and prints the count
 any problem. Standard library only: the files use one flow mapping per line, read by the small
 parser below (PyYAML, when installed, is used as a cross-check only).
 
-Usage: python3 tests/corpus/check.py [TRAIN HELDOUT]
+With `--apart-from OTHER` (repeatable), the held-out file must also stay apart from OTHER (another
+held-out set): OTHER is read and validated the same way, and any held-out message that duplicates
+or is a near-copy of one of its lines is refused, by the same masking and threshold as for
+training lines.
+
+Usage: python3 tests/corpus/check.py [TRAIN HELDOUT [--apart-from OTHER]...]
+  e.g. python3 tests/corpus/check.py tests/corpus/train.yaml tests/corpus/heldout2.yaml \
+           --apart-from tests/corpus/heldout.yaml
 """
 
 import collections
@@ -241,13 +249,35 @@ def report(name, entries, problems, minimum):
     return by_class
 
 
+def parse_args(argv):
+    """(TRAIN and HELDOUT paths, --apart-from paths), or None when the arguments are wrong."""
+    positional, apart, i = [], [], 1
+    while i < len(argv):
+        if argv[i] == "--apart-from":
+            if i + 1 >= len(argv):
+                return None
+            apart.append(argv[i + 1])
+            i += 2
+        else:
+            positional.append(argv[i])
+            i += 1
+    if len(positional) not in (0, 2) or (apart and not positional):
+        return None
+    if not positional:
+        here = os.path.dirname(os.path.abspath(__file__))
+        positional = [os.path.join(here, "train.yaml"), os.path.join(here, "heldout.yaml")]
+    return positional, apart
+
+
 def main(argv):
     """Runs every check; returns the process exit code."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    paths = argv[1:3] if len(argv) == 3 else [os.path.join(here, "train.yaml"),
-                                                os.path.join(here, "heldout.yaml")]
+    args = parse_args(argv)
+    if args is None:
+        print("usage: check.py [TRAIN HELDOUT [--apart-from OTHER]...]")
+        return 2
+    paths, apart_paths = args
     problems, files = [], []
-    for path in paths:
+    for path in paths + apart_paths:
         try:
             entries, parse_problems, header = load(path)
         except OSError as e:
@@ -274,7 +304,8 @@ def main(argv):
         print("\n".join(problems))
         print(f"\n{len(problems)} problem(s): fix the lines above before the counts")
         return 1
-    (train_name, train), (held_name, held) = [(n, [e for _, e in es]) for n, es in files]
+    (train_name, train), (held_name, held) = [(n, [e for _, e in es]) for n, es in files[:2]]
+    apart = [(n, [e for _, e in es]) for n, es in files[2:]]
     train_classes = report(train_name, train, problems, MIN_TRAIN)
     held_classes = report(held_name, held, problems, MIN_HELDOUT)
     for cls in CLASSES:
@@ -311,6 +342,14 @@ def main(argv):
     for held_msg, train_msg, ratio in near_copies(train, held):
         problems.append(f"held-out message is a near-copy ({ratio:.2f}) of a training one:\n"
                         f"    held-out: {short(held_msg)}\n    training: {short(train_msg)}")
+    for other_name, other in apart:
+        copies = near_copies(other, held)
+        print(f"\n== {held_name} apart from {other_name}: {len(other)} messages compared, "
+              f"{len(copies)} near-copies")
+        for held_msg, other_msg, ratio in copies:
+            problems.append(f"held-out message is a near-copy ({ratio:.2f}) of a line of "
+                            f"{other_name}:\n    held-out: {short(held_msg)}\n"
+                            f"    {other_name}: {short(other_msg)}")
     if problems:
         print("\n" + "\n".join(problems))
         print(f"\n{len(problems)} problem(s)")
