@@ -71,7 +71,9 @@ pub(super) async fn consume(
                 None => break Err(WorkerError::Broker(secflow_common::Error::ConnectionLost("consuming (the connection's event stream ended)".into()))),
             },
             Some(suspect) = suspects.recv() => suspect,
-            next = consumer.next() => match next {
+            next = consumer.next() => match next.map(|n| n.inspect(|d| shared.settler.acks.delivered(d.delivery_tag))) {
+                // (Each delivery is registered with the ack batcher above, before anything can
+                // ack a later delivery of the channel.)
                 // Without Redis there is no evidence of what killed a worker: a delivery that
                 // was never settled is taken for a suspect, as the broker's count is all there is.
                 Some(Ok(delivery)) if shared.store.is_degraded() && DeliveryMeta::read(&delivery, shared.keyring.as_ref()).is_suspect() => delivery,
@@ -127,7 +129,7 @@ pub(super) async fn consume(
     // nack would count as a failed delivery and bring them nearer the delivery limit.
     // (On a lost connection they are redelivered anyway.)
     while outcome.is_ok()
-        && let Some(delivery) = next_buffered(&mut consumer).await
+        && let Some(delivery) = next_buffered(&mut consumer, shared).await
     {
         let meta = DeliveryMeta::read(&delivery, shared.keyring.as_ref());
         shared

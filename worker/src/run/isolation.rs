@@ -44,10 +44,14 @@ pub(super) async fn subscribe(
     Ok(consumer)
 }
 
-/// A delivery the broker already pushed to a cancelled consumer, if any is left.
-pub(super) async fn next_buffered(consumer: &mut Consumer) -> Option<Delivery> {
+/// A delivery the broker already pushed to a cancelled consumer, if any is left (registered
+/// with the channel's ack batcher, as every delivery taken from the consumer is).
+pub(super) async fn next_buffered(consumer: &mut Consumer, shared: &Shared) -> Option<Delivery> {
     match tokio::time::timeout(Duration::from_millis(50), consumer.next()).await {
-        Ok(Some(Ok(delivery))) => Some(delivery),
+        Ok(Some(Ok(delivery))) => {
+            shared.settler.acks.delivered(delivery.delivery_tag);
+            Some(delivery)
+        }
         _ => None,
     }
 }
@@ -84,7 +88,7 @@ pub(super) async fn isolate(
         channel.basic_cancel(tag.into(), BasicCancelOptions::default()),
     )
     .await;
-    while let Some(delivery) = next_buffered(consumer).await {
+    while let Some(delivery) = next_buffered(consumer, shared).await {
         let meta = DeliveryMeta::read(&delivery, shared.keyring.as_ref());
         shared
             .settler

@@ -282,6 +282,7 @@ async fn session(
             stats: Arc::clone(stats),
             done_ttl_ms: cfg.done_ttl_secs.saturating_mul(1000),
             follow_ups: std::sync::Mutex::default(),
+            acks: crate::settle::Acks::start(),
         },
         runs: Arc::clone(&parts.runs),
         cancels: Arc::clone(&parts.cancels),

@@ -13,7 +13,7 @@ use crate::{
 use lapin::{
     BasicProperties,
     message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
+    options::BasicNackOptions,
     types::FieldTable,
 };
 use secflow_common::severity::Severity;
@@ -32,7 +32,9 @@ const MAX_ERROR_MESSAGE: usize = 1_000;
 
 pub use crate::meta::DeliveryMeta;
 
+mod acks;
 mod emit;
+pub use acks::Acks;
 use emit::{event_error, truncate};
 
 /// Settles deliveries of one work queue.
@@ -51,6 +53,8 @@ pub struct Settler {
     pub done_ttl_ms: u64,
     /// Lifecycle events, batched.
     pub events: EventBatcher,
+    /// Acks of the consumer channel's deliveries, batched.
+    pub acks: Acks,
     /// Events to publish once a task's own event is confirmed (its run's end), by task.
     pub follow_ups: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, TaskEvent>>,
 }
@@ -163,24 +167,9 @@ impl Settler {
                     };
                     crate::report::record(&task.node_type, outcome, output, Some(report));
                 }
-                let acked = tokio::time::timeout(
-                    SETTLE_TIMEOUT,
-                    delivery.acker.ack(BasicAckOptions::default()),
-                )
-                .await;
-                let failure = match acked {
-                    Ok(Ok(_)) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some(format!("not written within {SETTLE_TIMEOUT:?}")),
-                };
-                if let Some(error) = failure {
-                    // The broker redelivers it; the replacement is already safe.
-                    tracing::warn!(
-                        task_id,
-                        error,
-                        "ack failed after settlement; the broker will redeliver"
-                    );
-                }
+                // Acked by the channel's batcher: with others settled at the same moment (one
+                // `multiple` ack), or alone at once.
+                self.acks.ack(delivery.delivery_tag, delivery.acker.clone());
                 // After the ack, out of the delivery's round trip: the completing marker
                 // written before the event already keeps any later copy (an ack lost with its
                 // connection, a republished duplicate) from running the task again. The done
@@ -212,6 +201,7 @@ impl Settler {
                     }),
                 )
                 .await;
+                self.acks.forget(delivery.delivery_tag);
             }
         }
     }
