@@ -10,8 +10,8 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
 /// Connection settings, from flags with environment fallbacks.
 #[derive(clap::Args, Clone, Debug)]
 pub struct BrokerArgs {
-    /// RabbitMQ URL, or the nodes of a cluster separated by commas (tried in the order listed,
-    /// moving to the next when one fails; see `broker_list`).
+    /// RabbitMQ URL, or the nodes of a cluster separated by commas: tried in the order listed,
+    /// moving to the next when one fails (a comma in a password is written %2C).
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL)]
     pub amqp_url: String,
     /// Redis URL.

@@ -237,3 +237,33 @@ async fn a_killed_node_loses_no_task_and_its_clients_move_to_the_others() {
     stop_gracefully(&mut worker_b).await;
     amqp::close(&watch, "test done").await;
 }
+
+/// Proves: a bad address anywhere in a list, or an empty one, stops the worker at once with an
+/// error naming it (password masked), as a single bad URL does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_address_in_the_list_stops_the_worker_at_once() {
+    let good = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    for (list, expected) in [
+        (
+            format!("{good},http://u:secret@127.0.0.1:5672"),
+            "(address 2 of 2) is not an AMQP URL",
+        ),
+        (format!("{good},"), "has an empty address"),
+    ] {
+        let started = Instant::now();
+        let out = command("worker")
+            .args(["--amqp-url", &list, "--log-format", "text"])
+            .env("RUST_BACKTRACE", "0")
+            .stdout(Stdio::null())
+            .output()
+            .expect("run the worker binary");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{list}: {stderr}");
+        assert!(stderr.contains(expected), "{list}: {stderr}");
+        assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{list}: not at once"
+        );
+    }
+}
