@@ -105,6 +105,20 @@ impl PrivateRabbit {
         assert!(status.success(), "rabbitmq-server -detached failed");
     }
 
+    /// Waits until the node's AMQP port opens (the last step of its boot), failing at
+    /// `deadline`.
+    fn wait_port(&self, deadline: Instant) {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "private RabbitMQ {} did not open its AMQP port in time (logs in {})",
+                self.node,
+                self.dir.join("log").display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Its Erlang node name (`sf-…@localhost`).
     pub fn node(&self) -> &str {
         &self.node
@@ -139,9 +153,15 @@ impl PrivateRabbit {
 
     /// The node's Erlang VM process (found by its node name in its environment).
     fn beam_pid(&self) -> i32 {
+        self.find_beam_pid()
+            .unwrap_or_else(|| panic!("no beam.smp process for node {}", self.node))
+    }
+
+    /// The node's Erlang VM process, if it runs.
+    fn find_beam_pid(&self) -> Option<i32> {
         let wanted = format!("RABBITMQ_NODENAME={}", self.node);
         std::fs::read_dir("/proc")
-            .unwrap()
+            .ok()?
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
             .find(|pid| {
                 let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
@@ -150,7 +170,6 @@ impl PrivateRabbit {
                         .map(|env| env.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes()))
                         .unwrap_or(false)
             })
-            .unwrap_or_else(|| panic!("no beam.smp process for node {}", self.node))
     }
 
     /// Freezes the broker (SIGSTOP): connections stay open, nothing is answered, as with a
@@ -213,8 +232,8 @@ impl PrivateCluster {
     /// Starts `n` nodes forming one cluster and waits until every one accepts AMQP connections
     /// and the cluster runs all of them.
     ///
-    /// The nodes boot side by side and the others join the first one as they boot (RabbitMQ's
-    /// `classic_config` peer discovery, retried until the first node answers) rather than
+    /// The other nodes join the first one as they boot (RabbitMQ's `classic_config` peer
+    /// discovery, retried until the first node answers) rather than
     /// through `rabbitmqctl stop_app`, `join_cluster`, `start_app` afterwards: on two busy
     /// cores each of those CLI round trips costs seconds, and the cluster must be up well
     /// within a test's time limit.
@@ -235,20 +254,16 @@ impl PrivateCluster {
             ));
             std::fs::write(&conf, text).unwrap();
         }
-        for node in &cluster.nodes {
+        // The first node boots alone: a node that joins it while it is still initialising can
+        // make its boot fail. The others then boot side by side and join it.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        cluster.nodes[0].launch();
+        cluster.nodes[0].wait_port(deadline);
+        for node in &cluster.nodes[1..] {
             node.launch();
         }
-        let deadline = Instant::now() + Duration::from_secs(120);
-        for node in &cluster.nodes {
-            while std::net::TcpStream::connect(("127.0.0.1", node.port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "private RabbitMQ {} did not open its AMQP port within 120 s (logs in {})",
-                    node.node,
-                    node.dir.join("log").display()
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
+        for node in &cluster.nodes[1..] {
+            node.wait_port(deadline);
         }
         loop {
             let members = cluster.running_nodes();
@@ -348,20 +363,14 @@ impl PrivateCluster {
 
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
-        // All nodes are asked to stop at once: one after the other takes seconds each.
-        let stopping: Vec<_> = self
-            .nodes
-            .iter()
-            .filter(|n| !n.gone.load(std::sync::atomic::Ordering::SeqCst))
-            .filter_map(|n| {
-                let mut cmd = Command::new("rabbitmqctl");
-                n.env(&mut cmd);
-                n.gone.store(true, std::sync::atomic::Ordering::SeqCst);
-                cmd.args(["-n", &n.node, "-q", "stop"]).spawn().ok()
-            })
-            .collect();
-        for mut child in stopping {
-            let _ = child.wait();
+        // The cluster is thrown away with its data: its nodes are killed (a polite stop takes
+        // seconds per node), then each node's own drop removes its directory.
+        for node in &self.nodes {
+            node.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(pid) = node.find_beam_pid() {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
         }
     }
 }
