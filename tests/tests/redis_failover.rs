@@ -140,6 +140,25 @@ fn completed(events: &EventTap) -> usize {
 async fn a_promoted_replica_behind_the_same_address_loses_no_task() {
     let mut primary = PrivateRedis::start().await;
     let replica = PrivateRedis::start().await;
+    // The initial sync goes over the socket, leaving no RDB file in the working directory.
+    redis_cmd(
+        &primary.url(),
+        &["CONFIG", "SET", "repl-diskless-sync", "yes"],
+    )
+    .await
+    .unwrap();
+    redis_cmd(
+        &primary.url(),
+        &["CONFIG", "SET", "repl-diskless-sync-delay", "0"],
+    )
+    .await
+    .unwrap();
+    redis_cmd(
+        &replica.url(),
+        &["CONFIG", "SET", "repl-diskless-load", "on-empty-db"],
+    )
+    .await
+    .unwrap();
     redis_cmd(
         &replica.url(),
         &["REPLICAOF", "127.0.0.1", &primary.port.to_string()],
