@@ -5,7 +5,8 @@
 //! a caller that gets `Ok` knows the broker has the message.
 
 use crate::{
-    Error, Result, config::redact_url, deadline, retry::ReconnectBackoff, signing::Keyring,
+    Error, Result, broker_list, config::redact_url, deadline, retry::ReconnectBackoff,
+    signing::Keyring,
 };
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
@@ -14,51 +15,79 @@ use lapin::{
 };
 use std::time::{Duration, Instant};
 
-/// Connects to `url`, retrying with the shared [`ReconnectBackoff`] until `timeout` has
-/// passed. Each attempt has its own deadline (at most [`deadline::BROKER_OP`]), so a broker
-/// that accepts the TCP connection but never answers (paused, overloaded) cannot hold it.
+/// Connects to `url` (one AMQP URL, or the nodes of a cluster separated by commas, see
+/// [`crate::broker_list`]), retrying with the shared [`ReconnectBackoff`] until `timeout` has
+/// passed. Each round tries every address once, in the order listed, beginning with the one
+/// the process last reached; the backoff waits between rounds. Each attempt has its own
+/// deadline (at most [`deadline::BROKER_OP`]), so a broker that accepts the TCP connection but
+/// never answers (paused, overloaded) cannot hold it.
 ///
-/// A URL that does not parse and a refused login are configuration errors: they fail at once.
+/// An address that does not parse and a refused login are configuration errors: they fail at
+/// once.
 pub async fn connect(url: &str, client_name: &str, timeout: Duration) -> Result<Connection> {
-    if let Err(e) = url.parse::<lapin::uri::AMQPUri>() {
-        return Err(Error::Config(format!(
-            "AMQP_URL `{}` is not an AMQP URL: {e} (expected amqp://USER:PASSWORD@HOST:PORT/VHOST or amqps://…)",
-            redact_url(url)
-        )));
-    }
+    let urls = broker_list::parse(url)?;
     let deadline = Instant::now() + timeout;
     let mut backoff = ReconnectBackoff::default();
     loop {
-        let options =
-            ConnectionProperties::default().with_connection_name(LongString::from(client_name));
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let limit = remaining.clamp(ATTEMPT_MIN, deadline::BROKER_OP);
-        let attempt = match deadline::within(
-            "the broker's answer to a new connection",
-            limit,
-            Connection::connect(url, options),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => return Ok(conn),
-            Ok(Err(source)) if crate::error::refused_for_good(&source) => {
-                return Err(Error::Login {
-                    url: redact_url(url),
-                    reason: source.to_string(),
-                });
+        let mut last = None;
+        for i in broker_list::order(urls.len(), broker_list::start()) {
+            match connect_once(&urls[i], client_name, deadline).await {
+                Ok(conn) => {
+                    broker_list::reached(i);
+                    if urls.len() > 1 {
+                        tracing::info!(url = %redact_url(&urls[i]), "connected to RabbitMQ");
+                    }
+                    return Ok(conn);
+                }
+                Err(e @ Error::Login { .. }) => return Err(e),
+                Err(e) => {
+                    broker_list::failed(i, urls.len());
+                    if urls.len() > 1 {
+                        tracing::warn!(url = %redact_url(&urls[i]), error = %e, "broker address not reachable: trying the next");
+                    }
+                    last = Some(e);
+                }
             }
-            Ok(Err(source)) => Error::Connect {
-                url: redact_url(url),
-                source,
-            },
-            Err(timeout) => timeout,
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        let Some(attempt) = last else {
+            return Err(Error::Config("AMQP_URL lists no address".into()));
         };
         let wait = backoff.next_delay(&mut rand::rng());
         if Instant::now() + wait >= deadline {
             return Err(attempt);
         }
-        tracing::warn!(url = %redact_url(url), error = %attempt, retry_in_ms = wait.as_millis() as u64, "broker not reachable yet");
+        tracing::warn!(url = %broker_list::redact_list(url), error = %attempt, retry_in_ms = wait.as_millis() as u64, "broker not reachable yet");
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// One connection attempt to one address, within [`deadline::BROKER_OP`] (and at least
+/// [`ATTEMPT_MIN`] even when `deadline` is nearly spent).
+async fn connect_once(url: &str, client_name: &str, deadline: Instant) -> Result<Connection> {
+    let options =
+        ConnectionProperties::default().with_connection_name(LongString::from(client_name));
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let limit = remaining.clamp(ATTEMPT_MIN, deadline::BROKER_OP);
+    match deadline::within(
+        "the broker's answer to a new connection",
+        limit,
+        Connection::connect(url, options),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(source)) if crate::error::refused_for_good(&source) => Err(Error::Login {
+            url: redact_url(url),
+            reason: source.to_string(),
+        }),
+        Ok(Err(source)) => Err(Error::Connect {
+            url: redact_url(url),
+            source,
+        }),
+        Err(timeout) => Err(timeout),
     }
 }
 

@@ -10,7 +10,8 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
 /// Connection settings, from flags with environment fallbacks.
 #[derive(clap::Args, Clone, Debug)]
 pub struct BrokerArgs {
-    /// RabbitMQ URL.
+    /// RabbitMQ URL, or the nodes of a cluster separated by commas: tried in the order listed,
+    /// moving to the next when one fails (a comma in a password is written %2C).
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL)]
     pub amqp_url: String,
     /// Redis URL.
@@ -60,6 +61,7 @@ impl BrokerArgs {
     /// Checks values that clap cannot.
     pub fn validate(&self) -> Result<()> {
         self.namespace()?;
+        crate::broker_list::parse(&self.amqp_url)?;
         if !(1..=1000).contains(&self.delivery_limit) {
             return Err(Error::Config(format!(
                 "--delivery-limit {} must be between 1 and 1000",

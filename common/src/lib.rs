@@ -5,6 +5,7 @@
 pub mod amqp;
 pub mod audit;
 pub mod bookkeeping;
+pub mod broker_list;
 pub mod config;
 pub mod control;
 pub mod deadline;

@@ -25,7 +25,7 @@ pub mod hooks;
 mod rabbit;
 mod redis_helpers;
 
-pub use rabbit::PrivateRabbit;
+pub use rabbit::{PrivateCluster, PrivateRabbit};
 
 use redis_helpers::delete_redis_keys;
 pub use redis_helpers::{PrivateRedis, redis_done_markers, redis_keys};

@@ -74,9 +74,23 @@ pub struct RawClient {
 }
 
 impl RawClient {
-    /// Connects to an `amqp://` URL and opens a channel; each later operation must finish
-    /// within `op_timeout`.
+    /// Connects to an `amqp://` URL (of a list of several, the first that answers, in the
+    /// order [`crate::amqp::connect`] uses) and opens a channel; each later operation must
+    /// finish within `op_timeout`.
     pub async fn connect(url: &str, op_timeout: Duration) -> Result<Self, RawError> {
+        let urls = crate::broker_list::parse(url).map_err(|e| RawError::Url(e.to_string()))?;
+        let mut last = None;
+        for i in crate::broker_list::order(urls.len(), crate::broker_list::start()) {
+            match Self::connect_one(&urls[i], op_timeout).await {
+                Ok(client) => return Ok(client),
+                Err(e @ RawError::Url(_)) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| RawError::Url("no address".into())))
+    }
+
+    async fn connect_one(url: &str, op_timeout: Duration) -> Result<Self, RawError> {
         let uri: lapin::uri::AMQPUri = url.parse().map_err(RawError::Url)?;
         if !matches!(uri.scheme, lapin::uri::AMQPScheme::AMQP) {
             return Err(RawError::Url(
