@@ -63,7 +63,7 @@ impl Acks {
 }
 
 async fn run(mut rx: mpsc::UnboundedReceiver<Msg>) {
-    let mut open = Open::<u64>::default();
+    let mut open: Open = Open::default();
     while let Some(first) = rx.recv().await {
         open.apply(first);
         while let Ok(next) = rx.try_recv() {
