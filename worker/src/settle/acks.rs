@@ -11,7 +11,7 @@
 
 use lapin::{Acker, options::BasicAckOptions};
 use std::{collections::BTreeMap, time::Duration};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Longest wait for an ack to be written (a stalled connection must not hold the batcher).
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -19,8 +19,8 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 enum Msg<A = Acker> {
     /// Taken from the consumer: open until acked or forgotten.
     Delivered(u64),
-    /// Settled: ack it.
-    Ack(u64, A),
+    /// Settled: ack it, then say so.
+    Ack(u64, A, oneshot::Sender<()>),
     /// Settled otherwise (nacked): no longer open.
     Forget(u64),
 }
@@ -44,15 +44,21 @@ impl Acks {
         let _ = self.tx.send(Msg::Delivered(tag));
     }
 
-    /// Acks a settled delivery (now, alone or with others).
-    pub fn ack(&self, tag: u64, acker: Acker) {
-        if let Err(mpsc::error::SendError(Msg::Ack(_, acker))) = self.tx.send(Msg::Ack(tag, acker))
-        {
+    /// Acks a settled delivery (now, alone or with others); returns once the ack is written
+    /// (or could not be), so a worker that stops after its tasks never leaves one unsent.
+    pub async fn ack(&self, tag: u64, acker: Acker) {
+        let (done, written) = oneshot::channel();
+        match self.tx.send(Msg::Ack(tag, acker, done)) {
+            Ok(()) => {
+                let _ = written.await;
+            }
             // The batcher is gone (the worker is stopping): ack it directly.
-            tokio::spawn(async move {
-                let _ =
-                    tokio::time::timeout(ACK_TIMEOUT, acker.ack(BasicAckOptions::default())).await;
-            });
+            Err(mpsc::error::SendError(msg)) => {
+                if let Msg::Ack(_, acker, _) = msg {
+                    let _ = tokio::time::timeout(ACK_TIMEOUT, acker.ack(BasicAckOptions::default()))
+                        .await;
+                }
+            }
         }
     }
 
@@ -64,33 +70,37 @@ impl Acks {
 
 async fn run(mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut open: Open = Open::default();
+    let mut waiting = Vec::new();
     while let Some(first) = rx.recv().await {
-        open.apply(first);
+        open.apply(first, &mut waiting);
         while let Ok(next) = rx.try_recv() {
-            open.apply(next);
+            open.apply(next, &mut waiting);
         }
         let acks = open.take_ready();
-        if acks.is_empty() {
-            continue;
+        if !acks.is_empty() {
+            let sent =
+                futures_util::future::join_all(acks.into_iter().map(|(acker, multiple)| {
+                    tokio::time::timeout(ACK_TIMEOUT, async move {
+                        acker.ack(BasicAckOptions { multiple }).await
+                    })
+                }))
+                .await;
+            for result in sent {
+                let error = match result {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("not written within {ACK_TIMEOUT:?}"),
+                };
+                // The broker redelivers what it did not get acked; each replacement is safe.
+                tracing::warn!(
+                    error,
+                    "ack failed after settlement; the broker will redeliver"
+                );
+            }
         }
-        let sent = futures_util::future::join_all(acks.into_iter().map(|(acker, multiple)| {
-            tokio::time::timeout(
-                ACK_TIMEOUT,
-                async move { acker.ack(BasicAckOptions { multiple }).await },
-            )
-        }))
-        .await;
-        for result in sent {
-            let error = match result {
-                Ok(Ok(_)) => continue,
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("not written within {ACK_TIMEOUT:?}"),
-            };
-            // The broker redelivers what it did not get acked; each replacement is safe.
-            tracing::warn!(
-                error,
-                "ack failed after settlement; the broker will redeliver"
-            );
+        // Every settled delivery is acked now (in a run or alone): its settlement may end.
+        for done in waiting.drain(..) {
+            let _ = done.send(());
         }
     }
 }
@@ -105,15 +115,16 @@ impl<A> Default for Open<A> {
 }
 
 impl<A> Open<A> {
-    fn apply(&mut self, msg: Msg<A>) {
+    fn apply(&mut self, msg: Msg<A>, waiting: &mut Vec<oneshot::Sender<()>>) {
         match msg {
             Msg::Delivered(tag) => {
                 self.0.entry(tag).or_insert(None);
             }
             // Registered before it could be settled; an unknown tag (never registered) is
             // acked alone, as if it were behind a running one.
-            Msg::Ack(tag, acker) => {
+            Msg::Ack(tag, acker, done) => {
                 self.0.insert(tag, Some(acker));
+                waiting.push(done);
             }
             Msg::Forget(tag) => {
                 self.0.remove(&tag);
@@ -159,14 +170,23 @@ mod tests {
         open.take_ready()
     }
 
+    /// Applies `msg` (an ack's completion signal is not looked at here).
+    fn apply(open: &mut Open<u64>, msg: Msg<u64>) {
+        open.apply(msg, &mut Vec::new());
+    }
+
+    fn ack(tag: u64) -> Msg<u64> {
+        Msg::Ack(tag, tag, oneshot::channel().0)
+    }
+
     #[test]
     fn a_settled_run_from_the_lowest_open_tag_is_one_multiple_ack() {
         let mut open = Open::<u64>::default();
         for tag in 1..=5 {
-            open.apply(Msg::Delivered(tag));
+            apply(&mut open, Msg::Delivered(tag));
         }
         for tag in 1..=3 {
-            open.apply(Msg::Ack(tag, tag));
+            apply(&mut open, ack(tag));
         }
         assert_eq!(ready(&mut open), vec![(3, true)]);
         assert_eq!(open.0.keys().copied().collect::<Vec<_>>(), vec![4, 5]);
@@ -175,9 +195,9 @@ mod tests {
     #[test]
     fn one_settled_delivery_is_acked_alone() {
         let mut open = Open::<u64>::default();
-        open.apply(Msg::Delivered(1));
-        open.apply(Msg::Delivered(2));
-        open.apply(Msg::Ack(1, 1));
+        apply(&mut open, Msg::Delivered(1));
+        apply(&mut open, Msg::Delivered(2));
+        apply(&mut open, ack(1));
         assert_eq!(ready(&mut open), vec![(1, false)]);
         assert_eq!(open.0.keys().copied().collect::<Vec<_>>(), vec![2]);
     }
@@ -186,16 +206,16 @@ mod tests {
     fn settled_deliveries_behind_a_running_one_are_acked_alone_at_once() {
         let mut open = Open::<u64>::default();
         for tag in 1..=4 {
-            open.apply(Msg::Delivered(tag));
+            apply(&mut open, Msg::Delivered(tag));
         }
-        open.apply(Msg::Ack(3, 3));
-        open.apply(Msg::Ack(4, 4));
+        apply(&mut open, ack(3));
+        apply(&mut open, ack(4));
         // Tag 1 still runs: a multiple ack of 4 would settle it; each goes alone.
         assert_eq!(ready(&mut open), vec![(3, false), (4, false)]);
         assert_eq!(open.0.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
-        open.apply(Msg::Ack(2, 2));
+        apply(&mut open, ack(2));
         assert_eq!(ready(&mut open), vec![(2, false)]);
-        open.apply(Msg::Ack(1, 1));
+        apply(&mut open, ack(1));
         assert_eq!(ready(&mut open), vec![(1, false)]);
         assert!(open.0.is_empty());
     }
@@ -204,11 +224,11 @@ mod tests {
     fn a_nacked_delivery_no_longer_holds_the_run_back() {
         let mut open = Open::<u64>::default();
         for tag in 1..=3 {
-            open.apply(Msg::Delivered(tag));
+            apply(&mut open, Msg::Delivered(tag));
         }
-        open.apply(Msg::Forget(1));
-        open.apply(Msg::Ack(2, 2));
-        open.apply(Msg::Ack(3, 3));
+        apply(&mut open, Msg::Forget(1));
+        apply(&mut open, ack(2));
+        apply(&mut open, ack(3));
         assert_eq!(ready(&mut open), vec![(3, true)]);
         assert!(open.0.is_empty());
     }
@@ -216,7 +236,7 @@ mod tests {
     #[test]
     fn nothing_settled_sends_nothing() {
         let mut open = Open::<u64>::default();
-        open.apply(Msg::Delivered(1));
+        apply(&mut open, Msg::Delivered(1));
         assert!(ready(&mut open).is_empty());
         assert_eq!(open.0.len(), 1);
     }

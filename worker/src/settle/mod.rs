@@ -169,7 +169,9 @@ impl Settler {
                 }
                 // Acked by the channel's batcher: with others settled at the same moment (one
                 // `multiple` ack), or alone at once.
-                self.acks.ack(delivery.delivery_tag, delivery.acker.clone());
+                self.acks
+                    .ack(delivery.delivery_tag, delivery.acker.clone())
+                    .await;
                 // After the ack, out of the delivery's round trip: the completing marker
                 // written before the event already keeps any later copy (an ack lost with its
                 // connection, a republished duplicate) from running the task again. The done
