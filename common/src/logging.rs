@@ -4,15 +4,16 @@
 
 use std::{io::Write, sync::OnceLock};
 
-type Reload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+mod json;
+mod switch;
 
 /// Replaces the running filter (set by [`init`]).
-static RELOAD: OnceLock<Reload> = OnceLock::new();
+static RELOAD: OnceLock<switch::Handle> = OnceLock::new();
 /// The filter's directives as last set.
 static CURRENT: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
 
-/// Stderr with secrets masked. The fmt layer writes each event with one call, so each call
-/// holds whole lines.
+/// Stderr with secrets masked. Each line is written with one call, so each call holds whole
+/// lines.
 struct RedactingStderr;
 
 impl Write for RedactingStderr {
@@ -30,57 +31,48 @@ impl Write for RedactingStderr {
 /// Installs the global subscriber. `json` picks JSON lines; `default_filter` applies when
 /// `RUST_LOG` is unset. The filter can be replaced later with [`set_filter`].
 pub fn init(json: bool, default_filter: &str) {
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let directives = std::env::var("RUST_LOG")
         .ok()
         .filter(|d| tracing_subscriber::EnvFilter::try_new(d).is_ok())
         .unwrap_or_else(|| default_filter.to_string());
-    let filter = tracing_subscriber::EnvFilter::new(&directives);
+    let (filter, handle) = switch::new(&directives);
     *CURRENT
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = directives;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| RedactingStderr);
-    if json {
-        let builder = builder
-            .json()
-            .flatten_event(true)
-            // A task's line carries its span: `"span": {"trace_id", "span_id", "task_id",
-            // "run_id", "node", "type", "worker", "attempt"}`.
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_filter_reloading();
-        let handle = builder.reload_handle();
-        let _ = RELOAD.set(Box::new(move |d: &str| replace(d, |f| handle.reload(f))));
-        builder.init();
+    let _ = RELOAD.set(handle);
+    let registry = tracing_subscriber::registry();
+    let installed = if json {
+        // A task's line carries its span: `"span": {"trace_id", "span_id", "task_id",
+        // "run_id", "node", "type", "worker", "attempt", "name"}`.
+        registry
+            .with(json::JsonLines::new(|| RedactingStderr))
+            .with(filter)
+            .try_init()
     } else {
-        let builder = builder.with_filter_reloading();
-        let handle = builder.reload_handle();
-        let _ = RELOAD.set(Box::new(move |d: &str| replace(d, |f| handle.reload(f))));
-        builder.init();
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(|| RedactingStderr))
+            .with(filter)
+            .try_init()
+    };
+    if let Err(e) = installed {
+        eprintln!("logging was already set up: {e}");
     }
-}
-
-/// Parses `directives` and hands the filter to `reload`.
-fn replace(
-    directives: &str,
-    reload: impl FnOnce(tracing_subscriber::EnvFilter) -> Result<(), tracing_subscriber::reload::Error>,
-) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(directives)
-        .map_err(|e| format!("log filter `{directives}`: {e}"))?;
-    reload(filter).map_err(|e| format!("log filter could not be replaced: {e}"))
 }
 
 /// Replaces the log filter of the running process (`RUST_LOG` syntax, e.g.
 /// `info,secflow_worker=debug`). An invalid filter is refused and the old one stays.
 pub fn set_filter(directives: &str) -> Result<(), String> {
-    let reload = RELOAD
+    let directives = directives.trim();
+    let handle = RELOAD
         .get()
         .ok_or("logging was not set up with a replaceable filter")?;
-    reload(directives.trim())?;
+    let filter = tracing_subscriber::EnvFilter::try_new(directives)
+        .map_err(|e| format!("log filter `{directives}`: {e}"))?;
+    handle.replace(directives, filter);
     *CURRENT
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = directives.trim().to_string();
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = directives.to_string();
     Ok(())
 }
 

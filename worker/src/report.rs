@@ -7,7 +7,11 @@ use secflow_common::{
     runs::{NodeRecord, count_findings},
 };
 use serde_json::Value;
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, OnceLock, PoisonError, RwLock},
+    time::Duration,
+};
 
 /// How the task's attempt ran (absent when it never reached its handler).
 #[derive(Clone, Debug, Default)]
@@ -69,17 +73,27 @@ pub fn record(
     output: Option<&Value>,
     report: Option<&NodeReport>,
 ) {
-    let ty = node_type.to_string();
     if let Some(r) = report {
-        metrics::histogram!("secflow_node_duration_seconds", "type" => ty.clone(), "outcome" => outcome)
-            .record(r.duration.as_secs_f64());
-        let result = if r.cache_hit { "hit" } else { "miss" };
-        metrics::counter!("secflow_node_cache_total", "type" => ty.clone(), "result" => result)
-            .increment(1);
+        let seconds = r.duration.as_secs_f64();
+        let result = usize::from(r.cache_hit);
+        match (handles(node_type), outcome_index(outcome)) {
+            (Some(h), Some(i)) => {
+                h.duration[i]
+                    .get_or_init(|| duration(node_type, outcome))
+                    .record(seconds);
+                h.cache[result]
+                    .get_or_init(|| cache(node_type, result))
+                    .increment(1);
+            }
+            _ => {
+                duration(node_type, outcome).record(seconds);
+                cache(node_type, result).increment(1);
+            }
+        }
     }
     let Some(output) = output else { return };
     if let Some(code) = output.get("exit_code").and_then(Value::as_i64) {
-        metrics::counter!("secflow_node_exit_status_total", "type" => ty.clone(), "status" => code.to_string())
+        metrics::counter!("secflow_node_exit_status_total", "type" => node_type.to_string(), "status" => code.to_string())
             .increment(1);
     }
     let mut by_severity: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -97,9 +111,79 @@ pub fn record(
         *by_severity.entry(severity).or_default() += 1;
     }
     for (severity, n) in by_severity {
-        metrics::counter!("secflow_node_findings_total", "type" => ty.clone(), "severity" => severity)
+        metrics::counter!("secflow_node_findings_total", "type" => node_type.to_string(), "severity" => severity)
             .increment(n);
     }
+}
+
+/// Counts a settled delivery in `secflow_tasks_settled_total{outcome}`.
+pub fn settled(outcome: &'static str) {
+    static SETTLED: [OnceLock<metrics::Counter>; OUTCOMES.len()] =
+        [const { OnceLock::new() }; OUTCOMES.len()];
+    let settled = |outcome: &'static str| metrics::counter!("secflow_tasks_settled_total", "outcome" => outcome);
+    match outcome_index(outcome) {
+        Some(i) => SETTLED[i].get_or_init(|| settled(outcome)).increment(1),
+        None => settled(outcome).increment(1),
+    }
+}
+
+fn duration(node_type: &str, outcome: &'static str) -> metrics::Histogram {
+    metrics::histogram!("secflow_node_duration_seconds", "type" => node_type.to_string(), "outcome" => outcome)
+}
+
+/// `result`: 0 a miss, 1 a hit.
+fn cache(node_type: &str, result: usize) -> metrics::Counter {
+    let result = if result == 1 { "hit" } else { "miss" };
+    metrics::counter!("secflow_node_cache_total", "type" => node_type.to_string(), "result" => result)
+}
+
+/// How a delivery was settled, as the `outcome` label of the per-task metrics says it.
+const OUTCOMES: [&str; 7] = [
+    "completed",
+    "cancelled",
+    "retried",
+    "dead_lettered",
+    "handed_back",
+    "deferred",
+    "duplicate",
+];
+
+fn outcome_index(outcome: &str) -> Option<usize> {
+    OUTCOMES.iter().position(|o| *o == outcome)
+}
+
+/// Node types whose handles are kept at most; more (not expected: types are the handlers')
+/// are recorded through the registry each time.
+const MAX_TYPES: usize = 1024;
+
+/// The per-node metric handles of one node type, each made on first use. A `counter!` or
+/// `histogram!` with labels builds its key (label strings copied), hashes it and looks it up
+/// in the registry on every call; a handle records directly.
+#[derive(Default)]
+struct NodeHandles {
+    /// `secflow_node_duration_seconds`, by outcome (as in [`OUTCOMES`]).
+    duration: [OnceLock<metrics::Histogram>; OUTCOMES.len()],
+    /// `secflow_node_cache_total`, miss then hit.
+    cache: [OnceLock<metrics::Counter>; 2],
+}
+
+/// The handles of each node type seen.
+static NODES: RwLock<BTreeMap<String, Arc<NodeHandles>>> = RwLock::new(BTreeMap::new());
+
+/// The handles of `node_type` (`None` once too many types were seen).
+fn handles(node_type: &str) -> Option<Arc<NodeHandles>> {
+    if let Some(h) = NODES
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(node_type)
+    {
+        return Some(h.clone());
+    }
+    let mut nodes = NODES.write().unwrap_or_else(PoisonError::into_inner);
+    if nodes.len() >= MAX_TYPES && !nodes.contains_key(node_type) {
+        return None;
+    }
+    Some(nodes.entry(node_type.to_string()).or_default().clone())
 }
 
 /// Severities a finding may have; anything else is counted as `info`.

@@ -153,7 +153,7 @@ impl Settler {
                     Disposition::Duplicate => (&stats.duplicates, "duplicate"),
                 };
                 WorkerStats::bump(counter);
-                metrics::counter!("secflow_tasks_settled_total", "outcome" => outcome).increment(1);
+                crate::report::settled(outcome);
                 if let Disposition::Retry { error, .. } | Disposition::DeadLetter { error, .. } =
                     &disposition
                 {

@@ -180,15 +180,18 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
     );
     meta.trace = attempt.context().cloned();
     // Every line logged while this delivery is processed carries its trace, span, worker and
-    // attempt; once the envelope is read, a span of the task adds its task, run, node and type
-    // (made with every field at once: recording fields into a span one by one costs the JSON
-    // log format a re-serialisation each), and once decided its error class and code.
+    // attempt; once the envelope is read, its task, run, node and type, and once decided its
+    // error class and code: one span, its fields recorded as they become known.
     let span = tracing::info_span!(
         "delivery",
-        trace_id = %attempt.trace_id(),
-        span_id = %attempt.span_id(),
-        worker = %shared.settler.worker_id,
+        trace_id = attempt.trace_id(),
+        span_id = attempt.span_id(),
+        worker = shared.settler.worker_id.as_str(),
         attempt = meta.retry_count + 1,
+        task_id = tracing::field::Empty,
+        run_id = tracing::field::Empty,
+        node = tracing::field::Empty,
+        r#type = tracing::field::Empty,
         class = tracing::field::Empty,
         code = tracing::field::Empty,
     );
@@ -212,32 +215,21 @@ async fn process_in(
     meta: DeliveryMeta,
     exclusive: bool,
     mut attempt: TraceSpan,
-    delivery_span: tracing::Span,
+    span: tracing::Span,
 ) {
     let stats = &shared.settler.stats;
     stats
         .in_flight
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _in_flight = InFlight(stats);
-    // One span is entered at each poll, never two nested: entering a span costs the subscriber
-    // work on every poll of the future.
-    match delivery_span.in_scope(|| admit::admit(shared, &delivery, &meta)) {
+    // The span is entered at each poll of the delivery's future.
+    match span.in_scope(|| admit::admit(shared, &delivery, &meta)) {
         Ok(task) => {
-            drop(delivery_span);
             describe(&mut attempt, &task);
-            let span = tracing::info_span!(
-                "task",
-                trace_id = %attempt.trace_id(),
-                span_id = %attempt.span_id(),
-                task_id = %task.task_id,
-                run_id = task.run_id.map(tracing::field::display),
-                node = task.node_id.as_str(),
-                r#type = task.node_type.as_str(),
-                worker = %shared.settler.worker_id,
-                attempt = meta.retry_count + 1,
-                class = tracing::field::Empty,
-                code = tracing::field::Empty,
-            );
+            span.record("task_id", tracing::field::display(task.task_id));
+            span.record("run_id", task.run_id.map(tracing::field::display));
+            span.record("node", task.node_id.as_str());
+            span.record("type", task.node_type.as_str());
             async {
                 let end = pipeline(shared, &meta, exclusive, task).await;
                 finish(shared, delivery, meta, end, attempt).await;
@@ -247,7 +239,7 @@ async fn process_in(
         }
         Err(end) => {
             finish(shared, delivery, meta, end, attempt)
-                .instrument(delivery_span)
+                .instrument(span)
                 .await;
         }
     }
