@@ -55,8 +55,9 @@ impl Acks {
             // The batcher is gone (the worker is stopping): ack it directly.
             Err(mpsc::error::SendError(msg)) => {
                 if let Msg::Ack(_, acker, _) = msg {
-                    let _ = tokio::time::timeout(ACK_TIMEOUT, acker.ack(BasicAckOptions::default()))
-                        .await;
+                    let _ =
+                        tokio::time::timeout(ACK_TIMEOUT, acker.ack(BasicAckOptions::default()))
+                            .await;
                 }
             }
         }
@@ -78,13 +79,12 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Msg>) {
         }
         let acks = open.take_ready();
         if !acks.is_empty() {
-            let sent =
-                futures_util::future::join_all(acks.into_iter().map(|(acker, multiple)| {
-                    tokio::time::timeout(ACK_TIMEOUT, async move {
-                        acker.ack(BasicAckOptions { multiple }).await
-                    })
-                }))
-                .await;
+            let sent = futures_util::future::join_all(acks.into_iter().map(|(acker, multiple)| {
+                tokio::time::timeout(ACK_TIMEOUT, async move {
+                    acker.ack(BasicAckOptions { multiple }).await
+                })
+            }))
+            .await;
             for result in sent {
                 let error = match result {
                     Ok(Ok(_)) => continue,

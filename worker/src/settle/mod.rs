@@ -10,12 +10,7 @@ use crate::{
     stats::WorkerStats,
     store::Lease,
 };
-use lapin::{
-    BasicProperties,
-    message::Delivery,
-    options::BasicNackOptions,
-    types::FieldTable,
-};
+use lapin::{BasicProperties, message::Delivery, options::BasicNackOptions, types::FieldTable};
 use secflow_common::severity::Severity;
 use secflow_common::{
     ErrorClass, TaskEnvelope, TaskError, Topology,
@@ -140,6 +135,10 @@ impl Settler {
         let task_id = task.map(|t| t.task_id.to_string());
         match result {
             Ok(()) => {
+                // Before the ack: a redelivery after this point must find the done marker.
+                if let (Some(lease), Disposition::Complete(_)) = (lease, &disposition) {
+                    lease.complete(self.done_ttl_ms).await;
+                }
                 let stats = &self.stats;
                 let (counter, outcome) = match disposition {
                     Disposition::Complete(_) => (&stats.completed, "completed"),
@@ -172,14 +171,6 @@ impl Settler {
                 self.acks
                     .ack(delivery.delivery_tag, delivery.acker.clone())
                     .await;
-                // After the ack, out of the delivery's round trip: the completing marker
-                // written before the event already keeps any later copy (an ack lost with its
-                // connection, a republished duplicate) from running the task again. The done
-                // marker only turns such a copy into a silent duplicate instead of its
-                // completion reported again under the same event id.
-                if let (Some(lease), Disposition::Complete(_)) = (lease, &disposition) {
-                    lease.complete(self.done_ttl_ms).await;
-                }
             }
             Err(e) => {
                 WorkerStats::bump(&self.stats.settle_failures);
