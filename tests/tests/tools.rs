@@ -306,7 +306,9 @@ nodes:
     );
     assert_eq!(state("crashy"), Some("failed"));
     assert!(
-        status.errors["crashy"].starts_with("transient/tool_failed"),
+        // A crash with an unknown exit code is retried as transient (by the rules' exit-code
+        // fallback or by the learned model, whichever answers: the class is the contract).
+        status.errors["crashy"].starts_with("transient/"),
         "{status:?}"
     );
 
