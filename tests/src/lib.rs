@@ -566,6 +566,35 @@ pub fn recipe_file(ns: &TestNs, name: &str, yaml: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// Completing attempts by task, from the `node.completed` events in `events` (a repeated report
+/// of one completion keeps its attempt, so a task completed twice has two).
+pub fn completing_attempts(
+    events: &[TaskEvent],
+) -> std::collections::HashMap<uuid::Uuid, std::collections::HashSet<String>> {
+    let mut by_task: std::collections::HashMap<uuid::Uuid, std::collections::HashSet<String>> =
+        std::collections::HashMap::new();
+    for e in events.iter().filter(|e| e.kind == "node.completed") {
+        if let Some(task) = e.task_id {
+            by_task
+                .entry(task)
+                .or_default()
+                .insert(e.attempt.clone().unwrap_or_default());
+        }
+    }
+    by_task
+}
+
+/// Waits (up to 30 s) until the worker with metrics on `port` says `/readyz` 200; `what` names
+/// it in the failure.
+pub async fn wait_ready(what: &str, port: u16) {
+    wait_for(
+        &format!("{what} to be ready"),
+        Duration::from_secs(30),
+        || async { http_get(port, "/readyz").await.map(|(s, _)| s) == Some(200) },
+    )
+    .await;
+}
+
 /// Outputs of the `node.completed` events of `run`, by node id.
 pub fn completions(
     events: &[TaskEvent],

@@ -7,12 +7,11 @@ use futures_util::StreamExt;
 use secflow_common::{amqp, events::TaskEvent};
 use secflow_producer::publish_tasks;
 use secflow_tests::{
-    PrivateCluster, TestNs, command, free_port, http_get, redis_done_markers, request,
-    stop_gracefully, wait_for,
+    PrivateCluster, TestNs, command, completing_attempts, free_port, http_get, redis_done_markers,
+    request, stop_gracefully, wait_for, wait_ready,
 };
 use serde_json::json;
 use std::{
-    collections::{HashMap, HashSet},
     process::{Child, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -35,12 +34,7 @@ async fn ready_worker(ns: &TestNs, id: &str, urls: &str) -> (Child, u16) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn the worker binary");
-    wait_for(
-        &format!("{id} to be ready"),
-        Duration::from_secs(30),
-        || async { ready(port).await == Some(200) },
-    )
-    .await;
+    wait_ready(id, port).await;
     (child, port)
 }
 
@@ -66,22 +60,8 @@ async fn tap(conn: &lapin::Connection, ns: &TestNs) -> Arc<Mutex<Vec<TaskEvent>>
     events
 }
 
-/// Completing attempts by task (a repeated report of one completion keeps its attempt).
-fn attempts(events: &[TaskEvent]) -> HashMap<uuid::Uuid, HashSet<String>> {
-    let mut by_task: HashMap<uuid::Uuid, HashSet<String>> = HashMap::new();
-    for e in events.iter().filter(|e| e.kind == "node.completed") {
-        if let Some(task) = e.task_id {
-            by_task
-                .entry(task)
-                .or_default()
-                .insert(e.attempt.clone().unwrap_or_default());
-        }
-    }
-    by_task
-}
-
 fn completed(events: &Mutex<Vec<TaskEvent>>) -> usize {
-    attempts(&events.lock().unwrap()).len()
+    completing_attempts(&events.lock().unwrap()).len()
 }
 
 /// Messages and consumers of `queue`, looked up through `conn`.
@@ -207,7 +187,7 @@ async fn a_killed_node_loses_no_task_and_its_clients_move_to_the_others() {
         done_at_kill < TASKS,
         "the kill came after the drain (else this test proves less than it says)"
     );
-    let attempts = attempts(&events.lock().unwrap());
+    let attempts = completing_attempts(&events.lock().unwrap());
     let lost = ids.iter().filter(|id| !attempts.contains_key(id)).count();
     let duplicated = attempts.values().filter(|a| a.len() > 1).count();
     let dead = events

@@ -4,15 +4,13 @@
 //! in the test, pointed at the replica once it is promoted. The workers go degraded while no
 //! primary answers, come back to the shared state on the new primary, and lose no task.
 
-use secflow_common::events::TaskEvent;
 use secflow_producer::publish_tasks;
 use secflow_tests::{
-    EventTap, PrivateRedis, TestNs, command, free_port, http_get, redis_done_markers, request,
-    stop_gracefully, wait_for,
+    EventTap, PrivateRedis, TestNs, command, completing_attempts, free_port, http_get,
+    redis_done_markers, request, stop_gracefully, wait_for, wait_ready,
 };
 use serde_json::json;
 use std::{
-    collections::{HashMap, HashSet},
     process::{Child, Stdio},
     sync::{
         Arc,
@@ -95,12 +93,7 @@ async fn ready_worker(ns: &TestNs, id: &str, redis_url: &str) -> (Child, u16) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn the worker binary");
-    wait_for(
-        &format!("{id} to be ready"),
-        Duration::from_secs(30),
-        || async { http_get(port, "/readyz").await.map(|(s, _)| s) == Some(200) },
-    )
-    .await;
+    wait_ready(id, port).await;
     (child, port)
 }
 
@@ -113,22 +106,8 @@ async fn degraded(port: u16) -> Option<bool> {
     Some(line.trim_end().ends_with(" 1"))
 }
 
-/// Completing attempts by task (a repeated report of one completion keeps its attempt).
-fn attempts(events: &[TaskEvent]) -> HashMap<uuid::Uuid, HashSet<String>> {
-    let mut by_task: HashMap<uuid::Uuid, HashSet<String>> = HashMap::new();
-    for e in events.iter().filter(|e| e.kind == "node.completed") {
-        if let Some(task) = e.task_id {
-            by_task
-                .entry(task)
-                .or_default()
-                .insert(e.attempt.clone().unwrap_or_default());
-        }
-    }
-    by_task
-}
-
 fn completed(events: &EventTap) -> usize {
-    attempts(&events.snapshot()).len()
+    completing_attempts(&events.snapshot()).len()
 }
 
 /// Proves: SIGKILLing the Redis primary mid-drain and promoting its asynchronous replica behind
@@ -246,7 +225,7 @@ async fn a_promoted_replica_behind_the_same_address_loses_no_task() {
         "the kill came after the drain (else this test proves less than it says)"
     );
     let snapshot = events.snapshot();
-    let attempts = attempts(&snapshot);
+    let attempts = completing_attempts(&snapshot);
     let lost = ids.iter().filter(|id| !attempts.contains_key(id)).count();
     let duplicated = attempts.values().filter(|a| a.len() > 1).count();
     let dead = snapshot

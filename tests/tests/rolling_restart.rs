@@ -4,12 +4,14 @@
 //! Completions are counted from the `node.completed` events (by task and attempt), not from
 //! done markers: an idempotent task that completes while Redis does not answer writes none.
 
-use secflow_common::events::TaskEvent;
 use secflow_producer::publish_tasks;
-use secflow_tests::{EventTap, TestNs, free_port, http_get, request, stop_gracefully, wait_for};
+use secflow_tests::{
+    EventTap, TestNs, completing_attempts, free_port, http_get, request, stop_gracefully, wait_for,
+    wait_ready,
+};
 use serde_json::json;
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     process::Child,
     time::{Duration, Instant},
 };
@@ -29,33 +31,13 @@ async fn ready_worker(ns: &TestNs, name: &str) -> (Child, u16) {
         "--prefetch",
         "16",
     ]);
-    wait_for(
-        &format!("{name} to be ready"),
-        Duration::from_secs(30),
-        || async { http_get(port, "/readyz").await.map(|(s, _)| s) == Some(200) },
-    )
-    .await;
+    wait_ready(name, port).await;
     (child, port)
-}
-
-/// Completing attempts by task, from the `node.completed` events so far (a repeated report of
-/// one completion keeps its attempt).
-fn attempts(events: &[TaskEvent]) -> HashMap<uuid::Uuid, HashSet<String>> {
-    let mut by_task: HashMap<uuid::Uuid, HashSet<String>> = HashMap::new();
-    for e in events.iter().filter(|e| e.kind == "node.completed") {
-        if let Some(task) = e.task_id {
-            by_task
-                .entry(task)
-                .or_default()
-                .insert(e.attempt.clone().unwrap_or_default());
-        }
-    }
-    by_task
 }
 
 /// Tasks completed so far.
 fn completed(events: &EventTap) -> usize {
-    attempts(&events.snapshot()).len()
+    completing_attempts(&events.snapshot()).len()
 }
 
 /// Proves: restarting every worker of a busy pool one at a time (replacement ready first, then
@@ -126,12 +108,12 @@ async fn rolling_restart_loses_nothing_and_duplicates_nothing() {
             }
             panic!(
                 "{} of {TASKS} tasks completed after 180 s; events by kind: {kinds:?}",
-                attempts(&snapshot).len()
+                completing_attempts(&snapshot).len()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let attempts = attempts(&events.snapshot());
+    let attempts = completing_attempts(&events.snapshot());
     let lost = ids.iter().filter(|id| !attempts.contains_key(id)).count();
     let duplicated = attempts.values().filter(|a| a.len() > 1).count();
     eprintln!(
