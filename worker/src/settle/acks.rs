@@ -13,8 +13,9 @@ use lapin::{Acker, options::BasicAckOptions};
 use std::{collections::BTreeMap, time::Duration};
 use tokio::sync::{mpsc, oneshot};
 
-/// Longest wait for an ack to be written (a stalled connection must not hold the batcher).
-const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for an ack to be written (a stalled connection must not hold the batcher): the
+/// settlement's own bound on an ack or nack.
+const ACK_TIMEOUT: Duration = super::SETTLE_TIMEOUT;
 
 enum Msg<A = Acker> {
     /// Taken from the consumer: open until acked or forgotten.
