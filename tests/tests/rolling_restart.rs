@@ -2,7 +2,8 @@
 //! Deployment does it (maxSurge 1, maxUnavailable 0): for each worker, a replacement is started
 //! and ready before the old one gets SIGTERM. Nothing is lost and nothing completes twice.
 //! Completions are counted from the `node.completed` events (by task and attempt), not from
-//! done markers: an idempotent task that completes while Redis does not answer writes none.
+//! done markers: an idempotent task that completes while Redis does not answer gets its marker
+//! only when Redis answers again, and not at all if its worker stops before that.
 
 use secflow_producer::publish_tasks;
 use secflow_tests::{

@@ -329,7 +329,9 @@ async fn unknown_task_values_are_corrupted_state() {
 }
 
 /// Proves: while Redis is unreachable, an `exec` task (not idempotent by default) is deferred,
-/// not run, while an echo task runs; once Redis is back the `exec` task runs exactly once.
+/// not run, while an echo task runs; once Redis is back the `exec` task runs exactly once, and
+/// the echo task's done marker (kept while Redis was away) is there: a copy of it is a
+/// duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_idempotent_tasks_wait_for_redis() {
     let ns = TestNs::new().await;
@@ -369,7 +371,34 @@ async fn non_idempotent_tasks_wait_for_redis() {
             .any(|e| e.kind == "node.completed" && e.task_id == Some(exec.task_id))
     })
     .await;
+    // The echo task completed without Redis: its done marker was kept and written when Redis
+    // answered again (before idempotency checks resumed), so a copy of it is a duplicate.
+    let client = redis::Client::open(private.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let marker: Option<String> = redis::cmd("GET")
+        .arg(task_key(&ns, &echo))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        marker.as_deref().is_some_and(|m| m.starts_with("done:")),
+        "done marker of the echo task: {marker:?}"
+    );
+    let duplicates = WorkerStats::get(&worker.stats.duplicates);
+    publish(&ns, std::slice::from_ref(&echo)).await;
+    wait_for(
+        "the echo task's copy to be acked as a duplicate",
+        Duration::from_secs(20),
+        || async { WorkerStats::get(&worker.stats.duplicates) > duplicates },
+    )
+    .await;
     worker.stop().await;
+    let echo_done = tap
+        .of_kind("node.completed")
+        .iter()
+        .filter(|e| e.task_id == Some(echo.task_id))
+        .count();
+    assert_eq!(echo_done, 1, "the echo task's copy did not run again");
     assert_eq!(
         effects_of(&effects),
         vec!["exec".to_string()],

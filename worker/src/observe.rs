@@ -113,6 +113,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "1 while Redis is unreachable and the worker runs on local breakers, else 0.",
     ),
     (
+        "secflow_done_markers_dropped_total",
+        Kind::Counter,
+        "Done markers of tasks completed while Redis was unreachable, dropped before it came back.",
+    ),
+    (
         "secflow_state_corrupted_total",
         Kind::Counter,
         "Stored state found corrupted and repaired or dropped, by kind.",

@@ -32,6 +32,9 @@ pub struct WorkerStats {
     /// Redis keys found holding unusable state (wrong type, unknown format): each affects
     /// only its own task or service.
     pub state_corrupted: AtomicU64,
+    /// Done markers of tasks completed without Redis that were dropped before Redis came back
+    /// (more were kept than the store holds): their redelivered copies would run again.
+    pub done_markers_dropped: AtomicU64,
     /// Settlements whose publish failed, so the delivery was nacked back to the broker.
     pub settle_failures: AtomicU64,
     /// Hook deliveries made (a 2xx answer, or a hook program that exited 0).

@@ -283,6 +283,7 @@ async fn session(
             done_ttl_ms: cfg.done_ttl_secs.saturating_mul(1000),
             follow_ups: std::sync::Mutex::default(),
             acks: crate::settle::Acks::start(),
+            store: Arc::clone(&parts.store),
         },
         runs: Arc::clone(&parts.runs),
         cancels: Arc::clone(&parts.cancels),

@@ -8,7 +8,7 @@ use crate::{
     disposition::{DeadReason, Disposition},
     events::EventBatcher,
     stats::WorkerStats,
-    store::Lease,
+    store::{Lease, Store},
 };
 use lapin::{BasicProperties, message::Delivery, options::BasicNackOptions, types::FieldTable};
 use secflow_common::severity::Severity;
@@ -50,6 +50,8 @@ pub struct Settler {
     pub events: EventBatcher,
     /// Acks of the consumer channel's deliveries, batched.
     pub acks: Acks,
+    /// The worker's Redis: done markers of tasks completed without a lease.
+    pub store: Arc<Store>,
     /// Events to publish once a task's own event is confirmed (its run's end), by task.
     pub follow_ups: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, TaskEvent>>,
 }
@@ -136,8 +138,22 @@ impl Settler {
         match result {
             Ok(()) => {
                 // Before the ack: a redelivery after this point must find the done marker.
-                if let (Some(lease), Disposition::Complete(_)) = (lease, &disposition) {
-                    lease.complete(self.done_ttl_ms).await;
+                match (lease, &disposition, task) {
+                    (Some(lease), Disposition::Complete(_), _) => {
+                        lease.complete(self.done_ttl_ms).await;
+                    }
+                    // Completed without a lease (Redis was unreachable at its claim): its done
+                    // marker is written when Redis answers, so a later copy is a duplicate.
+                    (None, Disposition::Complete(_), Some(task)) => {
+                        self.store
+                            .complete_unleased(
+                                &task.task_id.to_string(),
+                                &self.worker_id,
+                                self.done_ttl_ms,
+                            )
+                            .await;
+                    }
+                    _ => {}
                 }
                 let stats = &self.stats;
                 let (counter, outcome) = match disposition {

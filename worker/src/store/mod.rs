@@ -35,6 +35,11 @@ use std::{
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often a degraded store checks whether Redis is back.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Most done markers of tasks completed without Redis kept for writing when it is back; past
+/// that the oldest are dropped (counted), and their redelivered copies, if any, run again.
+const MAX_PENDING_DONE: usize = 100_000;
+/// Most done markers written in one pipelined round trip when Redis is back.
+const DONE_FLUSH_CHUNK: usize = 1_000;
 
 /// Outcome of claiming a task before running it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +74,9 @@ pub struct Store {
     live_id: String,
     /// Until when (ms since the epoch) this process's liveness key is known to be there.
     alive_until_ms: AtomicU64,
+    /// Done markers of tasks completed while Redis was unreachable (key, value, ttl ms),
+    /// written when it answers again, before idempotency resumes.
+    pending_done: std::sync::Mutex<std::collections::VecDeque<(String, String, u64)>>,
 }
 
 struct Scripts {
@@ -99,6 +107,7 @@ impl Store {
             },
             live_id: uuid::Uuid::new_v4().simple().to_string(),
             alive_until_ms: AtomicU64::new(0),
+            pending_done: std::sync::Mutex::new(std::collections::VecDeque::new()),
         }))
     }
 
@@ -147,6 +156,11 @@ impl Store {
                 if store.ping().await {
                     // The shared connection died with the outage: start on a fresh one.
                     *store.shared.lock().await = None;
+                    // Tasks completed meanwhile get their done markers before idempotency
+                    // checks resume; if Redis fails again during that, keep probing.
+                    if !store.flush_pending_done().await {
+                        continue;
+                    }
                     store.stats.redis_degraded.store(false, Ordering::SeqCst);
                     metrics::gauge!("secflow_redis_degraded").set(0.0);
                     tracing::info!("Redis is back: shared breaker state and idempotency resume");
@@ -369,6 +383,90 @@ impl Store {
             ttl_ms,
         )
         .await
+    }
+
+    /// Records that `task_id` completed without a lease (Redis was unreachable when it was
+    /// claimed) by `worker`: its done marker is written now if Redis answers, else kept and
+    /// written when Redis is back, so a later copy of the task is taken for a duplicate. Never
+    /// replaces what the key holds (another attempt's lease or marker).
+    pub async fn complete_unleased(self: &Arc<Self>, task_id: &str, worker: &str, ttl_ms: u64) {
+        let key = self.key("task", task_id, "");
+        let value = format!("done:{worker}/{}", uuid::Uuid::new_v4().simple());
+        if !self.is_degraded() {
+            let mut set = deadpool_redis::redis::cmd("SET");
+            set.arg(&key).arg(&value).arg("NX").arg("PX").arg(ttl_ms);
+            match self.command::<Option<String>>(&key, set).await {
+                Ok(_) | Err(StoreError::Corrupted(_)) => return,
+                Err(StoreError::Degraded | StoreError::Unreachable(_)) => {}
+            }
+        }
+        let mut pending = self
+            .pending_done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pending.len() >= MAX_PENDING_DONE {
+            pending.pop_front();
+            WorkerStats::bump(&self.stats.done_markers_dropped);
+            metrics::counter!("secflow_done_markers_dropped_total").increment(1);
+        }
+        pending.push_back((key, value, ttl_ms));
+    }
+
+    /// Done markers waiting for Redis.
+    pub fn pending_done(&self) -> usize {
+        self.pending_done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// Writes the kept done markers (`SET NX PX`, pipelined in chunks); false if Redis failed
+    /// meanwhile (what is not written stays kept).
+    async fn flush_pending_done(&self) -> bool {
+        loop {
+            let chunk: Vec<(String, String, u64)> = {
+                let mut pending = self
+                    .pending_done
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let n = pending.len().min(DONE_FLUSH_CHUNK);
+                pending.drain(..n).collect()
+            };
+            if chunk.is_empty() {
+                return true;
+            }
+            let mut pipe = deadpool_redis::redis::pipe();
+            for (key, value, ttl_ms) in &chunk {
+                pipe.cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(*ttl_ms)
+                    .ignore();
+            }
+            let attempt = async {
+                let mut conn = self.pool.get().await.ok()?;
+                pipe.query_async::<()>(&mut conn).await.ok()
+            };
+            if !matches!(
+                tokio::time::timeout(OP_TIMEOUT, attempt).await,
+                Ok(Some(()))
+            ) {
+                let mut pending = self
+                    .pending_done
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for entry in chunk.into_iter().rev() {
+                    pending.push_front(entry);
+                }
+                return false;
+            }
+            tracing::debug!(
+                markers = chunk.len(),
+                "wrote done markers of tasks completed without Redis"
+            );
+        }
     }
 
     /// Drops this attempt's lease (the task was retried, deferred or dead-lettered).
