@@ -5,7 +5,8 @@
 //! all of them alike.
 //!
 //! `cargo bench -p secflow-tests --bench transport`
-//! (SECFLOW_BENCH_TASKS overrides 50,000 tasks, SECFLOW_BENCH_ROUNDS overrides 3 rounds).
+//! (SECFLOW_BENCH_TASKS overrides 50,000 tasks, SECFLOW_BENCH_ROUNDS overrides 3 rounds;
+//! SECFLOW_BENCH_WORKER_ONLY=1 runs only the producer and the worker with Redis, for profiling).
 
 use futures_util::{StreamExt, stream};
 use lapin::{
@@ -37,6 +38,7 @@ const PREFETCHES: [u16; 2] = [64, 256];
 async fn main() -> anyhow::Result<()> {
     let n = secflow_tests::env_or("SECFLOW_BENCH_TASKS", 50_000);
     let rounds = secflow_tests::env_or("SECFLOW_BENCH_ROUNDS", 3);
+    let worker_only = std::env::var_os("SECFLOW_BENCH_WORKER_ONLY").is_some();
     let ns = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let broker = secflow_tests::signed_broker(&ns);
     let conn =
@@ -81,6 +83,12 @@ async fn main() -> anyhow::Result<()> {
     for prefetch in PREFETCHES {
         let mut results: [Vec<f64>; 6] = Default::default();
         for _ in 0..rounds {
+            if worker_only {
+                // For profiling the worker: only it (with Redis) and the producer feeding it.
+                results[3].push(producer(&broker, n).await?);
+                results[4].push(worker(&ns, n, None, prefetch).await?);
+                continue;
+            }
             // Ceiling: the same body into a quorum queue, straight through the default exchange,
             // then through the tasks (topic) exchange the fleet uses.
             results[0].push(bare_publish(&conn, "", &bare, n).await?);
@@ -103,12 +111,12 @@ async fn main() -> anyhow::Result<()> {
         println!("  ceiling  bare confirmed publish, topic exchange    {topic:>8.0} msg/s");
         println!("  ceiling  bare consume + ack                        {consume:>8.0} msg/s");
         println!(
-            "  secflow  producer publish                          {producer:>8.0} msg/s  {:>5.1}% of the topic-route ceiling, {:>5.1}% of the default-exchange one (target >= 80%)",
+            "  secflow  producer publish                          {producer:>8.0} msg/s  {:>5.1}% of the topic-route ceiling, {:>5.1}% of the default-exchange one (target >= 95%)",
             100.0 * producer / topic,
             100.0 * producer / direct
         );
         println!(
-            "  secflow  worker, breaker + idempotency in Redis    {worker:>8.0} msg/s  {:>5.1}% of the consume ceiling (targets: >= 70% transport, >= 60% with Redis)",
+            "  secflow  worker, breaker + idempotency in Redis    {worker:>8.0} msg/s  {:>5.1}% of the consume ceiling (target >= 85% at prefetch 64, >= 95% at 256)",
             100.0 * worker / consume
         );
         println!(
@@ -222,13 +230,44 @@ async fn worker(ns: &str, n: usize, redis_url: Option<&str>, prefetch: u16) -> a
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let started = Instant::now();
+    let cpu_before = process_cpu();
     while WorkerStats::get(&stats.completed) < n as u64 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed = started.elapsed();
+    let cpu = process_cpu().saturating_sub(cpu_before);
     stop.cancel();
     worker.await??;
+    eprintln!(
+        "  (worker at prefetch {prefetch}, Redis {}: {:.0} µs of this process's CPU per task)",
+        if redis_url.is_some() {
+            "unreachable"
+        } else {
+            "on"
+        },
+        cpu.as_secs_f64() * 1e6 / (n - 1) as f64
+    );
     Ok((n - 1) as f64 / elapsed.as_secs_f64())
+}
+
+/// CPU time (user + system) this process has used so far, from `/proc/self/stat` (zero where
+/// it cannot be read).
+fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which may hold spaces, inside parentheses): utime and
+    // stime are the 12th and 13th, in clock ticks (100 a second on Linux).
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

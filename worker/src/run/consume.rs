@@ -79,7 +79,9 @@ pub(super) async fn consume(
                 Some(Ok(delivery)) if shared.store.is_degraded() && DeliveryMeta::read(&delivery, shared.keyring.as_ref()).is_suspect() => delivery,
                 Some(Ok(delivery)) => {
                     let shared = Arc::clone(shared);
-                    tracker.spawn(async move { process(&shared, delivery, false).await });
+                    // Boxed: the spawned future stays a few hundred bytes instead of the whole
+                    // pipeline's state, which every move on the way into the task would copy.
+                    tracker.spawn(async move { Box::pin(process(&shared, delivery, false)).await });
                     continue;
                 }
                 Some(Err(e)) => break Err(WorkerError::Broker(e.into())),

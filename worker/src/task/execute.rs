@@ -317,7 +317,8 @@ fn handler_task(
             timeout,
             checkpoint,
         };
-        handlers.run(&ctx).await
+        // Boxed: the spawned future stays small (every handler's state is in this one).
+        Box::pin(handlers.run(&ctx)).await
     }
 }
 
