@@ -78,18 +78,7 @@ async fn main() -> anyhow::Result<()> {
     }
     anyhow::ensure!(!store.is_degraded(), "Redis failed during the benchmark");
     // Leave nothing behind.
-    let client = redis::Client::open(DEFAULT_REDIS_URL)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("sf:{{{ns}:*"))
-        .query_async(&mut conn)
-        .await?;
-    for chunk in keys.chunks(1000) {
-        redis::cmd("DEL")
-            .arg(chunk)
-            .query_async::<()>(&mut conn)
-            .await?;
-    }
+    secflow_tests::delete_redis_keys(DEFAULT_REDIS_URL, &ns).await?;
     Ok(())
 }
 

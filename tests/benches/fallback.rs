@@ -158,5 +158,7 @@ async fn main() -> anyhow::Result<()> {
             "NOT met"
         }
     );
+    // Leave nothing behind (breaker records).
+    secflow_tests::delete_redis_keys(DEFAULT_REDIS_URL, &ns).await?;
     Ok(())
 }

@@ -85,5 +85,6 @@ async fn main() -> anyhow::Result<()> {
     control_store
         .forget_worker(fleet.record().live.as_str())
         .await?;
+    secflow_tests::delete_redis_keys(DEFAULT_REDIS_URL, &ns).await?;
     Ok(())
 }

@@ -131,6 +131,8 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     topology.delete_all(&ch, &["default"]).await?;
     conn.close(200, "".into()).await?;
+    // The done markers of every task the worker ran.
+    secflow_tests::delete_redis_keys(&broker.redis_url, &ns).await?;
     Ok(())
 }
 

@@ -140,18 +140,7 @@ async fn main() -> anyhow::Result<()> {
         w.await??;
     }
     topology.delete_all(&ch, &["default"]).await?;
-    let client = redis::Client::open(broker.redis_url.as_str())?;
-    let mut rconn = client.get_multiplexed_async_connection().await?;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("sf:{{{ns}:*"))
-        .query_async(&mut rconn)
-        .await?;
-    for chunk in keys.chunks(1000) {
-        redis::cmd("DEL")
-            .arg(chunk)
-            .query_async::<()>(&mut rconn)
-            .await?;
-    }
+    secflow_tests::delete_redis_keys(&broker.redis_url, &ns).await?;
     let _ = std::fs::remove_file(chain_path);
     let _ = std::fs::remove_file(dag_path);
     Ok(())

@@ -27,8 +27,7 @@ mod redis_helpers;
 
 pub use rabbit::{PrivateCluster, PrivateRabbit};
 
-use redis_helpers::delete_redis_keys;
-pub use redis_helpers::{PrivateRedis, redis_done_markers, redis_keys};
+pub use redis_helpers::{PrivateRedis, delete_redis_keys, redis_done_markers, redis_keys};
 
 /// The signing key every test process shares (`ID:SECRET`).
 pub const TEST_SIGNING_KEY: &str = "test:secflow-test-signing-key-0123456789";

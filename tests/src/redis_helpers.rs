@@ -9,12 +9,32 @@ use std::{
 
 /// Keys of namespace `ns` in the Redis at `url`.
 pub async fn redis_keys(url: &str, ns: &str) -> redis::RedisResult<Vec<String>> {
+    scan(url, &format!("sf:{{{ns}:*")).await
+}
+
+/// Keys matching `pattern`, by `SCAN` (never `KEYS`, which blocks Redis for a scan of the whole
+/// keyspace: with many keys, the workers of tests running beside it would time out on Redis
+/// and run degraded).
+async fn scan(url: &str, pattern: &str) -> redis::RedisResult<Vec<String>> {
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    redis::cmd("KEYS")
-        .arg(format!("sf:{{{ns}:*"))
-        .query_async(&mut conn)
-        .await
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
 }
 
 /// Tasks of namespace `ns` with a done marker in the Redis at `url`.
@@ -33,19 +53,17 @@ pub async fn redis_done_markers(url: &str, ns: &str) -> redis::RedisResult<usize
     Ok(done)
 }
 
-pub(crate) async fn delete_redis_keys(url: &str, ns: &str) -> redis::RedisResult<()> {
+/// Deletes every key of namespace `ns` in the Redis at `url` (what a test or a benchmark
+/// leaves: markers, leases, runs, breakers).
+pub async fn delete_redis_keys(url: &str, ns: &str) -> redis::RedisResult<()> {
     let mut keys = redis_keys(url, ns).await?;
+    // Hook delivery markers: `sf:{ns}:hook:…`.
+    keys.extend(scan(url, &format!("sf:{{{ns}}}:*")).await?);
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    // Hook delivery markers: `sf:{ns}:hook:…`.
-    let markers: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("sf:{{{ns}}}:*"))
-        .query_async(&mut conn)
-        .await?;
-    keys.extend(markers);
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(keys)
+    for chunk in keys.chunks(10_000) {
+        redis::cmd("UNLINK")
+            .arg(chunk)
             .query_async::<()>(&mut conn)
             .await?;
     }

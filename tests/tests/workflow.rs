@@ -249,6 +249,71 @@ async fn node_end_is_exactly_once_across_redeliveries() {
     );
 }
 
+/// Proves: a run's end is reported only after every node's own end event is confirmed, by
+/// whichever worker confirms the last one: the node that completed the run (`c`) reports
+/// first and is told nothing; the slower `b`, whose end was recorded earlier but whose event
+/// went out later, is told to report the run's end; once that is confirmed, nobody is told
+/// again, until the run is rewound (a failed node requeued) and ends anew.
+#[tokio::test]
+async fn the_run_end_waits_for_every_node_end_event() {
+    let ns = TestNs::new().await;
+    let recipe = secflow_common::recipe::parse(
+        "r.yaml",
+        "version: 1\nname: r\nnodes:\n  - { id: a, type: builtin.echo }\n  - { id: b, type: builtin.echo }\n  - { id: c, type: builtin.echo }\n",
+    )
+    .unwrap();
+    let runs = secflow_common::runs::RunStore::new(&ns.broker().redis_url, &ns.name).unwrap();
+    let (run, roots) = runs
+        .create(&recipe, &BTreeMap::new(), &[], false, None, None)
+        .await
+        .unwrap();
+    let run = run.to_string();
+    let node = |id: &str| roots.iter().find(|n| n.id == id).unwrap().clone();
+    let ok = serde_json::json!({});
+    runs.node_end(&run, &node("a"), Some(&ok), None, None)
+        .await
+        .unwrap();
+    assert!(
+        runs.reported(&run, "a").await.unwrap().is_none(),
+        "still running"
+    );
+    runs.node_end(&run, &node("b"), Some(&ok), None, None)
+        .await
+        .unwrap();
+    let last = runs
+        .node_end(&run, &node("c"), None, Some("transient/x: boom"), None)
+        .await
+        .unwrap();
+    assert_eq!(last.status, "failed", "c's end completed the run");
+    assert!(
+        runs.reported(&run, "c").await.unwrap().is_none(),
+        "b's end event is not confirmed yet: the run's end waits"
+    );
+    let end = runs.reported(&run, "b").await.unwrap();
+    assert_eq!(
+        end.map(|e| e.status).as_deref(),
+        Some("failed"),
+        "the last confirmed node end reports the run's end"
+    );
+    runs.end_reported(&run).await.unwrap();
+    assert!(
+        runs.reported(&run, "b").await.unwrap().is_none(),
+        "a repeated report after the run's end went out says nothing"
+    );
+    // c requeued from the DLQ: the run runs again and ends again, reported again.
+    assert_eq!(
+        runs.rewind(&run, "c").await.unwrap(),
+        secflow_common::runs::Rewind::Rewound
+    );
+    let again = runs
+        .node_end(&run, &node("c"), Some(&ok), None, None)
+        .await
+        .unwrap();
+    assert_eq!(again.status, "succeeded");
+    let end = runs.reported(&run, "c").await.unwrap();
+    assert_eq!(end.map(|e| e.status).as_deref(), Some("succeeded"));
+}
+
 /// Proves: `producer watch` follows a running run live and exits 0 when it succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_follows_a_run_to_its_end() {

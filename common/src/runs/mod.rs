@@ -58,6 +58,7 @@ pub struct RunStore {
     ns: String,
     node_end: Script,
     rewind: Script,
+    reported: Script,
 }
 
 impl RunStore {
@@ -69,6 +70,7 @@ impl RunStore {
             ns: ns.to_string(),
             node_end: Script::new(include_str!("node_end.lua")),
             rewind: Script::new(include_str!("rewind.lua")),
+            reported: Script::new(include_str!("reported.lua")),
         })
     }
 
@@ -317,6 +319,34 @@ impl RunStore {
             2 => Rewind::AlreadySucceeded,
             _ => Rewind::NotFailed,
         })
+    }
+
+    /// Records that `node`'s own end event was confirmed. Returns the run's end when the caller
+    /// must now report it: the run has its final status and every node that ended has had its
+    /// end event confirmed (so the run's end event comes after all of them), and the run's end
+    /// has not been reported yet ([`RunStore::end_reported`]).
+    pub async fn reported(&self, run: &str, node: &str) -> Result<Option<NodeEnd>, RunError> {
+        let mut invocation = self.reported.prepare_invoke();
+        invocation.key(self.key(run, "state")).arg(node);
+        let mut conn = self.pool.get().await?;
+        let (report, status, findings, created, name): (String, String, u64, u64, String) =
+            invocation.invoke_async(&mut conn).await?;
+        Ok((report == "1").then(|| NodeEnd {
+            ready: Vec::new(),
+            status,
+            already: false,
+            findings,
+            created_at_ms: created,
+            name,
+        }))
+    }
+
+    /// Records that the run's end event was confirmed: later node reports do not repeat it.
+    pub async fn end_reported(&self, run: &str) -> Result<(), RunError> {
+        let mut conn = self.pool.get().await?;
+        conn.hset::<_, _, _, ()>(self.key(run, "state"), "_end_reported", "1")
+            .await?;
+        Ok(())
     }
 
     /// Confirms that the dependents `node_end` returned for `node` were published.

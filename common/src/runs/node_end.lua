@@ -4,8 +4,8 @@
 -- Returns {ready dependents JSON, run status, "1" if the node had already ended else "0",
 -- run's findings so far, run created at ms, recipe name}.
 -- A failed or cancelled run whose succeeded nodes have compensations is "compensating" until
--- the last compensation ends; only then does it take its final status (and the worker that
--- ended that compensation reports the run's end).
+-- the last compensation ends; only then does it take its final status. The run's end is
+-- reported by the worker that confirms the last node end event (reported.lua).
 -- KEYS[1] links hash (id -> {"d": dependents, "o": optional, "w": when, "c": compensation}),
 -- KEYS[2] state hash (id -> state, plus run fields), KEYS[3] waiting hash (id -> upstreams not
 -- ended), KEYS[4] outputs hash, KEYS[5] unpublished hash, KEYS[6] compensations hash (node ->
@@ -26,6 +26,11 @@ end
 local current = redis.call('HGET', state, node)
 if current == 'succeeded' or current == 'failed' or current == 'skipped' then
   return summary(redis.call('HGET', unpublished, node) or '[]', redis.call('HGET', state, '_run') or 'running', '1')
+end
+-- Its end event is not confirmed yet: the run's end is reported only once every node's own end
+-- is (reported.lua).
+if redis.call('HSET', state, '_unrep:' .. node, '1') == 1 then
+  redis.call('HINCRBY', state, '_unreported', 1)
 end
 if outcome == 'ok' then
   local found = tonumber(ARGV[5]) or 0

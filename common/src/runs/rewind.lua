@@ -21,7 +21,7 @@ if redis.call('HGET', state, '_blocking') == node then
   redis.call('HDEL', state, '_blocking')
 end
 redis.call('HSET', state, '_run', 'running')
-redis.call('HDEL', state, '_ended_at', '_final', '_compensating')
+redis.call('HDEL', state, '_ended_at', '_final', '_compensating', '_end_reported')
 -- Every node that will end again gives each dependent back the count its first end took.
 local todo = {node}
 local i = 1

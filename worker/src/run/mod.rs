@@ -281,7 +281,7 @@ async fn session(
             queue: queue.clone(),
             stats: Arc::clone(stats),
             done_ttl_ms: cfg.done_ttl_secs.saturating_mul(1000),
-            follow_ups: std::sync::Mutex::default(),
+            runs: Arc::clone(&parts.runs),
             acks: crate::settle::Acks::start(),
             store: Arc::clone(&parts.store),
         },

@@ -7,13 +7,33 @@ use secflow_common::{
 };
 
 impl Settler {
-    /// Publishes `event` after the settlement of `task` has published its own event (if that
-    /// fails, the delivery goes back and its redelivery ends the run again).
-    pub fn after_settling(&self, task: uuid::Uuid, event: TaskEvent) {
-        self.follow_ups
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(task, event);
+    /// Reports to its run that workflow node `task`'s end event was confirmed and, when that
+    /// was the run's last unreported node end and the run has its final status, publishes the
+    /// run's end (`workflow.completed` or `workflow.failed`) and records that it went out. A
+    /// failure hands the delivery back: its redelivery reports the node's end (same event id)
+    /// and this again.
+    pub(super) async fn report_node_end(&self, task: &TaskEnvelope) -> secflow_common::Result<()> {
+        let Some(run) = task.run_id else {
+            return Ok(());
+        };
+        let run_key = run.to_string();
+        let store = |e: secflow_common::runs::RunError| {
+            secflow_common::Error::Events(format!("run {run}: {e}"))
+        };
+        let Some(ended) = self
+            .runs
+            .reported(&run_key, &task.node_id)
+            .await
+            .map_err(store)?
+        else {
+            return Ok(());
+        };
+        let event = crate::workflow::run_end_event(self, task, run, &ended);
+        self.events
+            .emit(event)
+            .await
+            .map_err(secflow_common::Error::Events)?;
+        self.runs.end_reported(&run_key).await.map_err(store)
     }
 
     /// Announces that a workflow node starts (`node.started`), once the broker has confirmed

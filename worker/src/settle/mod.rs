@@ -15,9 +15,7 @@ use secflow_common::severity::Severity;
 use secflow_common::{
     ErrorClass, TaskEnvelope, TaskError, Topology,
     amqp::{Publisher, copy_properties},
-    bookkeeping,
-    events::TaskEvent,
-    headers as h, now_ms,
+    bookkeeping, headers as h, now_ms,
     topology::delay_bucket,
 };
 use std::{sync::Arc, time::Duration};
@@ -52,8 +50,8 @@ pub struct Settler {
     pub acks: Acks,
     /// The worker's Redis: done markers of tasks completed without a lease.
     pub store: Arc<Store>,
-    /// Events to publish once a task's own event is confirmed (its run's end), by task.
-    pub follow_ups: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, TaskEvent>>,
+    /// Workflow runs: each node's end is reported to its run once its event is confirmed.
+    pub runs: Arc<secflow_common::runs::RunStore>,
 }
 
 /// Longest wait for an ack or nack to be written (a stalled connection must not hold a task).
@@ -119,19 +117,20 @@ impl Settler {
             }
             Disposition::Duplicate => Ok(()),
         };
-        // The run's end (when this task ended it) goes out after the task's own end.
-        let follow_up = task.and_then(|t| {
-            self.follow_ups
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&t.task_id)
-        });
-        let result = match (result, follow_up) {
-            (Ok(()), Some(event)) => self
-                .events
-                .emit(event)
-                .await
-                .map_err(secflow_common::Error::Events),
+        // A workflow node's end is reported to its run once its event is confirmed; the run's
+        // end goes out after every node's own end (whoever confirms the last one sends it).
+        let result = match (result, task) {
+            (Ok(()), Some(task))
+                if task.run_id.is_some()
+                    && matches!(
+                        disposition,
+                        Disposition::Complete(_)
+                            | Disposition::DeadLetter { .. }
+                            | Disposition::Cancelled(_)
+                    ) =>
+            {
+                self.report_node_end(task).await
+            }
             (result, _) => result,
         };
         let task_id = task.map(|t| t.task_id.to_string());

@@ -254,9 +254,9 @@ async fn continue_run(
         .await?;
     runs.published(&run_key, &task.node_id).await?;
     if ended.run_ended() {
+        // Its end event is published once every node's own end event is confirmed
+        // (`Settler::report_node_end`).
         tracing::info!(%run, status = %ended.status, findings = ended.findings, "workflow run ended");
-        // Published by the settlement, after this node's own end event.
-        settler.after_settling(task.task_id, run_end_event(settler, task, run, &ended));
     }
     Ok(ended.already)
 }
@@ -287,9 +287,9 @@ fn failure_summary(error: &TaskError) -> String {
 }
 
 /// `workflow.completed` (succeeded, partial, degraded) or `workflow.failed` (failed,
-/// cancelled), with the
-/// run's findings and how long it took.
-fn run_end_event(
+/// cancelled), with the run's findings and how long it took; `task` is the node whose
+/// confirmed end completed the run's history.
+pub(crate) fn run_end_event(
     settler: &Settler,
     task: &TaskEnvelope,
     run: Uuid,
