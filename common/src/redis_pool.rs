@@ -29,6 +29,30 @@ pub fn pool(url: &str, deadline: Duration) -> Result<Pool, String> {
     })
 }
 
+/// Every key matching `pattern`, by `SCAN` (10,000 at a time; a key may come twice). Never
+/// `KEYS`, which blocks Redis for a walk of the whole keyspace, stalling every worker on it.
+pub async fn scan_keys(pool: &Pool, pattern: &str) -> Result<Vec<String>, String> {
+    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = deadpool_redis::redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -122,25 +122,4 @@ impl Fleet {
     }
 }
 
-/// Every key matching `pattern` (`SCAN`, 1,000 at a time; a key may come twice).
-pub async fn scan_keys(pool: &deadpool_redis::Pool, pattern: &str) -> Result<Vec<String>, String> {
-    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-    let mut keys = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut *conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        keys.extend(batch);
-        if next == 0 {
-            return Ok(keys);
-        }
-        cursor = next;
-    }
-}
+pub use secflow_common::redis_pool::scan_keys;

@@ -12,29 +12,13 @@ pub async fn redis_keys(url: &str, ns: &str) -> redis::RedisResult<Vec<String>> 
     scan(url, &format!("sf:{{{ns}:*")).await
 }
 
-/// Keys matching `pattern`, by `SCAN` (never `KEYS`, which blocks Redis for a scan of the whole
-/// keyspace: with many keys, the workers of tests running beside it would time out on Redis
-/// and run degraded).
+/// Keys matching `pattern` (by `SCAN`: see [`secflow_common::redis_pool::scan_keys`]).
 async fn scan(url: &str, pattern: &str) -> redis::RedisResult<Vec<String>> {
-    let client = redis::Client::open(url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let mut keys = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(&mut conn)
-            .await?;
-        keys.extend(batch);
-        if next == 0 {
-            return Ok(keys);
-        }
-        cursor = next;
-    }
+    let failed = |e: String| redis::RedisError::from((redis::ErrorKind::Io, "SCAN failed", e));
+    let pool = secflow_common::redis_pool::pool(url, Duration::from_secs(10)).map_err(failed)?;
+    secflow_common::redis_pool::scan_keys(&pool, pattern)
+        .await
+        .map_err(failed)
 }
 
 /// Tasks of namespace `ns` with a done marker in the Redis at `url`.

@@ -191,23 +191,36 @@ nodes:
     let _ = std::fs::remove_file(path);
 }
 
+/// A run of `yaml` stored in `ns`'s Redis (nothing published): the store, the run's id and its
+/// root nodes.
+async fn stored_run(
+    ns: &TestNs,
+    yaml: &str,
+) -> (
+    secflow_common::runs::RunStore,
+    String,
+    Vec<secflow_common::runs::StoredNode>,
+) {
+    let recipe = secflow_common::recipe::parse("r.yaml", yaml).unwrap();
+    let runs = secflow_common::runs::RunStore::new(&ns.broker().redis_url, &ns.name).unwrap();
+    let (run, roots) = runs
+        .create(&recipe, &BTreeMap::new(), &[], false, None, None)
+        .await
+        .unwrap();
+    (runs, run.to_string(), roots)
+}
+
 /// Proves: recording a node's end is exactly once: a second call (a redelivery after a crash
 /// before the dependents' publish was confirmed) returns the same ready dependents and changes
 /// nothing; once the publish is confirmed, a further call returns none.
 #[tokio::test]
 async fn node_end_is_exactly_once_across_redeliveries() {
     let ns = TestNs::new().await;
-    let recipe = secflow_common::recipe::parse(
-        "r.yaml",
+    let (runs, run, roots) = stored_run(
+        &ns,
         "version: 1\nname: r\nnodes:\n  - { id: a, type: builtin.echo, outputs: [echo] }\n  - { id: b, type: builtin.echo, inputs: { x: a.echo } }\n  - { id: c, type: builtin.echo, inputs: { x: a.echo } }\n",
     )
-    .unwrap();
-    let runs = secflow_common::runs::RunStore::new(&ns.broker().redis_url, &ns.name).unwrap();
-    let (run, roots) = runs
-        .create(&recipe, &BTreeMap::new(), &[], false, None, None)
-        .await
-        .unwrap();
-    let run = run.to_string();
+    .await;
     let output = serde_json::json!({"echo": {"host": "10.0.0.5"}});
     let end = runs
         .node_end(&run, &roots[0], Some(&output), None, None)
@@ -257,17 +270,11 @@ async fn node_end_is_exactly_once_across_redeliveries() {
 #[tokio::test]
 async fn the_run_end_waits_for_every_node_end_event() {
     let ns = TestNs::new().await;
-    let recipe = secflow_common::recipe::parse(
-        "r.yaml",
+    let (runs, run, roots) = stored_run(
+        &ns,
         "version: 1\nname: r\nnodes:\n  - { id: a, type: builtin.echo }\n  - { id: b, type: builtin.echo }\n  - { id: c, type: builtin.echo }\n",
     )
-    .unwrap();
-    let runs = secflow_common::runs::RunStore::new(&ns.broker().redis_url, &ns.name).unwrap();
-    let (run, roots) = runs
-        .create(&recipe, &BTreeMap::new(), &[], false, None, None)
-        .await
-        .unwrap();
-    let run = run.to_string();
+    .await;
     let node = |id: &str| roots.iter().find(|n| n.id == id).unwrap().clone();
     let ok = serde_json::json!({});
     runs.node_end(&run, &node("a"), Some(&ok), None, None)
