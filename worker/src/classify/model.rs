@@ -193,9 +193,15 @@ impl Model {
                 bytes.len()
             ));
         }
-        let mut weights = vec![0f32; file.buckets as usize * c];
+        // Inference (and explanations) read the compact table alone: the dense `f32` copy is
+        // kept only for models of more classes than a compact row holds.
         let mut compact = if c <= ROW {
             vec![0i8; file.buckets as usize * ROW]
+        } else {
+            Vec::new()
+        };
+        let mut weights = if compact.is_empty() {
+            vec![0f32; file.buckets as usize * c]
         } else {
             Vec::new()
         };
@@ -208,7 +214,9 @@ impl Model {
                 ));
             }
             for (k, q) in row[4..].iter().enumerate() {
-                weights[bucket as usize * c + k] = f32::from(*q as i8) * file.scale;
+                if let Some(slot) = weights.get_mut(bucket as usize * c + k) {
+                    *slot = f32::from(*q as i8) * file.scale;
+                }
                 if let Some(slot) = compact.get_mut(bucket as usize * ROW + k) {
                     *slot = *q as i8;
                 }
@@ -229,7 +237,7 @@ impl Model {
         let c = self.classes.len();
         let scale = self.quant_scale();
         let mut rows = Vec::new();
-        for (bucket, w) in self.weights.chunks_exact(c).enumerate() {
+        for (bucket, w) in self.dense().chunks_exact(c).enumerate() {
             let q: Vec<i8> = w.iter().map(|x| quantise(*x, scale)).collect();
             if q.iter().any(|x| *x != 0) {
                 rows.extend_from_slice(&(bucket as u32).to_be_bytes());
@@ -256,6 +264,7 @@ impl Model {
     pub fn quantised(&self) -> Model {
         let scale = self.quant_scale();
         let mut m = self.clone();
+        m.weights = self.dense().into_owned();
         m.weights
             .iter_mut()
             .for_each(|w| *w = f32::from(quantise(*w, scale)) * scale);
@@ -263,8 +272,39 @@ impl Model {
     }
 
     fn quant_scale(&self) -> f32 {
-        let max = self.weights.iter().fold(0f32, |m, w| m.max(w.abs()));
+        let max = self.dense().iter().fold(0f32, |m, w| m.max(w.abs()));
         if max > 0.0 { max / 127.0 } else { 1.0 }
+    }
+
+    /// The weight of `bucket` for the `k`-th class, from whichever table the model holds.
+    fn weight(&self, bucket: usize, k: usize) -> f32 {
+        if self.compact.is_empty() {
+            self.weights
+                .get(bucket * self.classes.len() + k)
+                .copied()
+                .unwrap_or(0.0)
+        } else {
+            self.compact
+                .get(bucket * ROW + k)
+                .map_or(0.0, |q| f32::from(*q) * self.compact_scale)
+        }
+    }
+
+    /// Every weight, `buckets × classes`, bucket-major (a loaded model keeps only its compact
+    /// table: the dense one is rebuilt from it).
+    fn dense(&self) -> std::borrow::Cow<'_, [f32]> {
+        if !self.weights.is_empty() || self.compact.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.weights);
+        }
+        let c = self.classes.len();
+        let buckets = self.mask as usize + 1;
+        let mut dense = vec![0f32; buckets * c];
+        for (bucket, row) in dense.chunks_exact_mut(c).enumerate() {
+            for (k, w) in row.iter_mut().enumerate() {
+                *w = self.weight(bucket, k);
+            }
+        }
+        std::borrow::Cow::Owned(dense)
     }
 
     /// The classes it knows, in its order.
@@ -359,11 +399,10 @@ impl Model {
         let Some(k) = self.classes.iter().position(|c| *c == class) else {
             return Vec::new();
         };
-        let c = self.classes.len();
         let feats = self.features(f, true);
         let mut parts: Vec<(String, f32, f32)> = Vec::new();
         for (&(bucket, value), name) in feats.entries.iter().zip(feats.names) {
-            let weight = self.weights[bucket as usize * c + k];
+            let weight = self.weight(bucket as usize, k);
             match parts.iter_mut().find(|p| p.0 == name) {
                 Some(p) => p.2 += weight * value,
                 None => parts.push((name, weight, weight * value)),

@@ -52,6 +52,10 @@ pub async fn run_with_stats(
     ));
     let worker_id = cfg.worker_id();
     let parts = Parts::build(&cfg, &stats, &worker_id).await?;
+    // Building the parts (the classifier's model is parsed from JSON, its rules compiled) frees
+    // several MB that the allocator would keep: give them back, so an idle worker's resident
+    // memory is what it uses.
+    trim_heap();
     // Other workers take this one's leases over within seconds once these heartbeats stop.
     let stop_heartbeat = CancellationToken::new();
     parts
@@ -334,4 +338,14 @@ async fn session(
         Duration::from_secs(cfg.grace_secs),
     );
     tokio::join!(tasks, hooks).0
+}
+
+/// Returns the allocator's free memory to the system (glibc keeps freed heap for reuse).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only releases free pages of glibc's own heaps; it takes the
+    // allocator's locks like any allocation and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
