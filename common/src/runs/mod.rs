@@ -59,6 +59,7 @@ pub struct RunStore {
     node_end: Script,
     rewind: Script,
     reported: Script,
+    end_reported: Script,
 }
 
 impl RunStore {
@@ -71,6 +72,10 @@ impl RunStore {
             node_end: Script::new(include_str!("node_end.lua")),
             rewind: Script::new(include_str!("rewind.lua")),
             reported: Script::new(include_str!("reported.lua")),
+            end_reported: Script::new(
+                "if redis.call('EXISTS', KEYS[1]) == 1 then \
+                 redis.call('HSET', KEYS[1], '_end_reported', '1') end",
+            ),
         })
     }
 
@@ -342,10 +347,12 @@ impl RunStore {
     }
 
     /// Records that the run's end event was confirmed: later node reports do not repeat it.
+    /// A run whose keys are gone (expired, deleted) is left alone: no key without a TTL.
     pub async fn end_reported(&self, run: &str) -> Result<(), RunError> {
+        let mut invocation = self.end_reported.prepare_invoke();
+        invocation.key(self.key(run, "state"));
         let mut conn = self.pool.get().await?;
-        conn.hset::<_, _, _, ()>(self.key(run, "state"), "_end_reported", "1")
-            .await?;
+        invocation.invoke_async::<()>(&mut conn).await?;
         Ok(())
     }
 
