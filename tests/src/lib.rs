@@ -380,12 +380,37 @@ impl EventTap {
             if cond(&self.events.lock().unwrap()) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {what}"
-            );
+            if Instant::now() >= deadline {
+                // What was seen, for a failure that says more than its timeout.
+                let seen = self.seen();
+                panic!("timed out after {timeout:?} waiting for {what}; {seen}");
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The events seen so far, counted by kind, and the last few.
+    fn seen(&self) -> String {
+        let events = self.snapshot();
+        let mut kinds = std::collections::BTreeMap::new();
+        for e in &events {
+            *kinds.entry(e.kind.clone()).or_insert(0usize) += 1;
+        }
+        let last: Vec<String> = events
+            .iter()
+            .rev()
+            .take(8)
+            .map(|e| {
+                format!(
+                    "{} task {:?} worker {} error {:?}",
+                    e.kind,
+                    e.task_id,
+                    e.worker,
+                    e.error.as_ref().map(|x| format!("{}/{}", x.class, x.code))
+                )
+            })
+            .collect();
+        format!("events seen by kind: {kinds:?}; the last ones: {last:?}")
     }
 }
 
