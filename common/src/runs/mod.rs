@@ -336,14 +336,15 @@ impl RunStore {
         let mut conn = self.pool.get().await?;
         let (report, status, findings, created, name): (String, String, u64, u64, String) =
             invocation.invoke_async(&mut conn).await?;
-        Ok((report == "1").then(|| NodeEnd {
+        let end = NodeEnd {
             ready: Vec::new(),
             status,
             already: false,
             findings,
             created_at_ms: created,
             name,
-        }))
+        };
+        Ok((report == "1" && end.run_ended()).then_some(end))
     }
 
     /// Records that the run's end event was confirmed: later node reports do not repeat it.

@@ -400,10 +400,7 @@ impl Store {
                 Err(StoreError::Degraded | StoreError::Unreachable(_)) => {}
             }
         }
-        let mut pending = self
-            .pending_done
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pending = self.pending();
         if pending.len() >= MAX_PENDING_DONE {
             pending.pop_front();
             WorkerStats::bump(&self.stats.done_markers_dropped);
@@ -412,12 +409,13 @@ impl Store {
         pending.push_back((key, value, ttl_ms));
     }
 
-    /// Done markers waiting for Redis.
-    pub fn pending_done(&self) -> usize {
+    /// The done markers waiting for Redis.
+    fn pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(String, String, u64)>> {
         self.pending_done
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
     }
 
     /// Writes the kept done markers (`SET NX PX`, pipelined in chunks); false if Redis failed
@@ -425,10 +423,7 @@ impl Store {
     async fn flush_pending_done(&self) -> bool {
         loop {
             let chunk: Vec<(String, String, u64)> = {
-                let mut pending = self
-                    .pending_done
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut pending = self.pending();
                 let n = pending.len().min(DONE_FLUSH_CHUNK);
                 pending.drain(..n).collect()
             };
@@ -453,10 +448,7 @@ impl Store {
                 tokio::time::timeout(OP_TIMEOUT, attempt).await,
                 Ok(Some(()))
             ) {
-                let mut pending = self
-                    .pending_done
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut pending = self.pending();
                 for entry in chunk.into_iter().rev() {
                     pending.push_front(entry);
                 }
