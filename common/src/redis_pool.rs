@@ -29,6 +29,38 @@ pub fn pool(url: &str, deadline: Duration) -> Result<Pool, String> {
     })
 }
 
+/// Sets `key` to `value` for `ttl_ms` on a connection of its own, each step (connect, write,
+/// read) bounded by `deadline`: for a short-lived process without a runtime (the worker's exec
+/// shim records a program's outcome with it).
+pub fn set_once(
+    url: &str,
+    key: &str,
+    value: &str,
+    ttl_ms: u64,
+    deadline: Duration,
+) -> Result<(), String> {
+    use deadpool_redis::redis;
+    let client = redis::Client::open(url).map_err(|e| {
+        format!(
+            "invalid REDIS_URL `{}`: {e}",
+            crate::config::redact_url(url)
+        )
+    })?;
+    let mut conn = client
+        .get_connection_with_timeout(deadline)
+        .map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(deadline))
+        .and_then(|()| conn.set_write_timeout(Some(deadline)))
+        .map_err(|e| e.to_string())?;
+    redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("PX")
+        .arg(ttl_ms)
+        .query::<()>(&mut conn)
+        .map_err(|e| e.to_string())
+}
+
 /// Every key matching `pattern`, by `SCAN` (10,000 at a time; a key may come twice). Never
 /// `KEYS`, which blocks Redis for a walk of the whole keyspace, stalling every worker on it.
 pub async fn scan_keys(pool: &Pool, pattern: &str) -> Result<Vec<String>, String> {

@@ -118,6 +118,14 @@ pub struct WorkerConfig {
     /// Address-space limit of `exec` programs, MiB (none by default).
     #[arg(long, env = "SECFLOW_EXEC_MEMORY_MB")]
     pub exec_memory_mb: Option<u64>,
+    /// The binary started as the shim between the worker and each `exec` program (default:
+    /// this worker's own binary).
+    #[arg(long, env = "SECFLOW_EXEC_SHIM")]
+    pub exec_shim: Option<std::path::PathBuf>,
+    /// How long the outcome of an `exec` program is kept in Redis for a redelivery of the same
+    /// attempt (its worker died before recording the task's end), seconds.
+    #[arg(long, env = "SECFLOW_EXEC_SPOOL_TTL_SECS", default_value_t = 900)]
+    pub exec_spool_ttl_secs: u64,
     /// Handler version by node type, TYPE=VERSION (repeatable): checkpoints written by another
     /// version are ignored.
     #[arg(long = "handler-version", value_parser = parse_handler_version)]
@@ -221,6 +229,8 @@ impl WorkerConfig {
             exec_allow: Vec::new(),
             exec_workdir: None,
             exec_memory_mb: None,
+            exec_shim: None,
+            exec_spool_ttl_secs: 900,
             handler_versions: Vec::new(),
             redact_patterns: Vec::new(),
             chaos: None,

@@ -23,9 +23,26 @@ enum Command {
     Classify(ClassifyArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> anyhow::Result<()> {
+    // Before anything else (no runtime, no threads): the shim between the worker and one exec
+    // program (see `handlers::shim`).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == secflow_worker::handlers::shim::ARG)
+    {
+        secflow_worker::handlers::shim::main();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let mut cli = Cli::parse();
+    if cli.config.exec_shim.is_none() {
+        cli.config.exec_shim = std::env::current_exe().ok();
+    }
     if let Some(Command::Classify(args)) = cli.command {
         return secflow_worker::classify::cli::run(args);
     }

@@ -7,7 +7,7 @@ mod http;
 mod tool;
 
 pub use enrich::CveSource;
-pub use exec::{Ended, ExecPolicy, Program, Workdir, run_in};
+pub use exec::{Ended, ExecPolicy, Program, Spool, Workdir, run_in, shim};
 pub(crate) use http::parse_retry_after;
 pub use tool::default_policy as tool_policy;
 
@@ -198,9 +198,14 @@ impl Handlers {
                     timeout: ctx.timeout,
                     max_output: self.max_output_bytes,
                 };
+                let task_id = ctx.task.task_id.to_string();
+                let attempt = exec::Attempt {
+                    task_id: &task_id,
+                    retry: ctx.retry_count,
+                };
                 exec::run(
                     &self.exec,
-                    &ctx.task.task_id.to_string(),
+                    attempt,
                     config,
                     &ctx.task.inputs,
                     limits,
@@ -232,6 +237,7 @@ impl Handlers {
                         resources: &self.resources,
                         max_output: self.max_output_bytes,
                         classifier: &self.classifier,
+                        retry: ctx.retry_count,
                     };
                     tool::run(&env, def, ctx.task, ctx.timeout).await
                 }

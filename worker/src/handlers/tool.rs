@@ -31,6 +31,8 @@ pub struct ToolEnv<'a> {
     pub max_output: usize,
     /// Classifies a failed program.
     pub classifier: &'a Classifier,
+    /// Classified failures of the task before this attempt (`x-retry-count`).
+    pub retry: u64,
 }
 
 /// Runs `task` with its tool definition `def` within `timeout`.
@@ -40,7 +42,8 @@ pub async fn run(
     task: &TaskEnvelope,
     timeout: Duration,
 ) -> Result<Value, TaskError> {
-    let workdir = Workdir::create(env.exec, &task.task_id.to_string())?;
+    let task_id = task.task_id.to_string();
+    let workdir = Workdir::create(env.exec, &task_id)?;
     let inputs = with_run_targets(def, &task.inputs);
     let ctx = RenderContext {
         workdir: workdir.path().to_path_buf(),
@@ -81,6 +84,10 @@ pub async fn run(
         cwd: None,
         stdin: invocation.stdin.clone(),
         read_back: invocation.output_file.clone(),
+        attempt: Some(super::exec::Attempt {
+            task_id: &task_id,
+            retry: env.retry,
+        }),
     };
     // The tool's own deadline goes first, so its timeout (not the worker's) ends the node.
     let own = timeout.saturating_sub((timeout / 20).min(Duration::from_secs(1)));

@@ -39,12 +39,22 @@ impl Parts {
                 "task signing is disabled (--insecure-no-signing): this worker runs unsigned tasks from anyone who can publish"
             );
         }
-        let exec_policy = ExecPolicy::new(
+        let spool = crate::handlers::Spool::new(
+            &cfg.broker.redis_url,
+            &cfg.broker.namespace,
+            std::time::Duration::from_secs(cfg.exec_spool_ttl_secs),
+        )
+        .map_err(WorkerError::Config)?;
+        let mut exec_policy = ExecPolicy::new(
             &cfg.exec_allow,
             cfg.exec_workdir.clone(),
             cfg.exec_memory_mb,
         )
-        .map_err(WorkerError::Config)?;
+        .map_err(WorkerError::Config)?
+        .with_spool(spool);
+        if let Some(shim) = &cfg.exec_shim {
+            exec_policy = exec_policy.with_shim(shim.clone());
+        }
         if let Some(chaos) = cfg.chaos.as_ref().filter(|c| c.enabled()) {
             tracing::warn!(?chaos, "chaos injection is on");
         }

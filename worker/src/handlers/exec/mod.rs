@@ -1,15 +1,19 @@
 //! `exec`: runs an allowed program by argv (never through a shell) in a fresh working
 //! directory, with a scrubbed environment, resource limits, a timeout that kills its whole
 //! process group, bounded output capture, and classified failures. The program and its
-//! group die with the worker, also when the worker is SIGKILLed ([`spawn`], [`reaper`]).
+//! group die with the worker, also when the worker is SIGKILLed ([`shim`], [`reaper`]), and
+//! the outcome of a program that ended is recorded before the worker hears of it, so a
+//! redelivered attempt does not run it again ([`spool`]).
 //! `${inputs.NAME:file}` arguments get the path of a file holding the input ([`files`]).
 
 mod files;
 mod program;
 mod reaper;
-mod spawn;
+pub mod shim;
+mod spool;
 
 pub use program::{Ended, Program, Workdir, run_in};
+pub use spool::{Attempt, Spool};
 
 use super::parse_config;
 use crate::classify::{Classifier, Failure, io_kind_name};
@@ -36,6 +40,10 @@ pub struct ExecPolicy {
     allow: Option<BTreeMap<String, PathBuf>>,
     workdir_root: PathBuf,
     memory_limit_bytes: Option<u64>,
+    /// The worker binary, started as the shim between the worker and each program.
+    shim: Option<PathBuf>,
+    /// Where programs' outcomes are recorded (`None`: not recorded, e.g. without Redis).
+    spool: Option<Spool>,
 }
 
 impl ExecPolicy {
@@ -93,7 +101,23 @@ impl ExecPolicy {
             allow,
             workdir_root,
             memory_limit_bytes: memory_limit_mb.map(|mb| mb.saturating_mul(1 << 20)),
+            shim: default_shim(),
+            spool: None,
         })
+    }
+
+    /// Starts programs under `shim` (the worker binary) instead of the one found by default.
+    #[must_use]
+    pub fn with_shim(mut self, shim: PathBuf) -> Self {
+        self.shim = Some(shim);
+        self
+    }
+
+    /// Records programs' outcomes in `spool`.
+    #[must_use]
+    pub fn with_spool(mut self, spool: Spool) -> Self {
+        self.spool = Some(spool);
+        self
     }
 
     /// A policy allowing any program, for unit tests and `--exec-allow '*'`.
@@ -125,6 +149,20 @@ impl ExecPolicy {
     }
 }
 
+/// The worker binary when this process is it; else (a test binary running workers in-process)
+/// the `worker` binary built beside it (`target/<profile>/worker`).
+fn default_shim() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    if exe.file_name().is_some_and(|n| n == "worker") {
+        return Some(exe);
+    }
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("worker"))
+        .find(|p| p.is_file())
+}
+
 fn create_private_dir(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -137,16 +175,25 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
 /// Its `${inputs.NAME:file}` arguments are written from `inputs` first.
 pub async fn run(
     policy: &ExecPolicy,
-    task_id: &str,
+    attempt: Attempt<'_>,
     config: &Value,
     inputs: &Map<String, Value>,
     limits: Limits,
     classifier: &Classifier,
 ) -> Result<Value, TaskError> {
     let mut cfg: ExecConfig = parse_config("exec", config)?;
-    let workdir = Workdir::create(policy, task_id)?;
+    let workdir = Workdir::create(policy, attempt.task_id)?;
     files::write_input_files(&mut cfg.argv, inputs, &workdir)?;
-    run_program_in(policy, &workdir, &cfg, None, limits, classifier).await
+    run_program_in(
+        policy,
+        &workdir,
+        &cfg,
+        None,
+        Some(attempt),
+        limits,
+        classifier,
+    )
+    .await
 }
 
 /// How long a program may run and how much of its output is kept.
@@ -169,7 +216,7 @@ pub async fn run_program(
     classifier: &Classifier,
 ) -> Result<Value, TaskError> {
     let workdir = Workdir::create(policy, task_id)?;
-    run_program_in(policy, &workdir, cfg, stdin, limits, classifier).await
+    run_program_in(policy, &workdir, cfg, stdin, None, limits, classifier).await
 }
 
 /// [`run_program`] in `workdir`.
@@ -178,6 +225,7 @@ async fn run_program_in(
     workdir: &Workdir,
     cfg: &ExecConfig,
     stdin: Option<&[u8]>,
+    attempt: Option<Attempt<'_>>,
     Limits {
         timeout,
         max_output,
@@ -197,6 +245,7 @@ async fn run_program_in(
         cwd: cfg.cwd.as_deref(),
         stdin: stdin.map(<[u8]>::to_vec),
         read_back: None,
+        attempt,
     };
     let done = match run_in(policy, workdir, run, timeout, max_output, classifier).await? {
         Ended::Finished(done) => done,

@@ -1,20 +1,25 @@
 //! Running one allowed program in a task's private working directory: the program resolved by
 //! the pool's allowlist, a scrubbed environment, optional stdin, bounded output capture, its
 //! process group killed on timeout (and with the worker), and its CPU time and peak memory read
-//! from the kernel when it exits. Shared by `exec` nodes, tool nodes and exec hooks.
+//! from the kernel when it exits. The program runs under the [`shim`], which records its
+//! outcome in the [`spool`](super::spool) before the worker hears of it; a redelivered attempt
+//! reuses that outcome. Shared by `exec` nodes, tool nodes and exec hooks.
 
-use super::{ExecPolicy, create_private_dir, forbidden_env, reaper, spawn, spawn_error};
-use crate::classify::{Classifier, Failure, io_kind_name};
+use super::{
+    ExecPolicy, create_private_dir, forbidden_env, reaper, shim, spawn_error, spool::Attempt,
+};
+use crate::classify::{Classifier, Failure};
 use nix::{sys::signal::Signal, unistd::Pid};
 use secflow_common::{ErrorClass, TaskError};
 use serde_json::{Value, json};
+use std::os::fd::AsRawFd;
 use std::{
     collections::BTreeMap,
     path::{Component, Path, PathBuf},
     process::{ExitStatus, Stdio},
     time::Duration,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// The only PATH a program sees.
 pub(super) const SAFE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -85,6 +90,9 @@ pub struct Program<'a> {
     pub stdin: Option<Vec<u8>>,
     /// A file inside the working directory to read back once it exited (a tool's output file).
     pub read_back: Option<PathBuf>,
+    /// The task attempt it runs for: its outcome is spooled under it, and a redelivery of the
+    /// same attempt reuses the outcome instead of running it again (`None`: hooks).
+    pub attempt: Option<Attempt<'a>>,
 }
 
 /// CPU time and peak memory of a program that exited.
@@ -215,8 +223,43 @@ pub async fn run_in(
         }
         None => workdir.0.clone(),
     };
-    let mut cmd = tokio::process::Command::new(&path);
-    cmd.args(run.args)
+    let spool_key = match (&policy.spool, run.attempt) {
+        (Some(spool), Some(attempt)) => {
+            let key = spool.key(attempt, &identity(&path, &run));
+            if let Some(record) = spool.recorded(&key).await? {
+                tracing::info!(
+                    task_id = attempt.task_id,
+                    key,
+                    "exec: an earlier delivery of this attempt ran the program to its end (its worker died before recording the task's end): using that outcome, not running it again"
+                );
+                return Ok(Ended::Finished(Finished::from(record)));
+            }
+            Some(key)
+        }
+        _ => None,
+    };
+    let request = shim::Request {
+        program: path,
+        args: run.args.to_vec(),
+        memory_limit_bytes: policy.memory_limit_bytes,
+        max_output,
+        read_back: run.read_back.as_ref().map(|p| workdir.0.join(p)),
+        spool: spool_key
+            .as_deref()
+            .zip(policy.spool.as_ref())
+            .map(|(key, spool)| spool.to(key)),
+    };
+    let shim_path = policy.shim.as_ref().ok_or_else(|| {
+        TaskError::new(
+            ErrorClass::Permanent,
+            "exec_shim_missing",
+            "exec: this worker has no exec shim (the worker binary; --exec-shim)",
+        )
+    })?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| spawn_error(run.program, &e, classifier))?;
+    let mut cmd = tokio::process::Command::new(shim_path);
+    cmd.arg(shim::ARG)
         .env_clear()
         .env("PATH", SAFE_PATH)
         .env("HOME", &workdir.0)
@@ -229,17 +272,58 @@ pub async fn run_in(
         } else {
             Stdio::null()
         })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
+        .stdout(Stdio::null())
+        // The shim's own complaints go to the worker's log stream.
+        .stderr(Stdio::inherit())
         .kill_on_drop(true);
-    spawn::contain(&mut cmd, policy.memory_limit_bytes);
-    let mut child = spawn::spawn(cmd)
-        .await
+    let control_fd = theirs.as_raw_fd();
+    // SAFETY: between fork and exec, only dup2/fcntl on descriptors this process owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if control_fd == shim::CONTROL_FD {
+                // dup2 onto itself would leave close-on-exec set.
+                if libc::fcntl(control_fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(control_fd, shim::CONTROL_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // Started before the first program, so it exists when the program's group is registered.
+    let _ = reaper::get();
+    let mut child = cmd
+        .spawn()
         .map_err(|e| spawn_error(run.program, &e, classifier))?;
-    let pid = child.id().and_then(|id| i32::try_from(id).ok());
+    drop(theirs);
+    let mut control = Control::new(ours).map_err(|e| shim_failed(run.program, &e))?;
+    control
+        .send(&request)
+        .await
+        .map_err(|e| shim_failed(run.program, &e))?;
+    let pid = match control.reply().await {
+        Ok(shim::Reply::Started { pid }) => pid,
+        Ok(shim::Reply::CannotStart { errno, message }) => {
+            let e = errno.map_or_else(
+                || std::io::Error::other(message),
+                std::io::Error::from_raw_os_error,
+            );
+            return Err(spawn_error(run.program, &e, classifier));
+        }
+        Ok(other) => {
+            return Err(shim_failed(
+                run.program,
+                &format!("answered {other:?} first"),
+            ));
+        }
+        Err(e) => return Err(shim_failed(run.program, &e)),
+    };
+    if let Some(reaper) = reaper::get() {
+        reaper.track(pid);
+    }
     // Dropped before the caller's `workdir`: the group is dead before its directory goes.
-    let _guard = GroupGuard(pid.map(Pid::from_raw));
+    let _guard = GroupGuard(Some(Pid::from_raw(pid)));
     let stdin = child.stdin.take();
     let input = run.stdin;
     let feed = async move {
@@ -249,100 +333,96 @@ pub async fn run_in(
             let _ = pipe.shutdown().await;
         }
     };
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
     let work = async {
-        let (out, err, usage, ()) = tokio::join!(
-            capture(stdout, max_output),
-            capture(stderr, max_output),
-            exit_usage(pid),
-            feed
-        );
-        // Reaped only now: `exit_usage` read the exited program's usage without reaping it.
-        (out, err, usage, child.wait().await)
+        let (reply, ()) = tokio::join!(control.reply(), feed);
+        // The shim exits right after its answer; reaped here.
+        let _ = child.wait().await;
+        reply
     };
-    let Ok((stdout, stderr, usage, status)) = tokio::time::timeout(timeout, work).await else {
+    let Ok(reply) = tokio::time::timeout(timeout, work).await else {
         return Ok(Ended::TimedOut);
     };
-    let status = status.map_err(|e| {
-        let failure = Failure {
-            message: e.to_string(),
-            io_kind: Some(io_kind_name(e.kind())),
-            ..Failure::default()
-        };
-        classifier.error(
-            &failure,
-            format!("exec: waiting for `{}`: {e}", run.program),
-        )
-    })?;
-    let read_back = run
-        .read_back
-        .as_ref()
-        .and_then(|p| std::fs::read(workdir.0.join(p)).ok());
-    Ok(Ended::Finished(Finished {
-        status,
-        stdout,
-        stderr,
-        usage,
-        read_back,
-    }))
+    match reply {
+        Ok(shim::Reply::Finished(record)) => Ok(Ended::Finished(Finished::from(record))),
+        Ok(other) => Err(shim_failed(run.program, &format!("answered {other:?}"))),
+        Err(e) => Err(shim_failed(run.program, &e)),
+    }
 }
 
-/// Waits until `pid` has exited and returns its resource usage, leaving it for `wait` to reap
-/// (`waitid` with `WNOWAIT`; the raw system call, whose fifth argument returns the usage).
-async fn exit_usage(pid: Option<i32>) -> Option<Usage> {
-    let pid = pid?;
-    tokio::task::spawn_blocking(move || {
-        loop {
-            // SAFETY: all-zero is a valid siginfo_t and rusage; both outlive the call.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-            // SAFETY: waitid(P_PID, pid, &info, WEXITED | WNOWAIT, &usage) only writes into
-            // the two structures passed.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_waitid,
-                    libc::P_PID,
-                    pid,
-                    &mut info as *mut libc::siginfo_t,
-                    libc::WEXITED | libc::WNOWAIT,
-                    &mut usage as *mut libc::rusage,
-                )
-            };
-            if r == 0 {
-                let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-                return Some(Usage {
-                    cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
-                    // Linux reports kilobytes.
-                    max_rss_bytes: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
-                });
-            }
-            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                return None;
-            }
+/// What names one run of a program within an attempt: path, arguments, environment,
+/// directory and stdin.
+fn identity<'a>(path: &'a Path, run: &'a Program<'_>) -> Vec<&'a [u8]> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut parts: Vec<&[u8]> = vec![path.as_os_str().as_bytes()];
+    parts.extend(run.args.iter().map(|a| a.as_bytes()));
+    parts.push(b"\0env");
+    for (k, v) in run.env {
+        parts.push(k.as_bytes());
+        parts.push(v.as_bytes());
+    }
+    parts.push(run.cwd.map_or(b"".as_slice(), str::as_bytes));
+    parts.push(run.stdin.as_deref().unwrap_or_default());
+    parts
+}
+
+/// The worker's end of a shim's control socket.
+struct Control {
+    reader: tokio::io::BufReader<tokio::net::UnixStream>,
+}
+
+impl Control {
+    fn new(socket: std::os::unix::net::UnixStream) -> std::io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            reader: tokio::io::BufReader::new(tokio::net::UnixStream::from_std(socket)?),
+        })
+    }
+
+    async fn send(&mut self, request: &shim::Request) -> Result<(), String> {
+        let mut line = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        self.reader
+            .get_mut()
+            .write_all(&line)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The next answer; the shim ending without one is an error.
+    async fn reply(&mut self) -> Result<shim::Reply, String> {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line).await {
+            Ok(0) => Err("it ended without answering".into()),
+            Ok(_) => serde_json::from_str(&line).map_err(|e| format!("unreadable answer: {e}")),
+            Err(e) => Err(e.to_string()),
         }
-    })
-    .await
-    .ok()
-    .flatten()
+    }
 }
 
-/// Reads a pipe to its end, keeping the first `limit` bytes; says whether it cut anything.
-async fn capture<R: AsyncRead + Unpin>(pipe: Option<R>, limit: usize) -> (Vec<u8>, bool) {
-    let Some(mut pipe) = pipe else {
-        return (Vec::new(), false);
-    };
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 8192];
-    let mut truncated = false;
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => return (kept, truncated),
-            Ok(n) => {
-                let room = limit.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-                truncated |= n > room;
-            }
+fn shim_failed(program: &str, e: &dyn std::fmt::Display) -> TaskError {
+    TaskError::new(
+        ErrorClass::Transient,
+        "exec_shim_failed",
+        format!("exec: the shim running `{program}` failed: {e}"),
+    )
+}
+
+impl From<shim::Record> for Finished {
+    fn from(r: shim::Record) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        Self {
+            status: ExitStatus::from_raw(r.status),
+            stdout: (r.stdout.into_bytes(), r.stdout_truncated),
+            stderr: (r.stderr.into_bytes(), r.stderr_truncated),
+            usage: r
+                .cpu_seconds
+                .zip(r.max_rss_bytes)
+                .map(|(cpu_seconds, max_rss_bytes)| Usage {
+                    cpu_seconds,
+                    max_rss_bytes,
+                }),
+            read_back: r.read_back.map(String::into_bytes),
         }
     }
 }

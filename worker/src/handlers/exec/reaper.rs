@@ -1,16 +1,15 @@
 //! A helper process that kills the process groups of a worker's `exec` programs when the
 //! worker dies, however it dies (SIGKILL included).
 //!
-//! The parent-death signal (see [`super::spawn`]) reaches only the program itself; anything it
-//! started (a shell's background job, a tool's helpers) is re-parented and would go on. So the
-//! worker forks this reaper once: a loop of raw system calls (no allocation, no locks, as a
-//! fork of a multi-threaded process requires) that keeps the set of live groups: the spawner
-//! registers each program's group as soon as it has exec'd, and the worker unregisters it once
-//! it has killed the group. (Registered from the worker, not from the child before exec: a
-//! program whose exec failed would leave an entry behind, whose number a later unrelated group
-//! could reuse.)
-//! When its socket to the worker reads end-of-file (the kernel closes the worker's end when the
-//! worker dies, for any reason) the reaper SIGKILLs every group still registered and exits.
+//! Each program runs under a [`shim`](super::shim), which kills the program's group when the
+//! worker's end of its control socket closes; the reaper is the second line, and the one for a
+//! group whose shim is gone. The worker forks it once: a loop of raw system calls (no
+//! allocation, no locks, as a fork of a multi-threaded process requires) that keeps the set of
+//! live groups: the worker registers each program's group as soon as the shim reports it
+//! started, and unregisters it once it has killed the group. When its socket to the worker
+//! reads end-of-file (the kernel closes the worker's end when the worker dies, for any reason)
+//! the reaper SIGKILLs every group still registered and exits. The shims themselves are not
+//! registered: they outlive the worker long enough to record a program that ended.
 //!
 //! A program that leaves its group on purpose (`setsid`, `setpgid`) escapes it; a cgroup would
 //! be needed to catch those.

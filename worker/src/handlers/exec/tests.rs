@@ -19,7 +19,19 @@ async fn run_with_inputs(
         max_output,
     };
     let classifier = Classifier::defaults();
-    run(&ExecPolicy::any(), "t", config, inputs, limits, &classifier).await
+    let attempt = Attempt {
+        task_id: "t",
+        retry: 0,
+    };
+    run(
+        &ExecPolicy::any(),
+        attempt,
+        config,
+        inputs,
+        limits,
+        &classifier,
+    )
+    .await
 }
 
 #[tokio::test]
