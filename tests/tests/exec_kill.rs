@@ -147,3 +147,93 @@ async fn sigkilled_workers_exec_child_dies_and_the_task_reruns_within_5s() {
     );
     assert_eq!(lines(&starts).len(), 2, "the task started twice, no more");
 }
+
+/// Proves: a program that did its side effect and exited, whose worker was SIGKILLed before
+/// it recorded the task's end, does not run again. The program stops its own worker (SIGSTOP)
+/// right after its side effect, so the worker cannot record anything; its shim records the
+/// outcome in Redis all the same. After the kill, a second worker completes the task with the
+/// first run's output within 5 s, and the side effect happened once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_that_ended_before_its_worker_died_is_not_run_again() {
+    let ns = TestNs::new().await;
+    let tap = ns.tap_events().await;
+    let scratch = Scratch::new(&ns);
+    let effects = scratch.file("effects");
+    let queue = ns.topology().work_queue("default");
+    let mut first = Worker(ns.spawn_worker_process(&[]));
+    wait_for(
+        "the first worker to consume",
+        Duration::from_secs(30),
+        || async { ns.consumers(&queue).await == 1 },
+    )
+    .await;
+    let worker_pid = first.0.id();
+    let script = format!(
+        "echo effect >> {effects}; echo output of the first run; kill -STOP {worker_pid}",
+        effects = effects.display(),
+    );
+    let task = TaskEnvelope::new("exec", json!({ "argv": ["sh", "-c", script] }));
+    let id = publish(&ns, &[task]).await[0];
+    // The outcome is recorded although its worker is stopped.
+    let redis = secflow_common::redis_pool::pool(
+        &ns.worker_config().broker.redis_url,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let pattern = format!("sf:{{{}:task:{id}}}:exec:*", ns.name);
+    wait_for(
+        "the shim to record the program's outcome",
+        Duration::from_secs(30),
+        || async {
+            secflow_common::redis_pool::scan_keys(&redis, &pattern)
+                .await
+                .is_ok_and(|keys| keys.len() == 1)
+        },
+    )
+    .await;
+    assert_eq!(lines(&effects), vec!["effect".to_string()]);
+    let mut second = Worker(ns.spawn_worker_process(&[]));
+    wait_for(
+        "the second worker to consume",
+        Duration::from_secs(30),
+        || async { ns.consumers(&queue).await == 2 },
+    )
+    .await;
+    assert!(
+        tap.of_kind("node.completed").is_empty(),
+        "the stopped worker recorded nothing"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed = Instant::now();
+    let _ = first.0.wait();
+    tap.wait_until("the task to complete", RERUN_WITHIN, |ev| {
+        ev.iter()
+            .any(|e| e.kind == "node.completed" && e.task_id == Some(id))
+    })
+    .await;
+    let events = tap.snapshot();
+    eprintln!(
+        "the task completed {:?} after its worker was killed",
+        killed.elapsed()
+    );
+    let completed = events
+        .iter()
+        .find(|e| e.kind == "node.completed" && e.task_id == Some(id))
+        .unwrap();
+    let output = completed.output.clone().unwrap_or_default();
+    assert_eq!(
+        output["stdout"], "output of the first run\n",
+        "the first run's recorded outcome was reported: {output}"
+    );
+    stop_gracefully(&mut second.0).await;
+    assert_eq!(
+        lines(&effects),
+        vec!["effect".to_string()],
+        "the side effect happened once"
+    );
+}
