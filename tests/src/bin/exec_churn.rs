@@ -1,7 +1,9 @@
 //! SIGKILL churn of `exec` tasks: 3 worker processes run 2,000 exec tasks whose side effect
 //! (appending the task's number to a file) is counted outside the fleet, while a random worker
-//! is SIGKILLed (and replaced) every 2–3 s. Prints the tasks lost (never completed) and the
-//! side effects duplicated (a number appearing twice); exits non-zero if either is not 0, or
+//! is SIGKILLed (and replaced) every 2–3 s. Prints the tasks lost (never completed), the
+//! side effects duplicated (a number appearing twice) and the redeliveries that reused a
+//! program's recorded outcome instead of running it again; exits non-zero if either of the
+//! first two is not 0, or
 //! after `--timeout` seconds (default 300) without all tasks completed.
 //!
 //! Not part of the test suite: `cargo build --workspace --bins && cargo run -p secflow-tests
@@ -163,9 +165,15 @@ async fn main() -> Result<()> {
     let duplicated: Vec<_> = counts.iter().filter(|(_, c)| c.len() > 1).collect();
     let missing_effects = (0..s.tasks).filter(|i| !counts.contains_key(i)).count();
     let dead = tap.of_kind("node.dead_lettered").len();
+    // Redeliveries that found their program's outcome recorded by its shim (it had ended, its
+    // worker was killed before recording the task's end) and did not run it again.
+    let reused = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("an earlier delivery of this attempt ran the program")
+        .count();
     let lost = ids.len() - completed.len();
     println!(
-        "{} tasks, {} workers, {} SIGKILLs in {:.1} s: completed {}, lost {lost}, dead-lettered events {dead}, side effects {} (missing {missing_effects}, duplicated {})",
+        "{} tasks, {} workers, {} SIGKILLs in {:.1} s: completed {}, lost {lost}, dead-lettered events {dead}, side effects {} (missing {missing_effects}, duplicated {}), recorded outcomes reused instead of a rerun {reused}",
         s.tasks,
         s.workers,
         killed_at.len(),
