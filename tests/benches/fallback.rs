@@ -41,6 +41,7 @@ impl StepRunner for Direct {
         let ctx = TaskContext {
             task,
             retry_count: 0,
+            requeue_count: 0,
             timeout: Duration::from_secs(10),
             checkpoint: Checkpoint::new(
                 Arc::clone(&self.store),

@@ -24,6 +24,8 @@ pub struct DeliveryMeta {
     pub unsettled_before: u64,
     /// `x-defer-count`: deferrals so far.
     pub defer_count: u64,
+    /// `x-requeue-count`: times an operator requeued the task from the DLQ.
+    pub requeue_count: u64,
     /// `x-first-failure-at`, ms since the epoch.
     pub first_failure_at: Option<u64>,
     /// Delay scheduled before this (retried) delivery, ms.
@@ -46,6 +48,7 @@ impl Default for DeliveryMeta {
             delivery_count: 0,
             unsettled_before: 0,
             defer_count: 0,
+            requeue_count: 0,
             first_failure_at: None,
             scheduled_delay_ms: None,
             observed_delay_ms: None,
@@ -95,6 +98,7 @@ impl DeliveryMeta {
             meta.retry_count = h::get_u64(headers, h::RETRY_COUNT).unwrap_or(0);
             meta.unsettled_before = h::get_u64(headers, h::UNSETTLED_BEFORE).unwrap_or(0);
             meta.defer_count = h::get_u64(headers, h::DEFER_COUNT).unwrap_or(0);
+            meta.requeue_count = h::get_u64(headers, h::REQUEUE_COUNT).unwrap_or(0);
             meta.first_failure_at = h::get_u64(headers, h::FIRST_FAILURE_AT);
             meta.scheduled_delay_ms = h::get_u64(headers, h::SCHEDULED_DELAY_MS);
             meta.observed_delay_ms = published.map(|p| now_ms().saturating_sub(p));

@@ -29,6 +29,8 @@ pub struct TaskContext<'a> {
     pub task: &'a TaskEnvelope,
     /// Classified failures before this attempt (`x-retry-count`).
     pub retry_count: u64,
+    /// Times the task was requeued from the DLQ (`x-requeue-count`).
+    pub requeue_count: u64,
     /// Time the handler may take; `exec` kills its process group past it.
     pub timeout: Duration,
     /// Where a long task saves its progress.
@@ -202,6 +204,8 @@ impl Handlers {
                 let attempt = exec::Attempt {
                     task_id: &task_id,
                     retry: ctx.retry_count,
+                    requeue: ctx.requeue_count,
+                    success_exit_codes: &[0],
                 };
                 exec::run(
                     &self.exec,
@@ -237,7 +241,7 @@ impl Handlers {
                         resources: &self.resources,
                         max_output: self.max_output_bytes,
                         classifier: &self.classifier,
-                        retry: ctx.retry_count,
+                        retry: (ctx.retry_count, ctx.requeue_count),
                     };
                     tool::run(&env, def, ctx.task, ctx.timeout).await
                 }

@@ -31,8 +31,9 @@ pub struct ToolEnv<'a> {
     pub max_output: usize,
     /// Classifies a failed program.
     pub classifier: &'a Classifier,
-    /// Classified failures of the task before this attempt (`x-retry-count`).
-    pub retry: u64,
+    /// Classified failures of the task before this attempt and times it was requeued
+    /// (`x-retry-count`, `x-requeue-count`).
+    pub retry: (u64, u64),
 }
 
 /// Runs `task` with its tool definition `def` within `timeout`.
@@ -86,7 +87,9 @@ pub async fn run(
         read_back: invocation.output_file.clone(),
         attempt: Some(super::exec::Attempt {
             task_id: &task_id,
-            retry: env.retry,
+            retry: env.retry.0,
+            requeue: env.retry.1,
+            success_exit_codes: def.success_exit_codes(),
         }),
     };
     // The tool's own deadline goes first, so its timeout (not the worker's) ends the node.

@@ -240,7 +240,12 @@ async fn run_handler(
     // The handler runs on a task of its own: one that blocks its thread past its timeout
     // cannot hold the delivery (it is concluded as timed out, the handler abandoned and
     // followed by the watchdog); dropping `_abort` stops it whichever way this ends.
-    let owned = handler_task(shared, task, meta.retry_count, timeout);
+    let owned = handler_task(
+        shared,
+        task,
+        (meta.retry_count, meta.requeue_count),
+        timeout,
+    );
     let handler = match crate::fleet::watchdog::handlers() {
         Some(runtime) => runtime.spawn(owned),
         None => tokio::spawn(owned),
@@ -283,7 +288,7 @@ async fn run_handler(
 fn handler_task(
     shared: &Shared,
     task: &TaskEnvelope,
-    retry_count: u64,
+    (retry_count, requeue_count): (u64, u64),
     timeout: Duration,
 ) -> impl Future<Output = Result<Value, TaskError>> + Send + 'static {
     let handlers = Arc::clone(&shared.handlers);
@@ -314,6 +319,7 @@ fn handler_task(
         let ctx = TaskContext {
             task: &task,
             retry_count,
+            requeue_count,
             timeout,
             checkpoint,
         };

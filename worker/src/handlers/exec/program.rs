@@ -247,7 +247,8 @@ pub async fn run_in(
         spool: spool_key
             .as_deref()
             .zip(policy.spool.as_ref())
-            .map(|(key, spool)| spool.to(key)),
+            .zip(run.attempt)
+            .map(|((key, spool), attempt)| spool.to(key, attempt.success_exit_codes)),
     };
     let shim_path = policy.shim.as_ref().ok_or_else(|| {
         TaskError::new(

@@ -7,15 +7,16 @@
 //! `worker __exec-shim` with the program's environment, working directory and stdin. It
 //! starts the program as its child (own process group, parent-death signal, resource limits),
 //! captures its output, waits for it, and *before* it tells the worker, stores the outcome of a
-//! program that exited on its own in Redis under the attempt's spool key
+//! program that succeeded (exited with one of its success codes) in Redis under the attempt's
+//! spool key
 //! ([`super::spool`]). It does not die with the worker: it ignores the signals a terminal or a
 //! supervisor sends the worker's group, and ends when its work is done. When the worker's end of
 //! its control socket closes (the worker died, or gave up on the program), it kills the
-//! program's group at once; a program that had already exited on its own is still recorded.
+//! program's group at once; a program that had already succeeded is still recorded.
 //! A redelivered attempt finds the record and reports it instead of running the program again.
 //!
 //! What is left: a program killed (with its worker) between its side effect and its own exit
-//! runs again; a program that exits by a signal is not recorded (it did not end on its own).
+//! runs again; a program that failed is not recorded (a later delivery runs it again).
 //!
 //! Protocol on fd 3 (a Unix stream socket): the worker writes one [`Request`] line; the shim
 //! answers one [`Reply::Started`] (or [`Reply::CannotStart`]) line, then one
@@ -64,6 +65,8 @@ pub(super) struct SpoolTo {
     pub key: String,
     /// How long the record is kept.
     pub ttl_ms: u64,
+    /// Only a program that exits with one of these is recorded.
+    pub success_exit_codes: Vec<i32>,
 }
 
 /// The shim's answers.
@@ -193,9 +196,12 @@ fn serve() -> Result<(), String> {
             .map(|b| String::from_utf8_lossy(&b).into_owned()),
     };
     // Recorded before the worker hears of it: from here on, a worker dying does not make the
-    // program run again. Only a program that ended on its own is recorded.
+    // program run again. Only a program that succeeded is recorded (a failed one runs again).
     if let Some(spool) = &request.spool
         && libc::WIFEXITED(status)
+        && spool
+            .success_exit_codes
+            .contains(&libc::WEXITSTATUS(status))
     {
         let value = serde_json::to_string(&record).map_err(|e| e.to_string())?;
         if let Err(e) = secflow_common::redis_pool::set_once(

@@ -2,10 +2,12 @@
 //! a redelivered attempt (its worker died before recording the task's end) finds it instead of
 //! running the program again.
 //!
-//! One key per attempt and program: `sf:{NS:task:ID}:exec:RETRY:HASH`, where `RETRY` is the
-//! task's `x-retry-count` (a retry after a failure runs the program anew; a redelivery of the
-//! same attempt does not) and `HASH` names the program, arguments, environment, directory and
-//! stdin (a fallback chain runs several). Kept for `--exec-spool-ttl-secs`.
+//! Only a program that exited with one of its success codes is recorded (a failed one runs again
+//! on any later delivery). One key per attempt and program: `sf:{NS:task:ID}:exec:RETRY.REQUEUE:HASH`,
+//! where `RETRY` is the task's `x-retry-count` (a retry after a failure runs the program anew; a
+//! redelivery of the same attempt does not), `REQUEUE` its `x-requeue-count` (a requeue from the
+//! DLQ runs it anew) and `HASH` names the program, arguments, environment, directory and stdin (a
+//! fallback chain runs several). Kept for `--exec-spool-ttl-secs`.
 
 use super::shim::{Record, SpoolTo};
 use secflow_common::{ErrorClass, TaskError};
@@ -22,6 +24,10 @@ pub struct Attempt<'a> {
     pub task_id: &'a str,
     /// Its classified failures before this attempt (`x-retry-count`).
     pub retry: u64,
+    /// Times it was requeued from the DLQ (`x-requeue-count`).
+    pub requeue: u64,
+    /// The exit codes that mean the program succeeded: only those outcomes are recorded.
+    pub success_exit_codes: &'a [i32],
 }
 
 /// The namespace's spool on Redis.
@@ -61,17 +67,19 @@ impl Spool {
         }
         let digest = hex::encode(&hash.finalize()[..8]);
         format!(
-            "sf:{{{}:task:{}}}:exec:{}:{digest}",
-            self.ns, attempt.task_id, attempt.retry
+            "sf:{{{}:task:{}}}:exec:{}.{}:{digest}",
+            self.ns, attempt.task_id, attempt.retry, attempt.requeue
         )
     }
 
-    /// Where the shim records the outcome under `key`.
-    pub(super) fn to(&self, key: &str) -> SpoolTo {
+    /// Where the shim records the outcome under `key`, if the program exits with one of
+    /// `success_exit_codes`.
+    pub(super) fn to(&self, key: &str, success_exit_codes: &[i32]) -> SpoolTo {
         SpoolTo {
             url: self.url.clone(),
             key: key.to_string(),
             ttl_ms: self.ttl_ms,
+            success_exit_codes: success_exit_codes.to_vec(),
         }
     }
 

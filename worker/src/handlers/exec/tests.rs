@@ -22,6 +22,8 @@ async fn run_with_inputs(
     let attempt = Attempt {
         task_id: "t",
         retry: 0,
+        requeue: 0,
+        success_exit_codes: &[0],
     };
     run(
         &ExecPolicy::any(),
