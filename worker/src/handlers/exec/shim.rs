@@ -130,12 +130,17 @@ fn serve() -> Result<(), String> {
         // SAFETY: setting a signal to be ignored has no memory effects.
         unsafe { libc::signal(signal, libc::SIG_IGN) };
     }
-    // SAFETY: fd 3 is the control socket the worker handed over (checked by the first read);
-    // nothing else in this process owns it. Close-on-exec: the program must not inherit it.
-    let control = unsafe {
-        libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC);
-        UnixStream::from_raw_fd(CONTROL_FD)
-    };
+    // Close-on-exec (the program must not inherit it); failing means fd 3 is not open: the shim
+    // was not started by a worker.
+    // SAFETY: fcntl on a descriptor number only reads or sets its flags.
+    if unsafe { libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return Err(format!(
+            "fd {CONTROL_FD} is not open: `worker {ARG}` is started by a worker for one exec program, not by hand"
+        ));
+    }
+    // SAFETY: fd 3 is open and is the control socket the worker handed over (checked by the
+    // first read); nothing else in this process owns it.
+    let control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
     let mut reader = BufReader::new(
         control
             .try_clone()
