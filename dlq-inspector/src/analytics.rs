@@ -68,9 +68,11 @@ pub fn compute(events: &[TaskEvent], since_ms: u64, until_ms: u64, top: usize) -
     };
     let mut minutes: BTreeMap<u64, u64> = BTreeMap::new();
     let mut prints: HashMap<String, Fingerprint> = HashMap::new();
-    // Task → (service, first failure at), and the tasks that completed after failing.
+    // Task → (service, first failure at), and task → its first completion at. A task that
+    // failed and completed recovered, whichever of its events was stored first (events of
+    // different kinds are published in separate messages).
     let mut first_failure: HashMap<uuid::Uuid, (String, u64)> = HashMap::new();
-    let mut recovered: HashMap<uuid::Uuid, u64> = HashMap::new();
+    let mut completed: HashMap<uuid::Uuid, u64> = HashMap::new();
     let mut opened: HashMap<String, u64> = HashMap::new();
     let mut outages: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for e in events {
@@ -82,12 +84,8 @@ pub fn compute(events: &[TaskEvent], since_ms: u64, until_ms: u64, top: usize) -
         match e.kind.as_str() {
             "node.completed" => {
                 a.attempts += 1;
-                if let Some(task) = e.task_id
-                    && let Some((_, failed_at)) = first_failure.get(&task)
-                {
-                    recovered
-                        .entry(task)
-                        .or_insert(e.at_ms.saturating_sub(*failed_at));
+                if let Some(task) = e.task_id {
+                    completed.entry(task).or_insert(e.at_ms);
                 }
             }
             "node.retrying" | "node.dead_lettered" => {
@@ -161,6 +159,13 @@ pub fn compute(events: &[TaskEvent], since_ms: u64, until_ms: u64, top: usize) -
     });
     prints.truncate(top);
     a.top_fingerprints = prints;
+    let recovered: HashMap<uuid::Uuid, u64> = completed
+        .into_iter()
+        .filter_map(|(task, done_at)| {
+            let (_, failed_at) = first_failure.get(&task)?;
+            Some((task, done_at.saturating_sub(*failed_at)))
+        })
+        .collect();
     a.failed_tasks = first_failure.len() as u64;
     a.recovered_tasks = recovered.len() as u64;
     a.recovery_rate =
@@ -323,8 +328,9 @@ mod tests {
             failure("node.retrying", a, 1_000, "transient", "p1"),
             failure("node.retrying", a, 2_000, "transient", "p1"),
             done(a, 4_000),
-            failure("node.retrying", b, 1_000, "transient", "p1"),
+            // Stored before the failure it follows: still a recovery.
             done(b, 3_000),
+            failure("node.retrying", b, 1_000, "transient", "p1"),
             failure("node.dead_lettered", c, 5_000, "permanent", "p2"),
             done(uuid::Uuid::now_v7(), 6_000),
         ];

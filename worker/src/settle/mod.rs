@@ -225,18 +225,22 @@ impl Settler {
     ) -> secflow_common::Result<()> {
         let mut headers = self.failure_headers(delivery, meta, error);
         h::set_u64(&mut headers, h::RETRY_COUNT, meta.retry_count + 1);
-        let delay_ms = self.republish_after(delivery, headers, delay).await?;
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         let severity = Severity::of_failure(error.class.as_str(), "retried", None);
         tracing::warn!(
             task_id = task.map(|t| t.task_id.to_string()), class = %error.class, code = %error.code,
             %severity, retry = meta.retry_count + 1, delay_ms, error = %error.message, "task failed; retry scheduled"
         );
+        // The event is confirmed before the copy exists: the next attempt (and its events)
+        // cannot come before the failure it follows, in the audit trail or to any subscriber.
+        // If the copy then cannot be published, the delivery goes back and the event repeats.
         self.emit("node.retrying", task, meta, |e| {
             e.error = Some(event_error(error));
             e.next_delay_ms = Some(delay_ms);
             e.severity = Some(severity);
         })
-        .await
+        .await?;
+        self.republish_after(delivery, headers, delay).await
     }
 
     /// Puts the task back after `delay` without using a retry attempt.
@@ -257,27 +261,29 @@ impl Settler {
             // A crash-looping task must not shed its history by being deferred.
             h::set_u64(&mut headers, h::UNSETTLED_BEFORE, meta.unsettled_total());
         }
-        let delay_ms = self.republish_after(delivery, headers, delay).await?;
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         tracing::debug!(
             task_id = task.map(|t| t.task_id.to_string()),
             delay_ms,
             reason,
             "task deferred"
         );
+        // Confirmed before the copy exists, as for a retry.
         self.emit("node.deferred", task, meta, |e| {
             e.next_delay_ms = Some(delay_ms)
         })
-        .await
+        .await?;
+        self.republish_after(delivery, headers, delay).await
     }
 
     /// Publishes a copy with `headers` through the delay queue of `delay` back to the work
-    /// queue; returns the delay in ms.
+    /// queue.
     async fn republish_after(
         &self,
         delivery: &Delivery,
         mut headers: FieldTable,
         delay: Duration,
-    ) -> secflow_common::Result<u64> {
+    ) -> secflow_common::Result<()> {
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         h::set_u64(&mut headers, h::SCHEDULED_DELAY_MS, delay_ms);
         h::set_u64(&mut headers, h::RETRY_PUBLISHED_AT, now_ms());
@@ -296,7 +302,7 @@ impl Settler {
         self.publisher
             .publish(&exchange, &self.queue, &delivery.data, props, true)
             .await?;
-        Ok(delay_ms)
+        Ok(())
     }
 
     /// Publishes the original body with the failure headers to the dead-letter exchange.
