@@ -4,6 +4,7 @@
 
 use std::{io::Write, sync::OnceLock};
 
+mod expected;
 mod json;
 mod switch;
 
@@ -48,11 +49,13 @@ pub fn init(json: bool, default_filter: &str) {
         registry
             .with(json::JsonLines::new(|| RedactingStderr))
             .with(filter)
+            .with(expected::QuietNotFound)
             .try_init()
     } else {
         registry
             .with(tracing_subscriber::fmt::layer().with_writer(|| RedactingStderr))
             .with(filter)
+            .with(expected::QuietNotFound)
             .try_init()
     };
     if let Err(e) = installed {
