@@ -31,6 +31,11 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The process tests spawn the real binaries.
 cargo build --workspace --bins --quiet
+# The console's browser tests drive Debian's chromium with playwright-core, from the lock file:
+# installed once here rather than by the tests themselves.
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  (cd tests/browser && npm ci --no-audit --no-fund --quiet)
+fi
 chaos() {
   # The chaos suite (scripts/chaos.sh, ~2 min) on its own RabbitMQ node and Redis. A failure is
   # run once more and reported, like nextest's flaky tests.

@@ -32,6 +32,11 @@ fn browser() -> PathBuf {
         "Debian's chromium must be installed (scripts/test.sh installs it)"
     );
     let dir = repo().join("tests/browser");
+    // The tests of this file run at once (each in its own process): one installs, the other
+    // waits for it (two `npm ci` in one folder remove each other's files).
+    let lock = std::fs::File::create(std::env::temp_dir().join("secflow-browser-npm-ci.lock"))
+        .expect("create the npm install lock file");
+    lock.lock().expect("take the npm install lock");
     if !dir.join("node_modules/playwright-core").exists() {
         let status = std::process::Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])

@@ -126,6 +126,10 @@ pub struct WorkerConfig {
     /// attempt (its worker died before recording the task's end), seconds.
     #[arg(long, env = "SECFLOW_EXEC_SPOOL_TTL_SECS", default_value_t = 900)]
     pub exec_spool_ttl_secs: u64,
+    /// Largest recorded outcome of an `exec` program (output included), bytes; a larger one is
+    /// not recorded (a redelivery then runs the program again).
+    #[arg(long, env = "SECFLOW_EXEC_SPOOL_MAX_BYTES", default_value_t = 4 << 20)]
+    pub exec_spool_max_bytes: usize,
     /// Handler version by node type, TYPE=VERSION (repeatable): checkpoints written by another
     /// version are ignored.
     #[arg(long = "handler-version", value_parser = parse_handler_version)]
@@ -231,6 +235,7 @@ impl WorkerConfig {
             exec_memory_mb: None,
             exec_shim: None,
             exec_spool_ttl_secs: 900,
+            exec_spool_max_bytes: 4 << 20,
             handler_versions: Vec::new(),
             redact_patterns: Vec::new(),
             chaos: None,

@@ -41,7 +41,8 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
     if cli.config.exec_shim.is_none() {
-        cli.config.exec_shim = std::env::current_exe().ok();
+        // This very binary, even if the file was replaced or removed since it started.
+        cli.config.exec_shim = Some("/proc/self/exe".into());
     }
     if let Some(Command::Classify(args)) = cli.command {
         return secflow_worker::classify::cli::run(args);

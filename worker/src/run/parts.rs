@@ -43,6 +43,7 @@ impl Parts {
             &cfg.broker.redis_url,
             &cfg.broker.namespace,
             std::time::Duration::from_secs(cfg.exec_spool_ttl_secs),
+            cfg.exec_spool_max_bytes,
         )
         .map_err(WorkerError::Config)?;
         let mut exec_policy = ExecPolicy::new(

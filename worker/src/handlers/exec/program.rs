@@ -6,7 +6,8 @@
 //! reuses that outcome. Shared by `exec` nodes, tool nodes and exec hooks.
 
 use super::{
-    ExecPolicy, create_private_dir, forbidden_env, reaper, shim, spawn_error, spool::Attempt,
+    ExecPolicy, create_private_dir, forbidden_env, reaper, shim, spawn_error,
+    spool::{Attempt, SpoolError},
 };
 use crate::classify::{Classifier, Failure};
 use nix::{sys::signal::Signal, unistd::Pid};
@@ -225,22 +226,41 @@ pub async fn run_in(
     };
     let spool_key = match (&policy.spool, run.attempt) {
         (Some(spool), Some(attempt)) => {
-            let key = spool.key(attempt, &identity(&path, &run));
-            if let Some(record) = spool.recorded(&key).await? {
-                tracing::info!(
-                    task_id = attempt.task_id,
-                    key,
-                    "exec: an earlier delivery of this attempt ran the program to its end (its worker died before recording the task's end): using that outcome, not running it again"
-                );
-                return Ok(Ended::Finished(Finished::from(record)));
+            let key = spool.key(attempt, &identity(&path, &run, &workdir.0));
+            match spool.recorded(&key).await {
+                Ok(Some(record)) => {
+                    tracing::info!(
+                        task_id = attempt.task_id,
+                        key,
+                        "exec: an earlier delivery of this attempt ran the program to its end (its worker died before recording the task's end): using that outcome, not running it again"
+                    );
+                    return Ok(Ended::Finished(Finished::from(record)));
+                }
+                Ok(None) => Some(key),
+                Err(SpoolError::Corrupted(e)) => return Err(e),
+                // Redis does not answer: the task got here without it (declared idempotent,
+                // it runs at least once) or lost it since its claim. It runs, unrecorded.
+                Err(SpoolError::Unreachable(e)) => {
+                    tracing::warn!(task_id = attempt.task_id, error = %e, "exec: cannot look up an earlier outcome (Redis unreachable): running the program without a record");
+                    None
+                }
             }
-            Some(key)
         }
         _ => None,
     };
+    let mut env: BTreeMap<String, String> = [("PATH", SAFE_PATH), ("LANG", "C.UTF-8")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let home = workdir.0.to_string_lossy().into_owned();
+    env.insert("HOME".into(), home.clone());
+    env.insert("TMPDIR".into(), home);
+    env.extend(run.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let request = shim::Request {
         program: path,
         args: run.args.to_vec(),
+        env,
+        cwd: cwd.clone(),
         memory_limit_bytes: policy.memory_limit_bytes,
         max_output,
         read_back: run.read_back.as_ref().map(|p| workdir.0.join(p)),
@@ -257,16 +277,13 @@ pub async fn run_in(
             "exec: this worker has no exec shim (the worker binary; --exec-shim)",
         )
     })?;
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-        .map_err(|e| spawn_error(run.program, &e, classifier))?;
+    let (ours, theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(|e| shim_failed(run.program, &e))?;
+    // The task's environment goes to the program only, in the request: the shim, which holds
+    // the Redis credentials, starts with none (nothing a task sets reaches its resolver).
     let mut cmd = tokio::process::Command::new(shim_path);
     cmd.arg(shim::ARG)
         .env_clear()
-        .env("PATH", SAFE_PATH)
-        .env("HOME", &workdir.0)
-        .env("TMPDIR", &workdir.0)
-        .env("LANG", "C.UTF-8")
-        .envs(run.env)
         .current_dir(&cwd)
         .stdin(if run.stdin.is_some() {
             Stdio::piped()
@@ -275,8 +292,9 @@ pub async fn run_in(
         })
         .stdout(Stdio::null())
         // The shim's own complaints go to the worker's log stream.
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
+        .stderr(Stdio::inherit());
+    // Not killed when the task is dropped (timeout, cancellation): the closed control socket
+    // makes the shim kill the program's group and reap it, then leave (tokio reaps the shim).
     let control_fd = theirs.as_raw_fd();
     // SAFETY: between fork and exec, only dup2/fcntl on descriptors this process owns.
     unsafe {
@@ -294,9 +312,8 @@ pub async fn run_in(
     }
     // Started before the first program, so it exists when the program's group is registered.
     let _ = reaper::get();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| spawn_error(run.program, &e, classifier))?;
+    // The shim not starting is this worker's problem, not the task's program's.
+    let mut child = cmd.spawn().map_err(|e| shim_failed(run.program, &e))?;
     drop(theirs);
     let mut control = Control::new(ours).map_err(|e| shim_failed(run.program, &e))?;
     control
@@ -324,7 +341,7 @@ pub async fn run_in(
         reaper.track(pid);
     }
     // Dropped before the caller's `workdir`: the group is dead before its directory goes.
-    let _guard = GroupGuard(Some(Pid::from_raw(pid)));
+    let mut guard = GroupGuard(Some(Pid::from_raw(pid)));
     let stdin = child.stdin.take();
     let input = run.stdin;
     let feed = async move {
@@ -334,36 +351,63 @@ pub async fn run_in(
             let _ = pipe.shutdown().await;
         }
     };
+    // The shim leaves after its answer, once it has killed the program's helpers and reaped
+    // what it must: dropped here, tokio reaps it when it exits.
     let work = async {
         let (reply, ()) = tokio::join!(control.reply(), feed);
-        // The shim exits right after its answer; reaped here.
-        let _ = child.wait().await;
         reply
     };
     let Ok(reply) = tokio::time::timeout(timeout, work).await else {
         return Ok(Ended::TimedOut);
     };
+    drop(child);
     match reply {
-        Ok(shim::Reply::Finished(record)) => Ok(Ended::Finished(Finished::from(record))),
+        Ok(shim::Reply::Finished(record)) => {
+            // The shim kills what is left of the group itself, while its leader keeps the id.
+            guard.0 = None;
+            if let Some(reaper) = reaper::get() {
+                reaper.forget(pid);
+            }
+            Ok(Ended::Finished(Finished::from(record)))
+        }
         Ok(other) => Err(shim_failed(run.program, &format!("answered {other:?}"))),
         Err(e) => Err(shim_failed(run.program, &e)),
     }
 }
 
 /// What names one run of a program within an attempt: path, arguments, environment,
-/// directory and stdin.
-fn identity<'a>(path: &'a Path, run: &'a Program<'_>) -> Vec<&'a [u8]> {
+/// directory and stdin, with the working directory's path (new for every delivery: input and
+/// output files live there) replaced by a placeholder.
+fn identity(path: &Path, run: &Program<'_>, workdir: &Path) -> Vec<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;
-    let mut parts: Vec<&[u8]> = vec![path.as_os_str().as_bytes()];
-    parts.extend(run.args.iter().map(|a| a.as_bytes()));
-    parts.push(b"\0env");
+    let dir = workdir.as_os_str().as_bytes();
+    let plain = |bytes: &[u8]| replace(bytes, dir, b"${workdir}");
+    let mut parts = vec![path.as_os_str().as_bytes().to_vec()];
+    parts.extend(run.args.iter().map(|a| plain(a.as_bytes())));
+    parts.push(b"\0env".to_vec());
     for (k, v) in run.env {
-        parts.push(k.as_bytes());
-        parts.push(v.as_bytes());
+        parts.push(k.as_bytes().to_vec());
+        parts.push(plain(v.as_bytes()));
     }
-    parts.push(run.cwd.map_or(b"".as_slice(), str::as_bytes));
-    parts.push(run.stdin.as_deref().unwrap_or_default());
+    parts.push(run.cwd.unwrap_or_default().as_bytes().to_vec());
+    parts.push(plain(run.stdin.as_deref().unwrap_or_default()));
     parts
+}
+
+/// `bytes` with every `from` replaced by `to`.
+fn replace(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    if from.is_empty() {
+        return bytes.to_vec();
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some(at) = rest.windows(from.len()).position(|w| w == from) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(to);
+        rest = &rest[at + from.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 /// The worker's end of a shim's control socket.
@@ -423,7 +467,62 @@ impl From<shim::Record> for Finished {
                     cpu_seconds,
                     max_rss_bytes,
                 }),
-            read_back: r.read_back.map(String::into_bytes),
+            // Hex from the shim; text from nowhere else, so anything else reads as none.
+            read_back: r.read_back.and_then(|h| hex::decode(h).ok()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Proves: a run's identity does not depend on its working directory's path (new for every
+    /// delivery), and does on what the program is given.
+    #[test]
+    fn identity_ignores_the_working_directory_path() {
+        let env = BTreeMap::from([("OUT".to_string(), "/w/one/out.json".to_string())]);
+        let program = |args: &'static [String], stdin: &str| Program {
+            program: "nuclei",
+            args,
+            env: &env,
+            cwd: None,
+            stdin: Some(stdin.as_bytes().to_vec()),
+            read_back: None,
+            attempt: None,
+        };
+        let args: &'static [String] = Box::leak(Box::new([
+            "-list".to_string(),
+            "/w/one/input-urls.txt".to_string(),
+        ]));
+        let first = identity(
+            Path::new("/usr/bin/nuclei"),
+            &program(args, "/w/one"),
+            Path::new("/w/one"),
+        );
+        let env_two = BTreeMap::from([("OUT".to_string(), "/w/two/out.json".to_string())]);
+        let args_two: &'static [String] = Box::leak(Box::new([
+            "-list".to_string(),
+            "/w/two/input-urls.txt".to_string(),
+        ]));
+        let second = identity(
+            Path::new("/usr/bin/nuclei"),
+            &Program {
+                env: &env_two,
+                ..program(args_two, "/w/two")
+            },
+            Path::new("/w/two"),
+        );
+        assert_eq!(first, second);
+        let other: &'static [String] = Box::leak(Box::new(["-list".to_string(), "x".to_string()]));
+        assert_ne!(
+            first,
+            identity(
+                Path::new("/usr/bin/nuclei"),
+                &program(other, "/w/one"),
+                Path::new("/w/one")
+            )
+        );
+        assert_eq!(replace(b"a/w/b/w", b"/w", b"X"), b"aX/bX");
     }
 }

@@ -4,8 +4,10 @@
 //! Without it, a program could finish its side effect and exit, and the worker be killed
 //! before it recorded the task's completion: the redelivered task then ran the program again
 //! (the side effect twice). The shim is the worker's own binary started as
-//! `worker __exec-shim` with the program's environment, working directory and stdin. It
-//! starts the program as its child (own process group, parent-death signal, resource limits),
+//! `worker __exec-shim` with an empty environment and the program's stdin; the program's
+//! environment and directory come with the request (the task's environment never reaches the
+//! shim, which holds the Redis credentials). It starts the program as its child (own process
+//! group, parent-death signal, resource limits), is the subreaper of what the program starts,
 //! captures its output, waits for it, and *before* it tells the worker, stores the outcome of a
 //! program that succeeded (exited with one of its success codes) in Redis under the attempt's
 //! spool key
@@ -15,8 +17,13 @@
 //! program's group at once; a program that had already succeeded is still recorded.
 //! A redelivered attempt finds the record and reports it instead of running the program again.
 //!
+//! After answering, it kills what is left of the program's group (helpers it started), then
+//! reaps the program and every orphan it inherited. The program is waited for without being
+//! reaped until then, so its group id stays reserved: no kill can reach a reused group.
+//!
 //! What is left: a program killed (with its worker) between its side effect and its own exit
-//! runs again; a program that failed is not recorded (a later delivery runs it again).
+//! runs again; a program that failed, or whose record would exceed its size cap, is not
+//! recorded (a later delivery runs it again).
 //!
 //! Protocol on fd 3 (a Unix stream socket): the worker writes one [`Request`] line; the shim
 //! answers one [`Reply::Started`] (or [`Reply::CannotStart`]) line, then one
@@ -24,6 +31,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
     os::{
         fd::FromRawFd,
@@ -46,6 +54,10 @@ pub(super) struct Request {
     pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<String>,
+    /// Its whole environment.
+    pub env: BTreeMap<String, String>,
+    /// Its working directory.
+    pub cwd: PathBuf,
     /// Its address-space cap.
     pub memory_limit_bytes: Option<u64>,
     /// Bytes of stdout and of stderr kept.
@@ -67,6 +79,8 @@ pub(super) struct SpoolTo {
     pub ttl_ms: u64,
     /// Only a program that exits with one of these is recorded.
     pub success_exit_codes: Vec<i32>,
+    /// A record larger than this is not stored.
+    pub max_bytes: usize,
 }
 
 /// The shim's answers.
@@ -106,7 +120,7 @@ pub struct Record {
     pub cpu_seconds: Option<f64>,
     /// Peak resident bytes, when known.
     pub max_rss_bytes: Option<u64>,
-    /// The read-back file's content (lossy UTF-8), when asked for and present.
+    /// The read-back file's content (hex: its bytes as they were), when asked for and present.
     pub read_back: Option<String>,
 }
 
@@ -148,12 +162,16 @@ fn serve() -> Result<(), String> {
     );
     let mut line = String::new();
     (&mut reader)
-        .take(1 << 20)
+        .take(64 << 20)
         .read_line(&mut line)
         .map_err(|e| format!("reading the request: {e}"))?;
     let request: Request =
         serde_json::from_str(&line).map_err(|e| format!("unreadable request: {e}"))?;
     let mut answer = control;
+    // What the program starts in the background is re-parented here, not to init, and reaped
+    // below (in a container the worker is init and reaps nobody's orphans).
+    // SAFETY: prctl with integer arguments only changes this process's attributes.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let mut child = match program(&request).spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -169,21 +187,35 @@ fn serve() -> Result<(), String> {
     };
     let pid = i32::try_from(child.id()).map_err(|_| "pid out of range".to_string())?;
     send(&mut answer, &Reply::Started { pid });
-    // The worker closing its end (it died, or timed the program out) kills the group now.
+    // Whether the program has been reaped (its group id may then be reused): a kill of its
+    // group happens only under this lock, while it has not been.
+    let reaped = std::sync::Arc::new(std::sync::Mutex::new(false));
+    let kill_group = {
+        let reaped = std::sync::Arc::clone(&reaped);
+        move || {
+            let reaped = reaped
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !*reaped {
+                // SAFETY: kill only sends a signal.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+        }
+    };
+    // The worker closing its end (it died, timed the program out, or dropped the task) kills
+    // the group now.
+    let on_close = kill_group.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 64];
         while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
-        // SAFETY: kill only sends a signal.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        on_close();
     });
     let max = request.max_output;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let out = std::thread::spawn(move || capture(stdout, max));
     let err = std::thread::spawn(move || capture(stderr, max));
-    let (status, usage) = wait(pid);
-    // `wait` reaped it; `child` must not try again.
-    std::mem::forget(child);
+    let (status, usage) = exited(pid);
     let (stdout, stdout_truncated) = out.join().unwrap_or_default();
     let (stderr, stderr_truncated) = err.join().unwrap_or_default();
     let record = Record {
@@ -198,7 +230,7 @@ fn serve() -> Result<(), String> {
             .read_back
             .as_ref()
             .and_then(|p| std::fs::read(p).ok())
-            .map(|b| String::from_utf8_lossy(&b).into_owned()),
+            .map(hex::encode),
     };
     // Recorded before the worker hears of it: from here on, a worker dying does not make the
     // program run again. Only a program that succeeded is recorded (a failed one runs again).
@@ -209,7 +241,14 @@ fn serve() -> Result<(), String> {
             .contains(&libc::WEXITSTATUS(status))
     {
         let value = serde_json::to_string(&record).map_err(|e| e.to_string())?;
-        if let Err(e) = secflow_common::redis_pool::set_once(
+        if value.len() > spool.max_bytes {
+            eprintln!(
+                "secflow exec shim: the outcome of `{}` is {} bytes, over the record cap of {} (--exec-spool-max-bytes): not recorded (it runs again if its worker dies now)",
+                request.program.display(),
+                value.len(),
+                spool.max_bytes
+            );
+        } else if let Err(e) = secflow_common::redis_pool::set_once(
             &spool.url,
             &spool.key,
             &value,
@@ -223,7 +262,40 @@ fn serve() -> Result<(), String> {
         }
     }
     send(&mut answer, &Reply::Finished(record));
+    // Helpers the program left in its group die now (its leader, not reaped yet, keeps the
+    // group id reserved); then the leader and every orphan re-parented here are reaped.
+    kill_group();
+    {
+        let mut reaped = reaped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // SAFETY: waitpid on our own child only writes the status.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        *reaped = true;
+    }
+    // Reaped above; std's `Child` does not wait on drop.
+    drop(child);
+    reap_orphans(std::time::Duration::from_secs(5));
     Ok(())
+}
+
+/// Reaps children until none is left or `within` has passed (orphans of the program, killed
+/// with its group, die at once; one that left the group may outlive this).
+fn reap_orphans(within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        // SAFETY: waitpid only writes the status.
+        let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return; // ECHILD: none left.
+        }
+        if r == 0 {
+            if std::time::Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }
 
 /// The program's command: its own process group, no core dumps, the memory cap, killed when
@@ -232,6 +304,9 @@ fn serve() -> Result<(), String> {
 fn program(request: &Request) -> std::process::Command {
     let mut cmd = std::process::Command::new(&request.program);
     cmd.args(&request.args)
+        .env_clear()
+        .envs(&request.env)
+        .current_dir(&request.cwd)
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -261,14 +336,34 @@ fn program(request: &Request) -> std::process::Command {
     cmd
 }
 
-/// Waits for `pid` and reaps it: its raw wait status and (CPU seconds, peak RSS bytes).
-fn wait(pid: i32) -> (i32, Option<(f64, u64)>) {
+/// Waits until `pid` has exited, without reaping it (its group id stays reserved): its raw wait
+/// status and (CPU seconds, peak RSS bytes). `waitid` with `WNOWAIT`, by the raw system call,
+/// whose fifth argument returns the usage.
+fn exited(pid: i32) -> (i32, Option<(f64, u64)>) {
     loop {
-        let mut status = 0;
-        // SAFETY: all-zero is a valid rusage; wait4 writes only into the two out-parameters.
+        // SAFETY: all-zero is a valid siginfo_t and rusage; both outlive the call, which only
+        // writes into them.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_waitid,
+                libc::P_PID,
+                pid,
+                &mut info as *mut libc::siginfo_t,
+                libc::WEXITED | libc::WNOWAIT,
+                &mut usage as *mut libc::rusage,
+            )
+        };
+        if r == 0 {
+            // SAFETY: filled in by a successful waitid.
+            let (code, value) = unsafe { (info.si_code, info.si_status()) };
+            // The raw wait status `ExitStatus::from_raw` reads: exit code << 8, or the signal.
+            let status = if code == libc::CLD_EXITED {
+                (value & 0xff) << 8
+            } else {
+                value & 0x7f
+            };
             let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
             let cpu = seconds(usage.ru_utime) + seconds(usage.ru_stime);
             // Linux reports kilobytes.
@@ -276,7 +371,7 @@ fn wait(pid: i32) -> (i32, Option<(f64, u64)>) {
             return (status, Some((cpu, rss)));
         }
         if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            // Not our child any more (cannot happen): report a kill.
+            // Not our child (cannot happen): report a kill.
             return (libc::SIGKILL, None);
         }
     }

@@ -17,6 +17,15 @@ use std::time::Duration;
 /// Deadline of the spool lookup.
 const DEADLINE: Duration = Duration::from_secs(2);
 
+/// Why a lookup gave no answer.
+#[derive(Debug)]
+pub enum SpoolError {
+    /// Redis did not answer.
+    Unreachable(String),
+    /// The record does not parse (`permanent`/`state_corrupted`).
+    Corrupted(TaskError),
+}
+
 /// Which attempt of which task a program runs for.
 #[derive(Clone, Copy, Debug)]
 pub struct Attempt<'a> {
@@ -35,6 +44,7 @@ pub struct Spool {
     url: String,
     ns: String,
     ttl_ms: u64,
+    max_bytes: usize,
     pool: deadpool_redis::Pool,
 }
 
@@ -48,18 +58,20 @@ impl std::fmt::Debug for Spool {
 }
 
 impl Spool {
-    /// The spool of namespace `ns` on `url`, records kept `ttl`. Does not connect yet.
-    pub fn new(url: &str, ns: &str, ttl: Duration) -> Result<Self, String> {
+    /// The spool of namespace `ns` on `url`, records kept `ttl` and at most `max_bytes` long
+    /// (a larger one is not stored). Does not connect yet.
+    pub fn new(url: &str, ns: &str, ttl: Duration, max_bytes: usize) -> Result<Self, String> {
         Ok(Self {
             url: url.to_string(),
             ns: ns.to_string(),
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+            max_bytes,
             pool: secflow_common::redis_pool::pool(url, DEADLINE)?,
         })
     }
 
     /// The key of `attempt`'s run of the program named by `parts`.
-    pub fn key(&self, attempt: Attempt<'_>, parts: &[&[u8]]) -> String {
+    pub fn key(&self, attempt: Attempt<'_>, parts: &[Vec<u8>]) -> String {
         let mut hash = Sha256::new();
         for part in parts {
             hash.update((part.len() as u64).to_le_bytes());
@@ -80,13 +92,12 @@ impl Spool {
             key: key.to_string(),
             ttl_ms: self.ttl_ms,
             success_exit_codes: success_exit_codes.to_vec(),
+            max_bytes: self.max_bytes,
         }
     }
 
-    /// The outcome recorded under `key` by an earlier delivery of the same attempt. Redis not
-    /// answering is a transient failure (whether the program ran is unknown, so it does not run
-    /// now); a value that does not parse is corrupted state.
-    pub async fn recorded(&self, key: &str) -> Result<Option<Record>, TaskError> {
+    /// The outcome recorded under `key` by an earlier delivery of the same attempt.
+    pub async fn recorded(&self, key: &str) -> Result<Option<Record>, SpoolError> {
         let lookup = async {
             let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
             deadpool_redis::redis::cmd("GET")
@@ -97,26 +108,18 @@ impl Spool {
         };
         let raw = match tokio::time::timeout(DEADLINE, lookup).await {
             Ok(Ok(raw)) => raw,
-            Ok(Err(e)) => return Err(unreachable(&e)),
-            Err(_) => return Err(unreachable("timed out")),
+            Ok(Err(e)) => return Err(SpoolError::Unreachable(e)),
+            Err(_) => return Err(SpoolError::Unreachable("timed out".into())),
         };
         raw.map(|raw| {
             serde_json::from_str(&raw).map_err(|e| {
-                TaskError::new(
+                SpoolError::Corrupted(TaskError::new(
                     ErrorClass::Permanent,
                     "state_corrupted",
                     format!("exec: the recorded outcome under `{key}` does not parse: {e}"),
-                )
+                ))
             })
         })
         .transpose()
     }
-}
-
-fn unreachable(e: &str) -> TaskError {
-    TaskError::new(
-        ErrorClass::Transient,
-        "spool_unreachable",
-        format!("exec: cannot look up whether an earlier delivery already ran the program: {e}"),
-    )
 }

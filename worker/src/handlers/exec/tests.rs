@@ -222,3 +222,18 @@ async fn file_arguments_get_a_file_of_the_input() {
         err.message
     );
 }
+
+/// Proves: the task's environment reaches the program and not the shim between it and the
+/// worker (the shim holds the Redis credentials; a task's `LOCALDOMAIN` or `RES_OPTIONS` must
+/// not steer its resolver): the program's parent, the shim, has an empty environment.
+#[tokio::test]
+async fn the_tasks_environment_reaches_the_program_only() {
+    let out = run_default(
+        &json!({"argv": ["sh", "-c", "tr '\\0' '\\n' < /proc/$PPID/environ; echo \"--- $MARK\""], "env": {"MARK": "set", "LOCALDOMAIN": "evil.test"}}),
+        T,
+        4096,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["stdout"], "--- set\n", "{out}");
+}
