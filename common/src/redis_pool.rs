@@ -21,12 +21,16 @@ pub fn pool(url: &str, deadline: Duration) -> Result<Pool, String> {
     pool_cfg.timeouts.create = Some(deadline);
     pool_cfg.timeouts.recycle = Some(deadline);
     cfg.pool = Some(pool_cfg);
-    cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| {
-        format!(
-            "invalid REDIS_URL `{}`: {e}",
-            crate::config::redact_url(url)
-        )
-    })
+    cfg.create_pool(Some(Runtime::Tokio1))
+        .map_err(|e| invalid_url(url, &e))
+}
+
+/// The error of a Redis URL that does not parse, naming it (credentials masked).
+fn invalid_url(url: &str, e: &dyn std::fmt::Display) -> String {
+    format!(
+        "invalid REDIS_URL `{}`: {e}",
+        crate::config::redact_url(url)
+    )
 }
 
 /// Sets `key` to `value` for `ttl_ms` on a connection of its own, each step (connect, write,
@@ -40,12 +44,7 @@ pub fn set_once(
     deadline: Duration,
 ) -> Result<(), String> {
     use deadpool_redis::redis;
-    let client = redis::Client::open(url).map_err(|e| {
-        format!(
-            "invalid REDIS_URL `{}`: {e}",
-            crate::config::redact_url(url)
-        )
-    })?;
+    let client = redis::Client::open(url).map_err(|e| invalid_url(url, &e))?;
     let mut conn = client
         .get_connection_with_timeout(deadline)
         .map_err(|e| e.to_string())?;

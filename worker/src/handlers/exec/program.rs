@@ -61,18 +61,23 @@ impl Drop for Workdir {
     }
 }
 
-/// Kills the process group when dropped: on timeout, on cancellation, and to reap helpers
-/// the program left behind; then tells the reaper the group is gone.
-struct GroupGuard(Option<Pid>);
+/// The program's process group, registered with the reaper while the task runs. Dropped, it
+/// tells the reaper the group is gone, after killing it unless the shim has answered (on
+/// timeout and cancellation; after an answer the shim kills what is left itself, while the
+/// group's leader keeps the id).
+struct GroupGuard {
+    pgid: Pid,
+    kill: bool,
+}
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            // ESRCH (group already gone) is the normal case after a clean exit.
-            let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
-            if let Some(reaper) = reaper::get() {
-                reaper.forget(pgid.as_raw());
-            }
+        if self.kill {
+            // ESRCH (group already gone) is a normal case.
+            let _ = nix::sys::signal::killpg(self.pgid, Signal::SIGKILL);
+        }
+        if let Some(reaper) = reaper::get() {
+            reaper.forget(self.pgid.as_raw());
         }
     }
 }
@@ -224,7 +229,8 @@ pub async fn run_in(
         }
         None => workdir.0.clone(),
     };
-    let spool_key = match (&policy.spool, run.attempt) {
+    // Where the shim records the outcome, if anywhere.
+    let spool_to = match (&policy.spool, run.attempt) {
         (Some(spool), Some(attempt)) => {
             let key = spool.key(attempt, &identity(&path, &run, &workdir.0));
             match spool.recorded(&key).await {
@@ -236,7 +242,7 @@ pub async fn run_in(
                     );
                     return Ok(Ended::Finished(Finished::from(record)));
                 }
-                Ok(None) => Some(key),
+                Ok(None) => Some(spool.to(&key, attempt.success_exit_codes)),
                 Err(SpoolError::Corrupted(e)) => return Err(e),
                 // Redis does not answer: the task got here without it (declared idempotent,
                 // it runs at least once) or lost it since its claim. It runs, unrecorded.
@@ -264,11 +270,7 @@ pub async fn run_in(
         memory_limit_bytes: policy.memory_limit_bytes,
         max_output,
         read_back: run.read_back.as_ref().map(|p| workdir.0.join(p)),
-        spool: spool_key
-            .as_deref()
-            .zip(policy.spool.as_ref())
-            .zip(run.attempt)
-            .map(|((key, spool), attempt)| spool.to(key, attempt.success_exit_codes)),
+        spool: spool_to,
     };
     let shim_path = policy.shim.as_ref().ok_or_else(|| {
         TaskError::new(
@@ -341,7 +343,10 @@ pub async fn run_in(
         reaper.track(pid);
     }
     // Dropped before the caller's `workdir`: the group is dead before its directory goes.
-    let mut guard = GroupGuard(Some(Pid::from_raw(pid)));
+    let mut guard = GroupGuard {
+        pgid: Pid::from_raw(pid),
+        kill: true,
+    };
     let stdin = child.stdin.take();
     let input = run.stdin;
     let feed = async move {
@@ -363,11 +368,7 @@ pub async fn run_in(
     drop(child);
     match reply {
         Ok(shim::Reply::Finished(record)) => {
-            // The shim kills what is left of the group itself, while its leader keeps the id.
-            guard.0 = None;
-            if let Some(reaper) = reaper::get() {
-                reaper.forget(pid);
-            }
+            guard.kill = false;
             Ok(Ended::Finished(Finished::from(record)))
         }
         Ok(other) => Err(shim_failed(run.program, &format!("answered {other:?}"))),
