@@ -71,13 +71,19 @@ async fn connect_once(url: &str, client_name: &str, deadline: Instant) -> Result
         ConnectionProperties::default().with_connection_name(LongString::from(client_name));
     let remaining = deadline.saturating_duration_since(Instant::now());
     let limit = remaining.clamp(ATTEMPT_MIN, deadline::BROKER_OP);
-    match deadline::within(
-        "the broker's answer to a new connection",
-        limit,
-        Connection::connect(url, options),
-    )
-    .await
-    {
+    let connecting: std::pin::Pin<
+        Box<dyn std::future::Future<Output = lapin::Result<Connection>> + Send>,
+    > = match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(mut uri) => {
+            if uri.query.frame_max.is_none() {
+                uri.query.frame_max = Some(FRAME_MAX);
+            }
+            Box::pin(Connection::connect_uri(uri, options))
+        }
+        // The client's own parse error names what is wrong with the address.
+        Err(_) => Box::pin(Connection::connect(url, options)),
+    };
+    match deadline::within("the broker's answer to a new connection", limit, connecting).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(source)) if crate::error::refused_for_good(&source) => Err(Error::Login {
             url: redact_url(url),
@@ -90,6 +96,12 @@ async fn connect_once(url: &str, client_name: &str, deadline: Instant) -> Result
         Err(timeout) => Err(timeout),
     }
 }
+
+/// The largest frame this client accepts, unless the address sets `frame_max` itself. The client
+/// keeps send and receive buffers of 32 frames each, filled with zeros when the connection
+/// opens: at the broker's default (128 KiB) that is 8 MiB resident per connection, at 32 KiB
+/// 2 MiB. Tasks and events are a few KiB; a larger body is sent in several frames.
+pub const FRAME_MAX: u32 = 32 * 1024;
 
 /// Shortest deadline of one connection attempt, even when the overall timeout is nearly spent.
 const ATTEMPT_MIN: Duration = Duration::from_millis(500);
