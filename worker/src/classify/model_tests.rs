@@ -171,3 +171,41 @@ fn the_built_in_model_loads_with_every_class() {
     assert!((0.2..=0.9).contains(&m.unknown_below) && (0.15..=0.4).contains(&m.security_above));
     assert!(m.training.examples >= 150);
 }
+
+#[test]
+fn a_confident_model_overrules_a_built_in_rule_but_not_a_security_one_nor_an_operators() {
+    let (m, _) = train(&corpus(), &[], &small()).unwrap();
+    let m = std::sync::Arc::new(m);
+    let c = Classifier::defaults().with_model(Some(m.clone()));
+    // The `timeout` rule matches ("timed out"); the model reads malformed input.
+    let f = Failure {
+        message: "field 7 of the input is malformed json, the parser timed out".into(),
+        ..Failure::default()
+    };
+    let p = m.predict(&f).unwrap();
+    assert_eq!(p.class, ErrorClass::Validation);
+    assert!(p.confidence >= MODEL_OVERRULES_AT, "{p:?}");
+    let v = c.classify(&f);
+    assert_eq!(
+        (v.class, v.rule.as_str(), v.matched.as_str()),
+        (ErrorClass::Validation, "model_over_rule", "model")
+    );
+    // A security rule stands whatever the model thinks.
+    let sec = c.classify(&Failure {
+        message: "field 7 of the input is malformed json: host key verification failed".into(),
+        ..Failure::default()
+    });
+    assert_eq!(sec.matched, "rule:host_key_changed");
+    // So does an operator's rule.
+    let path = std::env::temp_dir().join(format!("sf-rules-{}.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        "version: 1\nrules:\n  - name: mine\n    class: transient\n    message: \"parser timed out\"\n",
+    )
+    .unwrap();
+    let ours = Classifier::new(Some(path.to_str().unwrap()), None)
+        .unwrap()
+        .with_model(Some(m));
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(ours.classify(&f).matched, "rule:mine");
+}

@@ -65,6 +65,16 @@ pub struct Rule {
     pub(super) signals: Vec<i32>,
     pub(super) http_status: Vec<(u16, u16)>,
     pub(super) io_kinds: Vec<String>,
+    /// A built-in rule (not one of an operator's `--rules` file).
+    pub(super) built_in: bool,
+}
+
+impl Rule {
+    /// Whether a confident model may overrule this rule: a built-in rule that does not answer
+    /// `security` (an operator's rules and security answers always stand).
+    pub(super) fn yields_to_model(&self) -> bool {
+        self.built_in && self.class != ErrorClass::Security
+    }
 }
 
 /// `pattern` with its word boundaries (`\\b`, `\\B`) made ASCII (`(?-u:\\b)`): a Unicode word
@@ -132,6 +142,7 @@ pub fn compile(source: &str, text: &str) -> Result<Vec<Rule>, String> {
                 signals: spec.signals,
                 http_status,
                 io_kinds: spec.io_kinds,
+                built_in: true,
             })
         })
         .collect()
