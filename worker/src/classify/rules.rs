@@ -163,11 +163,14 @@ fn parse_status(spec: &StatusSpec) -> Result<(u16, u16), String> {
     }
 }
 
-/// Message regexes per regex set. One set over every rule outgrows the lazy DFA's cache (the
-/// rules are case-insensitive alternations), and the regex crate then falls back to its slow
-/// engine: about 100 µs a message instead of 1. Sets of this size stay fast (a few µs for all):
-/// sets of 24 left a third set of a dozen, one more pass over every message.
-const PATTERNS_PER_SET: usize = 30;
+/// Message regexes per regex set. A set reports every pattern that matches (an overlapping
+/// search), so its lazy DFA's states are combinations of all its patterns' NFA states; with
+/// many case-insensitive alternations in one set the DFA keeps outgrowing its cache and spends
+/// its time building states again. At 30 patterns a set (the 83 built-in rules in three sets)
+/// that was 75 % of the time, p50 69 µs and p99 1.3 ms a message over the training corpora
+/// (`cargo bench -p secflow-worker --bench classify`); at 10 (nine sets, nine passes) rules
+/// alone take p50 9 µs, p99 44 µs.
+const PATTERNS_PER_SET: usize = 10;
 
 /// Ordered rules and regex sets over their message regexes.
 #[derive(Debug, Default)]
