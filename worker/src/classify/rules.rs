@@ -166,10 +166,10 @@ fn parse_status(spec: &StatusSpec) -> Result<(u16, u16), String> {
 /// Message regexes per regex set. A set reports every pattern that matches (an overlapping
 /// search), so its lazy DFA's states are combinations of all its patterns' NFA states; with
 /// many case-insensitive alternations in one set the DFA keeps outgrowing its cache and spends
-/// its time building states again. At 30 patterns a set (the 83 built-in rules in three sets)
-/// that was 75 % of the time, p50 69 µs and p99 1.3 ms a message over the training corpora
-/// (`cargo bench -p secflow-worker --bench classify`); at 10 (nine sets, nine passes) rules
-/// alone take p50 9 µs, p99 44 µs.
+/// its time building states again. At 30 patterns a set (the 61 built-in message regexes in
+/// three sets) that was 75 % of the time, p50 69 µs and p99 1.3 ms a message over the training
+/// corpora (`cargo bench -p secflow-worker --bench classify`); at 10 (seven sets, seven passes)
+/// rules alone take p50 9 µs, p99 44 µs.
 const PATTERNS_PER_SET: usize = 10;
 
 /// Ordered rules and regex sets over their message regexes.
