@@ -71,18 +71,14 @@ async fn connect_once(url: &str, client_name: &str, deadline: Instant) -> Result
         ConnectionProperties::default().with_connection_name(LongString::from(client_name));
     let remaining = deadline.saturating_duration_since(Instant::now());
     let limit = remaining.clamp(ATTEMPT_MIN, deadline::BROKER_OP);
-    let connecting: std::pin::Pin<
-        Box<dyn std::future::Future<Output = lapin::Result<Connection>> + Send>,
-    > = match url.parse::<lapin::uri::AMQPUri>() {
-        Ok(mut uri) => {
-            if uri.query.frame_max.is_none() {
-                uri.query.frame_max = Some(FRAME_MAX);
-            }
-            Box::pin(Connection::connect_uri(uri, options))
-        }
-        // The client's own parse error names what is wrong with the address.
-        Err(_) => Box::pin(Connection::connect(url, options)),
-    };
+    // `connect` checked every address with `broker_list::parse`; this cannot fail there.
+    let mut uri = url
+        .parse::<lapin::uri::AMQPUri>()
+        .map_err(|e| Error::Config(format!("AMQP_URL `{}`: {e}", redact_url(url))))?;
+    if uri.query.frame_max.is_none() {
+        uri.query.frame_max = Some(FRAME_MAX);
+    }
+    let connecting = Connection::connect_uri(uri, options);
     match deadline::within("the broker's answer to a new connection", limit, connecting).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(source)) if crate::error::refused_for_good(&source) => Err(Error::Login {
