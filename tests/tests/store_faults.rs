@@ -463,3 +463,54 @@ async fn damaged_run_data_dead_letters_the_node() {
         .count();
     assert_eq!(runs_of_a, 0, "not retried against the damaged data");
 }
+
+/// Proves: plain commands of concurrent tasks share pipelines, and a key of the wrong type in
+/// one of them fails only its own command: 200 claims at once, one on a list, give 199 leases
+/// and one corrupted state, and the store stays healthy (a claim of each task again is then
+/// refused as leased, so every lease was really written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_key_fails_only_its_own_command_in_a_shared_pipeline() {
+    use secflow_worker::store::{Claim, Store, StoreError};
+    let ns = TestNs::new().await;
+    let stats = Arc::new(WorkerStats::default());
+    let store = Store::new(secflow_common::config::DEFAULT_REDIS_URL, &ns.name, stats).unwrap();
+    let ids: Vec<String> = (0..200).map(|i| format!("batch-{i}")).collect();
+    let bad = format!("sf:{{{}:task:{}}}", ns.name, ids[117]);
+    let mut conn = redis(secflow_common::config::DEFAULT_REDIS_URL).await;
+    redis::cmd("LPUSH")
+        .arg(&bad)
+        .arg("not a task marker")
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap();
+
+    let claims = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| store.claim(id, "w/0123456789abcdef0123456789abcdef", 30_000)),
+    )
+    .await;
+    for (i, claim) in claims.iter().enumerate() {
+        if i == 117 {
+            assert!(
+                matches!(claim, Err(StoreError::Corrupted(c)) if c.key == bad),
+                "the list key is corrupted state: {claim:?}"
+            );
+        } else {
+            assert_eq!(claim.as_ref().ok(), Some(&Claim::Claimed), "task {i}");
+        }
+    }
+    assert!(
+        !store.is_degraded(),
+        "one bad value never degrades the store"
+    );
+    let again = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| store.claim(id, "w/fedcba9876543210fedcba9876543210", 30_000)),
+    )
+    .await;
+    let leased = again
+        .iter()
+        .filter(|c| matches!(c, Ok(Claim::Leased { .. })))
+        .count();
+    assert_eq!(leased, 199, "every other claim was written");
+}

@@ -7,6 +7,7 @@
 //! holding a value of the wrong type or format is corrupted state: reported (log, metric) and
 //! returned as [`StateCorrupted`] for that key's caller alone, never a reason to degrade.
 
+mod batch;
 mod fault;
 mod lease;
 mod liveness;
@@ -77,6 +78,8 @@ pub struct Store {
     /// Done markers of tasks completed while Redis was unreachable (key, value, ttl ms),
     /// written when it answers again, before idempotency resumes.
     pending_done: std::sync::Mutex<std::collections::VecDeque<(String, String, u64)>>,
+    /// The writer of plain commands (see [`batch`]), started by the first one.
+    batch: std::sync::OnceLock<batch::Queue>,
 }
 
 struct Scripts {
@@ -108,6 +111,7 @@ impl Store {
             live_id: uuid::Uuid::new_v4().simple().to_string(),
             alive_until_ms: AtomicU64::new(0),
             pending_done: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            batch: std::sync::OnceLock::new(),
         }))
     }
 
@@ -191,16 +195,28 @@ impl Store {
         .await
     }
 
-    /// Runs one plain command on `key`.
+    /// Runs one plain command on `key`, in a pipeline with the other tasks' commands of the
+    /// moment (see [`batch`]). Refused at once while Redis is known to be unreachable.
     async fn command<T: deadpool_redis::redis::FromRedisValue>(
         self: &Arc<Self>,
         key: &str,
         cmd: deadpool_redis::redis::Cmd,
     ) -> Result<T, StoreError> {
-        self.guarded(key, |mut conn| async move {
-            cmd.query_async::<T>(&mut conn).await
-        })
-        .await
+        if self.is_degraded() {
+            return Err(StoreError::Degraded);
+        }
+        let queue = self.batch.get_or_init(|| batch::start(self));
+        let refused = match batch::send(queue, cmd).await {
+            Ok(value) => match T::from_redis_value(value) {
+                Ok(value) => return Ok(value),
+                Err(e) => e.to_string(),
+            },
+            Err(batch::Failure::BadValue(e)) => e,
+            Err(batch::Failure::Store(e)) => return Err(e),
+        };
+        Err(self
+            .corrupted(key, format!("Redis refused it: {refused}"))
+            .into())
     }
 
     /// Runs `call` on the shared connection under the store's timeout. Refused at once while
