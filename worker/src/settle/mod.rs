@@ -136,24 +136,31 @@ impl Settler {
         let task_id = task.map(|t| t.task_id.to_string());
         match result {
             Ok(()) => {
-                // Before the ack: a redelivery after this point must find the done marker.
-                match (lease, &disposition, task) {
-                    (Some(lease), Disposition::Complete(_), _) => {
-                        lease.complete(self.done_ttl_ms).await;
+                // The done marker goes out beside the ack, not before it: the completing
+                // marker written before the event already keeps any later copy of the task
+                // from running (it reports the completion again under the same event id), and
+                // an acked delivery is not redelivered. The done marker then lets later copies
+                // be acked as duplicates without a report; it costs the ack no round trip.
+                let marker = async {
+                    match (lease, &disposition, task) {
+                        (Some(lease), Disposition::Complete(_), _) => {
+                            lease.complete(self.done_ttl_ms).await;
+                        }
+                        // Completed without a lease (Redis was unreachable at its claim): its
+                        // done marker is written when Redis answers, so a later copy is a
+                        // duplicate.
+                        (None, Disposition::Complete(_), Some(task)) => {
+                            self.store
+                                .complete_unleased(
+                                    &task.task_id.to_string(),
+                                    &self.worker_id,
+                                    self.done_ttl_ms,
+                                )
+                                .await;
+                        }
+                        _ => {}
                     }
-                    // Completed without a lease (Redis was unreachable at its claim): its done
-                    // marker is written when Redis answers, so a later copy is a duplicate.
-                    (None, Disposition::Complete(_), Some(task)) => {
-                        self.store
-                            .complete_unleased(
-                                &task.task_id.to_string(),
-                                &self.worker_id,
-                                self.done_ttl_ms,
-                            )
-                            .await;
-                    }
-                    _ => {}
-                }
+                };
                 let stats = &self.stats;
                 let (counter, outcome) = match disposition {
                     Disposition::Complete(_) => (&stats.completed, "completed"),
@@ -183,9 +190,8 @@ impl Settler {
                 }
                 // Acked by the channel's batcher: with others settled at the same moment (one
                 // `multiple` ack), or alone at once.
-                self.acks
-                    .ack(delivery.delivery_tag, delivery.acker.clone())
-                    .await;
+                let ack = self.acks.ack(delivery.delivery_tag, delivery.acker.clone());
+                tokio::join!(marker, ack);
             }
             Err(e) => {
                 WorkerStats::bump(&self.stats.settle_failures);
