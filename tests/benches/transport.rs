@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
 
     for prefetch in PREFETCHES {
         let mut results: [Vec<f64>; 6] = Default::default();
-        for _ in 0..rounds {
+        for round in 0..rounds {
             if worker_only {
                 // For profiling the worker: only it (with Redis) and the producer feeding it.
                 results[3].push(producer(&broker, n).await?);
@@ -93,14 +93,34 @@ async fn main() -> anyhow::Result<()> {
             // then through the tasks (topic) exchange the fleet uses.
             results[0].push(bare_publish(&conn, "", &bare, n).await?);
             results[1].push(bare_publish(&conn, &bare_topic, "builtin.noop", n).await?);
-            results[2].push(bare_consume(&conn, &bare, 2 * n, prefetch).await?);
-            // SecFlow.
-            results[3].push(producer(&broker, n).await?);
-            results[4].push(worker(&ns, n, None, prefetch).await?);
-            // The same worker with Redis unreachable: local breakers, no idempotency checks, to
-            // show what the shared state costs.
-            results[3].push(producer(&broker, n).await?);
-            results[5].push(worker(&ns, n, Some(NO_REDIS), prefetch).await?);
+            // The three drains take turns going first: the one right after the publishes
+            // finds the broker still busy with them (a worker-only run drains twice as fast as
+            // the same worker measured right after the bare loop's 100,000 messages), so a
+            // fixed order would charge that to whichever always came first.
+            for turn in 0..3 {
+                match (round + turn) % 3 {
+                    0 => results[2].push(bare_consume(&conn, &bare, 2 * n, prefetch).await?),
+                    1 => {
+                        results[3].push(producer(&broker, n).await?);
+                        results[4].push(worker(&ns, n, None, prefetch).await?);
+                    }
+                    // The same worker with Redis unreachable: local breakers, no idempotency
+                    // checks, to show what the shared state costs.
+                    _ => {
+                        results[3].push(producer(&broker, n).await?);
+                        results[5].push(worker(&ns, n, Some(NO_REDIS), prefetch).await?);
+                    }
+                }
+            }
+            let last = |i: usize| results[i].last().copied().unwrap_or_default();
+            eprintln!(
+                "  round {}: bare consume + ack {:.0}, worker with Redis {:.0} ({:.1} %), Redis unreachable {:.0} msg/s",
+                round + 1,
+                last(2),
+                last(4),
+                100.0 * last(4) / last(2),
+                last(5)
+            );
         }
         let [direct, topic, consume, producer, worker, worker_local] = results.map(median);
 
