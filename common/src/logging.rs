@@ -4,9 +4,11 @@
 
 use std::{io::Write, sync::OnceLock};
 
+pub mod context;
 mod expected;
 mod json;
 mod switch;
+mod text;
 
 /// Replaces the running filter (set by [`init`]).
 static RELOAD: OnceLock<switch::Handle> = OnceLock::new();
@@ -44,8 +46,9 @@ pub fn init(json: bool, default_filter: &str) {
     let _ = RELOAD.set(handle);
     let registry = tracing_subscriber::registry();
     let installed = if json {
-        // A task's line carries its span: `"span": {"trace_id", "span_id", "task_id",
-        // "run_id", "node", "type", "worker", "attempt", "name"}`.
+        // A task's line carries its context (see [`context`]): `"span": {"trace_id",
+        // "span_id", "worker", "attempt", "task_id", "run_id", "node", "type", "class",
+        // "code", "name"}`.
         registry
             .with(json::JsonLines::new(|| RedactingStderr))
             .with(filter)
@@ -53,7 +56,11 @@ pub fn init(json: bool, default_filter: &str) {
             .try_init()
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(|| RedactingStderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(text::WithContext::default())
+                    .with_writer(|| RedactingStderr),
+            )
             .with(filter)
             .with(expected::QuietNotFound)
             .try_init()

@@ -15,27 +15,7 @@ use tracing::{
 };
 use tracing_subscriber::{fmt::time::FormatTime as _, layer::Context, registry::LookupSpan};
 
-/// A field's value as recorded.
-#[derive(Clone, Debug, PartialEq)]
-enum Value {
-    Str(String),
-    I64(i64),
-    U64(u64),
-    F64(f64),
-    Bool(bool),
-}
-
-impl serde::Serialize for Value {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Value::Str(v) => s.serialize_str(v),
-            Value::I64(v) => s.serialize_i64(*v),
-            Value::U64(v) => s.serialize_u64(*v),
-            Value::F64(v) => s.serialize_f64(*v),
-            Value::Bool(v) => s.serialize_bool(*v),
-        }
-    }
-}
+use super::context::{self, FieldValue as Value, Fields};
 
 /// A field's name as written: `r#type` is `type`.
 fn name(field: &Field) -> &'static str {
@@ -46,15 +26,11 @@ fn name(field: &Field) -> &'static str {
 /// A span's fields, in the order they were first recorded; a field recorded again keeps its
 /// place and takes the new value.
 #[derive(Debug, Default)]
-struct SpanFields(Vec<(&'static str, Value)>);
+struct SpanFields(Fields);
 
 impl SpanFields {
     fn set(&mut self, field: &Field, value: Value) {
-        let name = name(field);
-        match self.0.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = value,
-            None => self.0.push((name, value)),
-        }
+        self.0.set(name(field), value);
     }
 }
 
@@ -126,14 +102,14 @@ impl<M: SerializeMap> Visit for EventFields<'_, M> {
 
 /// The current span of a line: its fields, then its name.
 struct SpanEntry<'a> {
-    fields: Option<&'a SpanFields>,
+    fields: &'a [(&'static str, Value)],
     name: &'static str,
 }
 
 impl serde::Serialize for SpanEntry<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
-        for (name, value) in self.fields.map(|f| f.0.as_slice()).unwrap_or_default() {
+        for (name, value) in self.fields {
             map.serialize_entry(name, value)?;
         }
         map.serialize_entry("name", self.name)?;
@@ -152,14 +128,9 @@ impl<W> JsonLines<W> {
     }
 }
 
-/// Formats `event`, whose current span is `span`, as one JSON line.
-fn line<S>(
-    event: &Event<'_>,
-    span: Option<&tracing_subscriber::registry::SpanRef<'_, S>>,
-) -> Vec<u8>
-where
-    S: for<'a> LookupSpan<'a>,
-{
+/// Formats `event`, in `span` (a `tracing` span's or the work context's fields and name), as
+/// one JSON line.
+fn line(event: &Event<'_>, span: Option<SpanEntry<'_>>) -> Vec<u8> {
     let mut timestamp = String::new();
     let _ = tracing_subscriber::fmt::time::SystemTime.format_time(
         &mut tracing_subscriber::fmt::format::Writer::new(&mut timestamp),
@@ -178,13 +149,8 @@ where
         event.record(&mut fields);
         fields.result?;
         map.serialize_entry("target", meta.target())?;
-        if let Some(span) = span {
-            let extensions = span.extensions();
-            let entry = SpanEntry {
-                fields: extensions.get::<SpanFields>(),
-                name: span.metadata().name(),
-            };
-            map.serialize_entry("span", &entry)?;
+        if let Some(entry) = &span {
+            map.serialize_entry("span", entry)?;
         }
         map.end()
     })();
@@ -222,7 +188,26 @@ where
             .parent()
             .and_then(|id| ctx.span(id))
             .or_else(|| ctx.lookup_current());
-        let line = line(event, span.as_ref());
+        let line = match &span {
+            Some(span) => {
+                let extensions = span.extensions();
+                let fields = extensions.get::<SpanFields>().map(|f| f.0.0.as_slice());
+                let entry = SpanEntry {
+                    fields: fields.unwrap_or_default(),
+                    name: span.metadata().name(),
+                };
+                line(event, Some(entry))
+            }
+            // No span: the work's context, if the line is logged in one.
+            None => context::with_current(|cx| {
+                let entry = SpanEntry {
+                    fields: &cx.fields.0,
+                    name: cx.name,
+                };
+                line(event, Some(entry))
+            })
+            .unwrap_or_else(|| line(event, None)),
+        };
         if line.len() > 1 {
             let _ = self.make.make_writer().write_all(&line);
         }
@@ -302,5 +287,36 @@ mod tests {
                 "class": "transient", "name": "task",
             })
         );
+    }
+
+    #[tokio::test]
+    async fn a_line_in_a_work_context_carries_it_unless_a_span_is_current() {
+        let sink = Sink::default();
+        let out = sink.clone();
+        let subscriber = tracing_subscriber::registry().with(JsonLines::new(move || out.clone()));
+        let _default = tracing::subscriber::set_default(subscriber);
+        let cx = context::Context::new("delivery")
+            .with("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736")
+            .with("attempt", 1u64);
+        context::scope(cx, async {
+            context::record("task_id", "t-9");
+            tokio::task::yield_now().await;
+            tracing::warn!("in the delivery");
+            let span = tracing::info_span!("hook", url = "http://x");
+            span.in_scope(|| tracing::info!("in a span of its own"));
+        })
+        .await;
+        tracing::info!("after it");
+        let lines = lines(&sink);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(
+            lines[0]["span"],
+            serde_json::json!({
+                "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "attempt": 1,
+                "task_id": "t-9", "name": "delivery",
+            })
+        );
+        assert_eq!(lines[1]["span"]["name"], "hook");
+        assert!(lines[2].get("span").is_none());
     }
 }

@@ -21,11 +21,11 @@ use crate::{
 };
 use lapin::message::Delivery;
 use secflow_common::TaskEnvelope;
+use secflow_common::logging::context::{self as log_context, Context as LogContext};
 use secflow_common::trace::{self, KeyValue, TraceSpan};
 use std::{sync::Arc, time::Duration};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 /// What every in-flight task of a worker shares.
 pub(crate) struct Shared {
@@ -181,24 +181,19 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
     meta.trace = attempt.context().cloned();
     // Every line logged while this delivery is processed carries its trace, span, worker and
     // attempt; once the envelope is read, its task, run, node and type, and once decided its
-    // error class and code: one span, its fields recorded as they become known.
-    let span = tracing::info_span!(
-        "delivery",
-        trace_id = attempt.trace_id(),
-        span_id = attempt.span_id(),
-        worker = shared.settler.worker_id.as_str(),
-        attempt = meta.retry_count + 1,
-        task_id = tracing::field::Empty,
-        run_id = tracing::field::Empty,
-        node = tracing::field::Empty,
-        r#type = tracing::field::Empty,
-        class = tracing::field::Empty,
-        code = tracing::field::Empty,
-    );
+    // error class and code: the delivery's log context, its fields set as they become known.
+    let context = LogContext::new("delivery")
+        .with("trace_id", attempt.trace_id())
+        .with("span_id", attempt.span_id())
+        .with("worker", shared.settler.worker_id.as_str())
+        .with("attempt", meta.retry_count + 1);
     ATTEMPT
         .scope(
             meta.trace.clone(),
-            process_in(shared, delivery, meta, exclusive, attempt, span),
+            log_context::scope(
+                context,
+                process_in(shared, delivery, meta, exclusive, attempt),
+            ),
         )
         .await;
 }
@@ -215,34 +210,26 @@ async fn process_in(
     meta: DeliveryMeta,
     exclusive: bool,
     mut attempt: TraceSpan,
-    span: tracing::Span,
 ) {
     let stats = &shared.settler.stats;
     stats
         .in_flight
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _in_flight = InFlight(stats);
-    // The span is entered at each poll of the delivery's future.
-    match span.in_scope(|| admit::admit(shared, &delivery, &meta)) {
+    let end = match admit::admit(shared, &delivery, &meta) {
         Ok(task) => {
             describe(&mut attempt, &task);
-            span.record("task_id", tracing::field::display(task.task_id));
-            span.record("run_id", task.run_id.map(tracing::field::display));
-            span.record("node", task.node_id.as_str());
-            span.record("type", task.node_type.as_str());
-            async {
-                let end = pipeline(shared, &meta, exclusive, task).await;
-                finish(shared, delivery, meta, end, attempt).await;
+            log_context::record("task_id", task.task_id.to_string());
+            if let Some(run) = task.run_id {
+                log_context::record("run_id", run.to_string());
             }
-            .instrument(span)
-            .await;
+            log_context::record("node", task.node_id.as_str());
+            log_context::record("type", task.node_type.as_str());
+            pipeline(shared, &meta, exclusive, task).await
         }
-        Err(end) => {
-            finish(shared, delivery, meta, end, attempt)
-                .instrument(span)
-                .await;
-        }
-    }
+        Err(end) => end,
+    };
+    finish(shared, delivery, meta, end, attempt).await;
 }
 
 /// Settles the delivery as `end` says and ends its attempt's span.
@@ -283,9 +270,8 @@ async fn finish(
             let completed = matches!(disposition, Disposition::Complete(_));
             let (outcome, error) = disposition.outcome();
             if let Some(e) = &error {
-                let span = tracing::Span::current();
-                span.record("class", tracing::field::display(e.class));
-                span.record("code", e.code.as_str());
+                log_context::record("class", e.class.as_str());
+                log_context::record("code", e.code.as_str());
             }
             let error = error.map(|e| (e.class.to_string(), e.code.clone(), e.message.clone()));
             shared
