@@ -20,7 +20,8 @@ pub enum Kind {
 
 /// One span; it ends when [`TraceSpan::end`] is called or when it is dropped.
 pub struct TraceSpan {
-    span: opentelemetry_sdk::trace::Span,
+    /// The recorded span; `None` when nothing exports spans (only its ids are needed then).
+    span: Option<opentelemetry_sdk::trace::Span>,
     context: Option<TraceContext>,
 }
 
@@ -41,6 +42,12 @@ impl TraceSpan {
         parent: Option<&TraceContext>,
         attributes: Vec<KeyValue>,
     ) -> Self {
+        if !super::export::exporting() {
+            return Self {
+                span: None,
+                context: Some(unrecorded(parent)),
+            };
+        }
         let kind = match kind {
             Kind::Producer => SpanKind::Producer,
             Kind::Consumer => SpanKind::Consumer,
@@ -57,7 +64,16 @@ impl TraceSpan {
         };
         let span = builder.start_with_context(tracer, &parent_cx);
         let context = TraceContext::of(span.span_context());
-        Self { span, context }
+        Self {
+            span: Some(span),
+            context,
+        }
+    }
+
+    /// Whether the span is recorded (exported): attributes of one that is not are dropped, so
+    /// callers may skip building them.
+    pub fn recording(&self) -> bool {
+        self.span.is_some()
     }
 
     /// Where this span sits: the parent context for the work it publishes.
@@ -83,30 +99,57 @@ impl TraceSpan {
 
     /// Sets an attribute.
     pub fn set(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
-        self.span.set_attribute(KeyValue::new(key, value));
+        if let Some(span) = &mut self.span {
+            span.set_attribute(KeyValue::new(key, value));
+        }
     }
 
     /// Ends the span: `outcome` names how the work ended; `error` (class, code, message) marks
     /// it failed.
-    pub fn end(mut self, outcome: &str, error: Option<(&str, &str, &str)>) {
-        self.span
-            .set_attribute(KeyValue::new("secflow.outcome", outcome.to_string()));
+    pub fn end(self, outcome: &str, error: Option<(&str, &str, &str)>) {
+        let Some(mut span) = self.span else {
+            return;
+        };
+        span.set_attribute(KeyValue::new("secflow.outcome", outcome.to_string()));
         match error {
             Some((class, code, message)) => {
-                self.span
-                    .set_attribute(KeyValue::new("error.type", class.to_string()));
-                self.span
-                    .set_attribute(KeyValue::new("secflow.error.code", code.to_string()));
-                self.span.set_status(Status::error(
+                span.set_attribute(KeyValue::new("error.type", class.to_string()));
+                span.set_attribute(KeyValue::new("secflow.error.code", code.to_string()));
+                span.set_status(Status::error(
                     crate::redact::redact(message)
                         .chars()
                         .take(512)
                         .collect::<String>(),
                 ));
             }
-            None => self.span.set_status(Status::Ok),
+            None => span.set_status(Status::Ok),
         }
-        self.span.end();
+        span.end();
+    }
+}
+
+/// The context of a span nothing records: the parent's trace (or a new one), a new span id,
+/// the parent's sampling decision and trace state (a new trace is sampled), as the SDK's
+/// default sampler would decide, so what it publishes carries the same `traceparent` a
+/// recording process would send and a downstream process that exports records it alike.
+fn unrecorded(parent: Option<&TraceContext>) -> TraceContext {
+    use opentelemetry::trace::{SpanId, TraceId};
+    use rand::RngExt as _;
+    let mut rng = rand::rng();
+    let span_id = SpanId::from(rng.random_range(1..=u64::MAX));
+    match parent {
+        Some(p) => TraceContext {
+            trace_id: p.trace_id,
+            span_id,
+            sampled: p.sampled,
+            state: p.state.clone(),
+        },
+        None => TraceContext {
+            trace_id: TraceId::from(rng.random_range(1..=u128::MAX)),
+            span_id,
+            sampled: true,
+            state: None,
+        },
     }
 }
 
@@ -132,5 +175,26 @@ mod tests {
         let a = TraceSpan::start("a", Kind::Producer, None, vec![]);
         let b = TraceSpan::start("b", Kind::Producer, None, vec![]);
         assert_ne!(a.trace_id(), b.trace_id());
+    }
+
+    #[test]
+    fn without_an_exporter_a_span_keeps_its_parents_trace_sampling_and_state() {
+        let parent = TraceContext::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+            Some("vendor=abc"),
+        )
+        .unwrap();
+        let mut child = TraceSpan::start("child", Kind::Consumer, Some(&parent), vec![]);
+        assert!(!child.recording(), "nothing exports: nothing is recorded");
+        child.set("ignored", "x");
+        let cx = child.context().cloned().unwrap();
+        assert_eq!(cx.trace_id, parent.trace_id);
+        assert_ne!(cx.span_id, parent.span_id);
+        assert!(!cx.sampled, "the parent's decision is kept");
+        assert_eq!(cx.state.as_deref(), Some("vendor=abc"));
+        assert!(cx.traceparent().ends_with("-00"));
+        child.end("completed", None);
+        let root = TraceSpan::start("root", Kind::Producer, None, vec![]);
+        assert!(root.context().is_some_and(|c| c.sampled));
     }
 }

@@ -318,8 +318,11 @@ fn waited_in_queue(delivery: &Delivery, meta: &DeliveryMeta) -> Option<Duration>
     Some(Duration::from_millis(ms))
 }
 
-/// The task's identity on its attempt's span.
+/// The task's identity on its attempt's span (when the span is recorded).
 fn describe(span: &mut TraceSpan, task: &TaskEnvelope) {
+    if !span.recording() {
+        return;
+    }
     span.set("secflow.task_id", task.task_id.to_string());
     if let Some(run) = task.run_id {
         span.set("secflow.run_id", run.to_string());
