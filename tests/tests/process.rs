@@ -2,7 +2,7 @@
 //! after the delivery limit without taking other tasks with it; SIGTERM drains gracefully.
 
 use secflow_common::{TaskEnvelope, headers as h};
-use secflow_tests::{TestNs, publish, stop_gracefully, wait_for};
+use secflow_tests::{TestNs, command, publish, stop_gracefully, wait_for};
 use serde_json::json;
 use std::{
     collections::HashMap,
@@ -238,4 +238,39 @@ fn a_harness_child_dies_with_the_thread_that_started_it() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     assert_eq!(status.signal(), Some(9), "{status:?}");
+}
+
+/// Proves: a worker that ran tasks and is stopped with SIGTERM exits 0 without a line at
+/// `ERROR` (the AMQP client logged a connection error when a channel's last handle was dropped
+/// while the connection was already closing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_logs_no_error() {
+    let ns = TestNs::new().await;
+    let tap = ns.tap_events().await;
+    let log = std::env::temp_dir().join(format!("{}-worker.log", ns.name));
+    let mut child = command("worker")
+        .env("AMQP_URL", &ns.amqp_url)
+        .args(["--namespace", &ns.name, "--log-format", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn the worker binary");
+    publish(&ns, &echoes(20)).await;
+    tap.wait_until("20 completions", Duration::from_secs(30), |ev| {
+        ev.iter().filter(|e| e.kind == "node.completed").count() == 20
+    })
+    .await;
+    stop_gracefully(&mut child).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["message"] == "consumer stopped"),
+        "the worker logged its stop: {text}"
+    );
+    let errors: Vec<_> = lines.iter().filter(|l| l["level"] == "ERROR").collect();
+    assert!(errors.is_empty(), "no error at a graceful stop: {errors:?}");
 }

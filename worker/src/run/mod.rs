@@ -272,6 +272,8 @@ async fn session(
         r = setup => r??,
         () = shutdown.as_mut() => return Ok(()),
     };
+    // Closed before the session ends (see below).
+    let channels = [events.channel().clone(), publisher.channel().clone()];
     let (suspects, suspects_rx) = tokio::sync::mpsc::unbounded_channel();
     let events = EventBatcher::start(events, topology.events_exchange());
     let shared = Arc::new(Shared {
@@ -337,7 +339,19 @@ async fn session(
         &abort_hooks,
         Duration::from_secs(cfg.grace_secs),
     );
-    tokio::join!(tasks, hooks).0
+    let outcome = tokio::join!(tasks, hooks).0;
+    // The publishing channels are closed here, while the connection is up: the AMQP client
+    // closes a channel whose last handle is dropped, and one dropped while the connection is
+    // already closing made it log a connection error at every stop.
+    for channel in channels {
+        let _ = secflow_common::deadline::within(
+            "the broker to close a channel",
+            secflow_common::deadline::CLOSE,
+            channel.close(200, "worker stopped".into()),
+        )
+        .await;
+    }
+    outcome
 }
 
 /// Returns the allocator's free memory to the system (glibc keeps freed heap for reuse).
