@@ -10,7 +10,7 @@
 //! succeeds, flagged `parser: fallback`.
 
 use super::exec::{Ended, ExecPolicy, Program, Workdir, run_in};
-use crate::classify::Classifier;
+use crate::classify::{Classification, Classifier};
 use secflow_common::{
     ErrorClass, TaskEnvelope, TaskError,
     tools::{RenderContext, RenderProblem, Resources, ToolDef},
@@ -104,8 +104,8 @@ pub async fn run(
     };
     let code = done.status.code();
     if !code.is_some_and(|c| def.success_exit_codes().contains(&c)) {
-        let error = done.failure(&invocation.program, env.classifier);
-        return Err(retryable_crash(error));
+        let (error, how) = done.classified_failure(&invocation.program, env.classifier);
+        return Err(retryable_crash(error, &how));
     }
     let mut stdout = done.stdout.0.as_slice();
     if done.stdout.1 {
@@ -142,10 +142,18 @@ pub fn timed_out(tool: &str, timeout: Duration) -> TaskError {
     )
 }
 
+/// The model's probability below which its guess does not override the tool error table.
+const MODEL_SURE_FOR_TOOLS: f64 = 0.5;
+
 /// A failed run the classifier could not place is, for a tool, a crash or an unexpected exit:
-/// retried under the tool's policy (the error table's 3 retries), not once.
-fn retryable_crash(mut error: TaskError) -> TaskError {
-    if error.class == ErrorClass::Unknown {
+/// retried under the tool's policy (the error table's 3 retries), not once. So is one only the
+/// learned model placed, at less than even odds (a few words of stderr and an unknown exit code
+/// say little): the published table wins over a weak guess. A security answer always stands.
+fn retryable_crash(mut error: TaskError, how: &Classification) -> TaskError {
+    let weak_guess = how.matched == "model"
+        && how.class != ErrorClass::Security
+        && how.confidence < MODEL_SURE_FOR_TOOLS;
+    if error.class == ErrorClass::Unknown || weak_guess {
         error.class = ErrorClass::Transient;
         error.code = "tool_failed".into();
     }
@@ -173,5 +181,39 @@ pub fn default_policy() -> secflow_common::retry::RetryPolicy {
         max_attempts: 4,
         base_delay_ms: 5_000,
         ..secflow_common::retry::RetryPolicy::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placed(class: ErrorClass, matched: &str, confidence: f64) -> (TaskError, Classification) {
+        let code = format!("model_{class}");
+        let c = Classification {
+            class,
+            code: code.clone(),
+            rule: "model".into(),
+            confidence,
+            matched: matched.into(),
+        };
+        (
+            TaskError::new(class, code, "exec `t`: exit code 3: boom"),
+            c,
+        )
+    }
+
+    #[test]
+    fn a_crash_is_retried_unless_something_placed_it_with_confidence() {
+        let class = |(e, c): (TaskError, Classification)| retryable_crash(e, &c).class;
+        use ErrorClass::*;
+        assert_eq!(class(placed(Unknown, "model", 0.2)), Transient);
+        assert_eq!(class(placed(Validation, "model", 0.31)), Transient);
+        assert_eq!(class(placed(Validation, "model", 0.8)), Validation);
+        assert_eq!(
+            class(placed(Validation, "rule:usage_exit", 1.0)),
+            Validation
+        );
+        assert_eq!(class(placed(Security, "model", 0.25)), Security);
     }
 }

@@ -9,7 +9,7 @@ use super::{
     ExecPolicy, create_private_dir, forbidden_env, reaper, shim, spawn_error,
     spool::{Attempt, SpoolError},
 };
-use crate::classify::{Classifier, Failure};
+use crate::classify::{Classification, Classifier, Failure};
 use nix::{sys::signal::Signal, unistd::Pid};
 use secflow_common::{ErrorClass, TaskError};
 use serde_json::{Value, json};
@@ -158,6 +158,15 @@ impl Finished {
 
     /// The classified error of a program that did not exit as it should.
     pub fn failure(&self, program: &str, classifier: &Classifier) -> TaskError {
+        self.classified_failure(program, classifier).0
+    }
+
+    /// [`Self::failure`], with how the classifier placed it.
+    pub fn classified_failure(
+        &self,
+        program: &str,
+        classifier: &Classifier,
+    ) -> (TaskError, Classification) {
         use std::os::unix::process::ExitStatusExt;
         let stderr_text = String::from_utf8_lossy(&self.stderr.0);
         let status_text = match (self.status.code(), self.status.signal()) {
@@ -177,12 +186,11 @@ impl Finished {
             signal: self.status.signal(),
             ..Failure::default()
         };
-        classifier.error(
-            &failure,
-            format!("exec `{program}`: {status_text}: {tail}")
-                .trim_end_matches(": ")
-                .to_string(),
-        )
+        let c = classifier.classify(&failure);
+        let message = format!("exec `{program}`: {status_text}: {tail}")
+            .trim_end_matches(": ")
+            .to_string();
+        (TaskError::new(c.class, c.code.clone(), message), c)
     }
 }
 
