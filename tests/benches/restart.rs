@@ -128,6 +128,10 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+    // The workers' counters as they stand once every task is done: the last sample may be up
+    // to a sampling period older than the done markers the loop saw.
+    let settled = sample(&mut workers, &mut probe, &rabbit.url(), &queue, t0).await;
+    samples.push(settled);
     for w in &mut workers {
         stop(&mut w.child).await;
     }
