@@ -69,6 +69,21 @@ async fn redis(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// Makes `key` a list holding `value`: a value of the wrong type for every key the worker
+/// writes.
+async fn plant_list(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: impl redis::ToRedisArgs,
+    value: &str,
+) {
+    redis::cmd("LPUSH")
+        .arg(key)
+        .arg(value)
+        .query_async::<i64>(conn)
+        .await
+        .unwrap();
+}
+
 fn task_key(ns: &TestNs, task: &TaskEnvelope) -> String {
     format!("sf:{{{}:task:{}}}", ns.name, task.task_id)
 }
@@ -128,12 +143,7 @@ async fn wrong_type_key_affects_only_its_task() {
     let poisoned = effect_task(&effects, "poisoned");
     let key = task_key(&ns, &poisoned);
     let mut conn = redis(secflow_common::config::DEFAULT_REDIS_URL).await;
-    redis::cmd("LPUSH")
-        .arg(&key)
-        .arg("not a task marker")
-        .query_async::<i64>(&mut conn)
-        .await
-        .unwrap();
+    plant_list(&mut conn, &key, "not a task marker").await;
     let mut again = vec![poisoned];
     again.extend(done.iter().cloned());
     publish(&ns, &again).await;
@@ -174,12 +184,7 @@ async fn garbage_breaker_value_is_repaired_without_degrading() {
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
-    redis::cmd("LPUSH")
-        .arg(breaker("listed"))
-        .arg("x")
-        .query_async::<i64>(&mut conn)
-        .await
-        .unwrap();
+    plant_list(&mut conn, breaker("listed"), "x").await;
     let worker = Worker::start(ns.worker_config());
     let tasks: Vec<_> = ["garbled", "listed", "healthy"]
         .iter()
@@ -228,12 +233,12 @@ async fn wrong_type_checkpoint_is_ignored_without_degrading() {
         "builtin.batch",
         json!({"items": 4, "item_ms": 10, "checkpoint_every": 1}),
     );
-    redis::cmd("LPUSH")
-        .arg(format!("sf:{{{}:checkpoint:{}}}", ns.name, batch.task_id))
-        .arg("not a checkpoint")
-        .query_async::<i64>(&mut conn)
-        .await
-        .unwrap();
+    plant_list(
+        &mut conn,
+        format!("sf:{{{}:checkpoint:{}}}", ns.name, batch.task_id),
+        "not a checkpoint",
+    )
+    .await;
     let worker = Worker::start(ns.worker_config());
     publish(&ns, std::slice::from_ref(&batch)).await;
     tap.wait_until("the batch to complete", Duration::from_secs(20), |ev| {
@@ -258,12 +263,7 @@ async fn wrong_type_failure_counter_is_repaired() {
         ns.name,
         secflow_worker::fingerprint::fingerprint("builtin.fail", "transient", message)
     );
-    redis::cmd("LPUSH")
-        .arg(&counter)
-        .arg("not a count")
-        .query_async::<i64>(&mut conn)
-        .await
-        .unwrap();
+    plant_list(&mut conn, &counter, "not a count").await;
     let worker = Worker::start(ns.worker_config());
     let mut task = TaskEnvelope::new(
         "builtin.fail",
@@ -477,12 +477,7 @@ async fn a_bad_key_fails_only_its_own_command_in_a_shared_pipeline() {
     let ids: Vec<String> = (0..200).map(|i| format!("batch-{i}")).collect();
     let bad = format!("sf:{{{}:task:{}}}", ns.name, ids[117]);
     let mut conn = redis(secflow_common::config::DEFAULT_REDIS_URL).await;
-    redis::cmd("LPUSH")
-        .arg(&bad)
-        .arg("not a task marker")
-        .query_async::<i64>(&mut conn)
-        .await
-        .unwrap();
+    plant_list(&mut conn, &bad, "not a task marker").await;
 
     let claims = futures_util::future::join_all(
         ids.iter()

@@ -93,13 +93,12 @@ impl Store {
             pipe.add_command(queued.cmd);
             replies.push(queued.reply);
         }
-        let attempt = async {
-            let mut conn = self.connection().await.map_err(Err)?;
-            pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn)
-                .await
-                .map_err(Ok)
-        };
-        let failure = match tokio::time::timeout(OP_TIMEOUT, attempt).await {
+        let sent = self
+            .attempt(|mut conn| async move {
+                pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await
+            })
+            .await;
+        let failure = match sent {
             Ok(Ok(results)) if results.len() == replies.len() => {
                 let mut unreachable = None;
                 for (result, reply) in results.into_iter().zip(replies) {
@@ -128,9 +127,8 @@ impl Store {
                 results.len(),
                 replies.len()
             ),
-            Ok(Err(Ok(e))) => e.to_string(),
-            Ok(Err(Err(pool))) => pool,
-            Err(_) => format!("no answer within {} ms", OP_TIMEOUT.as_millis()),
+            Ok(Err(e)) => e.to_string(),
+            Err(why) => why,
         };
         self.degrade(&failure);
         for reply in replies {

@@ -230,21 +230,32 @@ impl Store {
         if self.is_degraded() {
             return Err(StoreError::Degraded);
         }
-        let attempt = async {
-            let conn = self.connection().await.map_err(Err)?;
-            call(conn).await.map_err(Ok)
-        };
-        let failure = match tokio::time::timeout(OP_TIMEOUT, attempt).await {
+        let failure = match self.attempt(call).await {
             Ok(Ok(value)) => return Ok(value),
-            Ok(Err(Ok(e))) if classify(&e) == Fault::BadValue => {
+            Ok(Err(e)) if classify(&e) == Fault::BadValue => {
                 return Err(self.corrupted(key, format!("Redis refused it: {e}")).into());
             }
-            Ok(Err(Ok(e))) => e.to_string(),
-            Ok(Err(Err(pool))) => pool,
-            Err(_) => format!("no answer within {} ms", OP_TIMEOUT.as_millis()),
+            Ok(Err(e)) => e.to_string(),
+            Err(why) => why,
         };
         self.degrade(&failure);
         Err(StoreError::Unreachable(failure))
+    }
+
+    /// Runs `call` on the shared connection under the store's timeout: Redis's answer (a value
+    /// or its error), or why there was none (no connection, no answer in time).
+    async fn attempt<T, F, Fut>(
+        &self,
+        call: F,
+    ) -> Result<deadpool_redis::redis::RedisResult<T>, String>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = deadpool_redis::redis::RedisResult<T>>,
+    {
+        let attempt = async { Ok(call(self.connection().await?).await) };
+        tokio::time::timeout(OP_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} ms", OP_TIMEOUT.as_millis())))
     }
 
     /// Reports that `key` holds unusable state (`detail`): logged with the key and counted in
