@@ -8,6 +8,7 @@ pub mod bookkeeping;
 pub mod broker_list;
 pub mod config;
 pub mod control;
+pub mod dead_letter;
 pub mod deadline;
 pub mod duration;
 pub mod envelope;

@@ -286,6 +286,7 @@ mod tests {
             open_breakers: Vec::new(),
             queue_wait_ms: 0,
             queue_wait_at_ms: 0,
+            settled: 0,
         };
         let rows = worker_rows(vec![rec("a", 9_500), rec("b", 1_000)], 10_000);
         assert_eq!((rows[0].unresponsive, rows[1].unresponsive), (false, true));

@@ -4,11 +4,9 @@
 //! `x-dead-letter-reason`) and the broker itself when a task exceeds the delivery limit
 //! (`x-death`, `x-first-death-*`). A record reads either.
 
-use lapin::{
-    BasicProperties,
-    types::{AMQPValue, FieldTable},
-};
-use secflow_common::{TaskEnvelope, headers as h};
+use lapin::BasicProperties;
+pub use secflow_common::dead_letter::{Death, deaths};
+use secflow_common::{TaskEnvelope, dead_letter::latest_death, headers as h};
 use serde::Serialize;
 
 /// One dead-lettered task, as the inspector shows it.
@@ -92,10 +90,7 @@ impl DeadRecord {
             requeue_count: h::get_u64(headers, h::REQUEUE_COUNT).unwrap_or(0),
             first_failure_ms: h::get_u64(headers, h::FIRST_FAILURE_AT),
             last_failure_ms: h::get_u64(headers, h::LAST_FAILURE_AT),
-            dead_lettered_ms: h::get_u64(headers, h::DEAD_LETTERED_AT)
-                .filter(|_| ours.is_some())
-                .or_else(|| death.as_ref().and_then(|d| d.time_s).map(|t| t * 1000))
-                .or_else(|| props.timestamp().map(|t| t * 1000)),
+            dead_lettered_ms: secflow_common::dead_letter::dead_lettered_ms(props),
             origin_queue: str_of(h::ORIGIN_QUEUE)
                 .or_else(|| death.as_ref().and_then(|d| d.queue.clone())),
             origin_exchange: str_of(h::ORIGIN_EXCHANGE)
@@ -111,63 +106,6 @@ impl DeadRecord {
     }
 }
 
-/// The oldest entry of the broker's `x-death` history.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Death {
-    /// Queue it died in.
-    pub queue: Option<String>,
-    /// Exchange it had been published to.
-    pub exchange: Option<String>,
-    /// First routing key it had been published with.
-    pub routing_key: Option<String>,
-    /// Death time, seconds since the epoch.
-    pub time_s: Option<u64>,
-    /// Times it died there for that reason.
-    pub count: u64,
-}
-
-/// Every `x-death` entry, newest first, as the broker writes them.
-pub fn deaths(headers: Option<&FieldTable>) -> Vec<(String, Death)> {
-    let Some(AMQPValue::FieldArray(entries)) = headers.and_then(|h| h.inner().get("x-death"))
-    else {
-        return Vec::new();
-    };
-    entries
-        .as_slice()
-        .iter()
-        .filter_map(|entry| match entry {
-            AMQPValue::FieldTable(t) => Some(t),
-            _ => None,
-        })
-        .map(|t| {
-            let t = Some(t);
-            let routing_key = match t.and_then(|t| t.inner().get("routing-keys")) {
-                Some(AMQPValue::FieldArray(keys)) => keys.as_slice().iter().find_map(|k| match k {
-                    AMQPValue::LongString(s) => {
-                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                    }
-                    _ => None,
-                }),
-                _ => None,
-            };
-            let death = Death {
-                queue: h::get_str(t, "queue").map(str::to_string),
-                exchange: h::get_str(t, "exchange").map(str::to_string),
-                routing_key,
-                time_s: h::get_u64(t, "time"),
-                count: h::get_u64(t, "count").unwrap_or(1),
-            };
-            (h::get_str(t, "reason").unwrap_or("?").to_string(), death)
-        })
-        .collect()
-}
-
-/// The newest death (the broker puts it first): the queue the task died in and the exchange
-/// and routing key that lead back to it.
-fn latest_death(headers: Option<&FieldTable>) -> Option<Death> {
-    deaths(headers).into_iter().next().map(|(_, d)| d)
-}
-
 fn broker_message(reason: &str, death: Option<&Death>) -> String {
     match (reason, death) {
         ("delivery_limit", Some(d)) => format!(
@@ -181,6 +119,7 @@ fn broker_message(reason: &str, death: Option<&Death>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lapin::types::{AMQPValue, FieldTable};
     use lapin::types::{FieldArray, LongString};
 
     #[test]

@@ -160,7 +160,13 @@ pub fn spawn_counted(cfg: WorkerConfig) -> (InProcessWorker, Arc<WorkerStats>) {
     let handle = tokio::spawn(async move {
         secflow_worker::run_with_stats(cfg, counted, token.cancelled_owned()).await
     });
-    (InProcessWorker { stop, handle }, stats)
+    (
+        InProcessWorker {
+            stop,
+            handle: Some(handle),
+        },
+        stats,
+    )
 }
 
 /// A fleet hooks file for `ns` with one `on_node_complete` webhook to `url`; its path.

@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use lapin::{
     BasicProperties, Channel, Connection,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions},
+    options::{BasicAckOptions, BasicConsumeOptions},
     types::FieldTable,
 };
 use secflow_common::{Topology, config::BrokerArgs, events::TaskEvent, topology::Namespace};
@@ -171,20 +171,9 @@ impl TestNs {
     }
 
     async fn passive(&self, queue: &str) -> lapin::Queue {
-        let ch = self.conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        secflow_common::amqp::passive_declare(&self.conn, queue)
             .await
-            .unwrap();
-        let _ = ch.close(200, "".into()).await;
-        q
+            .unwrap()
     }
 
     /// Publishes a raw body to the tasks exchange under `routing_key` (for malformed input),
@@ -281,7 +270,10 @@ impl TestNs {
         let token = stop.clone();
         let handle =
             tokio::spawn(async move { secflow_worker::run(cfg, token.cancelled_owned()).await });
-        InProcessWorker { stop, handle }
+        InProcessWorker {
+            stop,
+            handle: Some(handle),
+        }
     }
 
     /// Starts the `worker` binary as a child process on this namespace.
@@ -309,6 +301,9 @@ impl Drop for TestNs {
         let name = self.name.clone();
         let limit = self.delivery_limit;
         let url = self.amqp_url.clone();
+        // A worker process the test left running would declare the namespace's queues again
+        // as the cleanup deletes them (its consumer cancelled, it reconnects and declares).
+        kill_children_on(&name);
         // Runs on its own thread and runtime: Drop cannot await, and the test's runtime may be
         // shutting down.
         let _ = std::thread::spawn(move || {
@@ -329,6 +324,19 @@ impl Drop for TestNs {
                         if let Ok(ch) = conn.create_channel().await {
                             let topo = Topology::new(Namespace::new(&name).unwrap(), limit);
                             let _ = topo.delete_all(&ch, &["default", "other"]).await;
+                            // Something that was still declaring as they went (a worker task
+                            // in its last steps) may have put some back: once more.
+                            let exists = |q: String| {
+                                let conn = &conn;
+                                async move { secflow_common::amqp::passive_declare(conn, &q).await.is_ok() }
+                            };
+                            if exists(topo.dlq()).await || exists(topo.work_queue("default")).await
+                            {
+                                eprintln!("namespace {name}: queues came back after the cleanup; deleting again");
+                                if let Ok(ch) = conn.create_channel().await {
+                                    let _ = topo.delete_all(&ch, &["default", "other"]).await;
+                                }
+                            }
                         }
                         let _ = conn.close(200, "".into()).await;
                     }
@@ -346,6 +354,45 @@ impl Drop for TestNs {
             });
         })
         .join();
+    }
+}
+
+/// Kills (SIGKILL) every live child process of this test process whose command line names
+/// namespace `ns`: a worker or inspector the test did not stop before its namespace ends.
+fn kill_children_on(ns: &str) {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces), in parentheses: state, ppid.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        if rest.split_whitespace().nth(1) != Some(me.as_str()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let names_ns = cmdline.split(|b| *b == 0).any(|arg| arg == ns.as_bytes());
+        if names_ns {
+            eprintln!("namespace {ns}: killing child {pid} the test left running");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
@@ -417,17 +464,30 @@ impl EventTap {
 /// A worker running in the test process.
 pub struct InProcessWorker {
     stop: CancellationToken,
-    handle: tokio::task::JoinHandle<Result<(), secflow_worker::WorkerError>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), secflow_worker::WorkerError>>>,
 }
 
 impl InProcessWorker {
     /// Signals shutdown and waits for the worker to return.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.stop.cancel();
-        self.handle
-            .await
-            .expect("worker task panicked")
-            .expect("worker returned an error");
+        if let Some(handle) = self.handle.take() {
+            handle
+                .await
+                .expect("worker task panicked")
+                .expect("worker returned an error");
+        }
+    }
+}
+
+/// A worker the test did not stop is stopped where it stands: left running on the test's
+/// runtime, it would declare its namespace's queues again while the namespace is deleted.
+impl Drop for InProcessWorker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
     }
 }
 

@@ -322,6 +322,7 @@ async fn workers_lists_the_registry_and_marks_silent_ones() {
         open_breakers: Vec::new(),
         queue_wait_ms: 0,
         queue_wait_at_ms: 0,
+        settled: 0,
     };
     let s = store(&ns);
     s.beat(&record("w-alive", now)).await.unwrap();

@@ -4,7 +4,7 @@
 //! series of both and loads the rules.
 
 use secflow_common::TaskEnvelope;
-use secflow_tests::{TestNs, free_port, http_get, publish, stop_gracefully};
+use secflow_tests::{TestNs, free_port, http_get, publish, stop_gracefully, wait_for};
 use serde_json::{Value, json};
 use std::{
     io::Write,
@@ -180,6 +180,7 @@ async fn a_live_workers_metrics_pass_promtool_check_metrics() {
             "secflow_node_duration_seconds_bucket{",
             "secflow_fleet_controller_leading 1",
             "secflow_queue_consumers{",
+            "secflow_queue_oldest_message_age_seconds{",
         ],
     )
     .await;
@@ -202,6 +203,112 @@ async fn a_live_workers_metrics_pass_promtool_check_metrics() {
         out.status.success() && text(&out).trim().is_empty(),
         "promtool check metrics found problems:\n{}\nin:\n{body}",
         text(&out)
+    );
+}
+
+/// The value of `metric{queue="QUEUE"}` in a worker's `/metrics`, once it is there.
+async fn gauge(port: u16, metric: &str, queue: &str) -> Option<f64> {
+    let (_, body) = http_get(port, "/metrics").await.filter(|r| r.0 == 200)?;
+    let prefix = format!("{metric}{{queue=\"{queue}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Proves: the leader's `secflow_queue_oldest_message_age_seconds` follows how long the oldest
+/// message has waited, for a work queue nobody can take from (its one worker busy) and for
+/// the DLQ: never older than the time since it was published or dead-lettered, growing while
+/// it waits, and back to 0 once the work queue is drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_message_age_follows_work_queue_and_dlq() {
+    let ns = TestNs::new().await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = ns.spawn_worker_process(&["--metrics-addr", &addr, "--prefetch", "1"]);
+    let work = ns.topology().work_queue("default");
+    let dlq = ns.topology().dlq();
+    // The ledger has seen the queue empty before anything is published.
+    poll(
+        "the work queue's age at 0",
+        Duration::from_secs(30),
+        || async {
+            (gauge(port, "secflow_queue_oldest_message_age_seconds", &work).await == Some(0.0))
+                .then_some(())
+        },
+    )
+    .await;
+    let before_dead = Instant::now();
+    publish(
+        &ns,
+        &[TaskEnvelope::new(
+            "builtin.fail",
+            json!({"class": "permanent", "code": "gone", "message": "no such target"}),
+        )],
+    )
+    .await;
+    wait_for("the task in the DLQ", Duration::from_secs(20), || async {
+        ns.ready(&dlq).await == 1
+    })
+    .await;
+    let dead_by = Instant::now();
+    // One task holds the worker for 8 s; three wait behind it.
+    let before_backlog = Instant::now();
+    let mut tasks = vec![TaskEnvelope::new("builtin.sleep", json!({"ms": 8_000}))];
+    tasks.extend((0..3).map(|i| TaskEnvelope::new("builtin.noop", json!({ "i": i }))));
+    publish(&ns, &tasks).await;
+    let mut seen = Vec::new();
+    loop {
+        let age = poll("the work queue's age", Duration::from_secs(10), || {
+            gauge(port, "secflow_queue_oldest_message_age_seconds", &work)
+        })
+        .await;
+        let waited = before_backlog.elapsed().as_secs_f64();
+        assert!(
+            age <= waited + 0.5,
+            "the oldest message is {age} s old by the gauge, published {waited} s ago"
+        );
+        seen.push(age);
+        if age >= 4.0 {
+            break;
+        }
+        assert!(waited < 20.0, "the age never reached 4 s: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The DLQ's age counts from its dead-lettering (read every 10 s, set every tick).
+    let age = poll("the DLQ's age", Duration::from_secs(30), || async {
+        gauge(port, "secflow_queue_oldest_message_age_seconds", &dlq)
+            .await
+            .filter(|a| *a > 0.0)
+    })
+    .await;
+    assert!(
+        age <= before_dead.elapsed().as_secs_f64() + 0.5
+            && age >= dead_by.elapsed().as_secs_f64() - 2.5,
+        "the DLQ's message is {age} s old by the gauge, dead-lettered between {:?} and {:?} ago",
+        dead_by.elapsed(),
+        before_dead.elapsed()
+    );
+    // Drained: the age is 0 again; the DLQ's message is still there, its age still counting.
+    poll(
+        "the work queue's age back at 0",
+        Duration::from_secs(30),
+        || async {
+            (gauge(port, "secflow_queue_oldest_message_age_seconds", &work).await == Some(0.0))
+                .then_some(())
+        },
+    )
+    .await;
+    poll("the DLQ's age to grow", Duration::from_secs(5), || async {
+        gauge(port, "secflow_queue_oldest_message_age_seconds", &dlq)
+            .await
+            .filter(|later| *later > age)
+    })
+    .await;
+    stop_gracefully(&mut child).await;
+    assert_eq!(
+        ns.ready(&dlq).await,
+        1,
+        "looking at the DLQ's head kept it there"
     );
 }
 

@@ -208,6 +208,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "1 while a work queue's drain time exceeds the backlog threshold, else 0; set by the leader.",
     ),
     (
+        "secflow_queue_oldest_message_age_seconds",
+        Kind::Gauge,
+        "Age of the oldest message ready in a work queue (from the broker's ready count and the fleet's settled and in-flight counts, to a second) or in the DLQ (since it was dead-lettered, read every 10 s); set by the leader.",
+    ),
+    (
         "secflow_queue_head_age_seconds",
         Kind::Gauge,
         "How long the last message this worker took from the queue had waited in it (since publication, or since a retry's delay ended): under FIFO, the age of the queue's oldest message when it was taken.",

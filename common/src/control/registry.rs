@@ -56,6 +56,10 @@ pub struct WorkerRecord {
     /// When it took that message (ms since the epoch; 0: none yet).
     #[serde(default)]
     pub queue_wait_at_ms: u64,
+    /// Deliveries it settled (acked) since it started: completed, cancelled, retried,
+    /// deferred, dead-lettered, handed back or acked as duplicates.
+    #[serde(default)]
+    pub settled: u64,
 }
 
 impl WorkerRecord {
@@ -135,6 +139,7 @@ mod tests {
             open_breakers: Vec::new(),
             queue_wait_ms: 0,
             queue_wait_at_ms: 0,
+            settled: 0,
         };
         assert!(!r.unresponsive(13_000));
         assert!(r.unresponsive(13_001));

@@ -4,7 +4,9 @@
 //! use, so a broker outage costs a few missed readings, never a stuck controller.
 
 use lapin::{
-    BasicProperties, Channel, Connection, options::QueueDeclareOptions, types::FieldTable,
+    BasicProperties, Channel, Connection,
+    options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions},
+    types::FieldTable,
 };
 use secflow_common::{
     Topology, amqp,
@@ -22,6 +24,18 @@ pub struct Depth {
     pub ready: u64,
     /// Consumers subscribed.
     pub consumers: u64,
+}
+
+/// What a look at the DLQ's first message found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DlqHead {
+    /// The DLQ holds nothing.
+    Empty,
+    /// Its first (oldest) message was dead-lettered at this time, ms since the epoch (`None`
+    /// when it carries no time at all).
+    At(Option<u64>),
+    /// Nothing was read: an inspector holds the DLQ, or the broker did not answer.
+    Unknown,
 }
 
 struct Link {
@@ -128,6 +142,61 @@ impl Announcer {
                 None
             }
         }
+    }
+
+    /// Reads when the DLQ's first message was dead-lettered, and hands it back at once.
+    ///
+    /// The DLQ is a quorum queue, which reports no message times; its first message is read
+    /// the way `dlq-inspector` reads it: under the inspector's lock (skipped while an inspector
+    /// holds it, so the two never race), with a `basic.get` and a `nack(requeue)` that gives it
+    /// back its place at the head. Each look raises the message's delivery count by one against
+    /// the DLQ's bound of a million. It runs on a connection of its own, closed afterwards
+    /// (which also releases the lock, and returns the message if the nack never went out): a
+    /// message the client cannot parse costs this look, never the fleet's link.
+    pub async fn dlq_head(&self) -> DlqHead {
+        let Ok(conn) = amqp::connect(&self.url, &format!("{} dlq-age", self.name), BROKER_OP).await
+        else {
+            return DlqHead::Unknown;
+        };
+        let head = match deadline::within("a new channel", BROKER_OP, conn.create_channel()).await {
+            Ok(Ok(ch)) => {
+                let head = self.read_dlq_head(&ch).await;
+                // Closed before the connection: a channel left to close itself while the
+                // connection closes makes the client log an error.
+                let _ = deadline::within("closing a channel", BROKER_OP, ch.close(200, "".into()))
+                    .await;
+                head
+            }
+            _ => None,
+        };
+        amqp::close(&conn, "DLQ age read").await;
+        head.unwrap_or(DlqHead::Unknown)
+    }
+
+    /// [`Announcer::dlq_head`] on `ch`; `None` when the lock or the broker says no.
+    async fn read_dlq_head(&self, ch: &Channel) -> Option<DlqHead> {
+        deadline::within("taking the DLQ lock", BROKER_OP, self.topology.lock_dlq(ch))
+            .await
+            .ok()?
+            .ok()?;
+        let get = ch.basic_get(
+            self.topology.dlq().as_str().into(),
+            BasicGetOptions { no_ack: false },
+        );
+        let got = deadline::within("a basic.get on the DLQ", BROKER_OP, get)
+            .await
+            .ok()?
+            .ok()?;
+        let Some(message) = got else {
+            return Some(DlqHead::Empty);
+        };
+        let at = secflow_common::dead_letter::dead_lettered_ms(&message.delivery.properties);
+        let nack = message.delivery.acker.nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        });
+        let _ = deadline::within("handing the DLQ's head back", BROKER_OP, nack).await;
+        Some(DlqHead::At(at))
     }
 
     async fn drop_link(&self, link: &mut Option<Link>) {

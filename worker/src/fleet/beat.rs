@@ -44,6 +44,17 @@ impl Fleet {
             open_breakers: self.breakers.open_now(now_ms()),
             queue_wait_ms: WorkerStats::get(&stats.last_wait_ms),
             queue_wait_at_ms: WorkerStats::get(&stats.last_wait_at_ms),
+            settled: [
+                &stats.completed,
+                &stats.retried,
+                &stats.dead_lettered,
+                &stats.handed_back,
+                &stats.deferred,
+                &stats.duplicates,
+            ]
+            .into_iter()
+            .map(WorkerStats::get)
+            .sum(),
         }
     }
 

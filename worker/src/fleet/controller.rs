@@ -9,6 +9,8 @@
 
 use super::{
     Fleet,
+    age::Arrivals,
+    announce::DlqHead,
     signals::{History, Hysteresis, Signals, Tick, drain_secs, next_level},
 };
 use secflow_common::{
@@ -31,12 +33,23 @@ const LEAD_MS: u64 = 3_000;
 const FORGET_MS: u64 = 3_600_000;
 /// History needed before a queue's drain time is trusted.
 const MIN_HISTORY_MS: u64 = 2_000;
+/// How often the DLQ's first message is looked at for its age (each look raises its delivery
+/// count by one, against a bound of a million: a look every 10 s takes over 100 days).
+const DLQ_AGE_EVERY_MS: u64 = 10_000;
 
 #[derive(Default)]
 struct State {
     leading: bool,
-    /// Counters of each worker (by liveness id) at the previous tick.
-    prev: HashMap<String, (u64, u64)>,
+    /// Counters of each worker (by liveness id) at the previous tick: done, failed, settled.
+    prev: HashMap<String, (u64, u64, u64)>,
+    /// Deliveries settled from each pool's queue during this tick.
+    settled: BTreeMap<String, u64>,
+    /// The arrivals ledger of each pool's queue (the age of its oldest message).
+    arrivals: BTreeMap<String, Arrivals>,
+    /// When the DLQ's first message was last looked at, ms.
+    dlq_looked_ms: u64,
+    /// When that message was dead-lettered (`None`: the DLQ was empty or it had no time).
+    dlq_head_ms: Option<u64>,
     history: BTreeMap<String, History>,
     backlogged: BTreeSet<String>,
     reported: BTreeSet<String>,
@@ -147,17 +160,21 @@ fn count_ticks(state: &mut State, records: &[WorkerRecord], now: u64, window_ms:
         .keys()
         .map(|pool| (pool.clone(), zero))
         .collect();
+    state.settled.clear();
     for r in records {
         // First sight: a baseline, not a burst of everything it ever did.
-        let (done, failed) = state
+        let (done, failed, settled) = state
             .prev
             .get(&r.live)
             .copied()
-            .unwrap_or((r.done, r.failed));
+            .unwrap_or((r.done, r.failed, r.settled));
         let tick = ticks.entry(r.pool.clone()).or_insert(zero);
         tick.done += r.done.saturating_sub(done);
         tick.failed += r.failed.saturating_sub(failed);
-        state.prev.insert(r.live.clone(), (r.done, r.failed));
+        *state.settled.entry(r.pool.clone()).or_default() += r.settled.saturating_sub(settled);
+        state
+            .prev
+            .insert(r.live.clone(), (r.done, r.failed, r.settled));
     }
     for (pool, tick) in ticks {
         state.history.entry(pool).or_default().push(tick, window_ms);
@@ -233,6 +250,20 @@ async fn watch_queues(
         metrics::gauge!("secflow_queue_consumers", "queue" => queue.clone())
             .set(depth.consumers as f64);
         metrics::gauge!("secflow_queue_drain_seconds", "queue" => queue.clone()).set(drain);
+        let in_flight = records
+            .iter()
+            .filter(|r| r.pool == *pool)
+            .map(|r| r.in_flight)
+            .sum();
+        let settled = state.settled.get(pool.as_str()).copied().unwrap_or(0);
+        let age = state.arrivals.entry(pool.clone()).or_default().observe(
+            now_ms(),
+            depth.ready,
+            in_flight,
+            settled,
+        );
+        metrics::gauge!("secflow_queue_oldest_message_age_seconds", "queue" => queue.clone())
+            .set(age.ms as f64 / 1000.0);
         if history.is_none_or(|h| h.span_ms() < MIN_HISTORY_MS) {
             continue;
         }
@@ -267,7 +298,30 @@ async fn watch_queues(
         metrics::gauge!("secflow_queue_depth", "queue" => fleet.topology.dlq())
             .set(depth.ready as f64);
     }
+    dlq_age(fleet, state).await;
     backlogged
+}
+
+/// Sets the DLQ's oldest-message age: looked up every [`DLQ_AGE_EVERY_MS`], counted on in
+/// between (a look an inspector's lock skips keeps the last reading).
+async fn dlq_age(fleet: &Fleet, state: &mut State) {
+    let now = now_ms();
+    if now.saturating_sub(state.dlq_looked_ms) >= DLQ_AGE_EVERY_MS {
+        match fleet.announcer.dlq_head().await {
+            DlqHead::Empty => {
+                state.dlq_head_ms = None;
+                state.dlq_looked_ms = now;
+            }
+            DlqHead::At(at) => {
+                state.dlq_head_ms = at;
+                state.dlq_looked_ms = now;
+            }
+            DlqHead::Unknown => {}
+        }
+    }
+    let age_ms = state.dlq_head_ms.map_or(0, |at| now.saturating_sub(at));
+    metrics::gauge!("secflow_queue_oldest_message_age_seconds", "queue" => fleet.topology.dlq())
+        .set(age_ms as f64 / 1000.0);
 }
 
 fn signals(

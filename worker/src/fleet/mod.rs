@@ -4,6 +4,7 @@
 //! fleet's signals ([`signals`]), detects backlogs and silent workers, and reports every
 //! healing action as an event ([`announce`]) and in the recovery statistics.
 
+mod age;
 pub mod announce;
 pub mod beat;
 pub mod config;
