@@ -187,14 +187,12 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
         .with("span_id", attempt.span_id())
         .with("worker", shared.settler.worker_id.as_str())
         .with("attempt", meta.retry_count + 1);
+    let trace = meta.trace.clone();
+    // Boxed once here: the two scopes around it then move a pointer, not the whole attempt's
+    // state (kilobytes, copied at every wrapping).
+    let attempt = Box::pin(process_in(shared, delivery, meta, exclusive, attempt));
     ATTEMPT
-        .scope(
-            meta.trace.clone(),
-            log_context::scope(
-                context,
-                process_in(shared, delivery, meta, exclusive, attempt),
-            ),
-        )
+        .scope(trace, log_context::scope(context, attempt))
         .await;
 }
 
@@ -225,11 +223,11 @@ async fn process_in(
             }
             log_context::record("node", task.node_id.as_str());
             log_context::record("type", task.node_type.as_str());
-            pipeline(shared, &meta, exclusive, task).await
+            Box::pin(pipeline(shared, &meta, exclusive, task)).await
         }
         Err(end) => end,
     };
-    finish(shared, delivery, meta, end, attempt).await;
+    Box::pin(finish(shared, delivery, meta, end, attempt)).await;
 }
 
 /// Settles the delivery as `end` says and ends its attempt's span.
