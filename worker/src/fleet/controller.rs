@@ -250,14 +250,17 @@ async fn watch_queues(
         metrics::gauge!("secflow_queue_consumers", "queue" => queue.clone())
             .set(depth.consumers as f64);
         metrics::gauge!("secflow_queue_drain_seconds", "queue" => queue.clone()).set(drain);
+        // A silent worker's deliveries are back in the queue (its connection is gone) or
+        // still held (it hangs); counting them twice would make the age come out younger.
+        let now = now_ms();
         let in_flight = records
             .iter()
-            .filter(|r| r.pool == *pool)
+            .filter(|r| r.pool == *pool && !r.unresponsive(now))
             .map(|r| r.in_flight)
             .sum();
         let settled = state.settled.get(pool.as_str()).copied().unwrap_or(0);
         let age = state.arrivals.entry(pool.clone()).or_default().observe(
-            now_ms(),
+            now,
             depth.ready,
             in_flight,
             settled,
