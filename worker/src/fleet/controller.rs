@@ -42,8 +42,6 @@ struct State {
     leading: bool,
     /// Counters of each worker (by liveness id) at the previous tick: done, failed, settled.
     prev: HashMap<String, (u64, u64, u64)>,
-    /// Deliveries settled from each pool's queue during this tick.
-    settled: BTreeMap<String, u64>,
     /// The arrivals ledger of each pool's queue (the age of its oldest message).
     arrivals: BTreeMap<String, Arrivals>,
     /// When the DLQ's first message was last looked at, ms.
@@ -110,9 +108,9 @@ async fn tick(fleet: &Fleet, state: &mut State) {
     };
     let now = now_ms();
     let th = fleet.args.thresholds();
-    count_ticks(state, &records, now, th.window_ms);
+    let settled = count_ticks(state, &records, now, th.window_ms);
     watch_workers(fleet, state, &records, now).await;
-    let backlogged = watch_queues(fleet, state, &records, th.backlog_secs).await;
+    let backlogged = watch_queues(fleet, state, &records, &settled, now, th.backlog_secs).await;
     let signals = signals(state, &records, backlogged, th.min_outcomes, now);
     if let Some(rate) = signals.error_rate {
         metrics::gauge!("secflow_fleet_error_ratio").set(rate);
@@ -148,7 +146,13 @@ async fn tick(fleet: &Fleet, state: &mut State) {
 }
 
 /// Adds this tick's completed and failed tasks per pool to the history.
-fn count_ticks(state: &mut State, records: &[WorkerRecord], now: u64, window_ms: u64) {
+/// Returns the deliveries each pool's workers settled since the last tick.
+fn count_ticks(
+    state: &mut State,
+    records: &[WorkerRecord],
+    now: u64,
+    window_ms: u64,
+) -> BTreeMap<String, u64> {
     let zero = Tick {
         at_ms: now,
         done: 0,
@@ -160,7 +164,7 @@ fn count_ticks(state: &mut State, records: &[WorkerRecord], now: u64, window_ms:
         .keys()
         .map(|pool| (pool.clone(), zero))
         .collect();
-    state.settled.clear();
+    let mut settled_now: BTreeMap<String, u64> = BTreeMap::new();
     for r in records {
         // First sight: a baseline, not a burst of everything it ever did.
         let (done, failed, settled) = state
@@ -171,7 +175,7 @@ fn count_ticks(state: &mut State, records: &[WorkerRecord], now: u64, window_ms:
         let tick = ticks.entry(r.pool.clone()).or_insert(zero);
         tick.done += r.done.saturating_sub(done);
         tick.failed += r.failed.saturating_sub(failed);
-        *state.settled.entry(r.pool.clone()).or_default() += r.settled.saturating_sub(settled);
+        *settled_now.entry(r.pool.clone()).or_default() += r.settled.saturating_sub(settled);
         state
             .prev
             .insert(r.live.clone(), (r.done, r.failed, r.settled));
@@ -179,6 +183,7 @@ fn count_ticks(state: &mut State, records: &[WorkerRecord], now: u64, window_ms:
     for (pool, tick) in ticks {
         state.history.entry(pool).or_default().push(tick, window_ms);
     }
+    settled_now
 }
 
 async fn watch_workers(fleet: &Fleet, state: &mut State, records: &[WorkerRecord], now: u64) {
@@ -229,10 +234,13 @@ async fn watch_workers(fleet: &Fleet, state: &mut State, records: &[WorkerRecord
 }
 
 /// Reads each pool's queue (and the DLQ), reports backlogs; the backlogged queues.
+/// `settled`: deliveries each pool's workers settled since the last tick, at `now`.
 async fn watch_queues(
     fleet: &Fleet,
     state: &mut State,
     records: &[WorkerRecord],
+    settled: &BTreeMap<String, u64>,
+    now: u64,
     backlog_secs: f64,
 ) -> Vec<(String, f64)> {
     let mut pools: BTreeSet<String> = records.iter().map(|r| r.pool.clone()).collect();
@@ -252,13 +260,12 @@ async fn watch_queues(
         metrics::gauge!("secflow_queue_drain_seconds", "queue" => queue.clone()).set(drain);
         // A silent worker's deliveries are back in the queue (its connection is gone) or
         // still held (it hangs); counting them twice would make the age come out younger.
-        let now = now_ms();
         let in_flight = records
             .iter()
             .filter(|r| r.pool == *pool && !r.unresponsive(now))
             .map(|r| r.in_flight)
             .sum();
-        let settled = state.settled.get(pool.as_str()).copied().unwrap_or(0);
+        let settled = settled.get(pool.as_str()).copied().unwrap_or(0);
         let age = state.arrivals.entry(pool.clone()).or_default().observe(
             now,
             depth.ready,
@@ -301,24 +308,19 @@ async fn watch_queues(
         metrics::gauge!("secflow_queue_depth", "queue" => fleet.topology.dlq())
             .set(depth.ready as f64);
     }
-    dlq_age(fleet, state).await;
+    dlq_age(fleet, state, now).await;
     backlogged
 }
 
 /// Sets the DLQ's oldest-message age: looked up every [`DLQ_AGE_EVERY_MS`], counted on in
-/// between (a look an inspector's lock skips keeps the last reading).
-async fn dlq_age(fleet: &Fleet, state: &mut State) {
-    let now = now_ms();
+/// between (a look an inspector's lock or a broker outage skips keeps the last reading, and
+/// the next look waits its turn rather than opening a connection every tick).
+async fn dlq_age(fleet: &Fleet, state: &mut State, now: u64) {
     if now.saturating_sub(state.dlq_looked_ms) >= DLQ_AGE_EVERY_MS {
+        state.dlq_looked_ms = now;
         match fleet.announcer.dlq_head().await {
-            DlqHead::Empty => {
-                state.dlq_head_ms = None;
-                state.dlq_looked_ms = now;
-            }
-            DlqHead::At(at) => {
-                state.dlq_head_ms = at;
-                state.dlq_looked_ms = now;
-            }
+            DlqHead::Empty => state.dlq_head_ms = None,
+            DlqHead::At(at) => state.dlq_head_ms = at,
             DlqHead::Unknown => {}
         }
     }
