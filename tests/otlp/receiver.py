@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A local OTLP/HTTP trace receiver for the tests: decodes each export request with the official
 OpenTelemetry protobuf definitions (the opentelemetry-proto package) and appends one JSON line per
-span to the output file. Prints the port it listens on, then serves until killed.
+span to the output file (with its scope, flags and the request's x-secflow-test header). Prints the port it listens on, then serves until killed.
 
     python3 tests/otlp/receiver.py OUT.jsonl [--fail]    # --fail answers 503 to every export
 """
@@ -18,7 +18,7 @@ def value(v):
     return getattr(v, kind) if kind else None
 
 
-def spans(request):
+def spans(request, header):
     for rs in request.resource_spans:
         resource = {a.key: value(a.value) for a in rs.resource.attributes}
         for ss in rs.scope_spans:
@@ -35,6 +35,9 @@ def spans(request):
                     "status_message": s.status.message,
                     "attributes": {a.key: value(a.value) for a in s.attributes},
                     "resource": resource,
+                    "scope": ss.scope.name,
+                    "flags": getattr(s, "flags", None),
+                    "header": header,
                 }
 
 
@@ -61,7 +64,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(str(e).encode())
             return
         with open(Handler.out, "a", encoding="utf-8") as f:
-            for span in spans(request):
+            for span in spans(request, self.headers.get("x-secflow-test")):
                 f.write(json.dumps(span) + "\n")
         reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)

@@ -10,9 +10,15 @@ use std::{
 
 /// Runs the worker with `args` on `ns`; its exit code and stderr, failing if it runs past 10 s.
 fn worker_fails(ns: &TestNs, args: &[&str]) -> (i32, String) {
+    worker_fails_with(ns, args, &[])
+}
+
+/// [`worker_fails`] with environment variables `env` set.
+fn worker_fails_with(ns: &TestNs, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let mut child = command("worker")
         .args(["--namespace", &ns.name, "--log-format", "text"])
         .args(args)
+        .envs(env.iter().copied())
         .env("RUST_BACKTRACE", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -79,4 +85,26 @@ async fn bad_credentials_a_bad_scheme_and_a_bad_key_stop_the_worker_at_once() {
     let (code, stderr) = worker_fails(&ns, &["--signing-key", "no-colon-here"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("signing key"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unusable_trace_export_settings_stop_the_worker_naming_the_variable() {
+    let ns = TestNs::new().await;
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+    for bad in [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4318"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "authorization"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+    ] {
+        let env = if bad.0 == endpoint.0 {
+            vec![bad]
+        } else {
+            vec![endpoint, bad]
+        };
+        let (code, stderr) = worker_fails_with(&ns, &[], &env);
+        assert_ne!(code, 0, "{bad:?}: {stderr}");
+        assert!(stderr.contains(bad.0), "{bad:?} is not named: {stderr}");
+    }
 }

@@ -70,6 +70,10 @@ fn worker(ns: &TestNs, pool: &str, bind: &str, endpoint: &str, metrics: Option<u
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
         .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
         .env("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-secflow-test=worker%20export",
+        )
         .args(["--namespace", &ns.name, "--pool", pool, "--bind", bind])
         .args([
             "--worker-id",
@@ -216,6 +220,25 @@ nodes:
         assert_eq!(s["trace_id"], trace, "every attempt is in the run's trace");
         assert_eq!(s["resource"]["deployment.environment"], "test");
         assert_eq!(s["resource"]["service.name"], "secflow-worker");
+        assert_eq!(s["scope"], "secflow");
+        assert_eq!(s["kind"], 5, "an attempt is a consumer span");
+        assert_eq!(
+            s["header"], "worker export",
+            "the exporter sends the headers set"
+        );
+        if !s["flags"].is_null() {
+            // Sampled, and the parent's remoteness known: remote (another process).
+            assert_eq!(s["flags"], 0x301);
+        }
+    }
+    assert_eq!(root["kind"], 4, "the run's span is a producer span");
+    assert_eq!(
+        root["header"],
+        Value::Null,
+        "the producer was given no headers"
+    );
+    if !root["flags"].is_null() {
+        assert_eq!(root["flags"], 0x101, "sampled, no remote parent");
     }
     // Both attempts of `flaky` are children of the run's span, on the first worker.
     assert_eq!(flaky[0]["parent_span_id"], root["span_id"]);
@@ -225,6 +248,8 @@ nodes:
     assert_eq!(flaky[0]["status"], 2, "a failed attempt has status error");
     assert_eq!(attr(flaky[0], "secflow.retry_count"), 0);
     assert_eq!(str_of(flaky[1], "secflow.outcome"), "completed");
+    assert_eq!(flaky[1]["status"], 1, "a completed attempt has status ok");
+    assert!(flaky[0]["end"].as_u64() >= flaky[0]["start"].as_u64());
     assert_eq!(attr(flaky[1], "secflow.retry_count"), 1);
     assert_eq!(str_of(flaky[0], "secflow.worker"), "default-worker");
     // The dependent is the child of the attempt that completed its upstream, on the other

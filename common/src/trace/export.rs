@@ -3,15 +3,16 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, unless `OTEL_SDK_DISABLED=true` or
 //! `OTEL_TRACES_EXPORTER=none`.
 //!
-//! The standard variables are read by the SDK and exporter: `OTEL_SERVICE_NAME`,
-//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` / `_ARG`, `OTEL_EXPORTER_OTLP_*_HEADERS`,
-//! `_TIMEOUT`, `_COMPRESSION`.
+//! The standard variables are read by the SDK (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+//! `OTEL_TRACES_SAMPLER` / `_ARG`) and by our exporter ([`otlp`]: `OTEL_EXPORTER_OTLP_[TRACES_]`
+//! `ENDPOINT`, `HEADERS`, `TIMEOUT`, `PROTOCOL` (`http/protobuf`), `COMPRESSION` (`none`)).
 //!
 //! Exporting never waits on the task path: an ended span goes into a bounded queue that a
 //! thread of the SDK exports in batches. A full queue (the collector slow or gone) drops the
 //! span, and a batch the collector refuses or never answers is dropped too; both are counted
 //! ([`counts`]) for `/metrics`.
 
+use super::otlp;
 use opentelemetry::{KeyValue, trace::TracerProvider as _};
 use opentelemetry_sdk::{
     Resource,
@@ -74,6 +75,12 @@ pub fn exporting() -> bool {
 #[error("OpenTelemetry settings: {0}")]
 pub struct TraceConfigError(String);
 
+impl TraceConfigError {
+    pub(super) fn new(why: String) -> Self {
+        Self(why)
+    }
+}
+
 /// Installs the tracer of this process, `service` being its `service.name` unless
 /// `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` say otherwise. Call once, early; later
 /// calls keep the first tracer. A bad endpoint is a configuration error.
@@ -87,11 +94,8 @@ pub fn init(service: &str, version: &str) -> Result<(), TraceConfigError> {
     if exporting {
         // The exporter's HTTP client takes TLS from the process-wide provider (https endpoints).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()
-            .map_err(|e| TraceConfigError(format!("the OTLP/HTTP trace exporter: {e}")))?;
-        builder = builder.with_span_processor(Bounded::new(exporter));
+        let settings = otlp::Settings::from_vars(|name| std::env::var(name).ok())?;
+        builder = builder.with_span_processor(Bounded::new(otlp::Exporter::new(settings)));
     }
     let provider = builder.build();
     let tracer = provider.tracer("secflow");

@@ -4,6 +4,7 @@
 
 pub mod context;
 pub mod export;
+mod otlp;
 mod span;
 
 pub use context::{TRACEPARENT, TRACESTATE, TraceContext};

@@ -1,0 +1,641 @@
+//! The OTLP/HTTP span exporter: its settings from the standard `OTEL_EXPORTER_OTLP_*`
+//! variables, and a protobuf encoder that writes an export request straight from the SDK's
+//! ended spans.
+//!
+//! The encoder writes the `ExportTraceServiceRequest` of the OpenTelemetry protocol
+//! (`opentelemetry/proto/collector/trace/v1`) field by field into one buffer: the process's
+//! resource is encoded once, when the SDK hands it over, and each batch is one `ResourceSpans`
+//! with one `ScopeSpans` per run of spans from the same instrumentation scope. Nothing is
+//! converted into intermediate message structs first, which is where a general-purpose exporter
+//! spends most of its time for spans as small as ours.
+
+use super::export::TraceConfigError;
+use opentelemetry::{Array, InstrumentationScope, KeyValue, Value, trace::SpanKind};
+use opentelemetry_sdk::{
+    Resource,
+    error::{OTelSdkError, OTelSdkResult},
+    trace::{SpanData, SpanExporter},
+};
+use std::{
+    sync::Mutex,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+/// Where and how spans are sent, read from the environment.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Settings {
+    /// The full URL a batch is posted to.
+    pub endpoint: reqwest::Url,
+    /// Extra request headers (`OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`).
+    pub headers: Vec<(String, String)>,
+    /// How long one export may take (`OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`, milliseconds).
+    pub timeout: Duration,
+}
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Settings {
+    /// The settings the standard variables give, read through `var`; an unusable value is a
+    /// configuration error naming its variable.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, TraceConfigError> {
+        let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        // The signal's own variable wins over the general one.
+        let pick = |general: &'static str, traces: &'static str| {
+            get(traces)
+                .map(|v| (traces, v))
+                .or_else(|| get(general).map(|v| (general, v)))
+        };
+        if let Some((name, protocol)) = pick(
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ) && protocol.trim() != "http/protobuf"
+        {
+            return Err(TraceConfigError::new(format!(
+                "{name}={protocol}: only http/protobuf is supported"
+            )));
+        }
+        if let Some((name, compression)) = pick(
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        ) && compression.trim() != "none"
+        {
+            return Err(TraceConfigError::new(format!(
+                "{name}={compression}: spans are sent uncompressed (none is the only value supported)"
+            )));
+        }
+        let endpoint = match get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            // The signal's own endpoint is used as it is.
+            Some(url) => parse_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url.trim())?,
+            None => {
+                let base = get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .unwrap_or_else(|| "http://localhost:4318".to_string());
+                let url = format!("{}/v1/traces", base.trim().trim_end_matches('/'));
+                parse_url("OTEL_EXPORTER_OTLP_ENDPOINT", &url)?
+            }
+        };
+        let headers = match pick(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        ) {
+            Some((name, list)) => parse_headers(&list)
+                .map_err(|why| TraceConfigError::new(format!("{name}: {why}")))?,
+            None => Vec::new(),
+        };
+        let timeout = match pick(
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        ) {
+            Some((name, ms)) => match ms.trim().parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    return Err(TraceConfigError::new(format!(
+                        "{name}={ms}: not a positive number of milliseconds"
+                    )));
+                }
+            },
+            None => DEFAULT_TIMEOUT,
+        };
+        Ok(Self {
+            endpoint,
+            headers,
+            timeout,
+        })
+    }
+}
+
+fn parse_url(name: &str, url: &str) -> Result<reqwest::Url, TraceConfigError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| TraceConfigError::new(format!("{name}: {url:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(TraceConfigError::new(format!(
+            "{name}: {url:?} is not an http:// or https:// URL with a host"
+        )));
+    }
+    Ok(parsed)
+}
+
+/// `key=value,key2=value2`, values percent-decoded, as the variables' format says.
+fn parse_headers(list: &str) -> Result<Vec<(String, String)>, String> {
+    let mut headers = Vec::new();
+    for pair in list.split(',').filter(|p| !p.trim().is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(format!("{:?} is not key=value", pair.trim()));
+        };
+        let key = percent_decode(key.trim())?;
+        let value = percent_decode(value.trim())?;
+        reqwest::header::HeaderName::from_bytes(key.as_bytes())
+            .map_err(|_| format!("{key:?} is not a header name"))?;
+        reqwest::header::HeaderValue::from_str(&value)
+            .map_err(|_| format!("the value of {key:?} is not a header value"))?;
+        headers.push((key, value));
+    }
+    Ok(headers)
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("{s:?} has a bad percent escape"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{s:?} does not decode to UTF-8"))
+}
+
+/// Posts each batch, encoded by [`encode_request`], to the endpoint. One attempt per batch: a
+/// batch the collector refuses or does not answer in time is dropped (the caller counts it).
+#[derive(Debug)]
+pub(super) struct Exporter {
+    settings: Settings,
+    /// The process's resource, encoded (the body of a `Resource` message).
+    resource: Vec<u8>,
+    /// Built on the exporting thread at its first batch: a blocking client must not be made or
+    /// dropped on an async runtime's thread.
+    client: Mutex<Option<reqwest::blocking::Client>>,
+}
+
+impl Exporter {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            resource: Vec::new(),
+            client: Mutex::new(None),
+        }
+    }
+
+    fn post(&self, body: Vec<u8>) -> OTelSdkResult {
+        let mut client = self
+            .client
+            .lock()
+            .map_err(|_| OTelSdkError::InternalFailure("the exporter's lock is poisoned".into()))?;
+        if client.is_none() {
+            let built = reqwest::blocking::Client::builder()
+                .timeout(self.settings.timeout)
+                .build()
+                .map_err(|e| OTelSdkError::InternalFailure(format!("the HTTP client: {e}")))?;
+            *client = Some(built);
+        }
+        let Some(client) = client.as_ref() else {
+            return Err(OTelSdkError::InternalFailure("no HTTP client".into()));
+        };
+        let mut request = client
+            .post(self.settings.endpoint.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(body);
+        for (key, value) in &self.settings.headers {
+            request = request.header(key.as_str(), value.as_str());
+        }
+        let response = request
+            .send()
+            .map_err(|e| OTelSdkError::InternalFailure(format!("OTLP export: {e}")))?;
+        let status = response.status();
+        // Read the (small) reply so the connection can be reused.
+        let _ = response.bytes();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(OTelSdkError::InternalFailure(format!(
+                "OTLP export: the collector answered {status}"
+            )))
+        }
+    }
+}
+
+impl SpanExporter for Exporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut body = Vec::with_capacity(256 * batch.len() + self.resource.len() + 64);
+        encode_request(&self.resource, &batch, &mut body);
+        drop(batch);
+        self.post(body)
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        let mut encoded = Vec::new();
+        for (key, value) in resource.iter() {
+            let mut kv = Vec::new();
+            put_str(&mut kv, 1, key.as_str());
+            put_value(&mut kv, 2, value);
+            put_message(&mut encoded, 1, &kv);
+        }
+        self.resource = encoded;
+    }
+}
+
+/// Writes an `ExportTraceServiceRequest` holding `spans` under `resource` (an encoded
+/// `Resource` body) to `out`.
+pub(super) fn encode_request(resource: &[u8], spans: &[SpanData], out: &mut Vec<u8>) {
+    let mut resource_spans = Vec::with_capacity(out.capacity());
+    put_message(&mut resource_spans, 1, resource);
+    let mut scope_spans = Vec::new();
+    let mut span = Vec::with_capacity(512);
+    let mut i = 0;
+    while i < spans.len() {
+        let scope = &spans[i].instrumentation_scope;
+        scope_spans.clear();
+        put_scope(&mut scope_spans, scope);
+        while i < spans.len() && same_scope(&spans[i].instrumentation_scope, scope) {
+            span.clear();
+            encode_span(&spans[i], &mut span);
+            put_message(&mut scope_spans, 2, &span);
+            i += 1;
+        }
+        put_message(&mut resource_spans, 2, &scope_spans);
+    }
+    put_message(out, 1, &resource_spans);
+}
+
+fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
+    std::ptr::eq(a, b)
+        || (a.name() == b.name()
+            && a.version() == b.version()
+            && a.schema_url() == b.schema_url()
+            && a.attributes().eq(b.attributes()))
+}
+
+/// Field 1 of `ScopeSpans`: the `InstrumentationScope`; field 3 its schema URL.
+fn put_scope(out: &mut Vec<u8>, scope: &InstrumentationScope) {
+    let mut body = Vec::new();
+    put_str(&mut body, 1, scope.name());
+    if let Some(version) = scope.version() {
+        put_str(&mut body, 2, version);
+    }
+    put_attributes(&mut body, 3, scope.attributes());
+    put_message(out, 1, &body);
+    if let Some(url) = scope.schema_url() {
+        put_str(out, 3, url);
+    }
+}
+
+/// The flag bits of the protocol's `SpanFlags`: whether the parent's remoteness is known, and
+/// whether it is remote.
+const CONTEXT_HAS_IS_REMOTE: u32 = 0x100;
+const CONTEXT_IS_REMOTE: u32 = 0x200;
+
+/// The body of one `Span` message.
+fn encode_span(s: &SpanData, out: &mut Vec<u8>) {
+    let cx = &s.span_context;
+    put_bytes(out, 1, &cx.trace_id().to_bytes());
+    put_bytes(out, 2, &cx.span_id().to_bytes());
+    let state = cx.trace_state().header();
+    if !state.is_empty() {
+        put_str(out, 3, &state);
+    }
+    if s.parent_span_id != opentelemetry::trace::SpanId::INVALID {
+        put_bytes(out, 4, &s.parent_span_id.to_bytes());
+    }
+    put_str(out, 5, &s.name);
+    let kind = match s.span_kind {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    };
+    put_varint_field(out, 6, kind);
+    put_fixed64(out, 7, nanos(s.start_time));
+    put_fixed64(out, 8, nanos(s.end_time));
+    put_attributes(out, 9, &s.attributes);
+    put_varint_field(out, 10, u64::from(s.dropped_attributes_count));
+    let mut nested = Vec::new();
+    for event in s.events.iter() {
+        nested.clear();
+        put_fixed64(&mut nested, 1, nanos(event.timestamp));
+        put_str(&mut nested, 2, &event.name);
+        put_attributes(&mut nested, 3, &event.attributes);
+        put_varint_field(&mut nested, 4, u64::from(event.dropped_attributes_count));
+        put_message(out, 11, &nested);
+    }
+    put_varint_field(out, 12, u64::from(s.events.dropped_count));
+    for link in s.links.iter() {
+        nested.clear();
+        let lcx = &link.span_context;
+        put_bytes(&mut nested, 1, &lcx.trace_id().to_bytes());
+        put_bytes(&mut nested, 2, &lcx.span_id().to_bytes());
+        let state = lcx.trace_state().header();
+        if !state.is_empty() {
+            put_str(&mut nested, 3, &state);
+        }
+        put_attributes(&mut nested, 4, &link.attributes);
+        put_varint_field(&mut nested, 5, u64::from(link.dropped_attributes_count));
+        let mut flags = u32::from(lcx.trace_flags().to_u8()) | CONTEXT_HAS_IS_REMOTE;
+        if lcx.is_remote() {
+            flags |= CONTEXT_IS_REMOTE;
+        }
+        put_fixed32(&mut nested, 6, flags);
+        put_message(out, 13, &nested);
+    }
+    put_varint_field(out, 14, u64::from(s.links.dropped_count));
+    nested.clear();
+    match &s.status {
+        opentelemetry::trace::Status::Unset => {}
+        opentelemetry::trace::Status::Ok => put_varint_field(&mut nested, 3, 1),
+        opentelemetry::trace::Status::Error { description } => {
+            put_str(&mut nested, 2, description);
+            put_varint_field(&mut nested, 3, 2);
+        }
+    }
+    put_message(out, 15, &nested);
+    let mut flags = u32::from(cx.trace_flags().to_u8()) | CONTEXT_HAS_IS_REMOTE;
+    if s.parent_span_is_remote {
+        flags |= CONTEXT_IS_REMOTE;
+    }
+    put_fixed32(out, 16, flags);
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn put_attributes<'a>(
+    out: &mut Vec<u8>,
+    field: u32,
+    attributes: impl IntoIterator<Item = &'a KeyValue>,
+) {
+    for kv in attributes {
+        put_key_value(out, field, kv.key.as_str(), &kv.value);
+    }
+}
+
+/// A `KeyValue` message as field `field`. Its length is worked out before writing, so the
+/// attribute is written in place, without a scratch buffer.
+fn put_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
+    let value_len = any_value_len(value);
+    let len = str_field_len(1, key) + len_field_len(2, value_len);
+    put_tag(out, field, WIRE_LEN);
+    put_varint(out, len as u64);
+    put_str(out, 1, key);
+    put_tag(out, 2, WIRE_LEN);
+    put_varint(out, value_len as u64);
+    put_any_value_body(out, value);
+}
+
+fn put_value(out: &mut Vec<u8>, field: u32, value: &Value) {
+    put_tag(out, field, WIRE_LEN);
+    put_varint(out, any_value_len(value) as u64);
+    put_any_value_body(out, value);
+}
+
+/// The body of an `AnyValue`: one field of its `oneof`.
+fn put_any_value_body(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Bool(b) => put_varint_field_always(out, 2, u64::from(*b)),
+        Value::I64(i) => put_varint_field_always(out, 3, *i as u64),
+        Value::F64(f) => put_fixed64(out, 4, f.to_bits()),
+        Value::String(s) => put_str_always(out, 1, s.as_str()),
+        Value::Array(array) => {
+            let mut values = Vec::new();
+            match array {
+                Array::Bool(v) => v
+                    .iter()
+                    .for_each(|b| put_value(&mut values, 1, &Value::Bool(*b))),
+                Array::I64(v) => v
+                    .iter()
+                    .for_each(|i| put_value(&mut values, 1, &Value::I64(*i))),
+                Array::F64(v) => v
+                    .iter()
+                    .for_each(|f| put_value(&mut values, 1, &Value::F64(*f))),
+                Array::String(v) => v
+                    .iter()
+                    .for_each(|s| put_value(&mut values, 1, &Value::String(s.clone()))),
+                other => put_value(&mut values, 1, &Value::String(other.to_string().into())),
+            }
+            put_message(out, 5, &values);
+        }
+        other => put_str_always(out, 1, &other.to_string()),
+    }
+}
+
+fn any_value_len(value: &Value) -> usize {
+    match value {
+        Value::Bool(b) => 1 + varint_len(u64::from(*b)),
+        Value::I64(i) => 1 + varint_len(*i as u64),
+        Value::F64(_) => 1 + 8,
+        Value::String(s) => len_field_len(1, s.as_str().len()),
+        other => {
+            let mut scratch = Vec::new();
+            put_any_value_body(&mut scratch, other);
+            scratch.len()
+        }
+    }
+}
+
+const WIRE_VARINT: u32 = 0;
+const WIRE_FIXED64: u32 = 1;
+const WIRE_LEN: u32 = 2;
+const WIRE_FIXED32: u32 = 5;
+
+fn put_tag(out: &mut Vec<u8>, field: u32, wire: u32) {
+    put_varint(out, u64::from(field << 3 | wire));
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn tag_len(field: u32) -> usize {
+    varint_len(u64::from(field << 3))
+}
+
+fn len_field_len(field: u32, len: usize) -> usize {
+    tag_len(field) + varint_len(len as u64) + len
+}
+
+fn str_field_len(field: u32, s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        len_field_len(field, s.len())
+    }
+}
+
+/// A scalar field, left out when 0 (proto3's default).
+fn put_varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
+    if v != 0 {
+        put_varint_field_always(out, field, v);
+    }
+}
+
+/// A field of a `oneof`, written even when it holds the default.
+fn put_varint_field_always(out: &mut Vec<u8>, field: u32, v: u64) {
+    put_tag(out, field, WIRE_VARINT);
+    put_varint(out, v);
+}
+
+fn put_fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
+    put_tag(out, field, WIRE_FIXED64);
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_fixed32(out: &mut Vec<u8>, field: u32, v: u32) {
+    put_tag(out, field, WIRE_FIXED32);
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    put_tag(out, field, WIRE_LEN);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// A string field, left out when empty (proto3's default).
+fn put_str(out: &mut Vec<u8>, field: u32, s: &str) {
+    if !s.is_empty() {
+        put_bytes(out, field, s.as_bytes());
+    }
+}
+
+fn put_str_always(out: &mut Vec<u8>, field: u32, s: &str) {
+    put_bytes(out, field, s.as_bytes());
+}
+
+/// An embedded message (its body already encoded), written even when empty: an empty
+/// message still says it is there.
+fn put_message(out: &mut Vec<u8>, field: u32, body: &[u8]) {
+    put_bytes(out, field, body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn the_general_endpoint_gets_the_traces_path_and_the_signals_own_is_kept() {
+        let s = Settings::from_vars(vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]))
+            .unwrap();
+        assert_eq!(s.endpoint.as_str(), "http://c:4318/v1/traces");
+        assert_eq!(s.timeout, DEFAULT_TIMEOUT);
+        let s = Settings::from_vars(vars(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://t:1/custom"),
+        ]))
+        .unwrap();
+        assert_eq!(s.endpoint.as_str(), "https://t:1/custom");
+    }
+
+    #[test]
+    fn headers_and_timeout_are_read_and_the_signals_own_win() {
+        let s = Settings::from_vars(vars(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "a=1"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "api-key=s%20ecret, x-team = sec ",
+            ),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1500"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.headers,
+            vec![
+                ("api-key".to_string(), "s ecret".to_string()),
+                ("x-team".to_string(), "sec".to_string())
+            ]
+        );
+        assert_eq!(s.timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn unusable_settings_name_their_variable() {
+        let cases = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://c/"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "bad key=1"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "k=%zz"),
+        ];
+        for (name, value) in cases {
+            let err = Settings::from_vars(vars(&[(name, value)])).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={value}: {err}");
+        }
+        assert!(
+            Settings::from_vars(vars(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])).is_ok()
+        );
+    }
+
+    #[test]
+    fn varints_and_lengths_agree() {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v), "{v}");
+        }
+        for value in [
+            Value::Bool(false),
+            Value::I64(-1),
+            Value::I64(0),
+            Value::F64(1.5),
+            Value::String("".into()),
+            Value::String("x".repeat(200).into()),
+            Value::Array(Array::I64(vec![1, 2])),
+        ] {
+            let mut out = Vec::new();
+            put_any_value_body(&mut out, &value);
+            assert_eq!(out.len(), any_value_len(&value), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_value_encodes_as_protobuf_says() {
+        let mut out = Vec::new();
+        put_key_value(&mut out, 9, "k", &Value::I64(2));
+        // field 9 len 7 { field 1 "k", field 2 len 2 { field 3 varint 2 } }
+        assert_eq!(out, [0x4a, 7, 0x0a, 1, b'k', 0x12, 2, 0x18, 2]);
+        out.clear();
+        put_key_value(&mut out, 1, "s", &Value::String("".into()));
+        // An empty string value is still written: the oneof says which kind it is.
+        assert_eq!(out, [0x0a, 7, 0x0a, 1, b's', 0x12, 2, 0x0a, 0]);
+    }
+}
