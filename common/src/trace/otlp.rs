@@ -242,24 +242,41 @@ impl SpanExporter for Exporter {
 /// Writes an `ExportTraceServiceRequest` holding `spans` under `resource` (an encoded
 /// `Resource` body) to `out`.
 pub(super) fn encode_request(resource: &[u8], spans: &[SpanData], out: &mut Vec<u8>) {
-    let mut resource_spans = Vec::with_capacity(out.capacity());
-    put_message(&mut resource_spans, 1, resource);
-    let mut scope_spans = Vec::new();
+    // Each span is encoded once into `encoded`, then copied once into `out` behind the
+    // enclosing messages' headers, whose lengths are known by then. `runs`: each run of spans
+    // from one scope, as its `ScopeSpans` fields other than the spans, and where its spans are.
+    let mut encoded = Vec::with_capacity(out.capacity());
+    let mut runs: Vec<(Vec<u8>, std::ops::Range<usize>)> = Vec::new();
     let mut span = Vec::with_capacity(512);
     let mut i = 0;
     while i < spans.len() {
         let scope = &spans[i].instrumentation_scope;
-        scope_spans.clear();
-        put_scope(&mut scope_spans, scope);
+        let mut head = Vec::new();
+        put_scope(&mut head, scope);
+        let from = encoded.len();
         while i < spans.len() && same_scope(&spans[i].instrumentation_scope, scope) {
             span.clear();
             encode_span(&spans[i], &mut span);
-            put_message(&mut scope_spans, 2, &span);
+            put_message(&mut encoded, 2, &span);
             i += 1;
         }
-        put_message(&mut resource_spans, 2, &scope_spans);
+        runs.push((head, from..encoded.len()));
     }
-    put_message(out, 1, &resource_spans);
+    let scope_len = |(head, range): &(Vec<u8>, std::ops::Range<usize>)| head.len() + range.len();
+    let body = len_field_len(1, resource.len())
+        + runs
+            .iter()
+            .map(|run| len_field_len(2, scope_len(run)))
+            .sum::<usize>();
+    put_tag(out, 1, WIRE_LEN);
+    put_varint(out, body as u64);
+    put_message(out, 1, resource);
+    for run in &runs {
+        put_tag(out, 2, WIRE_LEN);
+        put_varint(out, scope_len(run) as u64);
+        out.extend_from_slice(&run.0);
+        out.extend_from_slice(&encoded[run.1.clone()]);
+    }
 }
 
 fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
@@ -637,5 +654,127 @@ mod tests {
         put_key_value(&mut out, 1, "s", &Value::String("".into()));
         // An empty string value is still written: the oneof says which kind it is.
         assert_eq!(out, [0x0a, 7, 0x0a, 1, b's', 0x12, 2, 0x0a, 0]);
+    }
+
+    /// The fields of one protobuf message: (field number, bytes of a length-delimited field
+    /// or the value of a scalar one, little-endian), failing on anything malformed.
+    fn fields(mut buf: &[u8]) -> Vec<(u32, Vec<u8>)> {
+        fn varint(buf: &mut &[u8]) -> u64 {
+            let (mut v, mut shift) = (0u64, 0);
+            loop {
+                let b = buf[0];
+                *buf = &buf[1..];
+                v |= u64::from(b & 0x7f) << shift;
+                if b < 0x80 {
+                    return v;
+                }
+                shift += 7;
+            }
+        }
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            let tag = varint(&mut buf);
+            let (field, wire) = ((tag >> 3) as u32, (tag & 7) as u32);
+            let value = match wire {
+                WIRE_VARINT => varint(&mut buf).to_le_bytes().to_vec(),
+                WIRE_FIXED64 | WIRE_FIXED32 => {
+                    let n = if wire == WIRE_FIXED64 { 8 } else { 4 };
+                    let (v, rest) = buf.split_at(n);
+                    buf = rest;
+                    v.to_vec()
+                }
+                WIRE_LEN => {
+                    let n = varint(&mut buf) as usize;
+                    let (v, rest) = buf.split_at(n);
+                    buf = rest;
+                    v.to_vec()
+                }
+                other => panic!("wire type {other}"),
+            };
+            out.push((field, value));
+        }
+        out
+    }
+
+    fn span(scope: &InstrumentationScope, id: u64, parent: u64) -> SpanData {
+        use opentelemetry::trace::{SpanContext, SpanId, Status, TraceFlags, TraceId, TraceState};
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(7u128),
+                SpanId::from(id),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::from(parent),
+            parent_span_is_remote: parent != 0,
+            span_kind: SpanKind::Consumer,
+            name: "task builtin.noop".into(),
+            start_time: UNIX_EPOCH + Duration::from_secs(1),
+            end_time: UNIX_EPOCH + Duration::from_secs(2),
+            attributes: vec![
+                KeyValue::new("secflow.retry_count", 1),
+                KeyValue::new("secflow.node", "scan"),
+            ],
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::error("boom"),
+            instrumentation_scope: scope.clone(),
+        }
+    }
+
+    #[test]
+    fn a_request_nests_resource_scopes_and_spans_as_the_protocol_says() {
+        let ours = InstrumentationScope::builder("secflow").build();
+        let other = InstrumentationScope::builder("other")
+            .with_version("1.2")
+            .build();
+        let spans = [span(&ours, 1, 0), span(&ours, 2, 1), span(&other, 3, 2)];
+        let mut exporter = Exporter::new(
+            Settings::from_vars(vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c")])).unwrap(),
+        );
+        exporter.set_resource(
+            &Resource::builder_empty()
+                .with_service_name("secflow-worker")
+                .build(),
+        );
+        let mut out = Vec::new();
+        encode_request(&exporter.resource, &spans, &mut out);
+        let request = fields(&out);
+        assert_eq!(request.len(), 1, "one ResourceSpans");
+        let resource_spans = fields(&request[0].1);
+        assert_eq!(resource_spans[0].0, 1, "the resource first");
+        let attribute = &fields(&resource_spans[0].1)[0].1;
+        assert_eq!(fields(attribute)[0].1, b"service.name");
+        let scopes: Vec<_> = resource_spans.iter().filter(|f| f.0 == 2).collect();
+        assert_eq!(scopes.len(), 2, "one ScopeSpans per scope");
+        let names: Vec<Vec<u8>> = scopes
+            .iter()
+            .map(|s| fields(&fields(&s.1)[0].1)[0].1.clone())
+            .collect();
+        assert_eq!(names, [b"secflow".to_vec(), b"other".to_vec()]);
+        let first: Vec<_> = fields(&scopes[0].1)
+            .into_iter()
+            .filter(|f| f.0 == 2)
+            .collect();
+        assert_eq!(first.len(), 2, "two spans in the first scope");
+        let span = fields(&first[1].1);
+        let field = |n: u32| span.iter().find(|f| f.0 == n).map(|f| f.1.clone());
+        assert_eq!(field(1), Some(7u128.to_be_bytes().to_vec()), "trace id");
+        assert_eq!(field(2), Some(2u64.to_be_bytes().to_vec()), "span id");
+        assert_eq!(field(4), Some(1u64.to_be_bytes().to_vec()), "parent");
+        assert_eq!(field(5), Some(b"task builtin.noop".to_vec()));
+        assert_eq!(field(6).map(|v| v[0]), Some(5), "consumer");
+        assert_eq!(field(7), Some(1_000_000_000u64.to_le_bytes().to_vec()));
+        assert_eq!(span.iter().filter(|f| f.0 == 9).count(), 2, "attributes");
+        let status = fields(&field(15).unwrap());
+        assert_eq!(
+            status,
+            [(2, b"boom".to_vec()), (3, 2u64.to_le_bytes().to_vec())]
+        );
+        assert_eq!(field(16), Some(0x301u32.to_le_bytes().to_vec()), "flags");
+        let root = fields(&first[0].1);
+        assert!(root.iter().all(|f| f.0 != 4), "a root has no parent field");
     }
 }
