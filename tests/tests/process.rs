@@ -47,11 +47,30 @@ async fn crashing_task_is_dead_lettered_after_the_delivery_limit_and_nothing_els
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The last crash happened before the broker dead-lettered the task (the dead worker's
-    // connection closing is what charged its last delivery): its exit is visible by now.
-    if let Some(status) = child.try_wait().unwrap() {
-        assert!(!status.success(), "the worker only exits here by crashing");
-        crashes += 1;
-        child = ns.spawn_worker_process(&args);
+    // connection closing is what charged its last delivery), but its exit may show a moment
+    // later: the kernel closes a dying process's sockets before its parent can reap it, and on
+    // a busy machine the broker can dead-letter the task and answer the DLQ check in between.
+    // So the worker now running is either that one, about to be seen exited, or a fresh one,
+    // about to be ready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success(), "the worker only exits here by crashing");
+            crashes += 1;
+            child = ns.spawn_worker_process(&args);
+            break;
+        }
+        if matches!(
+            secflow_tests::http_get(port, "/readyz").await,
+            Some((200, _))
+        ) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the last worker neither exited nor became ready in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tap.wait_until(
         "all 60 echo tasks completed",
