@@ -6,7 +6,8 @@
 //! schedule is decided here only:
 //!
 //! - the first wait is 200 ms and doubles with each failed attempt, capped at 2 s, so a client
-//!   is back within about 2 s of the broker accepting connections again;
+//!   is back within about 2 s of the broker accepting connections again (and within about
+//!   0.2 s when the broker's port was closed meanwhile: [`crate::amqp::connect`] watches it);
 //! - **equal jitter**: each wait is drawn uniformly from `[d/2, d]` where `d` is the doubled,
 //!   capped delay. Half of it spreads a fleet that lost the broker at the same instant (no
 //!   thundering herd); the other half is a floor, so no client ever retries in a hot loop the
