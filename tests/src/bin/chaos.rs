@@ -192,51 +192,93 @@ type Seen = Arc<Mutex<HashMap<String, Reports>>>;
 
 async fn tap(url: String, topology: Arc<Topology>, seen: Seen) {
     let queue = format!("{}.chaos-tap", topology.namespace().as_str());
+    // Every step of (re)subscribing has a deadline: right after a broker restart a connection
+    // or a quorum queue's declare can hang, and a tap stuck there would miss every later event.
+    const SETUP: Duration = Duration::from_secs(10);
+    let mut attempts = 0u32;
     loop {
+        attempts += 1;
         let attempt = async {
-            let conn = Connection::connect(&url, Default::default()).await?;
-            let ch = conn.create_channel().await?;
-            let mut args = FieldTable::default();
-            args.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
-            ch.queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await?;
-            ch.queue_bind(
-                queue.as_str().into(),
-                topology.events_exchange().as_str().into(),
-                "node.completed".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-            let mut consumer = ch
-                .basic_consume(
+            let setup = async {
+                let conn = Connection::connect(&url, Default::default()).await?;
+                let ch = conn.create_channel().await?;
+                let mut args = FieldTable::default();
+                args.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString("quorum".into()),
+                );
+                ch.queue_declare(
                     queue.as_str().into(),
-                    "chaos-tap".into(),
-                    BasicConsumeOptions::default(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    args,
+                )
+                .await?;
+                ch.queue_bind(
+                    queue.as_str().into(),
+                    topology.events_exchange().as_str().into(),
+                    "node.completed".into(),
+                    QueueBindOptions::default(),
                     FieldTable::default(),
                 )
                 .await?;
+                let consumer = ch
+                    .basic_consume(
+                        queue.as_str().into(),
+                        "chaos-tap".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                Ok::<_, lapin::Error>((conn, ch, consumer))
+            };
+            let (conn, ch, mut consumer) = match tokio::time::timeout(SETUP, setup).await {
+                Ok(Ok(subscribed)) => subscribed,
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err(format!("not subscribed within {SETUP:?}")),
+            };
+            if attempts > 1 {
+                println!("   (event tap subscribed again, attempt {attempts})");
+            }
+            let mut quiet = 0u32;
             loop {
                 // The stream does not always end when the broker goes away: look at the
-                // connection whenever it is quiet.
+                // connection whenever it is quiet, and every 5 quiet seconds ask the broker
+                // about the tap's queue (a connection can look up and be dead).
                 let next = match tokio::time::timeout(Duration::from_secs(1), consumer.next()).await
                 {
                     Ok(Some(next)) => next,
                     Ok(None) => break,
-                    Err(_) if conn.status().connected() => continue,
+                    Err(_) if conn.status().connected() => {
+                        quiet += 1;
+                        if quiet.is_multiple_of(5) {
+                            let passive = QueueDeclareOptions {
+                                passive: true,
+                                ..Default::default()
+                            };
+                            let asked = ch.queue_declare(
+                                queue.as_str().into(),
+                                passive,
+                                FieldTable::default(),
+                            );
+                            match tokio::time::timeout(SETUP, asked).await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => return Err(e.to_string()),
+                                Err(_) => {
+                                    return Err(format!(
+                                        "the broker did not answer within {SETUP:?}"
+                                    ));
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     Err(_) => break,
                 };
-                let delivery = next?;
+                quiet = 0;
+                let delivery = next.map_err(|e| e.to_string())?;
                 for e in secflow_common::events::decode(&delivery.data).unwrap_or_default() {
                     if e.kind == "node.completed" {
                         let node = e.node_id.clone().unwrap_or_default();
@@ -264,11 +306,22 @@ async fn tap(url: String, topology: Arc<Topology>, seen: Seen) {
                         }
                     }
                 }
-                delivery.acker.ack(BasicAckOptions::default()).await?;
+                match tokio::time::timeout(SETUP, delivery.acker.ack(BasicAckOptions::default()))
+                    .await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => return Err(format!("an ack not confirmed within {SETUP:?}")),
+                }
             }
-            Ok::<(), lapin::Error>(())
+            Ok::<(), String>(())
         };
-        let _ = attempt.await;
+        // Refused and reset connections are the outage itself; a missed deadline is named.
+        if let Err(why) = attempt.await
+            && why.contains("within")
+        {
+            println!("   (event tap: {why}; subscribing again)");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
