@@ -16,6 +16,7 @@ use opentelemetry_sdk::{
     error::{OTelSdkError, OTelSdkResult},
     trace::{SpanData, SpanExporter},
 };
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use std::{
     sync::Mutex,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -27,7 +28,7 @@ pub(super) struct Settings {
     /// The full URL a batch is posted to.
     pub endpoint: reqwest::Url,
     /// Extra request headers (`OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`).
-    pub headers: Vec<(String, String)>,
+    pub headers: HeaderMap,
     /// How long one export may take (`OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`, milliseconds).
     pub timeout: Duration,
 }
@@ -79,7 +80,7 @@ impl Settings {
         ) {
             Some((name, list)) => parse_headers(&list)
                 .map_err(|why| TraceConfigError::new(format!("{name}: {why}")))?,
-            None => Vec::new(),
+            None => HeaderMap::new(),
         };
         let timeout = match pick(
             "OTEL_EXPORTER_OTLP_TIMEOUT",
@@ -115,19 +116,19 @@ fn parse_url(name: &str, url: &str) -> Result<reqwest::Url, TraceConfigError> {
 }
 
 /// `key=value,key2=value2`, values percent-decoded, as the variables' format says.
-fn parse_headers(list: &str) -> Result<Vec<(String, String)>, String> {
-    let mut headers = Vec::new();
+fn parse_headers(list: &str) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
     for pair in list.split(',').filter(|p| !p.trim().is_empty()) {
         let Some((key, value)) = pair.split_once('=') else {
             return Err(format!("{:?} is not key=value", pair.trim()));
         };
         let key = percent_decode(key.trim())?;
         let value = percent_decode(value.trim())?;
-        reqwest::header::HeaderName::from_bytes(key.as_bytes())
+        let name = HeaderName::from_bytes(key.as_bytes())
             .map_err(|_| format!("{key:?} is not a header name"))?;
-        reqwest::header::HeaderValue::from_str(&value)
+        let value = HeaderValue::from_str(&value)
             .map_err(|_| format!("the value of {key:?} is not a header value"))?;
-        headers.push((key, value));
+        headers.append(name, value);
     }
     Ok(headers)
 }
@@ -175,28 +176,24 @@ impl Exporter {
     }
 
     fn post(&self, body: Vec<u8>) -> OTelSdkResult {
-        let mut client = self
+        let mut slot = self
             .client
             .lock()
             .map_err(|_| OTelSdkError::InternalFailure("the exporter's lock is poisoned".into()))?;
-        if client.is_none() {
-            let built = reqwest::blocking::Client::builder()
-                .timeout(self.settings.timeout)
-                .build()
-                .map_err(|e| OTelSdkError::InternalFailure(format!("the HTTP client: {e}")))?;
-            *client = Some(built);
-        }
-        let Some(client) = client.as_ref() else {
-            return Err(OTelSdkError::InternalFailure("no HTTP client".into()));
+        let client = match &mut *slot {
+            Some(client) => client,
+            empty @ None => empty.insert(
+                reqwest::blocking::Client::builder()
+                    .timeout(self.settings.timeout)
+                    .build()
+                    .map_err(|e| OTelSdkError::InternalFailure(format!("the HTTP client: {e}")))?,
+            ),
         };
-        let mut request = client
+        let response = client
             .post(self.settings.endpoint.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
-            .body(body);
-        for (key, value) in &self.settings.headers {
-            request = request.header(key.as_str(), value.as_str());
-        }
-        let response = request
+            .headers(self.settings.headers.clone())
+            .header(CONTENT_TYPE, "application/x-protobuf")
+            .body(body)
             .send()
             .map_err(|e| OTelSdkError::InternalFailure(format!("OTLP export: {e}")))?;
         let status = response.status();
@@ -230,10 +227,7 @@ impl SpanExporter for Exporter {
     fn set_resource(&mut self, resource: &Resource) {
         let mut encoded = Vec::new();
         for (key, value) in resource.iter() {
-            let mut kv = Vec::new();
-            put_str(&mut kv, 1, key.as_str());
-            put_value(&mut kv, 2, value);
-            put_message(&mut encoded, 1, &kv);
+            put_key_value(&mut encoded, 1, key.as_str(), value);
         }
         self.resource = encoded;
     }
@@ -311,10 +305,7 @@ fn encode_span(s: &SpanData, out: &mut Vec<u8>) {
     let cx = &s.span_context;
     put_bytes(out, 1, &cx.trace_id().to_bytes());
     put_bytes(out, 2, &cx.span_id().to_bytes());
-    let state = cx.trace_state().header();
-    if !state.is_empty() {
-        put_str(out, 3, &state);
-    }
+    put_str(out, 3, &cx.trace_state().header());
     if s.parent_span_id != opentelemetry::trace::SpanId::INVALID {
         put_bytes(out, 4, &s.parent_span_id.to_bytes());
     }
@@ -346,17 +337,10 @@ fn encode_span(s: &SpanData, out: &mut Vec<u8>) {
         let lcx = &link.span_context;
         put_bytes(&mut nested, 1, &lcx.trace_id().to_bytes());
         put_bytes(&mut nested, 2, &lcx.span_id().to_bytes());
-        let state = lcx.trace_state().header();
-        if !state.is_empty() {
-            put_str(&mut nested, 3, &state);
-        }
+        put_str(&mut nested, 3, &lcx.trace_state().header());
         put_attributes(&mut nested, 4, &link.attributes);
         put_varint_field(&mut nested, 5, u64::from(link.dropped_attributes_count));
-        let mut flags = u32::from(lcx.trace_flags().to_u8()) | CONTEXT_HAS_IS_REMOTE;
-        if lcx.is_remote() {
-            flags |= CONTEXT_IS_REMOTE;
-        }
-        put_fixed32(&mut nested, 6, flags);
+        put_fixed32(&mut nested, 6, span_flags(lcx, lcx.is_remote()));
         put_message(out, 13, &nested);
     }
     put_varint_field(out, 14, u64::from(s.links.dropped_count));
@@ -370,11 +354,18 @@ fn encode_span(s: &SpanData, out: &mut Vec<u8>) {
         }
     }
     put_message(out, 15, &nested);
-    let mut flags = u32::from(cx.trace_flags().to_u8()) | CONTEXT_HAS_IS_REMOTE;
-    if s.parent_span_is_remote {
-        flags |= CONTEXT_IS_REMOTE;
+    put_fixed32(out, 16, span_flags(cx, s.parent_span_is_remote));
+}
+
+/// A span's or link's `flags`: its trace flags, and whether the context it refers to (the
+/// span's parent, the link's target) is remote.
+fn span_flags(cx: &opentelemetry::trace::SpanContext, remote: bool) -> u32 {
+    let flags = u32::from(cx.trace_flags().to_u8()) | CONTEXT_HAS_IS_REMOTE;
+    if remote {
+        flags | CONTEXT_IS_REMOTE
+    } else {
+        flags
     }
-    put_fixed32(out, 16, flags);
 }
 
 fn nanos(t: SystemTime) -> u64 {
@@ -582,12 +573,12 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(
-            s.headers,
-            vec![
-                ("api-key".to_string(), "s ecret".to_string()),
-                ("x-team".to_string(), "sec".to_string())
-            ]
+            s.headers.len(),
+            2,
+            "the traces list replaces the general one"
         );
+        assert_eq!(s.headers["api-key"], "s ecret");
+        assert_eq!(s.headers["x-team"], "sec");
         assert_eq!(s.timeout, Duration::from_millis(1500));
     }
 
