@@ -237,23 +237,31 @@ async fn run_handler(
         .or_else(|| shared.handlers.default_timeout(&task.node_type))
         .unwrap_or(shared.default_timeout)
         .min(crate::config::MAX_TASK_TIMEOUT);
-    // The handler runs on a task of its own: one that blocks its thread past its timeout
-    // cannot hold the delivery (it is concluded as timed out, the handler abandoned and
-    // followed by the watchdog); dropping `_abort` stops it whichever way this ends.
     let owned = handler_task(
         shared,
         task,
         (meta.retry_count, meta.requeue_count),
         timeout,
     );
-    let handler = match crate::fleet::watchdog::handlers() {
-        Some(runtime) => runtime.spawn(owned),
-        None => tokio::spawn(owned),
-    };
-    let abort = handler.abort_handle();
-    let _abort = AbortOnDrop(abort.clone());
+    let inline = crate::handlers::Handlers::runs_inline(&task.node_type);
     let handler = async {
-        match tokio::time::timeout(timeout, handler).await {
+        if inline {
+            // It only waits or returns: run it here, dropped at its timeout.
+            return match tokio::time::timeout(timeout, owned).await {
+                Ok(result) => result,
+                Err(_) => Err(shared.handlers.timed_out(&task.node_type, timeout)),
+            };
+        }
+        // Any other handler runs on a task of its own: one that blocks its thread past its
+        // timeout cannot hold the delivery (it is concluded as timed out, the handler abandoned
+        // and followed by the watchdog); dropping `_abort` stops it whichever way this ends.
+        let handle = match crate::fleet::watchdog::handlers() {
+            Some(runtime) => runtime.spawn(owned),
+            None => tokio::spawn(owned),
+        };
+        let abort = handle.abort_handle();
+        let _abort = AbortOnDrop(abort.clone());
+        match tokio::time::timeout(timeout, handle).await {
             Ok(Ok(result)) => result,
             Ok(Err(e)) => Err(TaskError::new(
                 ErrorClass::Unknown,
