@@ -324,8 +324,12 @@ mod tests {
         for t in [
             "builtin.noop",
             "builtin.echo",
+            "builtin.static",
             "builtin.sleep",
+            "builtin.fail",
             "builtin.hang",
+            "builtin.crash",
+            "cache.last",
         ] {
             assert!(Handlers::runs_inline(t), "{t}");
         }

@@ -246,9 +246,12 @@ async fn run_handler(
     let inline = crate::handlers::Handlers::runs_inline(&task.node_type);
     let handler = async {
         if inline {
-            // It only waits or returns: run it here, dropped at its timeout.
+            // It only waits or returns: run it here, dropped at its timeout. A panic ends as
+            // it would on the other runtime, not by unwinding the delivery unsettled.
+            let owned = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(owned));
             return match tokio::time::timeout(timeout, owned).await {
-                Ok(result) => result,
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(panicked("it panicked")),
                 Err(_) => Err(shared.handlers.timed_out(&task.node_type, timeout)),
             };
         }
@@ -263,11 +266,7 @@ async fn run_handler(
         let _abort = AbortOnDrop(abort.clone());
         match tokio::time::timeout(timeout, handle).await {
             Ok(Ok(result)) => result,
-            Ok(Err(e)) => Err(TaskError::new(
-                ErrorClass::Unknown,
-                "handler_panicked",
-                format!("the handler stopped abnormally: {e}"),
-            )),
+            Ok(Err(e)) => Err(panicked(&e.to_string())),
             Err(_) => {
                 let task_id = task.task_id.to_string();
                 let fleet = Arc::clone(&shared.fleet);
@@ -290,6 +289,15 @@ async fn run_handler(
         }
         () = shared.hard_stop.cancelled() => None,
     }
+}
+
+/// The failure of a handler that stopped abnormally (`why`).
+fn panicked(why: &str) -> TaskError {
+    TaskError::new(
+        ErrorClass::Unknown,
+        "handler_panicked",
+        format!("the handler stopped abnormally: {why}"),
+    )
 }
 
 /// The handler of `task` (with chaos injection, when on), as an owned future for its own task.
