@@ -20,8 +20,8 @@ use lapin::{
 };
 use rand::RngExt;
 use secflow_common::{
-    TaskEnvelope, Topology, amqp, config::BrokerArgs, headers as h, runs::RunStore,
-    signing::Keyring, topology::Namespace,
+    TaskEnvelope, Topology, amqp, config::BrokerArgs, deadline::within, headers as h,
+    runs::RunStore, signing::Keyring, topology::Namespace,
 };
 use secflow_tests::{PrivateRabbit, PrivateRedis, TEST_SIGNING_KEY, bin, free_port, http_get};
 use std::{
@@ -234,11 +234,7 @@ async fn tap(url: String, topology: Arc<Topology>, seen: Seen) {
                     .await?;
                 Ok::<_, lapin::Error>((conn, ch, consumer))
             };
-            let (conn, ch, mut consumer) = match tokio::time::timeout(SETUP, setup).await {
-                Ok(Ok(subscribed)) => subscribed,
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => return Err(format!("not subscribed within {SETUP:?}")),
-            };
+            let (conn, ch, mut consumer) = within("subscribing", SETUP, setup).await??;
             if attempts > 1 {
                 println!("   (event tap subscribed again, attempt {attempts})");
             }
@@ -263,22 +259,15 @@ async fn tap(url: String, topology: Arc<Topology>, seen: Seen) {
                                 passive,
                                 FieldTable::default(),
                             );
-                            match tokio::time::timeout(SETUP, asked).await {
-                                Ok(Ok(_)) => {}
-                                Ok(Err(e)) => return Err(e.to_string()),
-                                Err(_) => {
-                                    return Err(format!(
-                                        "the broker did not answer within {SETUP:?}"
-                                    ));
-                                }
-                            }
+                            within("the broker's answer about the tap's queue", SETUP, asked)
+                                .await??;
                         }
                         continue;
                     }
                     Err(_) => break,
                 };
                 quiet = 0;
-                let delivery = next.map_err(|e| e.to_string())?;
+                let delivery = next?;
                 for e in secflow_common::events::decode(&delivery.data).unwrap_or_default() {
                     if e.kind == "node.completed" {
                         let node = e.node_id.clone().unwrap_or_default();
@@ -306,20 +295,17 @@ async fn tap(url: String, topology: Arc<Topology>, seen: Seen) {
                         }
                     }
                 }
-                match tokio::time::timeout(SETUP, delivery.acker.ack(BasicAckOptions::default()))
-                    .await
-                {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(_) => return Err(format!("an ack not confirmed within {SETUP:?}")),
-                }
+                within(
+                    "an ack's confirmation",
+                    SETUP,
+                    delivery.acker.ack(BasicAckOptions::default()),
+                )
+                .await??;
             }
-            Ok::<(), String>(())
+            Ok::<(), secflow_common::Error>(())
         };
         // Refused and reset connections are the outage itself; a missed deadline is named.
-        if let Err(why) = attempt.await
-            && why.contains("within")
-        {
+        if let Err(why @ secflow_common::Error::Timeout { .. }) = attempt.await {
             println!("   (event tap: {why}; subscribing again)");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
