@@ -251,7 +251,13 @@ async fn run_handler(
             let owned = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(owned));
             return match tokio::time::timeout(timeout, owned).await {
                 Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(panicked("it panicked")),
+                Ok(Err(payload)) => Err(panicked(
+                    payload
+                        .downcast_ref::<&str>()
+                        .copied()
+                        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                        .unwrap_or("it panicked"),
+                )),
                 Err(_) => Err(shared.handlers.timed_out(&task.node_type, timeout)),
             };
         }
