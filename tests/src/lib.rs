@@ -436,6 +436,16 @@ impl EventTap {
         }
     }
 
+    /// Waits until task `id` has a `node.completed` event, panicking after `timeout`.
+    pub async fn wait_completed(&self, id: uuid::Uuid, timeout: Duration) {
+        let what = format!("task {id} to complete");
+        self.wait_until(&what, timeout, |ev| {
+            ev.iter()
+                .any(|e| e.kind == "node.completed" && e.task_id == Some(id))
+        })
+        .await;
+    }
+
     /// The events seen so far, counted by kind, and the last few.
     fn seen(&self) -> String {
         let events = self.snapshot();

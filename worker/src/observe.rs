@@ -113,6 +113,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "1 while Redis is unreachable and the worker runs on local breakers, else 0.",
     ),
     (
+        "secflow_completions_unrecorded",
+        Kind::Gauge,
+        "Tasks that completed but wait for Redis to record it before the completion is reported.",
+    ),
+    (
         "secflow_done_markers_dropped_total",
         Kind::Counter,
         "Done markers of tasks completed while Redis was unreachable, dropped before it came back.",

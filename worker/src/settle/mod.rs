@@ -67,6 +67,17 @@ impl Settler {
         disposition: Disposition,
         lease: Option<&Lease>,
     ) {
+        // A completion is reported only once its completing marker is recorded: else a copy
+        // delivered after this worker died would find only the lease, take it over, run the
+        // task again and report a second completion. Unrecorded, it goes back unreported.
+        let disposition = match (disposition, lease) {
+            (Disposition::Complete(_), Some(lease))
+                if !lease.completing(self.done_ttl_ms).await =>
+            {
+                Disposition::HandBack
+            }
+            (disposition, _) => disposition,
+        };
         // An attempt that did not complete gives its lease up before its replacement is
         // published: the copy may be delivered at once and must find the task free.
         if let Some(lease) = lease
@@ -76,12 +87,9 @@ impl Settler {
         }
         let result = match &disposition {
             Disposition::Complete(output) => {
-                // Recorded before the event goes out: if this attempt dies before its done
-                // marker, a redelivery reports the completion again under the same event id
-                // instead of running the task.
-                if let Some(lease) = lease {
-                    lease.completing(self.done_ttl_ms).await;
-                }
+                // Recorded (above) before the event goes out: if this attempt dies before its
+                // done marker, a redelivery reports the completion again under the same event
+                // id instead of running the task.
                 // The event id stays `TASK:node.completed` (set by `emit`) however often the
                 // completion is reported; `attempt` names the attempt that completed it.
                 let attempt = lease.map(|l| l.owner().to_string());

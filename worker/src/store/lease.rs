@@ -9,6 +9,9 @@ use std::{
     time::Duration,
 };
 
+/// How often a completing marker Redis could not take is tried again.
+const COMPLETING_RETRY: Duration = Duration::from_millis(100);
+
 /// Why an attempt may not run a task now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refused {
@@ -173,16 +176,73 @@ impl Lease {
 
     /// Records that this attempt completed the task and is reporting it (before the
     /// completion event): a redelivery then reports it again under the same event id instead of
-    /// running it.
-    pub async fn completing(&self, ttl_ms: u64) {
-        // Recorded once per attempt (see `task::process`: as soon as an ad-hoc task succeeded).
-        if self.completing.swap(true, Ordering::SeqCst) {
-            return;
+    /// running it. One try; whether the marker is recorded (now or by an earlier call).
+    pub async fn completing(&self, ttl_ms: u64) -> bool {
+        // Recorded once per attempt (see `task::conclude`: as soon as an ad-hoc task
+        // succeeded); a failed write is tried again by the next call.
+        if self.completing.load(Ordering::SeqCst) {
+            return true;
         }
-        let _ = self
+        let recorded = self
             .store
             .completing(&self.task_id, &self.owner, ttl_ms)
-            .await;
+            .await
+            .is_ok();
+        if recorded {
+            self.completing.store(true, Ordering::SeqCst);
+        }
+        recorded
+    }
+
+    /// Whether the completing marker is recorded.
+    pub fn is_completing(&self) -> bool {
+        self.completing.load(Ordering::SeqCst)
+    }
+
+    /// [`Self::completing`], tried again while Redis does not answer, for up to `wait` or until
+    /// `stop`. A completion must not be reported before its marker is recorded: a copy of the
+    /// task delivered after this attempt's worker died would find only the lease, take it
+    /// over and run the task again, and the task would be reported complete twice.
+    pub async fn completing_within(
+        &self,
+        ttl_ms: u64,
+        wait: Duration,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        if self.completing(ttl_ms).await {
+            return true;
+        }
+        let until = tokio::time::Instant::now() + wait;
+        tracing::warn!(
+            task_id = %self.task_id,
+            wait_ms = wait.as_millis() as u64,
+            "task completed but Redis cannot record it yet: waiting for Redis before reporting it"
+        );
+        metrics::gauge!("secflow_completions_unrecorded").increment(1.0);
+        let recorded = loop {
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                break false;
+            }
+            tokio::select! {
+                () = stop.cancelled() => break false,
+                () = tokio::time::sleep((until - now).min(COMPLETING_RETRY)) => {}
+            }
+            // Not tried while the store knows Redis is down: its probe says when it is back.
+            if !self.store.is_degraded() && self.completing(ttl_ms).await {
+                break true;
+            }
+        };
+        metrics::gauge!("secflow_completions_unrecorded").decrement(1.0);
+        if recorded {
+            tracing::info!(task_id = %self.task_id, "Redis recorded the completion: reporting it");
+        } else {
+            tracing::warn!(
+                task_id = %self.task_id,
+                "Redis did not record the completion in time: the task goes back unreported and runs again"
+            );
+        }
+        recorded
     }
 
     /// Says this attempt completed the task but gave up reporting it: the next copy reports it

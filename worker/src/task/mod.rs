@@ -265,6 +265,16 @@ async fn finish(
                 )
                 .await;
             }
+            // A completion waits (within the lease's time, until the hard stop) for Redis to
+            // record its completing marker: the settler reports none without it, and hands
+            // the delivery back instead.
+            if let (Disposition::Complete(_), Some(lease)) = (&disposition, &lease) {
+                let wait = Duration::from_millis(shared.limits.lease_ms);
+                let ttl = shared.settler.done_ttl_ms;
+                if !lease.completing_within(ttl, wait, &shared.hard_stop).await {
+                    disposition = Disposition::HandBack;
+                }
+            }
             let completed = matches!(disposition, Disposition::Complete(_));
             let (outcome, error) = disposition.outcome();
             if let Some(e) = &error {
