@@ -122,7 +122,9 @@ enum Command {
     },
 }
 
-#[tokio::main]
+/// One thread: the producer only waits on the broker and Redis (its confirmed publishes run no
+/// faster on a thread per core; transport benchmark).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     secflow_common::logging::init(false, "warn");

@@ -6,7 +6,9 @@
 //!
 //! `cargo bench -p secflow-tests --bench transport`
 //! (SECFLOW_BENCH_TASKS overrides 50,000 tasks, SECFLOW_BENCH_ROUNDS overrides 3 rounds;
-//! SECFLOW_BENCH_WORKER_ONLY=1 runs only the producer and the worker with Redis, for profiling).
+//! SECFLOW_BENCH_WORKER_ONLY=1 runs only the producer and the worker with Redis, for profiling;
+//! SECFLOW_BENCH_RUNTIME=multi runs the producer and the worker on a thread per core instead
+//! of one).
 
 use futures_util::{StreamExt, stream};
 use lapin::{
@@ -224,9 +226,35 @@ async fn producer(broker: &BrokerArgs, n: usize) -> anyhow::Result<f64> {
         retry: None,
         timeout_ms: None,
     };
+    let broker = broker.clone();
     let started = Instant::now();
-    let ids = publish_tasks(broker, &req).await?;
+    let ids = own_runtime(async move { Ok(publish_tasks(&broker, &req).await?) }).await??;
     Ok(ids.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Runs `run` on a runtime of its own, as the binaries run themselves: one thread (or a
+/// thread per core with SECFLOW_BENCH_RUNTIME=multi, to compare).
+fn own_runtime<T: Send + 'static>(
+    run: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<anyhow::Result<T>> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    let multi = std::env::var("SECFLOW_BENCH_RUNTIME").is_ok_and(|r| r == "multi");
+    std::thread::spawn(move || {
+        let runtime = if multi {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        };
+        let _ = done.send(match runtime {
+            Ok(rt) => rt.block_on(run),
+            Err(e) => Err(e.into()),
+        });
+    });
+    result
 }
 
 /// One worker draining the `n` tasks the producer queued, timed from its first completion so
@@ -243,11 +271,9 @@ async fn worker(ns: &str, n: usize, redis_url: Option<&str>, prefetch: u16) -> a
         cfg.broker.redis_url = url.to_string();
     }
 
-    let worker = tokio::spawn(secflow_worker::run_with_stats(
-        cfg,
-        Arc::clone(&stats),
-        stop.clone().cancelled_owned(),
-    ));
+    let run =
+        secflow_worker::run_with_stats(cfg, Arc::clone(&stats), stop.clone().cancelled_owned());
+    let worker = own_runtime(async move { run.await.map_err(anyhow::Error::from) });
     while WorkerStats::get(&stats.completed) == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }

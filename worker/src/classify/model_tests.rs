@@ -209,3 +209,28 @@ fn a_confident_model_overrules_a_built_in_rule_but_not_a_security_one_nor_an_ope
     let _ = std::fs::remove_file(&path);
     assert_eq!(ours.classify(&f).matched, "rule:mine");
 }
+
+#[test]
+fn a_firm_rule_stands_against_a_confident_model() {
+    let (m, _) = train(&corpus(), &[], &small()).unwrap();
+    let m = std::sync::Arc::new(m);
+    // A built-in rule matching the message, as it is and marked firm.
+    let rules = |firm: bool| {
+        let text = format!(
+            "version: 1\nrules:\n  - name: slow\n    class: transient\n    message: \"parser timed out\"\n    firm: {firm}\n"
+        );
+        let mut c = Classifier::defaults();
+        c.rules = super::RuleSet::new(super::rules::compile("test", &text).unwrap()).unwrap();
+        c.with_model(Some(m.clone()))
+    };
+    let f = Failure {
+        message: "field 7 of the input is malformed json, the parser timed out".into(),
+        ..Failure::default()
+    };
+    assert_eq!(rules(false).classify(&f).rule, "model_over_rule");
+    let firm = rules(true).classify(&f);
+    assert_eq!(
+        (firm.class, firm.matched.as_str()),
+        (ErrorClass::Transient, "rule:slow")
+    );
+}

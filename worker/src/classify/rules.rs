@@ -41,6 +41,10 @@ pub struct RuleSpec {
     /// `std::io::ErrorKind` names.
     #[serde(default)]
     pub io_kinds: Vec<String>,
+    /// A confident model may not overrule it: its conditions name the cause outright (the
+    /// shell's exit 127 is "command not found"). An operator's rules always stand anyway.
+    #[serde(default)]
+    pub firm: bool,
 }
 
 /// An HTTP status or a range of them.
@@ -67,13 +71,16 @@ pub struct Rule {
     pub(super) io_kinds: Vec<String>,
     /// A built-in rule (not one of an operator's `--rules` file).
     pub(super) built_in: bool,
+    /// Never overruled by the model.
+    pub(super) firm: bool,
 }
 
 impl Rule {
     /// Whether a confident model may overrule this rule: a built-in rule that does not answer
-    /// `security` (an operator's rules and security answers always stand).
+    /// `security` and is not firm (an operator's rules, firm rules and security answers always
+    /// stand).
     pub(super) fn yields_to_model(&self) -> bool {
-        self.built_in && self.class != ErrorClass::Security
+        self.built_in && !self.firm && self.class != ErrorClass::Security
     }
 }
 
@@ -143,6 +150,7 @@ pub fn compile(source: &str, text: &str) -> Result<Vec<Rule>, String> {
                 http_status,
                 io_kinds: spec.io_kinds,
                 built_in: true,
+                firm: spec.firm,
             })
         })
         .collect()
