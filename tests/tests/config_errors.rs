@@ -108,3 +108,11 @@ async fn unusable_trace_export_settings_stop_the_worker_naming_the_variable() {
         assert!(stderr.contains(bad.0), "{bad:?} is not named: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runtime_of_no_threads_stops_the_worker_naming_the_flag() {
+    let ns = TestNs::new().await;
+    let (code, stderr) = worker_fails(&ns, &["--runtime-threads", "0"]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("--runtime-threads"), "{stderr}");
+}

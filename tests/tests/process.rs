@@ -293,3 +293,28 @@ async fn a_graceful_stop_logs_no_error() {
     let errors: Vec<_> = lines.iter().filter(|l| l["level"] == "ERROR").collect();
     assert!(errors.is_empty(), "no error at a graceful stop: {errors:?}");
 }
+
+/// Proves: a worker whose own runtime has several threads (`--runtime-threads`) drains its
+/// queue like the default one-thread worker, each task completed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_several_runtime_threads_completes_every_task() {
+    let ns = TestNs::new().await;
+    let tap = ns.tap_events().await;
+    let ids = publish(&ns, &echoes(40)).await;
+    let mut child = ns.spawn_worker_process(&["--runtime-threads", "3"]);
+    tap.wait_until("all 40 tasks completed", Duration::from_secs(30), |ev| {
+        ev.iter().filter(|e| e.kind == "node.completed").count() >= 40
+    })
+    .await;
+    stop_gracefully(&mut child).await;
+    let completed: Vec<_> = tap
+        .of_kind("node.completed")
+        .into_iter()
+        .filter_map(|e| e.task_id)
+        .collect();
+    let mut sorted = completed.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(completed.len(), sorted.len(), "a task completed twice");
+    assert!(ids.iter().all(|id| sorted.contains(id)));
+}

@@ -14,6 +14,12 @@ struct Cli {
     /// Log format: json (default, for collectors) or text.
     #[arg(long, env = "SECFLOW_LOG_FORMAT", default_value = "json")]
     log_format: String,
+    /// Threads of the worker's own runtime (deliveries, claims, settlements, events, HTTP
+    /// endpoints). One is the least CPU per task; more let one process spend more than a core
+    /// on that work. Handlers run on a runtime of their own with a thread per core.
+    #[arg(long, env = "SECFLOW_RUNTIME_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    runtime_threads: u16,
 }
 
 #[derive(Subcommand)]
@@ -32,19 +38,25 @@ fn main() -> anyhow::Result<()> {
     {
         secflow_worker::handlers::shim::main();
     }
+    let cli = Cli::parse();
     // The worker's own work (deliveries, claims, settlements, events, heartbeats, its HTTP
-    // endpoints) is I/O on one thread: no cross-thread wake-ups or work stealing between its
-    // many small tasks, about a third less CPU per task than a thread per core (transport
-    // benchmark). Handlers that do real work run on a runtime of their own
+    // endpoints) is I/O: on one thread its many small tasks wake each other without crossing
+    // threads or stealing work, about a third less CPU per task than a thread per core
+    // (transport benchmark). Handlers that do real work run on a runtime of their own
     // (`fleet::watchdog::handlers`), with a thread per core.
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    let runtime = match cli.runtime_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(n))
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(run(cli))
 }
 
-async fn run() -> anyhow::Result<()> {
-    let mut cli = Cli::parse();
+async fn run(mut cli: Cli) -> anyhow::Result<()> {
     if cli.config.exec_shim.is_none() {
         // This very binary, even if the file was replaced or removed since it started.
         cli.config.exec_shim = Some("/proc/self/exe".into());
