@@ -12,7 +12,7 @@
 
 use futures_util::{StreamExt, stream};
 use lapin::{
-    BasicProperties, Connection,
+    BasicProperties,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
         QueueDeleteOptions,
@@ -93,15 +93,16 @@ async fn main() -> anyhow::Result<()> {
             }
             // Ceiling: the same body into a quorum queue, straight through the default exchange,
             // then through the tasks (topic) exchange the fleet uses.
-            results[0].push(bare_publish(&conn, "", &bare, n).await?);
-            results[1].push(bare_publish(&conn, &bare_topic, "builtin.noop", n).await?);
+            let url = &broker.amqp_url;
+            results[0].push(bare_publish(url, "", &bare, n).await?);
+            results[1].push(bare_publish(url, &bare_topic, "builtin.noop", n).await?);
             // The three drains take turns going first: the one right after the publishes
             // finds the broker still busy with them (a worker-only run drains twice as fast as
             // the same worker measured right after the bare loop's 100,000 messages), so a
             // fixed order would charge that to whichever always came first.
             for turn in 0..3 {
                 match (round + turn) % 3 {
-                    0 => results[2].push(bare_consume(&conn, &bare, 2 * n, prefetch).await?),
+                    0 => results[2].push(bare_consume(url, &bare, 2 * n, prefetch).await?),
                     1 => {
                         results[3].push(producer(&broker, n).await?);
                         results[4].push(worker(&ns, n, None, prefetch).await?);
@@ -158,63 +159,80 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A bare pipelined confirmed publish loop.
+/// A bare pipelined confirmed publish loop, on a connection and a runtime of its own like the
+/// producer's.
 async fn bare_publish(
-    conn: &Connection,
+    url: &str,
     exchange: &str,
     routing_key: &str,
     n: usize,
 ) -> anyhow::Result<f64> {
-    let body = TaskEnvelope::new("builtin.noop", serde_json::json!({})).to_body();
-    let publisher = Publisher::new(conn).await?;
-    let started = Instant::now();
-    let confirmed: Vec<_> = stream::iter(0..n)
-        .map(|_| {
-            publisher.publish(
-                exchange,
-                routing_key,
-                &body,
-                BasicProperties::default().with_delivery_mode(2),
-                true,
-            )
-        })
-        .buffer_unordered(WINDOW)
-        .collect()
-        .await;
-    let elapsed = started.elapsed();
-    confirmed.into_iter().collect::<Result<Vec<_>, _>>()?;
-    publisher.channel().close(200, "".into()).await?;
-    Ok(n as f64 / elapsed.as_secs_f64())
+    let (url, exchange, routing_key) = (
+        url.to_string(),
+        exchange.to_string(),
+        routing_key.to_string(),
+    );
+    own_runtime(async move {
+        let conn =
+            secflow_common::amqp::connect(&url, "secflow-bench-bare", Duration::from_secs(30))
+                .await?;
+        let body = TaskEnvelope::new("builtin.noop", serde_json::json!({})).to_body();
+        let publisher = Publisher::new(&conn).await?;
+        let started = Instant::now();
+        let confirmed: Vec<_> = stream::iter(0..n)
+            .map(|_| {
+                publisher.publish(
+                    &exchange,
+                    &routing_key,
+                    &body,
+                    BasicProperties::default().with_delivery_mode(2),
+                    true,
+                )
+            })
+            .buffer_unordered(WINDOW)
+            .collect()
+            .await;
+        let elapsed = started.elapsed();
+        confirmed.into_iter().collect::<Result<Vec<_>, _>>()?;
+        publisher.channel().close(200, "".into()).await?;
+        conn.close(200, "".into()).await?;
+        Ok(n as f64 / elapsed.as_secs_f64())
+    })
+    .await?
 }
 
-/// A bare consume + ack loop over `n` messages.
-async fn bare_consume(
-    conn: &Connection,
-    queue: &str,
-    n: usize,
-    prefetch: u16,
-) -> anyhow::Result<f64> {
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "bare".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let started = Instant::now();
-    for _ in 0..n {
-        let delivery = consumer
-            .next()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("bare consumer ended"))??;
-        delivery.acker.ack(BasicAckOptions::default()).await?;
-    }
-    let elapsed = started.elapsed();
-    ch.close(200, "".into()).await?;
-    Ok(n as f64 / elapsed.as_secs_f64())
+/// A bare consume + ack loop over `n` messages, on a connection and a runtime of its own like
+/// the worker's.
+async fn bare_consume(url: &str, queue: &str, n: usize, prefetch: u16) -> anyhow::Result<f64> {
+    let (url, queue) = (url.to_string(), queue.to_string());
+    own_runtime(async move {
+        let conn =
+            secflow_common::amqp::connect(&url, "secflow-bench-bare", Duration::from_secs(30))
+                .await?;
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let mut consumer = ch
+            .basic_consume(
+                queue.as_str().into(),
+                "bare".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let started = Instant::now();
+        for _ in 0..n {
+            let delivery = consumer
+                .next()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("bare consumer ended"))??;
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        let elapsed = started.elapsed();
+        ch.close(200, "".into()).await?;
+        conn.close(200, "".into()).await?;
+        Ok(n as f64 / elapsed.as_secs_f64())
+    })
+    .await?
 }
 
 /// `producer publish --type builtin.noop --count n`, through the same library call the CLI makes.
