@@ -564,6 +564,34 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The value of the unlabelled metric `name` on the `/metrics` of the process listening on
+/// `port` (`None`: no answer, or no such line).
+pub async fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, body) = http_get(port, "/metrics").await?;
+    body.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A child process SIGKILLed and reaped when dropped, so a test that fails half-way leaves
+/// none behind.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// SIGKILLs it now and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A plain HTTP/1.0 GET on loopback: (status, body), or `None` while nothing listens.
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     http_request(port, "GET", path, &[], "").await

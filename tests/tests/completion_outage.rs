@@ -5,47 +5,22 @@
 
 use secflow_common::TaskEnvelope;
 use secflow_tests::{
-    PrivateRedis, TestNs, completing_attempts, free_port, http_get, publish, redis_keys, wait_for,
-    wait_ready,
+    KillOnDrop, PrivateRedis, TestNs, completing_attempts, free_port, metric, publish, redis_keys,
+    wait_for, wait_ready,
 };
 use serde_json::json;
 use std::{path::PathBuf, time::Duration};
 
-/// A worker process, SIGKILLed on drop so a failed test leaves none behind.
-struct Worker(std::process::Child);
-
-impl Worker {
-    /// A worker on `ns` using `redis`, its metrics on `port`.
-    fn start(ns: &TestNs, redis: &PrivateRedis, port: u16) -> Self {
-        Self(ns.spawn_worker_process(&[
-            "--redis-url",
-            &redis.url(),
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-            "--exec-allow",
-            "sh",
-        ]))
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The value of gauge `name` on the worker's `/metrics` (`None`: no answer or no such line).
-async fn gauge(port: u16, name: &str) -> Option<f64> {
-    let (_, body) = http_get(port, "/metrics").await?;
-    body.lines()
-        .find(|l| l.split([' ', '{']).next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+/// A worker on `ns` using `redis`, its metrics on `port`.
+fn start_worker(ns: &TestNs, redis: &PrivateRedis, port: u16) -> KillOnDrop {
+    KillOnDrop(ns.spawn_worker_process(&[
+        "--redis-url",
+        &redis.url(),
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+        "--exec-allow",
+        "sh",
+    ]))
 }
 
 /// A file listing the task's runs (one line per start), removed on drop.
@@ -93,7 +68,7 @@ async fn complete_during_outage(
     wait_for(
         "the worker to wait for Redis with a completed task",
         Duration::from_secs(20),
-        || async { gauge(port, "secflow_completions_unrecorded").await == Some(1.0) },
+        || async { metric(port, "secflow_completions_unrecorded").await == Some(1.0) },
     )
     .await;
     id
@@ -102,7 +77,7 @@ async fn complete_during_outage(
 /// A worker on a private Redis that has completed a task while Redis was down, and waits.
 struct Scene {
     /// First, so it dies before its Redis and namespace go.
-    worker: Worker,
+    worker: KillOnDrop,
     redis: PrivateRedis,
     ns: TestNs,
     tap: secflow_tests::EventTap,
@@ -118,7 +93,7 @@ impl Scene {
         let tap = ns.tap_events().await;
         let runs = Runs::new(&ns);
         let port = free_port();
-        let worker = Worker::start(&ns, &redis, port);
+        let worker = start_worker(&ns, &redis, port);
         wait_ready("the worker", port).await;
         let id = complete_during_outage(&ns, &mut redis, port, &runs).await;
         Self {
@@ -162,7 +137,7 @@ async fn a_completion_waits_for_redis_and_is_reported_once() {
         "the delivery to be acked",
         Duration::from_secs(20),
         || async {
-            gauge(scene.port, "secflow_tasks_in_flight").await == Some(0.0)
+            metric(scene.port, "secflow_tasks_in_flight").await == Some(0.0)
                 && scene.ns.ready(&queue).await == 0
         },
     )
@@ -183,7 +158,7 @@ async fn a_worker_killed_before_redis_records_its_completion_reports_nothing() {
     let mut scene = Scene::start().await;
     scene.worker.kill();
     scene.redis.restart().await;
-    let _second = Worker::start(&scene.ns, &scene.redis, free_port());
+    let _second = start_worker(&scene.ns, &scene.redis, free_port());
     scene
         .tap
         .wait_completed(scene.id, Duration::from_secs(60))

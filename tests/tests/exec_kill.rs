@@ -3,7 +3,7 @@
 //! the 30 s lease).
 
 use secflow_common::TaskEnvelope;
-use secflow_tests::{TestNs, publish, stop_gracefully, wait_for};
+use secflow_tests::{KillOnDrop, TestNs, publish, stop_gracefully, wait_for};
 use serde_json::json;
 use std::{
     path::{Path, PathBuf},
@@ -27,16 +27,6 @@ fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .map(|s| s.lines().map(str::to_string).collect())
         .unwrap_or_default()
-}
-
-/// A worker process, SIGKILLed on drop so a failed test leaves none behind.
-struct Worker(std::process::Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A scratch directory for one test's marker files, removed on drop.
@@ -86,7 +76,7 @@ async fn sigkilled_workers_exec_child_dies_and_the_task_reruns_within_5s() {
     let task = TaskEnvelope::new("exec", json!({ "argv": ["sh", "-c", script] }));
     let id = publish(&ns, &[task]).await[0];
 
-    let mut first = Worker(ns.spawn_worker_process(&[]));
+    let mut first = KillOnDrop(ns.spawn_worker_process(&[]));
     wait_for(
         "the first run to start",
         Duration::from_secs(30),
@@ -94,7 +84,7 @@ async fn sigkilled_workers_exec_child_dies_and_the_task_reruns_within_5s() {
     )
     .await;
     // The second worker is up before the kill, so the measurement is of redelivery, not start-up.
-    let mut second = Worker(ns.spawn_worker_process(&[]));
+    let mut second = KillOnDrop(ns.spawn_worker_process(&[]));
     let queue = ns.topology().work_queue("default");
     wait_for(
         "the second worker to consume",
@@ -160,7 +150,7 @@ async fn a_program_that_ended_before_its_worker_died_is_not_run_again() {
     let scratch = Scratch::new(&ns);
     let effects = scratch.file("effects");
     let queue = ns.topology().work_queue("default");
-    let mut first = Worker(ns.spawn_worker_process(&[]));
+    let mut first = KillOnDrop(ns.spawn_worker_process(&[]));
     wait_for(
         "the first worker to consume",
         Duration::from_secs(30),
@@ -192,7 +182,7 @@ async fn a_program_that_ended_before_its_worker_died_is_not_run_again() {
     )
     .await;
     assert_eq!(lines(&effects), vec!["effect".to_string()]);
-    let mut second = Worker(ns.spawn_worker_process(&[]));
+    let mut second = KillOnDrop(ns.spawn_worker_process(&[]));
     wait_for(
         "the second worker to consume",
         Duration::from_secs(30),

@@ -5,7 +5,7 @@
 use secflow_common::events::TaskEvent;
 use secflow_producer::publish_tasks;
 use secflow_tests::{
-    TestNs, command,
+    KillOnDrop, TestNs, command,
     hooks::{
         Answer, HOOK_SECRET, HookReceiver, drain_noop, signature_valid, spawn_counted, webhook_file,
     },
@@ -17,16 +17,6 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     time::Duration,
 };
-
-/// A worker process, SIGKILLed on drop so a failed test leaves none behind.
-struct Worker(std::process::Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Proves: a recipe's `on_node_complete` and `on_workflow_complete` webhooks, to a receiver
 /// that answers 500 twice and 200 after, receive every node's completion and the run's end
@@ -142,7 +132,7 @@ async fn a_fleet_hook_outlives_a_killed_worker_and_its_marker_stops_a_third_deli
     .await;
     let hooks = webhook_file(&ns, &receiver.url(), "60s");
     let mut first =
-        Worker(ns.spawn_worker_process(&["--hooks", &hooks, "--hook-secret", HOOK_SECRET]));
+        KillOnDrop(ns.spawn_worker_process(&["--hooks", &hooks, "--hook-secret", HOOK_SECRET]));
     let task = publish_tasks(&ns.broker(), &request("builtin.echo", json!({"n": 1}), 1))
         .await
         .unwrap()[0];

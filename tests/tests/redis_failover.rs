@@ -6,7 +6,7 @@
 
 use secflow_producer::publish_tasks;
 use secflow_tests::{
-    EventTap, PrivateRedis, TestNs, command, completing_attempts, free_port, http_get,
+    EventTap, PrivateRedis, TestNs, command, completing_attempts, free_port, metric,
     redis_done_markers, request, stop_gracefully, wait_for, wait_ready,
 };
 use serde_json::json;
@@ -99,11 +99,9 @@ async fn ready_worker(ns: &TestNs, id: &str, redis_url: &str) -> (Child, u16) {
 
 /// Whether the worker with metrics on `port` says Redis is unreachable (`None`: no answer).
 async fn degraded(port: u16) -> Option<bool> {
-    let (_, body) = http_get(port, "/metrics").await?;
-    let line = body
-        .lines()
-        .find(|l| l.starts_with("secflow_redis_degraded"))?;
-    Some(line.trim_end().ends_with(" 1"))
+    metric(port, "secflow_redis_degraded")
+        .await
+        .map(|v| v == 1.0)
 }
 
 fn completed(events: &EventTap) -> usize {

@@ -3,7 +3,7 @@
 //! ends with the run's real outcome instead of an error.
 
 use secflow_producer::recipes::submit;
-use secflow_tests::{PrivateRabbit, TestNs, exit_status, recipe_file, wait_for};
+use secflow_tests::{KillOnDrop, PrivateRabbit, TestNs, exit_status, recipe_file, wait_for};
 use std::{
     io::BufRead,
     process::Stdio,
@@ -152,17 +152,4 @@ async fn watch_gives_up_after_an_outage_longer_than_the_connect_timeout() {
         "watch gave up {:?} after the broker stopped",
         stopped.elapsed()
     );
-}
-
-/// A child process killed if the test fails before it ends (a failed assertion must not leave
-/// a worker running, holding the test runner's output pipe).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }

@@ -194,11 +194,6 @@ impl Lease {
         recorded
     }
 
-    /// Whether the completing marker is recorded.
-    pub fn is_completing(&self) -> bool {
-        self.completing.load(Ordering::SeqCst)
-    }
-
     /// [`Self::completing`], tried again while Redis does not answer, for up to `wait` or until
     /// `stop`. A completion must not be reported before its marker is recorded: a copy of the
     /// task delivered after this attempt's worker died would find only the lease, take it
