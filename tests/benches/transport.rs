@@ -8,7 +8,8 @@
 //! (SECFLOW_BENCH_TASKS overrides 50,000 tasks, SECFLOW_BENCH_ROUNDS overrides 3 rounds;
 //! SECFLOW_BENCH_WORKER_ONLY=1 runs only the producer and the worker with Redis, for profiling;
 //! SECFLOW_BENCH_RUNTIME=multi runs the producer and the worker on a thread per core instead
-//! of one).
+//! of one). Besides the rates it prints the worker's CPU time and heap allocations per task
+//! (the bench counts its process's allocations: the worker runs in it).
 
 use futures_util::{StreamExt, stream};
 use lapin::{
@@ -23,10 +24,45 @@ use secflow_common::{TaskEnvelope, Topology, amqp::Publisher, config::BrokerArgs
 use secflow_producer::{PublishRequest, publish_tasks};
 use secflow_worker::{WorkerConfig, WorkerStats};
 use std::{
-    sync::Arc,
+    alloc::{GlobalAlloc, Layout, System},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 use tokio_util::sync::CancellationToken;
+
+/// Heap allocations made by this process so far (every thread): the worker's allocations per
+/// task are read from it while it drains.
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// The system allocator, counting calls that hand out memory (`alloc`, `realloc`).
+struct Counting;
+
+// SAFETY: every call is passed unchanged to the system allocator, which upholds the contract;
+// the counter only observes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's `layout` is passed on as received.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` with this `layout` (every allocation goes there).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `dealloc`; `new_size` is the caller's, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 /// Outstanding confirms of the bare publish loop (the producer uses the same window).
 const WINDOW: usize = 512;
@@ -297,21 +333,24 @@ async fn worker(ns: &str, n: usize, redis_url: Option<&str>, prefetch: u16) -> a
     }
     let started = Instant::now();
     let cpu_before = process_cpu();
+    let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
     while WorkerStats::get(&stats.completed) < n as u64 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed = started.elapsed();
     let cpu = process_cpu().saturating_sub(cpu_before);
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
     stop.cancel();
     worker.await??;
     eprintln!(
-        "  (worker at prefetch {prefetch}, Redis {}: {:.0} µs of this process's CPU per task)",
+        "  (worker at prefetch {prefetch}, Redis {}: {:.0} µs of this process's CPU and {:.0} heap allocations per task)",
         if redis_url.is_some() {
             "unreachable"
         } else {
             "on"
         },
-        cpu.as_secs_f64() * 1e6 / (n - 1) as f64
+        cpu.as_secs_f64() * 1e6 / (n - 1) as f64,
+        allocations as f64 / (n - 1) as f64
     );
     Ok((n - 1) as f64 / elapsed.as_secs_f64())
 }

@@ -299,13 +299,17 @@ impl Store {
         value: &str,
         ttl_ms: u64,
     ) -> Result<(), StoreError> {
-        let mut set = deadpool_redis::redis::cmd("SET");
-        set.arg(&key).arg(value).arg("PX").arg(ttl_ms);
-        self.command::<()>(&key, set).await
+        self.command::<()>(&key, set_command(&key, value, false, ttl_ms))
+            .await
     }
 
     fn key(&self, kind: &str, id: &str, suffix: &str) -> String {
-        format!("sf:{{{}:{kind}:{id}}}{suffix}", self.ns)
+        // Sized at once: a `format!` would grow its buffer a few times, for every key of every
+        // task.
+        let parts = ["sf:{", &self.ns, ":", kind, ":", id, "}", suffix];
+        let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        parts.iter().for_each(|p| key.push_str(p));
+        key
     }
 
     /// Claims a task for this attempt (`owner`) for `lease_ms`. The common case (nobody holds
@@ -319,13 +323,10 @@ impl Store {
         lease_ms: u64,
     ) -> Result<Claim, StoreError> {
         let key = self.key("task", task_id, "");
-        let mut set = deadpool_redis::redis::cmd("SET");
-        set.arg(&key)
-            .arg(format!("lease:{owner}"))
-            .arg("NX")
-            .arg("PX")
-            .arg(lease_ms);
-        let claimed: Option<String> = self.command(&key, set).await?;
+        let value = ["lease:", owner].concat();
+        let claimed: Option<String> = self
+            .command(&key, set_command(&key, &value, true, lease_ms))
+            .await?;
         if claimed.is_some() {
             return Ok(Claim::Claimed);
         }
@@ -333,7 +334,7 @@ impl Store {
             .run(
                 &self.scripts.claim,
                 &[&key],
-                &[&format!("lease:{owner}"), &lease_ms.to_string()],
+                &[&value, &lease_ms.to_string()],
             )
             .await?;
         if status == "claimed" {
@@ -420,8 +421,7 @@ impl Store {
         let key = self.key("task", task_id, "");
         let value = format!("done:{worker}/{}", uuid::Uuid::new_v4().simple());
         if !self.is_degraded() {
-            let mut set = deadpool_redis::redis::cmd("SET");
-            set.arg(&key).arg(&value).arg("NX").arg("PX").arg(ttl_ms);
+            let set = set_command(&key, &value, true, ttl_ms);
             match self.command::<Option<String>>(&key, set).await {
                 Ok(_) | Err(StoreError::Corrupted(_)) => return,
                 Err(StoreError::Degraded | StoreError::Unreachable(_)) => {}
@@ -496,4 +496,16 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// `SET key value [NX] PX ttl_ms`, its buffers sized at once (the command is built for every
+/// claim and marker of every task).
+fn set_command(key: &str, value: &str, nx: bool, ttl_ms: u64) -> deadpool_redis::redis::Cmd {
+    let mut set = deadpool_redis::redis::Cmd::with_capacity(6, key.len() + value.len() + 32);
+    set.arg("SET").arg(key).arg(value);
+    if nx {
+        set.arg("NX");
+    }
+    set.arg("PX").arg(ttl_ms);
+    set
 }

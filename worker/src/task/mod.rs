@@ -157,27 +157,37 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
             std::sync::atomic::Ordering::Relaxed,
         );
     }
-    // The attempt's span, in the trace the task was published under.
-    let kind = delivery
-        .properties
-        .kind()
-        .as_ref()
-        .map_or_else(|| delivery.routing_key.as_str(), |k| k.as_str())
-        .chars()
-        .take(128)
-        .collect::<String>();
-    let attempt = TraceSpan::start(
-        format!("task {kind}"),
-        trace::Kind::Consumer,
-        meta.parent.as_ref(),
-        vec![
-            KeyValue::new("messaging.system", "rabbitmq"),
-            KeyValue::new("messaging.operation.type", "process"),
-            KeyValue::new("secflow.worker", shared.settler.worker_id.clone()),
-            KeyValue::new("secflow.attempt", (meta.retry_count + 1) as i64),
-            KeyValue::new("secflow.retry_count", meta.retry_count as i64),
-        ],
-    );
+    // The attempt's span, in the trace the task was published under. Its name and attributes
+    // are built only when spans are exported: an unrecorded span drops them.
+    let attempt = if trace::exporting() {
+        let kind = delivery
+            .properties
+            .kind()
+            .as_ref()
+            .map_or_else(|| delivery.routing_key.as_str(), |k| k.as_str())
+            .chars()
+            .take(128)
+            .collect::<String>();
+        TraceSpan::start(
+            format!("task {kind}"),
+            trace::Kind::Consumer,
+            meta.parent.as_ref(),
+            vec![
+                KeyValue::new("messaging.system", "rabbitmq"),
+                KeyValue::new("messaging.operation.type", "process"),
+                KeyValue::new("secflow.worker", shared.settler.worker_id.clone()),
+                KeyValue::new("secflow.attempt", (meta.retry_count + 1) as i64),
+                KeyValue::new("secflow.retry_count", meta.retry_count as i64),
+            ],
+        )
+    } else {
+        TraceSpan::start(
+            "task",
+            trace::Kind::Consumer,
+            meta.parent.as_ref(),
+            Vec::new(),
+        )
+    };
     meta.trace = attempt.context().cloned();
     // Every line logged while this delivery is processed carries its trace, span, worker and
     // attempt; once the envelope is read, its task, run, node and type, and once decided its
