@@ -58,6 +58,11 @@ pub struct Transition {
     pub to: Mode,
     /// `shared` (Redis) or `local`.
     pub scope: &'static str,
+    /// The shared state's version this transition wrote (it grows by one with every change
+    /// while the state is kept): workers announce their own transitions on their own
+    /// connections, so the announcements of several workers may arrive in another order than
+    /// the one they were decided in, and this orders them. `None` for a local breaker.
+    pub version: Option<u64>,
 }
 
 impl Breakers {
@@ -173,7 +178,7 @@ impl Breakers {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let state = local.entry(service.to_string()).or_default();
                 let (next, verdict) = transition(state, input, now_ms, cfg);
-                self.changed(service, state.mode, next.mode, "local");
+                self.changed(service, state.mode, next.mode, "local", None);
                 set_state_gauge(service, next.mode);
                 *state = next;
                 verdict
@@ -221,7 +226,13 @@ impl Breakers {
                             "corrupted breaker state repaired: replaced by a fresh one"
                         );
                     }
-                    self.changed(service, current.mode, next.mode, "shared");
+                    self.changed(
+                        service,
+                        current.mode,
+                        next.mode,
+                        "shared",
+                        Some(version + 1),
+                    );
                     self.remember(service, next.mode, now_ms);
                     return Ok(verdict);
                 }
@@ -265,7 +276,14 @@ impl Breakers {
             .take()
     }
 
-    fn changed(&self, service: &str, from: Mode, to: Mode, scope: &'static str) {
+    fn changed(
+        &self,
+        service: &str,
+        from: Mode,
+        to: Mode,
+        scope: &'static str,
+        version: Option<u64>,
+    ) {
         if from == to {
             return;
         }
@@ -276,6 +294,7 @@ impl Breakers {
             from,
             to,
             scope,
+            version,
         });
     }
 }

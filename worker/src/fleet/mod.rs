@@ -140,6 +140,7 @@ impl Fleet {
                     "service": t.service,
                     "from": format!("{:?}", t.from).to_lowercase(),
                     "scope": t.scope,
+                    "version": t.version,
                 }));
                 let _ = fleet.announcer.publish(event).await;
             }
