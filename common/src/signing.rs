@@ -387,6 +387,34 @@ mod tests {
         );
     }
 
+    /// The signed bytes are a wire format (workers verify what producers of other versions
+    /// signed): pinned by HMACs computed outside this code over the documented framing,
+    /// `secflow-task-v1\nKEY_ID\nMESSAGE_ID\nBODY` and, with a trace context,
+    /// `secflow-task-v2\nKEY_ID\nMESSAGE_ID\nLEN:TRACEPARENT\n-\nBODY`.
+    #[test]
+    fn the_signed_bytes_are_fixed() {
+        let k = ring("k1:0123456789abcdef0123");
+        let signature =
+            |h: &FieldTable| crate::headers::get_str(Some(h), SIGNATURE).map(String::from);
+        let mut plain = FieldTable::default();
+        k.sign(&mut plain, "id", b"body");
+        assert_eq!(
+            signature(&plain).as_deref(),
+            Some("v1=f18290e72343dfbf8acbabd52808c4205fc4e516c8988716e70ac0610aef6b73")
+        );
+        let mut traced = FieldTable::default();
+        crate::headers::set_str(
+            &mut traced,
+            crate::trace::TRACEPARENT,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        k.sign(&mut traced, "id", b"body");
+        assert_eq!(
+            signature(&traced).as_deref(),
+            Some("v1=905df53dbf8a91308370152103ffa647bc7a75ed68761a776dfcb1f989d5948c")
+        );
+    }
+
     #[test]
     fn rotation_old_key_still_verifies_new_key_signs() {
         let old = ring("k1:0123456789abcdef0123");
