@@ -226,20 +226,14 @@ fn mac(
         for value in [trace.parent, trace.state] {
             match value {
                 Some(v) => {
-                    // `LEN:VALUE\n`, the length written without a heap allocation: this
-                    // runs for every delivery.
+                    // `LEN:VALUE\n`, the length formatted on the stack (this runs for every
+                    // delivery): a `usize` has at most 20 digits, so the write cannot fail.
                     let mut digits = [0u8; 20];
-                    let mut at = digits.len();
-                    let mut len = v.len();
-                    loop {
-                        at -= 1;
-                        digits[at] = b'0' + (len % 10) as u8;
-                        len /= 10;
-                        if len == 0 {
-                            break;
-                        }
-                    }
-                    mac.update(&digits[at..]);
+                    let room = digits.len();
+                    let mut free = &mut digits[..];
+                    let _ = std::io::Write::write_fmt(&mut free, format_args!("{}", v.len()));
+                    let written = room - free.len();
+                    mac.update(&digits[..written]);
                     mac.update(b":");
                     mac.update(v.as_bytes());
                     mac.update(b"\n");

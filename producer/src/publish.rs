@@ -167,15 +167,15 @@ async fn publish_each<'a>(
             let Some(task) = next.next() else { break };
             in_flight.push(async move {
                 // One trace per ad-hoc task, rooted in its publication.
-                let span = TraceSpan::start(
-                    format!("publish {}", task.node_type),
-                    Kind::Producer,
-                    None,
-                    vec![
-                        KeyValue::new("secflow.task_id", task.task_id.to_string()),
-                        KeyValue::new("secflow.task_type", task.node_type.clone()),
-                    ],
-                );
+                let span = TraceSpan::start_with(Kind::Producer, None, || {
+                    (
+                        format!("publish {}", task.node_type),
+                        vec![
+                            KeyValue::new("secflow.task_id", task.task_id.to_string()),
+                            KeyValue::new("secflow.task_type", task.node_type.clone()),
+                        ],
+                    )
+                });
                 let published = amqp::publish_task(publisher, topology, task, span.context()).await;
                 match &published {
                     Ok(()) => span.end("published", None),

@@ -35,6 +35,24 @@ impl std::fmt::Debug for TraceSpan {
 }
 
 impl TraceSpan {
+    /// Starts a span like [`TraceSpan::start`], calling `describe` for its name and attributes
+    /// only when spans are exported (an unrecorded span drops them): for spans started once per
+    /// task, where building them would cost allocations for nothing.
+    pub fn start_with<N: Into<std::borrow::Cow<'static, str>>>(
+        kind: Kind,
+        parent: Option<&TraceContext>,
+        describe: impl FnOnce() -> (N, Vec<KeyValue>),
+    ) -> Self {
+        if !super::export::exporting() {
+            return Self {
+                span: None,
+                context: Some(unrecorded(parent)),
+            };
+        }
+        let (name, attributes) = describe();
+        Self::start(name, kind, parent, attributes)
+    }
+
     /// Starts a span named `name` under `parent` (a new trace when `None`).
     pub fn start(
         name: impl Into<std::borrow::Cow<'static, str>>,

@@ -157,9 +157,8 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
             std::sync::atomic::Ordering::Relaxed,
         );
     }
-    // The attempt's span, in the trace the task was published under. Its name and attributes
-    // are built only when spans are exported: an unrecorded span drops them.
-    let attempt = if trace::exporting() {
+    // The attempt's span, in the trace the task was published under.
+    let attempt = TraceSpan::start_with(trace::Kind::Consumer, meta.parent.as_ref(), || {
         let kind = delivery
             .properties
             .kind()
@@ -168,10 +167,8 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
             .chars()
             .take(128)
             .collect::<String>();
-        TraceSpan::start(
+        (
             format!("task {kind}"),
-            trace::Kind::Consumer,
-            meta.parent.as_ref(),
             vec![
                 KeyValue::new("messaging.system", "rabbitmq"),
                 KeyValue::new("messaging.operation.type", "process"),
@@ -180,14 +177,7 @@ pub(crate) async fn process(shared: &Shared, delivery: Delivery, exclusive: bool
                 KeyValue::new("secflow.retry_count", meta.retry_count as i64),
             ],
         )
-    } else {
-        TraceSpan::start(
-            "task",
-            trace::Kind::Consumer,
-            meta.parent.as_ref(),
-            Vec::new(),
-        )
-    };
+    });
     meta.trace = attempt.context().cloned();
     // Every line logged while this delivery is processed carries its trace, span, worker and
     // attempt; once the envelope is read, its task, run, node and type, and once decided its
