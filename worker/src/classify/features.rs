@@ -70,89 +70,101 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     Fnv(0xcbf2_9ce4_8422_2325).bytes(bytes).0
 }
 
-/// Extracts the features of `f` into `mask + 1` buckets; `named` also records their names.
-pub fn extract(f: &Failure, mask: u32, named: bool) -> Features {
-    let mut out = Builder {
-        mask,
-        named,
-        feats: Features {
-            entries: Vec::with_capacity(f.message.len().min(4 * HEAD_TAIL_BYTES) * 4 + 16),
-            ..Features::default()
-        },
-        group_start: [0; 4],
-    };
-    let words = words(&clip(&f.message));
-    out.feats.has_text = !words.is_empty();
-    out.start(Group::Word);
-    for w in &words {
-        out.push(
-            Fnv::new(Group::Word).bytes(w.as_bytes()),
+/// Where extracted features go: a list of entries with their names (training, explanations,
+/// [`extract`]) or running sums per class (inference, the model's scorer).
+pub(super) trait Sink {
+    /// One feature of group `g` in `bucket`; `name` is asked for only by sinks that keep names.
+    fn feature(&mut self, g: Group, bucket: u32, name: impl FnOnce() -> String);
+}
+
+/// Walks the features of `f` (hashed into `mask + 1` buckets) into `sink`, in one pass over
+/// the words: each word, the bigram it ends, its character n-grams (until the message's cap),
+/// then the structural fields. Returns whether the message held a word.
+pub(super) fn walk(f: &Failure, mask: u32, sink: &mut impl Sink) -> bool {
+    let mut prev = String::new();
+    let mut char_grams = 0;
+    let mut any = false;
+    Words::default().each(&clip(&f.message), |w| {
+        sink.feature(
             Group::Word,
-            || w.clone(),
+            Fnv::new(Group::Word).bytes(w.as_bytes()).bucket(mask),
+            || w.to_string(),
         );
-    }
-    out.finish(Group::Word);
-    out.start(Group::Bigram);
-    for pair in words.windows(2) {
-        let h = Fnv::new(Group::Bigram)
-            .bytes(pair[0].as_bytes())
-            .bytes(b" ")
-            .bytes(pair[1].as_bytes());
-        out.push(h, Group::Bigram, || format!("{} {}", pair[0], pair[1]));
-    }
-    out.finish(Group::Bigram);
-    out.start(Group::Chars);
-    for w in words.iter().filter(|w| !w.starts_with('<')) {
-        if !char_ngrams(w, &mut out) {
-            break;
+        if any {
+            let h = Fnv::new(Group::Bigram)
+                .bytes(prev.as_bytes())
+                .bytes(b" ")
+                .bytes(w.as_bytes());
+            sink.feature(Group::Bigram, h.bucket(mask), || format!("{prev} {w}"));
         }
-    }
-    out.finish(Group::Chars);
-    out.start(Group::Structure);
+        if !w.starts_with('<') && char_grams < MAX_CHAR_GRAMS {
+            char_grams += char_ngrams(w, MAX_CHAR_GRAMS - char_grams, mask, sink);
+        }
+        any = true;
+        prev.clear();
+        prev.push_str(w);
+    });
     for field in fields(f) {
-        out.push(
-            Fnv::new(Group::Structure).bytes(field.as_bytes()),
-            Group::Structure,
-            || field.clone(),
-        );
+        let bucket = Fnv::new(Group::Structure)
+            .bytes(field.as_bytes())
+            .bucket(mask);
+        sink.feature(Group::Structure, bucket, || field.clone());
     }
-    out.finish(Group::Structure);
-    out.feats
+    any
 }
 
-/// Accumulates features group by group and scales each group to its weight.
-struct Builder {
-    mask: u32,
+/// Extracts the features of `f` into `mask + 1` buckets, group by group (words, bigrams,
+/// character n-grams, fields), each group scaled to its weight; `named` also records their
+/// names.
+pub fn extract(f: &Failure, mask: u32, named: bool) -> Features {
+    let mut groups = Groups {
+        named,
+        ..Groups::default()
+    };
+    let has_text = walk(f, mask, &mut groups);
+    let mut feats = Features {
+        entries: Vec::with_capacity(groups.entries.iter().map(Vec::len).sum()),
+        names: Vec::new(),
+        has_text,
+    };
+    for (g, (entries, names)) in groups.entries.into_iter().zip(groups.names).enumerate() {
+        if !entries.is_empty() {
+            let scale = group_scale(g, entries.len());
+            feats
+                .entries
+                .extend(entries.into_iter().map(|b| (b, scale)));
+            feats.names.extend(names);
+        }
+    }
+    feats
+}
+
+/// The value of each feature of group `g` when the group holds `n` of them: the group's weight
+/// spread so that the group has unit length times its weight.
+pub(super) fn group_scale(g: usize, n: usize) -> f32 {
+    GROUP_WEIGHT[g] / (n as f32).sqrt()
+}
+
+/// Features gathered per group (buckets, and names when asked for).
+#[derive(Default)]
+struct Groups {
     named: bool,
-    feats: Features,
-    group_start: [usize; 4],
+    entries: [Vec<u32>; 4],
+    names: [Vec<String>; 4],
 }
 
-impl Builder {
-    fn start(&mut self, g: Group) {
-        self.group_start[g as usize] = self.feats.entries.len();
-    }
-    fn push(&mut self, h: Fnv, g: Group, name: impl FnOnce() -> String) {
-        self.feats.entries.push((h.bucket(self.mask), 1.0));
+impl Sink for Groups {
+    fn feature(&mut self, g: Group, bucket: u32, name: impl FnOnce() -> String) {
+        self.entries[g as usize].push(bucket);
         if self.named {
-            self.feats
-                .names
-                .push(format!("{}:{}", GROUP_NAME[g as usize], name()));
-        }
-    }
-    fn finish(&mut self, g: Group) {
-        let part = &mut self.feats.entries[self.group_start[g as usize]..];
-        if !part.is_empty() {
-            let scale = GROUP_WEIGHT[g as usize] / (part.len() as f32).sqrt();
-            part.iter_mut().for_each(|e| e.1 = scale);
+            self.names[g as usize].push(format!("{}:{}", GROUP_NAME[g as usize], name()));
         }
     }
 }
 
-/// Pushes the n-grams of `word`; false once the message's cap is reached.
-fn char_ngrams(word: &str, out: &mut Builder) -> bool {
-    let room = MAX_CHAR_GRAMS
-        .saturating_sub(out.feats.entries.len() - out.group_start[Group::Chars as usize]);
+/// Feeds the 3-, 4- and 5-grams of `word` (marked `<word>`, its first [`MAX_NGRAM_WORD`]
+/// bytes) to `sink`, all the 3-grams first, at most `room` of them; returns how many.
+fn char_ngrams(word: &str, room: usize, mask: u32, sink: &mut impl Sink) -> usize {
     let bytes = word.as_bytes();
     let len = bytes.len().min(MAX_NGRAM_WORD);
     let mut buf = [0u8; MAX_NGRAM_WORD + 2];
@@ -160,15 +172,29 @@ fn char_ngrams(word: &str, out: &mut Builder) -> bool {
     buf[1..=len].copy_from_slice(&bytes[..len]);
     buf[len + 1] = b'>';
     let padded = &buf[..len + 2];
-    let grams = (3..=5).flat_map(|n| padded.windows(n));
-    let mut pushed = 0;
-    for gram in grams.take(room) {
-        out.push(Fnv::new(Group::Chars).bytes(gram), Group::Chars, || {
-            String::from_utf8_lossy(gram).into_owned()
-        });
-        pushed += 1;
+    // The hash of each n-gram extends the (n-1)-gram's at the same start by one byte.
+    let mut hashes = [Fnv::new(Group::Chars); MAX_NGRAM_WORD + 2];
+    for (i, h) in hashes.iter_mut().enumerate().take(padded.len()) {
+        *h = h.bytes(&padded[i..(i + 2).min(padded.len())]);
     }
-    pushed < room
+    let mut pushed = 0;
+    for n in 3..=5 {
+        if padded.len() < n {
+            break;
+        }
+        for start in 0..=padded.len() - n {
+            if pushed == room {
+                return pushed;
+            }
+            let gram = &padded[start..start + n];
+            hashes[start] = hashes[start].bytes(&gram[n - 1..]);
+            sink.feature(Group::Chars, hashes[start].bucket(mask), || {
+                String::from_utf8_lossy(gram).into_owned()
+            });
+            pushed += 1;
+        }
+    }
+    pushed
 }
 
 /// The structural fields as feature names.
@@ -219,37 +245,137 @@ fn clip(message: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// The normalised words of a message, placeholders included.
-pub fn words(message: &str) -> Vec<String> {
-    let mut out = Vec::with_capacity(message.len() / 4 + 1);
-    let mut chars = Vec::new();
-    for raw in message.split_whitespace() {
-        let token = raw
-            .trim_start_matches(|c: char| "\"'`([{<".contains(c))
-            .trim_end_matches(|c: char| "\"'`)]}>,;.:!?".contains(c));
-        if token.is_empty() {
-            continue;
-        }
-        if let Some(p) = placeholder(token) {
-            out.push(p.to_string());
-            continue;
-        }
-        split_words(token, &mut chars, &mut out);
-    }
+#[cfg(test)]
+fn words(message: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    Words::default().each(message, |w| out.push(w.to_string()));
     out
+}
+
+/// Scratch space for splitting a message into normalised words without allocating per word.
+#[derive(Default)]
+struct Words {
+    chars: Vec<char>,
+    word: String,
+}
+
+impl Words {
+    /// Calls `f` with each normalised word of `message`, placeholders included.
+    fn each(&mut self, message: &str, mut f: impl FnMut(&str)) {
+        const OPEN: &[char] = &['"', '\'', '`', '(', '[', '{', '<'];
+        const CLOSE: &[char] = &[
+            '"', '\'', '`', ')', ']', '}', '>', ',', ';', '.', ':', '!', '?',
+        ];
+        for raw in message.split_whitespace() {
+            let token = raw.trim_start_matches(OPEN).trim_end_matches(CLOSE);
+            if token.is_empty() {
+                continue;
+            }
+            if let Some(p) = placeholder(token) {
+                f(p);
+                continue;
+            }
+            if token.is_ascii() {
+                self.split_ascii(token, &mut f);
+            } else {
+                self.split(token, &mut f);
+            }
+        }
+    }
+
+    /// Splits a token on anything not alphanumeric and on camelCase boundaries, lowercases the
+    /// parts and masks numbers and ids.
+    fn split(&mut self, token: &str, f: &mut impl FnMut(&str)) {
+        for run in token.split(|c: char| !c.is_alphanumeric()) {
+            if run.is_empty() {
+                continue;
+            }
+            self.chars.clear();
+            self.chars.extend(run.chars());
+            let mut start = 0;
+            for i in 1..self.chars.len() {
+                let (prev, cur) = (self.chars[i - 1], self.chars[i]);
+                let next_lower = self.chars.get(i + 1).is_some_and(|c| c.is_lowercase());
+                // fooBar | HTTPError: a capital after a lowercase letter, or the last capital
+                // of a run of capitals followed by lowercase letters.
+                let boundary = cur.is_uppercase()
+                    && (prev.is_lowercase() || (prev.is_uppercase() && next_lower));
+                if boundary {
+                    emit(&mut self.word, &self.chars[start..i], f);
+                    start = i;
+                }
+            }
+            emit(&mut self.word, &self.chars[start..], f);
+        }
+    }
+
+    /// [`Words::split`] for an ASCII token (most of them), byte by byte: the same words.
+    fn split_ascii(&mut self, token: &str, f: &mut impl FnMut(&str)) {
+        for run in token.split(|c: char| !c.is_ascii_alphanumeric()) {
+            let b = run.as_bytes();
+            let mut start = 0;
+            for i in 1..b.len() {
+                let (prev, cur) = (b[i - 1], b[i]);
+                let next_lower = b.get(i + 1).is_some_and(u8::is_ascii_lowercase);
+                let boundary = cur.is_ascii_uppercase()
+                    && (prev.is_ascii_lowercase() || (prev.is_ascii_uppercase() && next_lower));
+                if boundary {
+                    emit_ascii(&mut self.word, &run[start..i], f);
+                    start = i;
+                }
+            }
+            if start < b.len() {
+                emit_ascii(&mut self.word, &run[start..], f);
+            }
+        }
+    }
+}
+
+/// Lowercases `chars` into `word`, masks it and hands it to `f`.
+fn emit(word: &mut String, chars: &[char], f: &mut impl FnMut(&str)) {
+    word.clear();
+    word.extend(chars.iter().flat_map(|c| c.to_lowercase()));
+    let digits = chars.iter().filter(|c| c.is_ascii_digit()).count();
+    mask(word, digits, chars.len());
+    f(word);
+}
+
+/// [`emit`] for an ASCII part.
+fn emit_ascii(word: &mut String, part: &str, f: &mut impl FnMut(&str)) {
+    word.clear();
+    word.push_str(part);
+    word.make_ascii_lowercase();
+    let digits = part.bytes().filter(u8::is_ascii_digit).count();
+    mask(word, digits, part.len());
+    f(word);
 }
 
 /// The placeholder a whole token stands for: a URL, an IP address, a path or a UUID.
 fn placeholder(token: &str) -> Option<&'static str> {
-    if token.contains("://") || token.starts_with("www.") {
+    let b = token.as_bytes();
+    // One pass counts what the tests below need: most tokens are plain words and leave here.
+    let (mut slashes, mut dots, mut colons) = (0, 0, 0);
+    for c in b {
+        match c {
+            b'/' => slashes += 1,
+            b'.' => dots += 1,
+            b':' => colons += 1,
+            _ => {}
+        }
+    }
+    if slashes == 0 && dots == 0 && colons == 0 && b.len() != 36 {
+        return None;
+    }
+    if b.windows(3).any(|w| w == b"://") || token.starts_with("www.") {
         return Some("<url>");
     }
-    if is_ip(token) {
+    // An address has three dots (IPv4) or two colons (IPv6) at least.
+    if (dots >= 3 || colons >= 2) && is_ip(token) {
         return Some("<ip>");
     }
-    if token.len() == 36 && token.bytes().filter(|b| *b == b'-').count() == 4 && is_hexish(token) {
+    if b.len() == 36 && b.iter().filter(|c| **c == b'-').count() == 4 && is_hexish(token) {
         return Some("<id>");
     }
-    let slashes = token.bytes().filter(|b| *b == b'/').count();
     if token.starts_with('/') || token.starts_with("~/") || token.starts_with("./") || slashes >= 2
     {
         return Some("<path>");
@@ -286,58 +412,31 @@ fn is_ip(token: &str) -> bool {
         && core.bytes().any(|b| b.is_ascii_hexdigit())
 }
 
-/// Splits a token on anything not alphanumeric and on camelCase boundaries, lowercases the
-/// parts and masks numbers and ids.
-fn split_words(token: &str, chars: &mut Vec<char>, out: &mut Vec<String>) {
-    for run in token.split(|c: char| !c.is_alphanumeric()) {
-        if run.is_empty() {
-            continue;
-        }
-        chars.clear();
-        chars.extend(run.chars());
-        let mut start = 0;
-        for i in 1..chars.len() {
-            let (prev, cur) = (chars[i - 1], chars[i]);
-            let next_lower = chars.get(i + 1).is_some_and(|c| c.is_lowercase());
-            // fooBar | HTTPError: a capital after a lowercase letter, or the last capital of a
-            // run of capitals followed by lowercase letters.
-            let boundary =
-                cur.is_uppercase() && (prev.is_lowercase() || (prev.is_uppercase() && next_lower));
-            if boundary {
-                out.push(mask(&chars[start..i]));
-                start = i;
-            }
-        }
-        out.push(mask(&chars[start..]));
-    }
-}
-
-/// A lowercase word, or its placeholder: `<num>` for numbers longer than 3 digits (shorter ones
-/// are status codes, errnos and exit codes, kept), `<hex>` for hex ids, `<id>` for long
-/// mixed ids.
-fn mask(chars: &[char]) -> String {
-    let digits = chars.iter().filter(|c| c.is_ascii_digit()).count();
-    if digits == chars.len() {
-        return if digits <= 3 {
-            chars.iter().collect()
-        } else {
-            "<num>".into()
-        };
-    }
-    let word: String = chars.iter().flat_map(|c| c.to_lowercase()).collect();
-    if digits > 0 {
+/// A lowercase word (`word`, of `len` characters, `digits` of them ASCII digits), or its
+/// placeholder: `<num>` for numbers longer than 3 digits (shorter ones are status codes, errnos
+/// and exit codes, kept), `<hex>` for hex ids, `<id>` for long mixed ids.
+fn mask(word: &mut String, digits: usize, len: usize) {
+    let placeholder = if digits == len {
+        (digits > 3).then_some("<num>")
+    } else if digits > 0 {
         let hex = word.bytes().all(|b| b.is_ascii_hexdigit());
         let hex_prefixed = word.len() > 2
             && word.starts_with("0x")
             && word[2..].bytes().all(|b| b.is_ascii_hexdigit());
         if (hex && word.len() >= 4) || hex_prefixed {
-            return "<hex>".into();
+            Some("<hex>")
+        } else if word.len() >= 8 && digits >= 3 {
+            Some("<id>")
+        } else {
+            None
         }
-        if word.len() >= 8 && digits >= 3 {
-            return "<id>".into();
-        }
+    } else {
+        None
+    };
+    if let Some(p) = placeholder {
+        word.clear();
+        word.push_str(p);
     }
-    word
 }
 
 #[cfg(test)]
@@ -368,6 +467,31 @@ mod tests {
             words("job-a1b2c3z4y5 k2 ipv4")[..],
             ["job", "<id>", "k2", "ipv4"]
         );
+    }
+
+    #[test]
+    fn ascii_tokens_split_as_the_general_path_splits_them() {
+        let tokens = [
+            "HTTPError",
+            "fooBarBAZQux",
+            "snake_case_name",
+            "k8s-job-a1b2c3z4y5",
+            "0x7ffd12",
+            "ERR_CONNECTION_RESET",
+            "x",
+            "ABC",
+            "12345",
+            "tlsv1.3",
+            "IOError:ENOSPC",
+        ];
+        for token in tokens {
+            let (mut general, mut ascii) = (Vec::new(), Vec::new());
+            let mut w = Words::default();
+            w.split(token, &mut |x: &str| general.push(x.to_string()));
+            w.split_ascii(token, &mut |x: &str| ascii.push(x.to_string()));
+            assert_eq!(general, ascii, "{token}");
+            assert!(!ascii.is_empty(), "{token}");
+        }
     }
 
     #[test]

@@ -348,10 +348,33 @@ impl Model {
 
     /// The verdict on `f`, or `None` when its message holds no word to judge.
     pub fn predict(&self, f: &Failure) -> Option<Prediction> {
-        let feats = self.features(f, false);
-        feats
-            .has_text
-            .then(|| self.decide(&self.probabilities(&feats)))
+        if self.compact.is_empty() {
+            let feats = self.features(f, false);
+            return feats
+                .has_text
+                .then(|| self.decide(&self.probabilities(&feats)));
+        }
+        // A loaded model scores as it extracts: per group, the sum of its features' quantised
+        // weights (exact integers), scaled once the group's size is known. No feature list.
+        let mut scorer = Scorer {
+            table: &self.compact,
+            counts: [0; 4],
+            sums: [[0; ROW]; 4],
+        };
+        if !features::walk(f, self.mask, &mut scorer) {
+            return None;
+        }
+        let mut z = self.bias.clone();
+        for (g, (n, sums)) in scorer.counts.iter().zip(&scorer.sums).enumerate() {
+            if *n > 0 {
+                let scale = features::group_scale(g, *n as usize) * self.compact_scale;
+                z.iter_mut()
+                    .zip(sums)
+                    .for_each(|(z, s)| *z += *s as f32 * scale);
+            }
+        }
+        softmax(&mut z);
+        Some(self.decide(&z))
     }
 
     /// The answer for class probabilities: `security` when its probability reaches
@@ -419,6 +442,27 @@ impl Model {
                 contribution: round(x, 4),
             })
             .collect()
+    }
+}
+
+/// Running per-group sums of a compact table's rows: inference without a feature list.
+struct Scorer<'a> {
+    table: &'a [i8],
+    counts: [u32; 4],
+    sums: [[i32; ROW]; 4],
+}
+
+impl features::Sink for Scorer<'_> {
+    fn feature(&mut self, g: features::Group, bucket: u32, _name: impl FnOnce() -> String) {
+        let g = g as usize;
+        self.counts[g] += 1;
+        let at = bucket as usize * ROW;
+        if let Some(row) = self.table.get(at..at + ROW) {
+            self.sums[g]
+                .iter_mut()
+                .zip(row)
+                .for_each(|(s, q)| *s += i32::from(*q));
+        }
     }
 }
 

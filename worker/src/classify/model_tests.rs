@@ -173,6 +173,32 @@ fn the_built_in_model_loads_with_every_class() {
 }
 
 #[test]
+fn scoring_while_extracting_gives_the_feature_lists_probabilities() {
+    let m = Model::embedded().expect("worker/rules/model.json parses");
+    let messages = [
+        "curl: (7) Failed to connect to 10.0.0.12:443 after 30001 ms: Connection refused",
+        "HTTPError 429 TooManyRequests: rate limit exceeded, retry after 30s",
+        "sandbox escape attempt: write to /etc/passwd blocked by seccomp",
+        "Fehler: Verbindung zurückgesetzt — „peer“ closed ÜBER TLS",
+        "x",
+    ];
+    for (i, message) in messages.iter().enumerate() {
+        let f = Failure {
+            message: message.to_string(),
+            exit_code: Some(i as i32),
+            http_status: (i % 2 == 0).then_some(503),
+            ..Failure::default()
+        };
+        let listed = m.decide(&m.probabilities(&m.features(&f, false)));
+        let scored = m.predict(&f).expect("the message has words");
+        assert_eq!((scored.class, scored.best), (listed.class, listed.best), "{message}");
+        assert!((scored.confidence - listed.confidence).abs() < 1e-5, "{message}");
+        assert!((scored.security - listed.security).abs() < 1e-5, "{message}");
+    }
+    assert!(m.predict(&Failure::default()).is_none(), "no words, no verdict");
+}
+
+#[test]
 fn a_confident_model_overrules_a_built_in_rule_but_not_a_security_one_nor_an_operators() {
     let (m, _) = train(&corpus(), &[], &small()).unwrap();
     let m = std::sync::Arc::new(m);

@@ -1,7 +1,7 @@
 //! Classification rules as written in YAML, and their compiled form: a few [`RegexSet`]s over
 //! every rule's message regex, so that a message is scanned a few times for all of them.
 
-use regex::{RegexBuilder, RegexSet, RegexSetBuilder};
+use regex::{RegexBuilder, RegexSet, RegexSetBuilder, SetMatches};
 use secflow_common::ErrorClass;
 use serde::Deserialize;
 
@@ -217,13 +217,24 @@ impl RuleSet {
     }
 
     /// The first rule whose every condition holds for `message` and the fields `other` checks.
+    ///
+    /// A rule's other conditions are checked before its message regex, and a set is searched
+    /// only when a rule that needs it is reached: a message an early rule takes is not scanned
+    /// by the later sets.
     pub fn first(&self, message: &str, other: impl Fn(&Rule) -> bool) -> Option<&Rule> {
-        let hits: Vec<_> = self.sets.iter().map(|s| s.matches(message)).collect();
-        let matched = |i: usize| hits[i / PATTERNS_PER_SET].matched(i % PATTERNS_PER_SET);
+        let mut hits: Vec<Option<SetMatches>> = vec![None; self.sets.len()];
         self.rules
             .iter()
             .zip(&self.slot)
-            .find(|(r, slot)| slot.is_none_or(matched) && other(r))
+            .find(|(r, slot)| {
+                other(r)
+                    && slot.is_none_or(|i| {
+                        let set = i / PATTERNS_PER_SET;
+                        hits[set]
+                            .get_or_insert_with(|| self.sets[set].matches(message))
+                            .matched(i % PATTERNS_PER_SET)
+                    })
+            })
             .map(|(r, _)| r)
     }
 }
