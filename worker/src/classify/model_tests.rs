@@ -191,11 +191,24 @@ fn scoring_while_extracting_gives_the_feature_lists_probabilities() {
         };
         let listed = m.decide(&m.probabilities(&m.features(&f, false)));
         let scored = m.predict(&f).expect("the message has words");
-        assert_eq!((scored.class, scored.best), (listed.class, listed.best), "{message}");
-        assert!((scored.confidence - listed.confidence).abs() < 1e-5, "{message}");
-        assert!((scored.security - listed.security).abs() < 1e-5, "{message}");
+        assert_eq!(
+            (scored.class, scored.best),
+            (listed.class, listed.best),
+            "{message}"
+        );
+        assert!(
+            (scored.confidence - listed.confidence).abs() < 1e-5,
+            "{message}"
+        );
+        assert!(
+            (scored.security - listed.security).abs() < 1e-5,
+            "{message}"
+        );
     }
-    assert!(m.predict(&Failure::default()).is_none(), "no words, no verdict");
+    assert!(
+        m.predict(&Failure::default()).is_none(),
+        "no words, no verdict"
+    );
 }
 
 #[test]
