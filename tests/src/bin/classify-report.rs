@@ -5,7 +5,7 @@
 //! rules, `--misses` lists every wrong answer (and names the security false negatives,
 //! otherwise only counted). `--cv K` cross-validates instead: the files are
 //! pooled, split into K stratified folds, and each fold is classified by the rules with a model
-//! trained on the other folds (default options, or `--epochs`, `--l2`, `--lr`); the figures are over all the folds.
+//! trained on the other folds (default options, or `--epochs`, `--l2`, `--lr`, `--buckets`); the figures are over all the folds.
 //! `--across FILE` scores across files instead: a model trained on the other files (same
 //! options) behind the rules, on FILE alone, which is closer to unseen messages than folds that
 //! split a format between training and scoring.
@@ -18,7 +18,7 @@ use secflow_worker::classify::{
 };
 use std::{fmt::Write, sync::Arc};
 
-const USAGE: &str = "usage: classify-report [--model FILE] [--rules FILE] [--model-only] [--misses] [--cv K | --across FILE] [--epochs N] [--l2 X] [--lr X] CORPUS.yaml...";
+const USAGE: &str = "usage: classify-report [--model FILE] [--rules FILE] [--model-only] [--misses] [--cv K | --across FILE] [--epochs N] [--l2 X] [--lr X] [--buckets N] CORPUS.yaml...";
 
 /// What the fleet does about a class.
 fn action(c: ErrorClass) -> &'static str {
@@ -60,12 +60,23 @@ fn parse_args() -> Result<Opts, String> {
             "--rules" => o.rules = Some(args.next().ok_or("--rules needs a file")?),
             "--model-only" => o.model_only = true,
             "--misses" => o.misses = true,
-            "--epochs" | "--l2" | "--lr" => {
+            "--epochs" | "--l2" | "--lr" | "--buckets" => {
                 let v = args.next().ok_or(format!("{a} needs a number"))?;
                 let bad = || format!("{a} `{v}` is not a number");
                 match a.as_str() {
                     "--epochs" => o.train.epochs = v.parse().map_err(|_| bad())?,
                     "--l2" => o.train.l2 = v.parse().map_err(|_| bad())?,
+                    "--buckets" => {
+                        o.train.buckets = v
+                            .parse()
+                            .ok()
+                            .filter(|b: &u32| b.is_power_of_two() && (1 << 8..=1 << 22).contains(b))
+                            .ok_or_else(|| {
+                                format!(
+                                    "--buckets `{v}` is not a power of two between 256 and 4194304"
+                                )
+                            })?
+                    }
                     _ => o.train.learning_rate = v.parse().map_err(|_| bad())?,
                 }
             }
