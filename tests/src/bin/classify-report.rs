@@ -8,7 +8,7 @@
 //! trained on the other folds (default options, or `--epochs`, `--l2`, `--lr`, `--buckets`); the figures are over all the folds.
 //! `--across FILE` scores across files instead: a model trained on the other files (same
 //! options) behind the rules, on FILE alone, which is closer to unseen messages than folds that
-//! split a format between training and scoring.
+//! split a format between training and scoring; with `--model-only`, that model alone.
 
 use secflow_common::ErrorClass;
 use secflow_worker::classify::{
@@ -97,11 +97,11 @@ fn parse_args() -> Result<Opts, String> {
         return Err(USAGE.into());
     }
     let trains = o.cv.is_some() || o.across.is_some();
-    if trains && (o.model.is_some() || o.model_only) {
-        return Err(
-            "--cv and --across train their own models: they take neither --model nor --model-only"
-                .into(),
-        );
+    if trains && o.model.is_some() {
+        return Err("--cv and --across train their own models: they take no --model".into());
+    }
+    if o.cv.is_some() && o.model_only {
+        return Err("--model-only goes with --across, not --cv".into());
     }
     if o.cv.is_some() && o.across.is_some() {
         return Err("--cv and --across are two different measures: give one".into());
@@ -148,7 +148,12 @@ fn main() {
             let scored: Vec<(Example, Classification)> = load_examples(scored_file)?
                 .into_iter()
                 .map(|e| {
-                    let c = classifier.classify(&e.failure());
+                    let f = e.failure();
+                    let c = if o.model_only {
+                        classifier.classify_by_model(&f)
+                    } else {
+                        classifier.classify(&f)
+                    };
                     (e, c)
                 })
                 .collect();

@@ -273,7 +273,11 @@ impl Words {
             }
             if let Some(p) = placeholder(token) {
                 f(p);
-                continue;
+                // A path's words say whose it is (`/etc/...`, a task's `inputs/...`): they
+                // follow its placeholder.
+                if p != "<path>" {
+                    continue;
+                }
             }
             if token.is_ascii() {
                 self.split_ascii(token, &mut f);
@@ -452,7 +456,7 @@ mod tests {
         assert_eq!(
             w.join(" "),
             "curl 7 failed to connect to <ip> after <num> ms connection reset error at <url> \
-             id <hex> <hex> <hex> <hex> <num> <hex> <path>"
+             id <hex> <hex> <hex> <hex> <num> <hex> <path> tmp a b"
         );
         assert_eq!(
             words("HTTPError TypeError ENOSPC tlsv1")[..],

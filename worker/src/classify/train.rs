@@ -90,10 +90,10 @@ impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
             buckets: 1 << 16,
-            epochs: 40,
+            epochs: 80,
             seed: 0x5ec_f10e,
             learning_rate: 0.5,
-            l2: 1e-4,
+            l2: 2e-6,
         }
     }
 }
