@@ -66,17 +66,8 @@ fn parse_args() -> Result<Opts, String> {
                 match a.as_str() {
                     "--epochs" => o.train.epochs = v.parse().map_err(|_| bad())?,
                     "--l2" => o.train.l2 = v.parse().map_err(|_| bad())?,
-                    "--buckets" => {
-                        o.train.buckets = v
-                            .parse()
-                            .ok()
-                            .filter(|b: &u32| b.is_power_of_two() && (1 << 8..=1 << 22).contains(b))
-                            .ok_or_else(|| {
-                                format!(
-                                    "--buckets `{v}` is not a power of two between 256 and 4194304"
-                                )
-                            })?
-                    }
+                    // The size itself is checked by the trainer, with the worker's own message.
+                    "--buckets" => o.train.buckets = v.parse().map_err(|_| bad())?,
                     _ => o.train.learning_rate = v.parse().map_err(|_| bad())?,
                 }
             }
