@@ -27,6 +27,7 @@ done
 python3 tests/corpus/check.py >/dev/null
 python3 tests/corpus/check.py tests/corpus/train.yaml tests/corpus/heldout2.yaml --apart-from tests/corpus/heldout.yaml >/dev/null
 python3 tests/corpus/check.py tests/corpus/train.yaml tests/corpus/heldout3.yaml --apart-from tests/corpus/heldout.yaml --apart-from tests/corpus/heldout2.yaml >/dev/null
+python3 tests/corpus/audit.py >/dev/null
 bash scripts/check-k8s.sh   # Dockerfile, compose, kustomize overlays against the stored schemas
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
