@@ -166,12 +166,16 @@ fn count_ticks(
         .collect();
     let mut settled_now: BTreeMap<String, u64> = BTreeMap::new();
     for r in records {
-        // First sight: a baseline, not a burst of everything it ever did.
-        let (done, failed, settled) = state
-            .prev
-            .get(&r.live)
-            .copied()
-            .unwrap_or((r.done, r.failed, r.settled));
+        // First sight: a baseline, not a burst of everything it ever did; but a worker that
+        // started within the window did all it counts within the window, so its outcomes all
+        // count (else a burst it settled before its first heartbeat was seen would be lost).
+        // Its settled count stays a baseline: the drain rate is measured between two sightings.
+        let young = now.saturating_sub(r.started_ms) <= window_ms;
+        let (done, failed, settled) = state.prev.get(&r.live).copied().unwrap_or(if young {
+            (0, 0, r.settled)
+        } else {
+            (r.done, r.failed, r.settled)
+        });
         let tick = ticks.entry(r.pool.clone()).or_insert(zero);
         tick.done += r.done.saturating_sub(done);
         tick.failed += r.failed.saturating_sub(failed);
@@ -359,5 +363,52 @@ fn signals(
             })
             .map(|r| r.id.clone())
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(live: &str, started_ms: u64, done: u64, failed: u64) -> WorkerRecord {
+        WorkerRecord {
+            id: live.into(),
+            live: live.into(),
+            pool: "default".into(),
+            version: String::new(),
+            host: String::new(),
+            pid: 1,
+            started_ms,
+            last_beat_ms: started_ms,
+            beat_ms: 1_000,
+            in_flight: 0,
+            done,
+            failed,
+            rss_bytes: 0,
+            level: secflow_common::control::Level::default(),
+            state: "consuming".into(),
+            max_rss_bytes: 0,
+            open_breakers: Vec::new(),
+            queue_wait_ms: 0,
+            queue_wait_at_ms: 0,
+            settled: done + failed,
+        }
+    }
+
+    #[test]
+    fn a_young_worker_s_first_outcomes_count_and_an_old_one_s_are_a_baseline() {
+        let now = 10_000_000;
+        let mut state = State::default();
+        // Started 1 s ago, within the 4 s window: its 60 failures happened in the window.
+        let young = record("young", now - 1_000, 0, 60);
+        // Started an hour ago: what it did before this controller saw it is history.
+        let old = record("old", now - 3_600_000, 500, 40);
+        count_ticks(&mut state, &[young.clone(), old.clone()], now, 4_000);
+        assert_eq!(state.history["default"].totals(), (0, 60));
+        // Seen again with 5 more failures each: only the differences count.
+        let young = record("young", now - 1_000, 0, 65);
+        let old = record("old", now - 3_600_000, 500, 45);
+        count_ticks(&mut state, &[young, old], now + 1_000, 4_000);
+        assert_eq!(state.history["default"].totals(), (0, 70));
     }
 }
