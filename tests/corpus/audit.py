@@ -64,14 +64,15 @@ def main(argv):
     elif len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2
+    rows = load_rows()
     files = {}
-    for name in sorted({r[0] for r in load_rows()}):
+    for name in sorted({r[0] for r in rows}):
         entries, problems, _ = check.load(os.path.join(HERE, name))
         if problems:
             raise SystemExit("\n".join(problems))
         files[name] = dict(entries)
     items = []
-    for name, line, digest, a, b in load_rows():
+    for name, line, digest, a, b in rows:
         e = files[name].get(line)
         if e is None or hashlib.sha256(e["message"].encode()).hexdigest()[:12] != digest:
             raise SystemExit(f"{name}:{line}: the held-out line changed since the audit")

@@ -403,7 +403,7 @@ mod tests {
         let young = record("young", now - 1_000, 0, 60);
         // Started an hour ago: what it did before this controller saw it is history.
         let old = record("old", now - 3_600_000, 500, 40);
-        count_ticks(&mut state, &[young.clone(), old.clone()], now, 4_000);
+        count_ticks(&mut state, &[young, old], now, 4_000);
         assert_eq!(state.history["default"].totals(), (0, 60));
         // Seen again with 5 more failures each: only the differences count.
         let young = record("young", now - 1_000, 0, 65);
