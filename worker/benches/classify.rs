@@ -2,7 +2,8 @@
 //! and train*.yaml) classified one at a time, many rounds, reporting p50 / p99 / max per
 //! message for the whole classifier (rules, then the model), for the model alone, and for the
 //! messages no rule matches; then a 64 KiB stderr. Run with `cargo bench -p secflow-worker
-//! --bench classify` (optimised build).
+//! --bench classify` (optimised build). `SECFLOW_BENCH_SLOWEST=N` prints instead the N
+//! messages slowest to classify, each timed on its own (median of 21, caches warm).
 
 use secflow_worker::classify::{Classification, Classifier, Failure, train::load_examples};
 use std::{hint::black_box, time::Instant};
@@ -58,6 +59,37 @@ fn measure(
     );
 }
 
+/// The `n` messages slowest to classify (median over `rounds`), slowest first, with their
+/// length and the answer's source.
+fn slowest(classifier: &Classifier, failures: &[Failure], rounds: usize, n: usize) {
+    let mut timed: Vec<(u128, &Failure)> = failures
+        .iter()
+        .map(|f| {
+            let mut t: Vec<u128> = (0..rounds)
+                .map(|_| {
+                    let start = Instant::now();
+                    black_box(classifier.classify(black_box(f)));
+                    start.elapsed().as_nanos()
+                })
+                .collect();
+            t.sort_unstable();
+            (t[rounds / 2], f)
+        })
+        .collect();
+    timed.sort_by_key(|t| std::cmp::Reverse(t.0));
+    for (nanos, f) in timed.iter().take(n) {
+        let c = classifier.classify(f);
+        let head: String = f.message.chars().take(100).collect();
+        println!(
+            "{:>8.2} µs {:>5} bytes {:<24} {}",
+            *nanos as f64 / 1000.0,
+            f.message.len(),
+            c.matched,
+            head.replace('\n', " ")
+        );
+    }
+}
+
 fn main() {
     let classifier = Classifier::defaults();
     let rules_only = Classifier::defaults().with_model(None);
@@ -72,6 +104,13 @@ fn main() {
         all.len(),
         unmatched.len()
     );
+    if let Some(n) = std::env::var("SECFLOW_BENCH_SLOWEST")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        slowest(&classifier, &all, 21, n);
+        return;
+    }
     measure("classify (rules, then model)", &all, ROUNDS, |f| {
         classifier.classify(f)
     });

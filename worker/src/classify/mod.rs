@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cv;
 mod features;
 pub mod model;
+mod prefilter;
 mod rules;
 pub mod train;
 
