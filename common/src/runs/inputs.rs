@@ -10,7 +10,7 @@ use uuid::Uuid;
 impl RunStore {
     /// The outputs recorded for `node` when it succeeded.
     pub async fn recorded_output(&self, run: Uuid, node: &str) -> Result<Option<Value>, RunError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let raw: Option<String> = deadpool_redis::redis::cmd("HGET")
             .arg(self.key(&run.to_string(), "outputs"))
             .arg(node)
@@ -31,7 +31,7 @@ impl RunStore {
             .collect();
         let mut outputs: HashMap<String, Value> = HashMap::new();
         if !upstreams.is_empty() {
-            let mut conn = self.pool.get().await?;
+            let mut conn = self.conn().await?;
             let raw: Vec<Option<String>> = deadpool_redis::redis::cmd("HMGET")
                 .arg(self.key(&run.to_string(), "outputs"))
                 .arg(&upstreams)

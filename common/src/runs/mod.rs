@@ -79,6 +79,12 @@ impl RunStore {
         })
     }
 
+    /// A pooled connection. Boxed: the pool's future (which may open a connection) is several
+    /// kilobytes, which every caller's state would otherwise hold inline and copy at each move.
+    async fn conn(&self) -> Result<deadpool_redis::Connection, deadpool_redis::PoolError> {
+        Box::pin(self.pool.get()).await
+    }
+
     fn key(&self, run: &str, part: &str) -> String {
         format!("sf:{{{}:run:{run}}}:{part}", self.ns)
     }
@@ -227,7 +233,7 @@ impl RunStore {
         for key in self.keys(&run_id.to_string()) {
             pipe.expire(key, RUN_TTL_SECS);
         }
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         pipe.query_async::<()>(&mut conn).await?;
         let roots = stored
             .into_iter()
@@ -238,7 +244,7 @@ impl RunStore {
 
     /// The hooks `run` was submitted with, still sealed (`None`: none, or the run is unknown).
     pub async fn hooks(&self, run: &str) -> Result<Option<SealedHooks>, RunError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let raw: Option<String> = conn.get(self.key(run, "hooks")).await?;
         raw.map(|r| serde_json::from_str(&r).map_err(|e| RunError::Corrupt(format!("hooks: {e}"))))
             .transpose()
@@ -288,7 +294,7 @@ impl RunStore {
                 "0"
             })
             .arg(RUN_TTL_SECS);
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let (ready, status, already, findings, created, name): (
             String,
             String,
@@ -317,7 +323,7 @@ impl RunStore {
             invocation.key(k);
         }
         invocation.arg(node).arg(RUN_TTL_SECS);
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let rewound: i64 = invocation.invoke_async(&mut conn).await?;
         Ok(match rewound {
             1 => Rewind::Rewound,
@@ -333,7 +339,7 @@ impl RunStore {
     pub async fn reported(&self, run: &str, node: &str) -> Result<Option<NodeEnd>, RunError> {
         let mut invocation = self.reported.prepare_invoke();
         invocation.key(self.key(run, "state")).arg(node);
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let (report, status, findings, created, name): (String, String, u64, u64, String) =
             invocation.invoke_async(&mut conn).await?;
         let end = NodeEnd {
@@ -352,14 +358,14 @@ impl RunStore {
     pub async fn end_reported(&self, run: &str) -> Result<(), RunError> {
         let mut invocation = self.end_reported.prepare_invoke();
         invocation.key(self.key(run, "state"));
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         invocation.invoke_async::<()>(&mut conn).await?;
         Ok(())
     }
 
     /// Confirms that the dependents `node_end` returned for `node` were published.
     pub async fn published(&self, run: &str, node: &str) -> Result<(), RunError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         conn.hdel::<_, _, ()>(self.key(run, "unpublished"), node)
             .await?;
         Ok(())
@@ -370,7 +376,7 @@ impl RunStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let raw: Vec<Option<String>> = deadpool_redis::redis::cmd("HMGET")
             .arg(self.key(run, "nodes"))
             .arg(ids)
@@ -387,7 +393,7 @@ impl RunStore {
 
     /// Deletes a run's keys (tests).
     pub async fn delete(&self, run: &str) -> Result<(), RunError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         conn.del::<_, ()>(self.keys(run).to_vec()).await?;
         Ok(())
     }

@@ -24,14 +24,14 @@ impl RunStore {
         for key in self.keys(run) {
             pipe.expire(key, RUN_TTL_SECS);
         }
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         pipe.query_async::<()>(&mut conn).await?;
         Ok(true)
     }
 
     /// Whether `run` was cancelled.
     pub async fn is_cancelled(&self, run: &str) -> Result<bool, RunError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         Ok(conn.hexists(self.key(run, "state"), "_cancelled").await?)
     }
 
@@ -49,7 +49,7 @@ impl RunStore {
 
     /// The state of every node of `run`.
     pub async fn status(&self, run: &str) -> Result<RunStatus, RunError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let state: HashMap<String, String> = conn.hgetall(self.key(run, "state")).await?;
         if state.is_empty() {
             return Err(RunError::UnknownRun(run.to_string()));
@@ -93,21 +93,21 @@ impl RunStore {
 
     /// The trace context `run` was submitted under (`None`: none recorded).
     pub async fn trace(&self, run: &str) -> Result<Option<crate::trace::TraceContext>, RunError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let raw: Option<String> = conn.hget(self.key(run, "state"), "_trace").await?;
         Ok(raw.and_then(|t| crate::trace::TraceContext::parse(&t, None)))
     }
 
     /// The cached output for `key` (see [`TaskEnvelope::cache_key`]).
     pub async fn cached(&self, key: &str) -> Result<Option<Value>, RunError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         let raw: Option<String> = conn.get(format!("sf:{{{}:cache:{key}}}", self.ns)).await?;
         Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
     }
 
     /// Caches a successful output under `key`.
     pub async fn cache(&self, key: &str, output: &Value) -> Result<(), RunError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn().await?;
         conn.set_ex::<_, _, ()>(
             format!("sf:{{{}:cache:{key}}}", self.ns),
             output.to_string(),

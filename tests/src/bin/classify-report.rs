@@ -207,6 +207,9 @@ fn report(scored: &[(Example, Classification)], o: &Opts, file: &str, out: &mut 
     let mut confusion = [[0usize; 7]; 7];
     let mut by_matched: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
     let (mut unknown, mut sec_fn, mut action_right) = (0, Vec::new(), 0);
+    // Of those, the ones answered with a class that is retried: the worst miss, a security
+    // event run again instead of stopped.
+    let mut sec_retried = 0;
     for (e, c) in scored {
         confusion[idx(e.class)][idx(c.class)] += 1;
         let kind = if c.matched.starts_with("rule:") {
@@ -237,6 +240,7 @@ fn report(scored: &[(Example, Classification)], o: &Opts, file: &str, out: &mut 
         unknown += usize::from(c.class == ErrorClass::Unknown);
         action_right += usize::from(action(c.class) == action(e.class));
         if e.class == ErrorClass::Security && c.class != ErrorClass::Security {
+            sec_retried += usize::from(matches!(action(c.class), "retry" | "retry once"));
             sec_fn.push(format!(
                 "{} as {}",
                 e.message.lines().next().unwrap_or(""),
@@ -306,6 +310,10 @@ fn report(scored: &[(Example, Classification)], o: &Opts, file: &str, out: &mut 
     );
     let _ = writeln!(out, "unknown rate: {unknown}/{n} ({:.1}%)", pct(unknown, n));
     let _ = writeln!(out, "security false negatives: {}", sec_fn.len());
+    let _ = writeln!(
+        out,
+        "  of which answered with a class that is retried: {sec_retried}"
+    );
     // Their text only with --misses: a held-out file's figures must not show its messages.
     for s in sec_fn.iter().filter(|_| o.misses) {
         let _ = writeln!(out, "  {s}");

@@ -103,11 +103,13 @@ impl Settler {
                 })
                 .await
             }
+            // The republishing paths are boxed: each holds a publish future of kilobytes
+            // that would otherwise weigh on every settlement's state, completions too.
             Disposition::Retry { delay, error } => {
-                self.retry(delivery, task, meta, *delay, error).await
+                Box::pin(self.retry(delivery, task, meta, *delay, error)).await
             }
             Disposition::DeadLetter { reason, error } => {
-                self.dead_letter(delivery, task, meta, *reason, error).await
+                Box::pin(self.dead_letter(delivery, task, meta, *reason, error)).await
             }
             Disposition::Cancelled(error) => {
                 self.emit("node.cancelled", task, meta, |e| {
@@ -115,13 +117,12 @@ impl Settler {
                 })
                 .await
             }
-            Disposition::HandBack => self.hand_back(delivery, meta).await,
+            Disposition::HandBack => Box::pin(self.hand_back(delivery, meta)).await,
             Disposition::Defer { delay, reason } => {
-                self.defer(delivery, task, meta, *delay, reason, true).await
+                Box::pin(self.defer(delivery, task, meta, *delay, reason, true)).await
             }
             Disposition::Hold { delay, reason } => {
-                self.defer(delivery, task, meta, *delay, reason, false)
-                    .await
+                Box::pin(self.defer(delivery, task, meta, *delay, reason, false)).await
             }
             Disposition::Duplicate => Ok(()),
         };

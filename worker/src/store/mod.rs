@@ -189,9 +189,12 @@ impl Store {
             invocation.arg(*a);
         }
         let key = keys.first().copied().unwrap_or_default();
-        self.guarded(key, |mut conn| async move {
+        // Boxed: the client's script call is a future of several kilobytes, which every
+        // caller's state (a task's whole pipeline) would otherwise hold inline and copy at
+        // each move, on every delivery, though scripts run only on conflicts and renewals.
+        Box::pin(self.guarded(key, |mut conn| async move {
             invocation.invoke_async::<T>(&mut conn).await
-        })
+        }))
         .await
     }
 
@@ -287,7 +290,10 @@ impl Store {
         if let Some(conn) = shared.as_ref() {
             return Ok(conn.clone());
         }
-        let conn = Connection::take(self.pool.get().await.map_err(|e| e.to_string())?);
+        // Boxed: taking a connection from the pool may open one, a future of several
+        // kilobytes that every Redis call's state (and so every task's) would otherwise hold
+        // inline and copy at each move, though it runs only when there is none yet.
+        let conn = Connection::take(Box::pin(self.pool.get()).await.map_err(|e| e.to_string())?);
         *shared = Some(conn.clone());
         Ok(conn)
     }
@@ -508,4 +514,36 @@ fn set_command(key: &str, value: &str, nx: bool, ttl_ms: u64) -> deadpool_redis:
     }
     set.arg("PX").arg(ttl_ms);
     set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every delivery awaits these calls, so each parent future (up to the task's whole
+    /// pipeline) holds their state inline and copies it at each move: a connection being opened
+    /// or a script being run (rare paths) must stay behind a box, not in every task's state.
+    #[test]
+    fn per_task_calls_are_small_futures() {
+        let store = Store::new("redis://127.0.0.1:1/", "ns", Arc::default()).unwrap();
+        let sizes = [
+            (
+                "claim",
+                std::mem::size_of_val(&store.claim("t", "o", 1_000)),
+            ),
+            (
+                "renew",
+                std::mem::size_of_val(&store.renew("t", "o", 1_000)),
+            ),
+            ("release", std::mem::size_of_val(&store.release("t", "o"))),
+            (
+                "completing",
+                std::mem::size_of_val(&store.completing("t", "o", 1_000)),
+            ),
+        ];
+        for (call, size) in sizes {
+            eprintln!("{call}: {size} bytes");
+            assert!(size < 2_048, "Store::{call} is a {size}-byte future");
+        }
+    }
 }

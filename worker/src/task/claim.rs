@@ -42,7 +42,9 @@ pub(super) async fn claim(
                 tracing::debug!(task_id, ?refused, "not running the task now");
                 Err(End::with(task, disposition))
             }
-            None => Err(report_again(shared, task, meta, refused).await),
+            // Boxed: a rare path whose state (a run's records) would otherwise weigh on
+            // every delivery's.
+            None => Err(Box::pin(report_again(shared, task, meta, refused)).await),
         },
         // Its key holds unusable state: whether it ran is unknown, so it does not run. Only
         // this task is affected (the store has logged and counted it).

@@ -43,9 +43,14 @@ pub enum Prepared {
 /// and the nodes its failure skipped back to waiting. A store error is logged and the node
 /// runs; its end is recorded (or retried) as usual.
 pub async fn prepare(runs: &RunStore, task: &TaskEnvelope) -> Prepared {
-    let Some(run) = task.run_id else {
-        return Prepared::Run;
-    };
+    match task.run_id {
+        // Boxed (see `advance`).
+        Some(run) => Box::pin(prepare_node(runs, task, run)).await,
+        None => Prepared::Run,
+    }
+}
+
+async fn prepare_node(runs: &RunStore, task: &TaskEnvelope, run: uuid::Uuid) -> Prepared {
     let run_key = run.to_string();
     match runs.rewind(&run_key, &task.node_id).await {
         Ok(Rewind::Rewound) => {
@@ -84,9 +89,20 @@ pub async fn finish_recorded(
     task: &TaskEnvelope,
     retry: &(dyn Fn(TaskError) -> Disposition + Sync),
 ) -> Disposition {
-    let Some(run) = task.run_id else {
-        return Disposition::Duplicate;
-    };
+    match task.run_id {
+        // Boxed (see `advance`).
+        Some(run) => Box::pin(finish_recorded_node(runs, settler, task, run, retry)).await,
+        None => Disposition::Duplicate,
+    }
+}
+
+async fn finish_recorded_node(
+    runs: &RunStore,
+    settler: &Settler,
+    task: &TaskEnvelope,
+    run: uuid::Uuid,
+    retry: &(dyn Fn(TaskError) -> Disposition + Sync),
+) -> Disposition {
     tracing::info!(task_id = %task.task_id, %run, node = %task.node_id, "node already recorded as succeeded: not running it again");
     let recorded = runs.recorded_output(run, &task.node_id).await;
     let nothing = NodeOutcome {
@@ -179,9 +195,35 @@ pub async fn advance(
     record: Option<&NodeRecord>,
     retry: &(dyn Fn(TaskError) -> Disposition + Sync),
 ) -> Disposition {
-    let Some(run) = task.run_id else {
-        return disposition;
-    };
+    match task.run_id {
+        // Boxed: a run's bookkeeping is a future of kilobytes (its Redis calls), which every
+        // delivery's state would otherwise hold inline and copy at each move, ad-hoc tasks
+        // too; a node of a run pays one allocation instead.
+        Some(run) => {
+            Box::pin(advance_node(
+                runs,
+                settler,
+                task,
+                run,
+                disposition,
+                record,
+                retry,
+            ))
+            .await
+        }
+        None => disposition,
+    }
+}
+
+async fn advance_node(
+    runs: &RunStore,
+    settler: &Settler,
+    task: &TaskEnvelope,
+    run: uuid::Uuid,
+    disposition: Disposition,
+    record: Option<&NodeRecord>,
+    retry: &(dyn Fn(TaskError) -> Disposition + Sync),
+) -> Disposition {
     let disposition = check_outputs(runs, task, disposition, record).await;
     let disposition = check_and_cache(runs, task, disposition, record).await;
     let end = match &disposition {
@@ -320,6 +362,19 @@ mod tests {
     use super::*;
     use crate::disposition::decide;
     use secflow_common::retry::RetryPolicy;
+
+    /// Every delivery awaits `advance` and `prepare`, ad-hoc tasks too: a run's bookkeeping (its
+    /// Redis calls, kilobytes of state) stays behind a box instead of in every task's state.
+    #[test]
+    fn run_bookkeeping_is_not_in_every_tasks_state() {
+        let runs = RunStore::new("redis://127.0.0.1:1/", "ns").unwrap();
+        let task = TaskEnvelope::new("builtin.noop", serde_json::Value::Null);
+        let prepare = std::mem::size_of_val(&prepare(&runs, &task));
+        let cached = std::mem::size_of_val(&cached_output(&runs, &task));
+        eprintln!("prepare {prepare}, cached_output {cached}");
+        assert!(prepare < 1_024, "prepare is a {prepare}-byte future");
+        assert!(cached < 1_024, "cached_output is a {cached}-byte future");
+    }
 
     #[test]
     fn an_unreachable_run_store_retries_a_node_only_within_its_policy() {
