@@ -2,7 +2,10 @@
 //! confirmed publish, consume + ack, on quorum queues) and SecFlow itself (`producer publish`
 //! and one `worker` draining no-op tasks), and prints each rate and its ratio to the ceiling.
 //! Each figure is the median of several rounds, the loops interleaved so machine noise hits
-//! all of them alike.
+//! all of them alike. Every loop is timed over the same phase: the publishers from their first
+//! publish to their last confirm, the consumers from their first ack or completion, each after
+//! its connection is set up; `producer publish, end to end` also counts the producer's
+//! envelopes, connection, topology and close.
 //!
 //! `cargo bench -p secflow-tests --bench transport`
 //! (SECFLOW_BENCH_TASKS overrides 50,000 tasks, SECFLOW_BENCH_ROUNDS overrides 3 rounds;
@@ -21,7 +24,7 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString},
 };
 use secflow_common::{TaskEnvelope, Topology, amqp::Publisher, config::BrokerArgs};
-use secflow_producer::{PublishRequest, publish_tasks};
+use secflow_producer::{PublishRequest, publish::publish_envelopes};
 use secflow_worker::{WorkerConfig, WorkerStats};
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -119,11 +122,13 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     for prefetch in PREFETCHES {
-        let mut results: [Vec<f64>; 6] = Default::default();
+        let mut results: [Vec<f64>; 7] = Default::default();
         for round in 0..rounds {
             if worker_only {
                 // For profiling the worker: only it (with Redis) and the producer feeding it.
-                results[3].push(producer(&broker, n).await?);
+                let (rate, end_to_end) = producer(&broker, n).await?;
+                results[3].push(rate);
+                results[6].push(end_to_end);
                 results[4].push(worker(&ns, n, None, prefetch).await?);
                 continue;
             }
@@ -140,13 +145,17 @@ async fn main() -> anyhow::Result<()> {
                 match (round + turn) % 3 {
                     0 => results[2].push(bare_consume(url, &bare, 2 * n, prefetch).await?),
                     1 => {
-                        results[3].push(producer(&broker, n).await?);
+                        let (rate, end_to_end) = producer(&broker, n).await?;
+                        results[3].push(rate);
+                        results[6].push(end_to_end);
                         results[4].push(worker(&ns, n, None, prefetch).await?);
                     }
                     // The same worker with Redis unreachable: local breakers, no idempotency
                     // checks, to show what the shared state costs.
                     _ => {
-                        results[3].push(producer(&broker, n).await?);
+                        let (rate, end_to_end) = producer(&broker, n).await?;
+                        results[3].push(rate);
+                        results[6].push(end_to_end);
                         results[5].push(worker(&ns, n, Some(NO_REDIS), prefetch).await?);
                     }
                 }
@@ -161,7 +170,15 @@ async fn main() -> anyhow::Result<()> {
                 last(5)
             );
         }
-        let [direct, topic, consume, producer, worker, worker_local] = results.map(median);
+        let [
+            direct,
+            topic,
+            consume,
+            producer,
+            worker,
+            worker_local,
+            end_to_end,
+        ] = results.map(median);
 
         println!(
             "transport benchmark: {n} messages, median of {rounds} rounds, prefetch {prefetch}, confirm window {WINDOW}"
@@ -173,6 +190,10 @@ async fn main() -> anyhow::Result<()> {
             "  secflow  producer publish                          {producer:>8.0} msg/s  {:>5.1}% of the topic-route ceiling, {:>5.1}% of the default-exchange one (target >= 95%)",
             100.0 * producer / topic,
             100.0 * producer / direct
+        );
+        println!(
+            "  secflow  producer publish, end to end              {end_to_end:>8.0} msg/s  {:>5.1}% of the topic-route ceiling (with its envelopes, connection, topology and close)",
+            100.0 * end_to_end / topic
         );
         println!(
             "  secflow  worker, breaker + idempotency in Redis    {worker:>8.0} msg/s  {:>5.1}% of the consume ceiling (target >= 85% at prefetch 64, >= 95% at 256)",
@@ -272,7 +293,7 @@ async fn bare_consume(url: &str, queue: &str, n: usize, prefetch: u16) -> anyhow
 }
 
 /// `producer publish --type builtin.noop --count n`, through the same library call the CLI makes.
-async fn producer(broker: &BrokerArgs, n: usize) -> anyhow::Result<f64> {
+async fn producer(broker: &BrokerArgs, n: usize) -> anyhow::Result<(f64, f64)> {
     let req = PublishRequest {
         node_type: "builtin.noop".into(),
         config: serde_json::json!({}),
@@ -281,9 +302,23 @@ async fn producer(broker: &BrokerArgs, n: usize) -> anyhow::Result<f64> {
         timeout_ms: None,
     };
     let broker = broker.clone();
-    let started = Instant::now();
-    let ids = own_runtime(async move { Ok(publish_tasks(&broker, &req).await?) }).await??;
-    Ok(ids.len() as f64 / started.elapsed().as_secs_f64())
+    own_runtime(async move {
+        let started = Instant::now();
+        let tasks = req.envelopes()?;
+        let (conn, topology) = secflow_producer::connect(&broker, "secflow-bench-producer").await?;
+        let publisher =
+            Publisher::for_tasks(&conn, broker.keyring()?, broker.max_message_bytes).await?;
+        let publishing = Instant::now();
+        let ids = publish_envelopes(&publisher, &topology, &tasks).await?;
+        let published = publishing.elapsed();
+        secflow_common::amqp::close(&conn, "bench done").await;
+        let n = ids.len() as f64;
+        Ok((
+            n / published.as_secs_f64(),
+            n / started.elapsed().as_secs_f64(),
+        ))
+    })
+    .await?
 }
 
 /// Runs `run` on a runtime of its own, as the binaries run themselves: one thread (or a
