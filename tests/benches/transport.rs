@@ -2,10 +2,10 @@
 //! confirmed publish, consume + ack, on quorum queues) and SecFlow itself (`producer publish`
 //! and one `worker` draining no-op tasks), and prints each rate and its ratio to the ceiling.
 //! Each figure is the median of several rounds, the loops interleaved so machine noise hits
-//! all of them alike. Every loop is timed over the same phase: the publishers from their first
-//! publish to their last confirm, the consumers from their first ack or completion, each after
-//! its connection is set up; `producer publish, end to end` also counts the producer's
-//! envelopes, connection, topology and close.
+//! all of them alike. Set-up is left out of every figure: the publishers are timed from their
+//! first publish to their last confirm, the bare consumer from its registration, the worker from
+//! its first completion; `producer publish, end to end` also counts the producer's envelopes,
+//! connection, topology and close.
 //!
 //! `cargo bench -p secflow-tests --bench transport`
 //! (SECFLOW_BENCH_TASKS overrides 50,000 tasks, SECFLOW_BENCH_ROUNDS overrides 3 rounds;
@@ -292,7 +292,9 @@ async fn bare_consume(url: &str, queue: &str, n: usize, prefetch: u16) -> anyhow
     .await?
 }
 
-/// `producer publish --type builtin.noop --count n`, through the same library call the CLI makes.
+/// `producer publish --type builtin.noop --count n`: the producer's own publish path (the one
+/// `publish_tasks`, which the CLI calls, runs once connected), timed from the first publish to
+/// the last confirm; and the same end to end, with its envelopes, connection, topology and close.
 async fn producer(broker: &BrokerArgs, n: usize) -> anyhow::Result<(f64, f64)> {
     let req = PublishRequest {
         node_type: "builtin.noop".into(),

@@ -363,8 +363,9 @@ mod tests {
     use crate::disposition::decide;
     use secflow_common::retry::RetryPolicy;
 
-    /// Every delivery awaits `advance` and `prepare`, ad-hoc tasks too: a run's bookkeeping (its
-    /// Redis calls, kilobytes of state) stays behind a box instead of in every task's state.
+    /// Every delivery awaits `prepare` and `cached_output` (and `advance`, built the same way),
+    /// ad-hoc tasks too: a run's bookkeeping (its Redis calls, kilobytes of state) stays behind
+    /// a box instead of in every task's state.
     #[test]
     fn run_bookkeeping_is_not_in_every_tasks_state() {
         let runs = RunStore::new("redis://127.0.0.1:1/", "ns").unwrap();
