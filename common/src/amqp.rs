@@ -340,6 +340,26 @@ pub async fn publish_task(
     task: &crate::TaskEnvelope,
     trace: Option<&crate::trace::TraceContext>,
 ) -> Result<()> {
+    let (body, props) = task_message(publisher, task, trace)?;
+    publisher
+        .publish(
+            &topology.tasks_exchange(),
+            &task.node_type,
+            &body,
+            props,
+            true,
+        )
+        .await
+}
+
+/// The message [`publish_task`] sends for `task`: its body and properties (message id, type,
+/// `trace` in its headers, the signature when the publisher has keys), or why it may not be
+/// sent (over the size limit).
+pub fn task_message(
+    publisher: &Publisher,
+    task: &crate::TaskEnvelope,
+    trace: Option<&crate::trace::TraceContext>,
+) -> Result<(Vec<u8>, BasicProperties)> {
     let body = task.to_body();
     if body.len() > publisher.max_message_bytes {
         return Err(Error::TooLarge {
@@ -357,15 +377,7 @@ pub async fn publish_task(
         signer.sign(&mut headers, &message_id, &body);
     }
     let props = json_properties(&message_id, headers).with_type(task.node_type.as_str().into());
-    publisher
-        .publish(
-            &topology.tasks_exchange(),
-            &task.node_type,
-            &body,
-            props,
-            true,
-        )
-        .await
+    Ok((body, props))
 }
 
 /// Looks `queue` up with a passive declare on a channel of its own, closed afterwards: the broker

@@ -1,10 +1,13 @@
-//! Transport benchmark: on one broker, in one run, measures the ceiling (bare lapin loops:
-//! confirmed publish, consume + ack, on quorum queues) and SecFlow itself (`producer publish`
-//! and one `worker` draining no-op tasks), and prints each rate and its ratio to the ceiling.
-//! Each figure is the median of several rounds, the loops interleaved so machine noise hits
-//! all of them alike. Set-up is left out of every figure: the publishers are timed from their
-//! first publish to their last confirm, the bare consumer from its registration, the worker from
-//! its first completion; `producer publish, end to end` also counts the producer's envelopes,
+//! Transport benchmark: on one broker, in one run, measures the ceiling (bare lapin loops on the
+//! same exchange and queue SecFlow uses: a confirmed publish of the producer's own messages,
+//! built beforehand, into the work queue; a consume + ack of them from it) and SecFlow itself
+//! (`producer publish` and one `worker` draining no-op tasks), and prints each rate and its
+//! ratio to the ceiling. The earlier ceiling (a plain body without headers into a quorum queue
+//! without the work queue's arguments) is printed beside it for comparison. Each figure is the
+//! median of several rounds, the loops interleaved so machine noise hits all of them alike.
+//! Set-up is left out of every figure: the publishers are timed from their first publish to
+//! their last confirm, the bare consumer from its registration, the worker from its first
+//! completion; `producer publish, end to end` also counts the producer's envelopes,
 //! connection, topology and close.
 //!
 //! `cargo bench -p secflow-tests --bench transport`
@@ -23,7 +26,12 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable, LongString},
 };
-use secflow_common::{TaskEnvelope, Topology, amqp::Publisher, config::BrokerArgs};
+use secflow_common::{
+    TaskEnvelope, Topology,
+    amqp::Publisher,
+    config::BrokerArgs,
+    trace::{Kind, TraceSpan},
+};
 use secflow_producer::{PublishRequest, publish::publish_envelopes};
 use secflow_worker::{WorkerConfig, WorkerStats};
 use std::{
@@ -75,6 +83,16 @@ const NO_REDIS: &str = "redis://127.0.0.1:1/";
 /// worker's default, and a deeper one that hides the latency of confirming results first.
 const PREFETCHES: [u16; 2] = [64, 256];
 
+// Where each loop's rates are kept, round by round.
+const SAME_PUBLISH: usize = 0;
+const SAME_CONSUME: usize = 1;
+const PLAIN_PUBLISH: usize = 2;
+const PLAIN_CONSUME: usize = 3;
+const PRODUCER: usize = 4;
+const END_TO_END: usize = 5;
+const WORKER: usize = 6;
+const WORKER_LOCAL: usize = 7;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n = secflow_tests::env_or("SECFLOW_BENCH_TASKS", 50_000);
@@ -121,87 +139,115 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
+    let work_queue = topology.work_queue("default");
     for prefetch in PREFETCHES {
-        let mut results: [Vec<f64>; 7] = Default::default();
+        let mut results: [Vec<f64>; 8] = Default::default();
         for round in 0..rounds {
             if worker_only {
                 // For profiling the worker: only it (with Redis) and the producer feeding it.
                 let (rate, end_to_end) = producer(&broker, n).await?;
-                results[3].push(rate);
-                results[6].push(end_to_end);
-                results[4].push(worker(&ns, n, None, prefetch).await?);
+                results[PRODUCER].push(rate);
+                results[END_TO_END].push(end_to_end);
+                results[WORKER].push(worker(&ns, n, None, prefetch).await?);
                 continue;
             }
-            // Ceiling: the same body into a quorum queue, straight through the default exchange,
-            // then through the tasks (topic) exchange the fleet uses.
             let url = &broker.amqp_url;
-            results[0].push(bare_publish(url, "", &bare, n).await?);
-            results[1].push(bare_publish(url, &bare_topic, "builtin.noop", n).await?);
-            // The three drains take turns going first: the one right after the publishes
-            // finds the broker still busy with them (a worker-only run drains twice as fast as
-            // the same worker measured right after the bare loop's 100,000 messages), so a
-            // fixed order would charge that to whichever always came first.
-            for turn in 0..3 {
-                match (round + turn) % 3 {
-                    0 => results[2].push(bare_consume(url, &bare, 2 * n, prefetch).await?),
+            // Four steps, each a publish then a drain of `n` messages, take turns going first:
+            // the step right after another finds the broker still busy with it (a worker-only
+            // run drains twice as fast as the same worker measured right after a bare loop's
+            // messages), so a fixed order would charge that to whichever always came first.
+            for turn in 0..4 {
+                match (round + turn) % 4 {
+                    // Ceiling: the producer's own messages (body, properties, signature and
+                    // trace headers, built beforehand) through the same exchange into the same
+                    // work queue, then consumed and acked from it.
+                    0 => {
+                        results[SAME_PUBLISH].push(bare_publish_tasks(&broker, n).await?);
+                        results[SAME_CONSUME]
+                            .push(bare_consume(url, &work_queue, n, prefetch).await?);
+                    }
+                    // The earlier ceiling, for comparison: a plain body (no headers) through a
+                    // topic exchange bound like a pool into a quorum queue without the work
+                    // queue's delivery limit and dead-letter exchange.
                     1 => {
+                        results[PLAIN_PUBLISH]
+                            .push(bare_publish(url, &bare_topic, "builtin.noop", n).await?);
+                        results[PLAIN_CONSUME].push(bare_consume(url, &bare, n, prefetch).await?);
+                    }
+                    2 => {
                         let (rate, end_to_end) = producer(&broker, n).await?;
-                        results[3].push(rate);
-                        results[6].push(end_to_end);
-                        results[4].push(worker(&ns, n, None, prefetch).await?);
+                        results[PRODUCER].push(rate);
+                        results[END_TO_END].push(end_to_end);
+                        results[WORKER].push(worker(&ns, n, None, prefetch).await?);
                     }
                     // The same worker with Redis unreachable: local breakers, no idempotency
                     // checks, to show what the shared state costs.
                     _ => {
                         let (rate, end_to_end) = producer(&broker, n).await?;
-                        results[3].push(rate);
-                        results[6].push(end_to_end);
-                        results[5].push(worker(&ns, n, Some(NO_REDIS), prefetch).await?);
+                        results[PRODUCER].push(rate);
+                        results[END_TO_END].push(end_to_end);
+                        results[WORKER_LOCAL].push(worker(&ns, n, Some(NO_REDIS), prefetch).await?);
                     }
                 }
             }
             let last = |i: usize| results[i].last().copied().unwrap_or_default();
             eprintln!(
-                "  round {}: bare consume + ack {:.0}, worker with Redis {:.0} ({:.1} %), Redis unreachable {:.0} msg/s",
+                "  round {}: bare publish {:.0}, producer {:.0} ({:.1} %); bare consume + ack {:.0}, worker with Redis {:.0} ({:.1} %), Redis unreachable {:.0} msg/s",
                 round + 1,
-                last(2),
-                last(4),
-                100.0 * last(4) / last(2),
-                last(5)
+                last(SAME_PUBLISH),
+                last(PRODUCER),
+                100.0 * last(PRODUCER) / last(SAME_PUBLISH),
+                last(SAME_CONSUME),
+                last(WORKER),
+                100.0 * last(WORKER) / last(SAME_CONSUME),
+                last(WORKER_LOCAL)
             );
         }
         let [
-            direct,
-            topic,
-            consume,
+            same_publish,
+            same_consume,
+            plain_publish,
+            plain_consume,
             producer,
+            end_to_end,
             worker,
             worker_local,
-            end_to_end,
         ] = results.map(median);
+        let share = |part: f64, whole: f64| 100.0 * part / whole;
 
         println!(
             "transport benchmark: {n} messages, median of {rounds} rounds, prefetch {prefetch}, confirm window {WINDOW}"
         );
-        println!("  ceiling  bare confirmed publish, default exchange  {direct:>8.0} msg/s");
-        println!("  ceiling  bare confirmed publish, topic exchange    {topic:>8.0} msg/s");
-        println!("  ceiling  bare consume + ack                        {consume:>8.0} msg/s");
         println!(
-            "  secflow  producer publish                          {producer:>8.0} msg/s  {:>5.1}% of the topic-route ceiling, {:>5.1}% of the default-exchange one (target >= 95%)",
-            100.0 * producer / topic,
-            100.0 * producer / direct
+            "  ceiling  bare confirmed publish of the producer's messages, tasks exchange  {same_publish:>8.0} msg/s"
         );
         println!(
-            "  secflow  producer publish, end to end              {end_to_end:>8.0} msg/s  {:>5.1}% of the topic-route ceiling (with its envelopes, connection, topology and close)",
-            100.0 * end_to_end / topic
+            "  ceiling  bare consume + ack of them, work queue                              {same_consume:>8.0} msg/s"
         );
         println!(
-            "  secflow  worker, breaker + idempotency in Redis    {worker:>8.0} msg/s  {:>5.1}% of the consume ceiling (target >= 85% at prefetch 64, >= 95% at 256)",
-            100.0 * worker / consume
+            "  earlier  bare confirmed publish, plain body, topic exchange, plain queue     {plain_publish:>8.0} msg/s"
         );
         println!(
-            "  secflow  worker, Redis unreachable (local breaker) {worker_local:>8.0} msg/s  {:>5.1}% of the consume ceiling",
-            100.0 * worker_local / consume
+            "  earlier  bare consume + ack, plain body, plain queue                         {plain_consume:>8.0} msg/s"
+        );
+        println!(
+            "  secflow  producer publish                                                    {producer:>8.0} msg/s  {:>5.1}% of the ceiling (target >= 95%), {:>5.1}% of the earlier one",
+            share(producer, same_publish),
+            share(producer, plain_publish)
+        );
+        println!(
+            "  secflow  producer publish, end to end (envelopes, connection, topology, close) {end_to_end:>6.0} msg/s  {:>5.1}% of the ceiling",
+            share(end_to_end, same_publish)
+        );
+        println!(
+            "  secflow  worker, breaker + idempotency in Redis                              {worker:>8.0} msg/s  {:>5.1}% of the ceiling (target >= 85% at prefetch 64, >= 95% at 256), {:>5.1}% of the earlier one",
+            share(worker, same_consume),
+            share(worker, plain_consume)
+        );
+        println!(
+            "  secflow  worker, Redis unreachable (local breaker)                           {worker_local:>8.0} msg/s  {:>5.1}% of the ceiling, {:>5.1}% of the earlier one",
+            share(worker_local, same_consume),
+            share(worker_local, plain_consume)
         );
     }
 
@@ -258,6 +304,66 @@ async fn bare_publish(
     .await?
 }
 
+/// A bare pipelined confirmed publish of `n` tasks as the producer sends them (the same body,
+/// properties, trace headers and signature, built before the clock starts) through the tasks
+/// exchange into the work queue, on a connection and a runtime of its own like the producer's.
+async fn bare_publish_tasks(broker: &BrokerArgs, n: usize) -> anyhow::Result<f64> {
+    let broker = broker.clone();
+    own_runtime(async move {
+        let tasks = noop_request(n).envelopes()?;
+        let (conn, topology) = secflow_producer::connect(&broker, "secflow-bench-bare").await?;
+        let publisher =
+            Publisher::for_tasks(&conn, broker.keyring()?, broker.max_message_bytes).await?;
+        let exchange = topology.tasks_exchange();
+        let messages = tasks
+            .iter()
+            .map(|task| {
+                let span = TraceSpan::start_with(Kind::Producer, None, || ("publish", vec![]));
+                secflow_common::amqp::task_message(&publisher, task, span.context())
+                    .map(|(body, props)| (task.node_type.clone(), body, props))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let started = Instant::now();
+        let cpu_before = process_cpu();
+        let confirmed: Vec<_> = stream::iter(messages)
+            .map(|message| publish_message(&publisher, &exchange, message))
+            .buffer_unordered(WINDOW)
+            .collect()
+            .await;
+        let elapsed = started.elapsed();
+        eprintln!(
+            "  (bare publish of the producer's messages: {:.1} µs of this process's CPU per message)",
+            per_message(process_cpu().saturating_sub(cpu_before), n)
+        );
+        confirmed.into_iter().collect::<Result<Vec<_>, _>>()?;
+        secflow_common::amqp::close(&conn, "bench done").await;
+        Ok(n as f64 / elapsed.as_secs_f64())
+    })
+    .await?
+}
+
+/// Publishes one message built beforehand (routing key, body, properties), confirmed.
+async fn publish_message(
+    publisher: &Publisher,
+    exchange: &str,
+    (routing_key, body, props): (String, Vec<u8>, BasicProperties),
+) -> Result<(), secflow_common::Error> {
+    publisher
+        .publish(exchange, &routing_key, &body, props, true)
+        .await
+}
+
+/// `n` no-op tasks, as `producer publish --type builtin.noop --count n` asks for them.
+fn noop_request(n: usize) -> PublishRequest {
+    PublishRequest {
+        node_type: "builtin.noop".into(),
+        config: serde_json::json!({}),
+        count: n,
+        retry: None,
+        timeout_ms: None,
+    }
+}
+
 /// A bare consume + ack loop over `n` messages, on a connection and a runtime of its own like
 /// the worker's.
 async fn bare_consume(url: &str, queue: &str, n: usize, prefetch: u16) -> anyhow::Result<f64> {
@@ -296,13 +402,7 @@ async fn bare_consume(url: &str, queue: &str, n: usize, prefetch: u16) -> anyhow
 /// `publish_tasks`, which the CLI calls, runs once connected), timed from the first publish to
 /// the last confirm; and the same end to end, with its envelopes, connection, topology and close.
 async fn producer(broker: &BrokerArgs, n: usize) -> anyhow::Result<(f64, f64)> {
-    let req = PublishRequest {
-        node_type: "builtin.noop".into(),
-        config: serde_json::json!({}),
-        count: n,
-        retry: None,
-        timeout_ms: None,
-    };
+    let req = noop_request(n);
     let broker = broker.clone();
     own_runtime(async move {
         let started = Instant::now();
@@ -311,8 +411,13 @@ async fn producer(broker: &BrokerArgs, n: usize) -> anyhow::Result<(f64, f64)> {
         let publisher =
             Publisher::for_tasks(&conn, broker.keyring()?, broker.max_message_bytes).await?;
         let publishing = Instant::now();
+        let cpu_before = process_cpu();
         let ids = publish_envelopes(&publisher, &topology, &tasks).await?;
         let published = publishing.elapsed();
+        eprintln!(
+            "  (producer publish: {:.1} µs of this process's CPU per message)",
+            per_message(process_cpu().saturating_sub(cpu_before), ids.len())
+        );
         secflow_common::amqp::close(&conn, "bench done").await;
         let n = ids.len() as f64;
         Ok((
@@ -410,6 +515,11 @@ fn process_cpu() -> Duration {
         .unwrap_or_default();
     let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
     Duration::from_millis(ticks * 10)
+}
+
+/// `cpu` spread over `n` messages, in µs.
+fn per_message(cpu: Duration, n: usize) -> f64 {
+    cpu.as_secs_f64() * 1e6 / n.max(1) as f64
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
