@@ -81,8 +81,12 @@ pub fn set_str(headers: &mut FieldTable, name: &str, value: &str) {
     );
 }
 
-/// Removes the headers named `names` (the field table has no remove of its own).
+/// Removes the headers named `names` (the field table has no remove of its own, so the table
+/// is rebuilt: only when one of them is there).
 pub fn remove(headers: &mut FieldTable, names: &[&str]) {
+    if !names.iter().any(|name| headers.inner().contains_key(*name)) {
+        return;
+    }
     let mut kept = FieldTable::default();
     for (k, v) in headers.inner() {
         if !names.contains(&k.as_str()) {

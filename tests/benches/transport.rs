@@ -83,15 +83,18 @@ const NO_REDIS: &str = "redis://127.0.0.1:1/";
 /// worker's default, and a deeper one that hides the latency of confirming results first.
 const PREFETCHES: [u16; 2] = [64, 256];
 
-// Where each loop's rates are kept, round by round.
-const SAME_PUBLISH: usize = 0;
-const SAME_CONSUME: usize = 1;
-const PLAIN_PUBLISH: usize = 2;
-const PLAIN_CONSUME: usize = 3;
-const PRODUCER: usize = 4;
-const END_TO_END: usize = 5;
-const WORKER: usize = 6;
-const WORKER_LOCAL: usize = 7;
+/// Each loop's rates (msg/s), one per round.
+#[derive(Default)]
+struct Rates {
+    same_publish: Vec<f64>,
+    same_consume: Vec<f64>,
+    plain_publish: Vec<f64>,
+    plain_consume: Vec<f64>,
+    producer: Vec<f64>,
+    end_to_end: Vec<f64>,
+    worker: Vec<f64>,
+    worker_local: Vec<f64>,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -141,14 +144,14 @@ async fn main() -> anyhow::Result<()> {
 
     let work_queue = topology.work_queue("default");
     for prefetch in PREFETCHES {
-        let mut results: [Vec<f64>; 8] = Default::default();
+        let mut rates = Rates::default();
         for round in 0..rounds {
             if worker_only {
                 // For profiling the worker: only it (with Redis) and the producer feeding it.
                 let (rate, end_to_end) = producer(&broker, n).await?;
-                results[PRODUCER].push(rate);
-                results[END_TO_END].push(end_to_end);
-                results[WORKER].push(worker(&ns, n, None, prefetch).await?);
+                rates.producer.push(rate);
+                rates.end_to_end.push(end_to_end);
+                rates.worker.push(worker(&ns, n, None, prefetch).await?);
                 continue;
             }
             let url = &broker.amqp_url;
@@ -162,57 +165,63 @@ async fn main() -> anyhow::Result<()> {
                     // trace headers, built beforehand) through the same exchange into the same
                     // work queue, then consumed and acked from it.
                     0 => {
-                        results[SAME_PUBLISH].push(bare_publish_tasks(&broker, n).await?);
-                        results[SAME_CONSUME]
+                        rates
+                            .same_publish
+                            .push(bare_publish_tasks(&broker, n).await?);
+                        rates
+                            .same_consume
                             .push(bare_consume(url, &work_queue, n, prefetch).await?);
                     }
                     // The earlier ceiling, for comparison: a plain body (no headers) through a
                     // topic exchange bound like a pool into a quorum queue without the work
                     // queue's delivery limit and dead-letter exchange.
                     1 => {
-                        results[PLAIN_PUBLISH]
+                        rates
+                            .plain_publish
                             .push(bare_publish(url, &bare_topic, "builtin.noop", n).await?);
-                        results[PLAIN_CONSUME].push(bare_consume(url, &bare, n, prefetch).await?);
+                        rates
+                            .plain_consume
+                            .push(bare_consume(url, &bare, n, prefetch).await?);
                     }
                     2 => {
                         let (rate, end_to_end) = producer(&broker, n).await?;
-                        results[PRODUCER].push(rate);
-                        results[END_TO_END].push(end_to_end);
-                        results[WORKER].push(worker(&ns, n, None, prefetch).await?);
+                        rates.producer.push(rate);
+                        rates.end_to_end.push(end_to_end);
+                        rates.worker.push(worker(&ns, n, None, prefetch).await?);
                     }
                     // The same worker with Redis unreachable: local breakers, no idempotency
                     // checks, to show what the shared state costs.
                     _ => {
                         let (rate, end_to_end) = producer(&broker, n).await?;
-                        results[PRODUCER].push(rate);
-                        results[END_TO_END].push(end_to_end);
-                        results[WORKER_LOCAL].push(worker(&ns, n, Some(NO_REDIS), prefetch).await?);
+                        rates.producer.push(rate);
+                        rates.end_to_end.push(end_to_end);
+                        rates
+                            .worker_local
+                            .push(worker(&ns, n, Some(NO_REDIS), prefetch).await?);
                     }
                 }
             }
-            let last = |i: usize| results[i].last().copied().unwrap_or_default();
+            let last = |v: &[f64]| v.last().copied().unwrap_or_default();
             eprintln!(
                 "  round {}: bare publish {:.0}, producer {:.0} ({:.1} %); bare consume + ack {:.0}, worker with Redis {:.0} ({:.1} %), Redis unreachable {:.0} msg/s",
                 round + 1,
-                last(SAME_PUBLISH),
-                last(PRODUCER),
-                100.0 * last(PRODUCER) / last(SAME_PUBLISH),
-                last(SAME_CONSUME),
-                last(WORKER),
-                100.0 * last(WORKER) / last(SAME_CONSUME),
-                last(WORKER_LOCAL)
+                last(&rates.same_publish),
+                last(&rates.producer),
+                100.0 * last(&rates.producer) / last(&rates.same_publish),
+                last(&rates.same_consume),
+                last(&rates.worker),
+                100.0 * last(&rates.worker) / last(&rates.same_consume),
+                last(&rates.worker_local)
             );
         }
-        let [
-            same_publish,
-            same_consume,
-            plain_publish,
-            plain_consume,
-            producer,
-            end_to_end,
-            worker,
-            worker_local,
-        ] = results.map(median);
+        let same_publish = median(rates.same_publish);
+        let same_consume = median(rates.same_consume);
+        let plain_publish = median(rates.plain_publish);
+        let plain_consume = median(rates.plain_consume);
+        let producer = median(rates.producer);
+        let end_to_end = median(rates.end_to_end);
+        let worker = median(rates.worker);
+        let worker_local = median(rates.worker_local);
         let share = |part: f64, whole: f64| 100.0 * part / whole;
 
         println!(
@@ -262,8 +271,8 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A bare pipelined confirmed publish loop, on a connection and a runtime of its own like the
-/// producer's.
+/// A bare pipelined confirmed publish loop of a plain body, on a connection and a runtime of its
+/// own like the producer's.
 async fn bare_publish(
     url: &str,
     exchange: &str,
@@ -281,22 +290,13 @@ async fn bare_publish(
                 .await?;
         let body = TaskEnvelope::new("builtin.noop", serde_json::json!({})).to_body();
         let publisher = Publisher::new(&conn).await?;
-        let started = Instant::now();
-        let confirmed: Vec<_> = stream::iter(0..n)
+        let messages = (0..n)
             .map(|_| {
-                publisher.publish(
-                    &exchange,
-                    &routing_key,
-                    &body,
-                    BasicProperties::default().with_delivery_mode(2),
-                    true,
-                )
+                let props = BasicProperties::default().with_delivery_mode(2);
+                (routing_key.clone(), body.clone(), props)
             })
-            .buffer_unordered(WINDOW)
-            .collect()
-            .await;
-        let elapsed = started.elapsed();
-        confirmed.into_iter().collect::<Result<Vec<_>, _>>()?;
+            .collect();
+        let (elapsed, _) = publish_all(&publisher, &exchange, messages).await?;
         publisher.channel().close(200, "".into()).await?;
         conn.close(200, "".into()).await?;
         Ok(n as f64 / elapsed.as_secs_f64())
@@ -311,10 +311,7 @@ async fn bare_publish_tasks(broker: &BrokerArgs, n: usize) -> anyhow::Result<f64
     let broker = broker.clone();
     own_runtime(async move {
         let tasks = noop_request(n).envelopes()?;
-        let (conn, topology) = secflow_producer::connect(&broker, "secflow-bench-bare").await?;
-        let publisher =
-            Publisher::for_tasks(&conn, broker.keyring()?, broker.max_message_bytes).await?;
-        let exchange = topology.tasks_exchange();
+        let (conn, topology, publisher) = task_publisher(&broker, "secflow-bench-bare").await?;
         let messages = tasks
             .iter()
             .map(|task| {
@@ -323,23 +320,35 @@ async fn bare_publish_tasks(broker: &BrokerArgs, n: usize) -> anyhow::Result<f64
                     .map(|(body, props)| (task.node_type.clone(), body, props))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let started = Instant::now();
-        let cpu_before = process_cpu();
-        let confirmed: Vec<_> = stream::iter(messages)
-            .map(|message| publish_message(&publisher, &exchange, message))
-            .buffer_unordered(WINDOW)
-            .collect()
-            .await;
-        let elapsed = started.elapsed();
+        let (elapsed, cpu) = publish_all(&publisher, &topology.tasks_exchange(), messages).await?;
         eprintln!(
             "  (bare publish of the producer's messages: {:.1} µs of this process's CPU per message)",
-            per_message(process_cpu().saturating_sub(cpu_before), n)
+            per_message(cpu, n)
         );
-        confirmed.into_iter().collect::<Result<Vec<_>, _>>()?;
         secflow_common::amqp::close(&conn, "bench done").await;
         Ok(n as f64 / elapsed.as_secs_f64())
     })
     .await?
+}
+
+/// Publishes `messages` (routing key, body, properties) to `exchange` with [`WINDOW`] confirms
+/// in flight: the time from the first publish to the last confirm, and this process's CPU time
+/// over it.
+async fn publish_all(
+    publisher: &Publisher,
+    exchange: &str,
+    messages: Vec<(String, Vec<u8>, BasicProperties)>,
+) -> anyhow::Result<(Duration, Duration)> {
+    let started = Instant::now();
+    let cpu_before = process_cpu();
+    let confirmed: Vec<_> = stream::iter(messages)
+        .map(|message| publish_message(publisher, exchange, message))
+        .buffer_unordered(WINDOW)
+        .collect()
+        .await;
+    let taken = (started.elapsed(), process_cpu().saturating_sub(cpu_before));
+    confirmed.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(taken)
 }
 
 /// Publishes one message built beforehand (routing key, body, properties), confirmed.
@@ -351,6 +360,17 @@ async fn publish_message(
     publisher
         .publish(exchange, &routing_key, &body, props, true)
         .await
+}
+
+/// A connection, the topology and a publisher of tasks, as the producer opens them.
+async fn task_publisher(
+    broker: &BrokerArgs,
+    name: &str,
+) -> anyhow::Result<(lapin::Connection, Topology, Publisher)> {
+    let (conn, topology) = secflow_producer::connect(broker, name).await?;
+    let publisher =
+        Publisher::for_tasks(&conn, broker.keyring()?, broker.max_message_bytes).await?;
+    Ok((conn, topology, publisher))
 }
 
 /// `n` no-op tasks, as `producer publish --type builtin.noop --count n` asks for them.
@@ -407,9 +427,7 @@ async fn producer(broker: &BrokerArgs, n: usize) -> anyhow::Result<(f64, f64)> {
     own_runtime(async move {
         let started = Instant::now();
         let tasks = req.envelopes()?;
-        let (conn, topology) = secflow_producer::connect(&broker, "secflow-bench-producer").await?;
-        let publisher =
-            Publisher::for_tasks(&conn, broker.keyring()?, broker.max_message_bytes).await?;
+        let (conn, topology, publisher) = task_publisher(&broker, "secflow-bench-producer").await?;
         let publishing = Instant::now();
         let cpu_before = process_cpu();
         let ids = publish_envelopes(&publisher, &topology, &tasks).await?;

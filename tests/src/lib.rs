@@ -564,14 +564,14 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// The value of the unlabelled metric `name` on the `/metrics` of the process listening on
-/// `port` (`None`: no answer, or no such line).
+/// The value of the metric `name` on the `/metrics` of the process listening on `port`, summed
+/// over its label sets (`None`: no answer, or no such line).
 pub async fn metric(port: u16, name: &str) -> Option<f64> {
     let (_, body) = http_get(port, "/metrics").await?;
     body.lines()
-        .find(|l| l.split([' ', '{']).next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
 }
 
 /// A child process SIGKILLed and reaped when dropped, so a test that fails half-way leaves

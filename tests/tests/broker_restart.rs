@@ -4,7 +4,7 @@
 
 use secflow_producer::publish_tasks;
 use secflow_tests::{
-    PrivateRabbit, TestNs, free_port, http_get, redis_done_markers, request, wait_for,
+    PrivateRabbit, TestNs, free_port, http_get, metric, redis_done_markers, request, wait_for,
 };
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -14,17 +14,6 @@ const TASKS: usize = 10_000;
 
 async fn ready(port: u16) -> Option<u16> {
     http_get(port, "/readyz").await.map(|(status, _)| status)
-}
-
-/// Deliveries the worker listening on `port` has settled, whatever the outcome.
-async fn settled(port: u16) -> f64 {
-    let Some((_, body)) = http_get(port, "/metrics").await else {
-        return 0.0;
-    };
-    body.lines()
-        .filter(|l| l.starts_with("secflow_tasks_settled_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Proves: a worker and a producer survive a broker restart: the producer's publish (cut off
@@ -57,7 +46,12 @@ async fn worker_and_producer_survive_a_broker_restart() {
     wait_for(
         "the publish to be under way",
         Duration::from_secs(30),
-        || async { ns.ready(&queue).await >= 1_000 || settled(port).await >= 1_000.0 },
+        || async {
+            ns.ready(&queue).await >= 1_000
+                || metric(port, "secflow_tasks_settled_total")
+                    .await
+                    .is_some_and(|settled| settled >= 1_000.0)
+        },
     )
     .await;
     let stopping = Instant::now();

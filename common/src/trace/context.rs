@@ -7,7 +7,7 @@
 //! another trace.
 
 use crate::headers as h;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 use std::str::FromStr;
 
@@ -87,17 +87,10 @@ impl TraceContext {
 
     /// Writes the context into `headers` (replacing any there).
     pub fn write(&self, headers: &mut FieldTable) {
-        headers.insert(
-            TRACEPARENT.into(),
-            AMQPValue::LongString(self.traceparent().into()),
-        );
+        h::set_str(headers, TRACEPARENT, &self.traceparent());
         match &self.state {
             Some(state) => h::set_str(headers, TRACESTATE, state),
-            // Removing copies the whole table: only when there is something to remove.
-            None if h::get_str(Some(headers), TRACESTATE).is_some() => {
-                h::remove(headers, &[TRACESTATE]);
-            }
-            None => {}
+            None => h::remove(headers, &[TRACESTATE]),
         }
     }
 
