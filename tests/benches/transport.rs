@@ -17,32 +17,23 @@
 //! of one). Besides the rates it prints the worker's CPU time and heap allocations per task
 //! (the bench counts its process's allocations: the worker runs in it).
 
-use futures_util::{StreamExt, stream};
 use lapin::{
     BasicProperties,
-    options::{
-        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
-    },
+    options::QueueDeclareOptions,
+    options::QueueDeleteOptions,
     types::{AMQPValue, FieldTable, LongString},
 };
-use secflow_common::{
-    TaskEnvelope, Topology,
-    amqp::Publisher,
-    config::BrokerArgs,
-    trace::{Kind, TraceSpan},
+use secflow_common::{TaskEnvelope, amqp::Publisher, config::BrokerArgs};
+use secflow_producer::publish::publish_envelopes;
+use secflow_tests::bench::{
+    BenchNs, WINDOW, bare_consume, bare_publish_tasks, median, noop_request, own_runtime,
+    per_message, process_cpu, publish_all, task_publisher, worker,
 };
-use secflow_producer::{PublishRequest, publish::publish_envelopes};
-use secflow_worker::{WorkerConfig, WorkerStats};
 use std::{
     alloc::{GlobalAlloc, Layout, System},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
-use tokio_util::sync::CancellationToken;
 
 /// Heap allocations made by this process so far (every thread): the worker's allocations per
 /// task are read from it while it drains.
@@ -75,8 +66,11 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Outstanding confirms of the bare publish loop (the producer uses the same window).
-const WINDOW: usize = 512;
+/// The allocations counted so far.
+fn allocations() -> u64 {
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
 /// A Redis URL nothing listens on.
 const NO_REDIS: &str = "redis://127.0.0.1:1/";
 /// Prefetches the bare consumer and the worker are measured at (the same for both): the
@@ -101,14 +95,8 @@ async fn main() -> anyhow::Result<()> {
     let n = secflow_tests::env_or("SECFLOW_BENCH_TASKS", 50_000);
     let rounds = secflow_tests::env_or("SECFLOW_BENCH_ROUNDS", 3);
     let worker_only = std::env::var_os("SECFLOW_BENCH_WORKER_ONLY").is_some();
-    let ns = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let broker = secflow_tests::signed_broker(&ns);
-    let conn =
-        secflow_common::amqp::connect(&broker.amqp_url, "secflow-bench", Duration::from_secs(30))
-            .await?;
-    let ch = conn.create_channel().await?;
-    let topology = Topology::new(broker.namespace()?, broker.delivery_limit);
-    topology.declare_pool(&ch, "default", &["#".into()]).await?;
+    let bench = BenchNs::new().await?;
+    let (ns, broker, ch, topology) = (&bench.ns, &bench.broker, &bench.ch, &bench.topology);
     let bare = format!("{ns}.bare");
     let mut args = FieldTable::default();
     args.insert(
@@ -148,10 +136,12 @@ async fn main() -> anyhow::Result<()> {
         for round in 0..rounds {
             if worker_only {
                 // For profiling the worker: only it (with Redis) and the producer feeding it.
-                let (rate, end_to_end) = producer(&broker, n).await?;
+                let (rate, end_to_end) = producer(broker, n).await?;
                 rates.producer.push(rate);
                 rates.end_to_end.push(end_to_end);
-                rates.worker.push(worker(&ns, n, None, prefetch).await?);
+                rates
+                    .worker
+                    .push(worker(ns, n, None, prefetch, Some(allocations)).await?);
                 continue;
             }
             let url = &broker.amqp_url;
@@ -167,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
                     0 => {
                         rates
                             .same_publish
-                            .push(bare_publish_tasks(&broker, n).await?);
+                            .push(bare_publish_tasks(broker, n).await?);
                         rates
                             .same_consume
                             .push(bare_consume(url, &work_queue, n, prefetch).await?);
@@ -184,20 +174,22 @@ async fn main() -> anyhow::Result<()> {
                             .push(bare_consume(url, &bare, n, prefetch).await?);
                     }
                     2 => {
-                        let (rate, end_to_end) = producer(&broker, n).await?;
+                        let (rate, end_to_end) = producer(broker, n).await?;
                         rates.producer.push(rate);
                         rates.end_to_end.push(end_to_end);
-                        rates.worker.push(worker(&ns, n, None, prefetch).await?);
+                        rates
+                            .worker
+                            .push(worker(ns, n, None, prefetch, Some(allocations)).await?);
                     }
                     // The same worker with Redis unreachable: local breakers, no idempotency
                     // checks, to show what the shared state costs.
                     _ => {
-                        let (rate, end_to_end) = producer(&broker, n).await?;
+                        let (rate, end_to_end) = producer(broker, n).await?;
                         rates.producer.push(rate);
                         rates.end_to_end.push(end_to_end);
-                        rates
-                            .worker_local
-                            .push(worker(&ns, n, Some(NO_REDIS), prefetch).await?);
+                        rates.worker_local.push(
+                            worker(ns, n, Some(NO_REDIS), prefetch, Some(allocations)).await?,
+                        );
                     }
                 }
             }
@@ -264,11 +256,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     ch.exchange_delete(bare_topic.as_str().into(), Default::default())
         .await?;
-    topology.delete_all(&ch, &["default"]).await?;
-    conn.close(200, "".into()).await?;
-    // The done markers of every task the worker ran.
-    secflow_tests::delete_redis_keys(&broker.redis_url, &ns).await?;
-    Ok(())
+    bench.remove().await
 }
 
 /// A bare pipelined confirmed publish loop of a plain body, on a connection and a runtime of its
@@ -304,120 +292,6 @@ async fn bare_publish(
     .await?
 }
 
-/// A bare pipelined confirmed publish of `n` tasks as the producer sends them (the same body,
-/// properties, trace headers and signature, built before the clock starts) through the tasks
-/// exchange into the work queue, on a connection and a runtime of its own like the producer's.
-async fn bare_publish_tasks(broker: &BrokerArgs, n: usize) -> anyhow::Result<f64> {
-    let broker = broker.clone();
-    own_runtime(async move {
-        let tasks = noop_request(n).envelopes()?;
-        let (conn, topology, publisher) = task_publisher(&broker, "secflow-bench-bare").await?;
-        let messages = tasks
-            .iter()
-            .map(|task| {
-                let span = TraceSpan::start_with(Kind::Producer, None, || ("publish", vec![]));
-                secflow_common::amqp::task_message(&publisher, task, span.context())
-                    .map(|(body, props)| (task.node_type.clone(), body, props))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let (elapsed, cpu) = publish_all(&publisher, &topology.tasks_exchange(), messages).await?;
-        eprintln!(
-            "  (bare publish of the producer's messages: {:.1} µs of this process's CPU per message)",
-            per_message(cpu, n)
-        );
-        secflow_common::amqp::close(&conn, "bench done").await;
-        Ok(n as f64 / elapsed.as_secs_f64())
-    })
-    .await?
-}
-
-/// Publishes `messages` (routing key, body, properties) to `exchange` with [`WINDOW`] confirms
-/// in flight: the time from the first publish to the last confirm, and this process's CPU time
-/// over it.
-async fn publish_all(
-    publisher: &Publisher,
-    exchange: &str,
-    messages: Vec<(String, Vec<u8>, BasicProperties)>,
-) -> anyhow::Result<(Duration, Duration)> {
-    let started = Instant::now();
-    let cpu_before = process_cpu();
-    let confirmed: Vec<_> = stream::iter(messages)
-        .map(|message| publish_message(publisher, exchange, message))
-        .buffer_unordered(WINDOW)
-        .collect()
-        .await;
-    let taken = (started.elapsed(), process_cpu().saturating_sub(cpu_before));
-    confirmed.into_iter().collect::<Result<Vec<_>, _>>()?;
-    Ok(taken)
-}
-
-/// Publishes one message built beforehand (routing key, body, properties), confirmed.
-async fn publish_message(
-    publisher: &Publisher,
-    exchange: &str,
-    (routing_key, body, props): (String, Vec<u8>, BasicProperties),
-) -> Result<(), secflow_common::Error> {
-    publisher
-        .publish(exchange, &routing_key, &body, props, true)
-        .await
-}
-
-/// A connection, the topology and a publisher of tasks, as the producer opens them.
-async fn task_publisher(
-    broker: &BrokerArgs,
-    name: &str,
-) -> anyhow::Result<(lapin::Connection, Topology, Publisher)> {
-    let (conn, topology) = secflow_producer::connect(broker, name).await?;
-    let publisher =
-        Publisher::for_tasks(&conn, broker.keyring()?, broker.max_message_bytes).await?;
-    Ok((conn, topology, publisher))
-}
-
-/// `n` no-op tasks, as `producer publish --type builtin.noop --count n` asks for them.
-fn noop_request(n: usize) -> PublishRequest {
-    PublishRequest {
-        node_type: "builtin.noop".into(),
-        config: serde_json::json!({}),
-        count: n,
-        retry: None,
-        timeout_ms: None,
-    }
-}
-
-/// A bare consume + ack loop over `n` messages, on a connection and a runtime of its own like
-/// the worker's.
-async fn bare_consume(url: &str, queue: &str, n: usize, prefetch: u16) -> anyhow::Result<f64> {
-    let (url, queue) = (url.to_string(), queue.to_string());
-    own_runtime(async move {
-        let conn =
-            secflow_common::amqp::connect(&url, "secflow-bench-bare", Duration::from_secs(30))
-                .await?;
-        let ch = conn.create_channel().await?;
-        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-        let mut consumer = ch
-            .basic_consume(
-                queue.as_str().into(),
-                "bare".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let started = Instant::now();
-        for _ in 0..n {
-            let delivery = consumer
-                .next()
-                .await
-                .ok_or_else(|| anyhow::anyhow!("bare consumer ended"))??;
-            delivery.acker.ack(BasicAckOptions::default()).await?;
-        }
-        let elapsed = started.elapsed();
-        ch.close(200, "".into()).await?;
-        conn.close(200, "".into()).await?;
-        Ok(n as f64 / elapsed.as_secs_f64())
-    })
-    .await?
-}
-
 /// `producer publish --type builtin.noop --count n`: the producer's own publish path (the one
 /// `publish_tasks`, which the CLI calls, runs once connected), timed from the first publish to
 /// the last confirm; and the same end to end, with its envelopes, connection, topology and close.
@@ -444,103 +318,4 @@ async fn producer(broker: &BrokerArgs, n: usize) -> anyhow::Result<(f64, f64)> {
         ))
     })
     .await?
-}
-
-/// Runs `run` on a runtime of its own, as the binaries run themselves: one thread (or a
-/// thread per core with SECFLOW_BENCH_RUNTIME=multi, to compare).
-fn own_runtime<T: Send + 'static>(
-    run: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
-) -> tokio::sync::oneshot::Receiver<anyhow::Result<T>> {
-    let (done, result) = tokio::sync::oneshot::channel();
-    let multi = std::env::var("SECFLOW_BENCH_RUNTIME").is_ok_and(|r| r == "multi");
-    std::thread::spawn(move || {
-        let runtime = if multi {
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-        } else {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-        };
-        let _ = done.send(match runtime {
-            Ok(rt) => rt.block_on(run),
-            Err(e) => Err(e.into()),
-        });
-    });
-    result
-}
-
-/// One worker draining the `n` tasks the producer queued, timed from its first completion so
-/// connection set-up is not counted against it.
-async fn worker(ns: &str, n: usize, redis_url: Option<&str>, prefetch: u16) -> anyhow::Result<f64> {
-    let stats = Arc::new(WorkerStats::default());
-    let stop = CancellationToken::new();
-    let mut cfg = WorkerConfig {
-        prefetch,
-        broker: secflow_tests::signed_broker(ns),
-        ..WorkerConfig::local(ns)
-    };
-    if let Some(url) = redis_url {
-        cfg.broker.redis_url = url.to_string();
-    }
-
-    let run =
-        secflow_worker::run_with_stats(cfg, Arc::clone(&stats), stop.clone().cancelled_owned());
-    let worker = own_runtime(async move { run.await.map_err(anyhow::Error::from) });
-    while WorkerStats::get(&stats.completed) == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let started = Instant::now();
-    let cpu_before = process_cpu();
-    let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
-    while WorkerStats::get(&stats.completed) < n as u64 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let elapsed = started.elapsed();
-    let cpu = process_cpu().saturating_sub(cpu_before);
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
-    stop.cancel();
-    worker.await??;
-    eprintln!(
-        "  (worker at prefetch {prefetch}, Redis {}: {:.0} µs of this process's CPU and {:.0} heap allocations per task)",
-        if redis_url.is_some() {
-            "unreachable"
-        } else {
-            "on"
-        },
-        cpu.as_secs_f64() * 1e6 / (n - 1) as f64,
-        allocations as f64 / (n - 1) as f64
-    );
-    Ok((n - 1) as f64 / elapsed.as_secs_f64())
-}
-
-/// CPU time (user + system) this process has used so far, from `/proc/self/stat` (zero where
-/// it cannot be read).
-fn process_cpu() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return Duration::ZERO;
-    };
-    // Fields after the command name (which may hold spaces, inside parentheses): utime and
-    // stime are the 12th and 13th, in clock ticks (100 a second on Linux).
-    let fields: Vec<u64> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .map(|f| f.parse().unwrap_or(0))
-                .collect()
-        })
-        .unwrap_or_default();
-    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
-}
-
-/// `cpu` spread over `n` messages, in µs.
-fn per_message(cpu: Duration, n: usize) -> f64 {
-    cpu.as_secs_f64() * 1e6 / n.max(1) as f64
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }

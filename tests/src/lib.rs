@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use secflow_common::headers;
 
+pub mod bench;
 pub mod hooks;
 mod rabbit;
 mod redis_helpers;
