@@ -26,7 +26,7 @@ use lapin::{
 use secflow_common::{TaskEnvelope, amqp::Publisher, config::BrokerArgs};
 use secflow_producer::publish::publish_envelopes;
 use secflow_tests::bench::{
-    BenchNs, WINDOW, bare_consume, bare_publish_tasks, median, noop_request, own_runtime,
+    Acks, BenchNs, WINDOW, bare_consume, bare_publish_tasks, median, noop_request, own_runtime,
     per_message, process_cpu, publish_all, task_publisher, worker,
 };
 use std::{
@@ -158,9 +158,9 @@ async fn main() -> anyhow::Result<()> {
                         rates
                             .same_publish
                             .push(bare_publish_tasks(broker, n).await?);
-                        rates
-                            .same_consume
-                            .push(bare_consume(url, &work_queue, n, prefetch).await?);
+                        rates.same_consume.push(
+                            bare_consume(url, &work_queue, n, prefetch, Acks::Awaited).await?,
+                        );
                     }
                     // The earlier ceiling, for comparison: a plain body (no headers) through a
                     // topic exchange bound like a pool into a quorum queue without the work
@@ -171,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
                             .push(bare_publish(url, &bare_topic, "builtin.noop", n).await?);
                         rates
                             .plain_consume
-                            .push(bare_consume(url, &bare, n, prefetch).await?);
+                            .push(bare_consume(url, &bare, n, prefetch, Acks::Awaited).await?);
                     }
                     2 => {
                         let (rate, end_to_end) = producer(broker, n).await?;

@@ -2,7 +2,7 @@
 //! own messages, a consume + ack), the worker draining a queue, and the timing helpers.
 
 use crate::signed_broker;
-use futures_util::{StreamExt, stream};
+use futures_util::{StreamExt, stream, stream::FuturesUnordered};
 use lapin::{
     BasicProperties,
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
@@ -174,8 +174,17 @@ pub fn noop_request(n: usize) -> PublishRequest {
 }
 
 /// A bare consume + ack loop over `n` messages, on a connection and a runtime of its own like
-/// the worker's.
-pub async fn bare_consume(url: &str, queue: &str, n: usize, prefetch: u16) -> anyhow::Result<f64> {
+/// the worker's. `Acks::Awaited` waits for each ack before taking the next delivery (the loop
+/// the transport benchmark's ceiling has always been); `Acks::Pipelined` takes the next delivery
+/// at once and waits for the acks together, as the worker does with its many deliveries in
+/// flight, and is timed to the last ack.
+pub async fn bare_consume(
+    url: &str,
+    queue: &str,
+    n: usize,
+    prefetch: u16,
+    acks: Acks,
+) -> anyhow::Result<f64> {
     let (url, queue) = (url.to_string(), queue.to_string());
     own_runtime(async move {
         let conn =
@@ -183,12 +192,36 @@ pub async fn bare_consume(url: &str, queue: &str, n: usize, prefetch: u16) -> an
                 .await?;
         let (ch, mut consumer) = consumer(&conn, &queue, prefetch, "bare").await?;
         let started = Instant::now();
-        for _ in 0..n {
-            let delivery = consumer
-                .next()
-                .await
-                .ok_or_else(|| anyhow::anyhow!("bare consumer ended"))??;
-            delivery.acker.ack(BasicAckOptions::default()).await?;
+        match acks {
+            Acks::Awaited => {
+                for _ in 0..n {
+                    let delivery = consumer
+                        .next()
+                        .await
+                        .ok_or_else(|| anyhow::anyhow!("bare consumer ended"))??;
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                }
+            }
+            Acks::Pipelined => {
+                let mut pending = FuturesUnordered::new();
+                let (mut received, mut acked) = (0, 0);
+                while acked < n {
+                    tokio::select! {
+                        delivery = consumer.next(), if received < n => {
+                            let delivery = delivery
+                                .ok_or_else(|| anyhow::anyhow!("bare consumer ended"))??;
+                            received += 1;
+                            pending.push(async move {
+                                delivery.acker.ack(BasicAckOptions::default()).await
+                            });
+                        }
+                        Some(ack) = pending.next() => {
+                            ack?;
+                            acked += 1;
+                        }
+                    }
+                }
+            }
         }
         let elapsed = started.elapsed();
         ch.close(200, "".into()).await?;
@@ -196,6 +229,15 @@ pub async fn bare_consume(url: &str, queue: &str, n: usize, prefetch: u16) -> an
         Ok(n as f64 / elapsed.as_secs_f64())
     })
     .await?
+}
+
+/// How a bare consume loop waits for its acks.
+#[derive(Clone, Copy)]
+pub enum Acks {
+    /// Each ack before the next delivery.
+    Awaited,
+    /// All together, deliveries taken as they come.
+    Pipelined,
 }
 
 /// Runs `run` on a runtime of its own, as the binaries run themselves: one thread (or a
