@@ -25,7 +25,7 @@ use lapin::{message::Delivery, options::BasicAckOptions};
 use secflow_common::{Topology, amqp::Publisher, config::BrokerArgs, events::TaskEvent};
 use secflow_tests::bench::{
     Acks, BenchNs, bare_consume, bare_publish_tasks, consumer, median, own_runtime, per_message,
-    process_cpu, worker,
+    process_cpu, within_deadline, worker,
 };
 use secflow_worker::events::EventBatcher;
 use std::time::{Duration, Instant};
@@ -197,20 +197,24 @@ async fn floor(
         let started = Instant::now();
         let cpu_before = process_cpu();
         let mut in_flight = FuturesUnordered::new();
-        let (mut done, mut copies) = (0, 0);
-        while done < n {
-            tokio::select! {
-                delivery = consumer.next(), if done + in_flight.len() < n => {
-                    let delivery = delivery
-                        .ok_or_else(|| anyhow::anyhow!("floor consumer ended"))??;
-                    in_flight.push(settle(delivery, waits, &ns, redis.clone(), &events));
+        let copies = within_deadline("the floor's drain", async {
+            let (mut done, mut copies) = (0, 0);
+            while done < n {
+                tokio::select! {
+                    delivery = consumer.next(), if done + in_flight.len() < n => {
+                        let delivery = delivery
+                            .ok_or_else(|| anyhow::anyhow!("floor consumer ended"))??;
+                        in_flight.push(settle(delivery, waits, &ns, redis.clone(), &events));
+                    }
+                    Some(settled) = in_flight.next() => match settled? {
+                        Settled::Ran => done += 1,
+                        Settled::Copy => copies += 1,
+                    },
                 }
-                Some(settled) = in_flight.next() => match settled? {
-                    Settled::Ran => done += 1,
-                    Settled::Copy => copies += 1,
-                },
             }
-        }
+            Ok(copies)
+        })
+        .await?;
         let elapsed = started.elapsed();
         eprintln!(
             "  (floor at prefetch {prefetch}, Redis waits {}, event wait {}: {:.0} µs of this process's CPU per task, {copies} copies of earlier tasks acked without running)",

@@ -25,6 +25,20 @@ use tokio_util::sync::CancellationToken;
 /// Outstanding confirms of the bare publish loops (the producer uses the same window).
 pub const WINDOW: usize = 512;
 
+/// Longest a drain may take: a stalled broker or Redis fails the benchmark with the name of
+/// what it waited for instead of holding it for ever.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Runs `drain` within [`DRAIN_DEADLINE`]; an expiry is an error naming `what`.
+pub async fn within_deadline<T>(
+    what: &str,
+    drain: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(DRAIN_DEADLINE, drain)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what} did not finish within {DRAIN_DEADLINE:?}"))?
+}
+
 /// A benchmark's own namespace: its broker settings, a connection and a channel, and its
 /// topology with one pool (`default`, bound to every routing key).
 pub struct BenchNs {
@@ -192,37 +206,41 @@ pub async fn bare_consume(
                 .await?;
         let (ch, mut consumer) = consumer(&conn, &queue, prefetch, "bare").await?;
         let started = Instant::now();
-        match acks {
-            Acks::Awaited => {
-                for _ in 0..n {
-                    let delivery = consumer
-                        .next()
-                        .await
-                        .ok_or_else(|| anyhow::anyhow!("bare consumer ended"))??;
-                    delivery.acker.ack(BasicAckOptions::default()).await?;
+        within_deadline("the bare consume loop", async {
+            match acks {
+                Acks::Awaited => {
+                    for _ in 0..n {
+                        let delivery = consumer
+                            .next()
+                            .await
+                            .ok_or_else(|| anyhow::anyhow!("bare consumer ended"))??;
+                        delivery.acker.ack(BasicAckOptions::default()).await?;
+                    }
                 }
-            }
-            Acks::Pipelined => {
-                let mut pending = FuturesUnordered::new();
-                let (mut received, mut acked) = (0, 0);
-                while acked < n {
-                    tokio::select! {
-                        delivery = consumer.next(), if received < n => {
-                            let delivery = delivery
-                                .ok_or_else(|| anyhow::anyhow!("bare consumer ended"))??;
-                            received += 1;
-                            pending.push(async move {
-                                delivery.acker.ack(BasicAckOptions::default()).await
-                            });
-                        }
-                        Some(ack) = pending.next() => {
-                            ack?;
-                            acked += 1;
+                Acks::Pipelined => {
+                    let mut pending = FuturesUnordered::new();
+                    let (mut received, mut acked) = (0, 0);
+                    while acked < n {
+                        tokio::select! {
+                            delivery = consumer.next(), if received < n => {
+                                let delivery = delivery
+                                    .ok_or_else(|| anyhow::anyhow!("bare consumer ended"))??;
+                                received += 1;
+                                pending.push(async move {
+                                    delivery.acker.ack(BasicAckOptions::default()).await
+                                });
+                            }
+                            Some(ack) = pending.next() => {
+                                ack?;
+                                acked += 1;
+                            }
                         }
                     }
                 }
             }
-        }
+            Ok(())
+        })
+        .await?;
         let elapsed = started.elapsed();
         ch.close(200, "".into()).await?;
         conn.close(200, "".into()).await?;
@@ -289,15 +307,20 @@ pub async fn worker(
     let run =
         secflow_worker::run_with_stats(cfg, Arc::clone(&stats), stop.clone().cancelled_owned());
     let worker = own_runtime(async move { run.await.map_err(anyhow::Error::from) });
-    while WorkerStats::get(&stats.completed) == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let completed = |count: u64| {
+        let stats = Arc::clone(&stats);
+        within_deadline("the worker's drain", async move {
+            while WorkerStats::get(&stats.completed) < count {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok(())
+        })
+    };
+    completed(1).await?;
     let started = Instant::now();
     let cpu_before = process_cpu();
     let allocations_before = allocations();
-    while WorkerStats::get(&stats.completed) < n as u64 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    completed(n as u64).await?;
     let elapsed = started.elapsed();
     let cpu = process_cpu().saturating_sub(cpu_before);
     let allocations = allocations()
