@@ -22,10 +22,10 @@
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use lapin::{message::Delivery, options::BasicAckOptions};
-use secflow_common::{Topology, amqp::Publisher, config::BrokerArgs, events::TaskEvent};
+use secflow_common::{Topology, amqp::Publisher, config::BrokerArgs, deadline, events::TaskEvent};
 use secflow_tests::bench::{
-    Acks, BenchNs, bare_consume, bare_publish_tasks, consumer, median, own_runtime, per_message,
-    process_cpu, within_deadline, worker,
+    Acks, BenchNs, DRAIN_DEADLINE, bare_consume, bare_publish_tasks, consumer, median, own_runtime,
+    per_message, process_cpu, worker,
 };
 use secflow_worker::events::EventBatcher;
 use std::time::{Duration, Instant};
@@ -197,7 +197,7 @@ async fn floor(
         let started = Instant::now();
         let cpu_before = process_cpu();
         let mut in_flight = FuturesUnordered::new();
-        let copies = within_deadline("the floor's drain", async {
+        let copies = deadline::within("the floor's drain", DRAIN_DEADLINE, async {
             let (mut done, mut copies) = (0, 0);
             while done < n {
                 tokio::select! {
@@ -212,9 +212,9 @@ async fn floor(
                     },
                 }
             }
-            Ok(copies)
+            anyhow::Ok(copies)
         })
-        .await?;
+        .await??;
         let elapsed = started.elapsed();
         eprintln!(
             "  (floor at prefetch {prefetch}, Redis waits {}, event wait {}: {:.0} µs of this process's CPU per task, {copies} copies of earlier tasks acked without running)",

@@ -90,6 +90,29 @@ struct Rates {
     worker_local: Vec<f64>,
 }
 
+impl Rates {
+    /// One step: `producer publish` of `n` tasks, then one worker draining them at `prefetch`
+    /// with Redis (`redis_url` `None`) or with the Redis URL given; its rate goes to `worker` or
+    /// `worker_local` accordingly.
+    async fn producer_then_worker(
+        &mut self,
+        bench: &BenchNs,
+        n: usize,
+        prefetch: u16,
+        redis_url: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let (rate, end_to_end) = producer(&bench.broker, n).await?;
+        self.producer.push(rate);
+        self.end_to_end.push(end_to_end);
+        let drained = worker(&bench.ns, n, redis_url, prefetch, Some(allocations)).await?;
+        match redis_url {
+            None => self.worker.push(drained),
+            Some(_) => self.worker_local.push(drained),
+        }
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n = secflow_tests::env_or("SECFLOW_BENCH_TASKS", 50_000);
@@ -136,12 +159,9 @@ async fn main() -> anyhow::Result<()> {
         for round in 0..rounds {
             if worker_only {
                 // For profiling the worker: only it (with Redis) and the producer feeding it.
-                let (rate, end_to_end) = producer(broker, n).await?;
-                rates.producer.push(rate);
-                rates.end_to_end.push(end_to_end);
                 rates
-                    .worker
-                    .push(worker(ns, n, None, prefetch, Some(allocations)).await?);
+                    .producer_then_worker(&bench, n, prefetch, None)
+                    .await?;
                 continue;
             }
             let url = &broker.amqp_url;
@@ -174,22 +194,16 @@ async fn main() -> anyhow::Result<()> {
                             .push(bare_consume(url, &bare, n, prefetch, Acks::Awaited).await?);
                     }
                     2 => {
-                        let (rate, end_to_end) = producer(broker, n).await?;
-                        rates.producer.push(rate);
-                        rates.end_to_end.push(end_to_end);
                         rates
-                            .worker
-                            .push(worker(ns, n, None, prefetch, Some(allocations)).await?);
+                            .producer_then_worker(&bench, n, prefetch, None)
+                            .await?;
                     }
                     // The same worker with Redis unreachable: local breakers, no idempotency
                     // checks, to show what the shared state costs.
                     _ => {
-                        let (rate, end_to_end) = producer(broker, n).await?;
-                        rates.producer.push(rate);
-                        rates.end_to_end.push(end_to_end);
-                        rates.worker_local.push(
-                            worker(ns, n, Some(NO_REDIS), prefetch, Some(allocations)).await?,
-                        );
+                        rates
+                            .producer_then_worker(&bench, n, prefetch, Some(NO_REDIS))
+                            .await?;
                     }
                 }
             }

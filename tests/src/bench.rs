@@ -12,6 +12,7 @@ use secflow_common::{
     Topology,
     amqp::Publisher,
     config::BrokerArgs,
+    deadline,
     trace::{Kind, TraceSpan},
 };
 use secflow_producer::PublishRequest;
@@ -25,19 +26,9 @@ use tokio_util::sync::CancellationToken;
 /// Outstanding confirms of the bare publish loops (the producer uses the same window).
 pub const WINDOW: usize = 512;
 
-/// Longest a drain may take: a stalled broker or Redis fails the benchmark with the name of
-/// what it waited for instead of holding it for ever.
+/// Longest a drain may take (through `deadline::within`): a stalled broker or Redis fails the
+/// benchmark with the name of what it waited for instead of holding it for ever.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(600);
-
-/// Runs `drain` within [`DRAIN_DEADLINE`]; an expiry is an error naming `what`.
-pub async fn within_deadline<T>(
-    what: &str,
-    drain: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    tokio::time::timeout(DRAIN_DEADLINE, drain)
-        .await
-        .map_err(|_| anyhow::anyhow!("{what} did not finish within {DRAIN_DEADLINE:?}"))?
-}
 
 /// A benchmark's own namespace: its broker settings, a connection and a channel, and its
 /// topology with one pool (`default`, bound to every routing key).
@@ -206,7 +197,7 @@ pub async fn bare_consume(
                 .await?;
         let (ch, mut consumer) = consumer(&conn, &queue, prefetch, "bare").await?;
         let started = Instant::now();
-        within_deadline("the bare consume loop", async {
+        deadline::within("the bare consume loop", DRAIN_DEADLINE, async {
             match acks {
                 Acks::Awaited => {
                     for _ in 0..n {
@@ -238,9 +229,9 @@ pub async fn bare_consume(
                     }
                 }
             }
-            Ok(())
+            anyhow::Ok(())
         })
-        .await?;
+        .await??;
         let elapsed = started.elapsed();
         ch.close(200, "".into()).await?;
         conn.close(200, "".into()).await?;
@@ -309,11 +300,10 @@ pub async fn worker(
     let worker = own_runtime(async move { run.await.map_err(anyhow::Error::from) });
     let completed = |count: u64| {
         let stats = Arc::clone(&stats);
-        within_deadline("the worker's drain", async move {
+        deadline::within("the worker's drain", DRAIN_DEADLINE, async move {
             while WorkerStats::get(&stats.completed) < count {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            Ok(())
         })
     };
     completed(1).await?;
