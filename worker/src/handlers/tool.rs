@@ -105,7 +105,8 @@ pub async fn run(
     let code = done.status.code();
     if !code.is_some_and(|c| def.success_exit_codes().contains(&c)) {
         let (error, how) = done.classified_failure(&invocation.program, env.classifier);
-        return Err(retryable_crash(error, &how));
+        let words = words(&String::from_utf8_lossy(&done.stderr.0));
+        return Err(retryable_crash(error, &how, words));
     }
     let mut stdout = done.stdout.0.as_slice();
     if done.stdout.1 {
@@ -144,20 +145,31 @@ pub fn timed_out(tool: &str, timeout: Duration) -> TaskError {
 
 /// The model's probability below which its guess does not override the tool error table.
 const MODEL_SURE_FOR_TOOLS: f64 = 0.5;
+/// Words of stderr below which the model's guess does not override it, however sure: with
+/// fewer, its answer rests on the exit code and its priors, not on what the tool said.
+const MODEL_WORDS_FOR_TOOLS: usize = 3;
 
 /// A failed run the classifier could not place is, for a tool, a crash or an unexpected exit:
 /// retried under the tool's policy (the error table's 3 retries), not once. So is one only the
-/// learned model placed, at less than even odds (a few words of stderr and an unknown exit code
-/// say little): the published table wins over a weak guess. A security answer always stands.
-fn retryable_crash(mut error: TaskError, how: &Classification) -> TaskError {
+/// learned model placed, at less than even odds or from fewer than [`MODEL_WORDS_FOR_TOOLS`]
+/// words of stderr (a word or two and an unknown exit code say little): the published table
+/// wins over a weak guess. A security answer always stands.
+fn retryable_crash(mut error: TaskError, how: &Classification, stderr_words: usize) -> TaskError {
     let weak_guess = how.matched == "model"
         && how.class != ErrorClass::Security
-        && how.confidence < MODEL_SURE_FOR_TOOLS;
+        && (how.confidence < MODEL_SURE_FOR_TOOLS || stderr_words < MODEL_WORDS_FOR_TOOLS);
     if error.class == ErrorClass::Unknown || weak_guess {
         error.class = ErrorClass::Transient;
         error.code = "tool_failed".into();
     }
     error
+}
+
+/// Words in `text`: runs of two or more ASCII letters (`segfault-ish` is two).
+fn words(text: &str) -> usize {
+    text.split(|c: char| !c.is_ascii_alphabetic())
+        .filter(|w| w.len() >= 2)
+        .count()
 }
 
 /// The task's inputs, with the run's targets standing in for every unconnected input the
@@ -205,7 +217,7 @@ mod tests {
 
     #[test]
     fn a_crash_is_retried_unless_something_placed_it_with_confidence() {
-        let class = |(e, c): (TaskError, Classification)| retryable_crash(e, &c).class;
+        let class = |(e, c): (TaskError, Classification)| retryable_crash(e, &c, 6).class;
         use ErrorClass::*;
         assert_eq!(class(placed(Unknown, "model", 0.2)), Transient);
         assert_eq!(class(placed(Validation, "model", 0.31)), Transient);
@@ -215,5 +227,22 @@ mod tests {
             Validation
         );
         assert_eq!(class(placed(Security, "model", 0.25)), Security);
+    }
+
+    #[test]
+    fn a_sure_guess_from_a_word_or_two_of_stderr_does_not_fail_a_crash_fast() {
+        use ErrorClass::*;
+        let stderr = "segfault-ish\n";
+        assert_eq!(words(stderr), 2);
+        let (e, c) = placed(Validation, "model", 0.9);
+        assert_eq!(retryable_crash(e, &c, words(stderr)).class, Transient);
+        let (e, c) = placed(Validation, "model", 0.9);
+        let stderr = "error: the target list names no host: check targets.txt";
+        assert_eq!(retryable_crash(e, &c, words(stderr)).class, Validation);
+        // Rules and security answers stand on any amount of text.
+        let (e, c) = placed(Validation, "rule:usage_exit", 1.0);
+        assert_eq!(retryable_crash(e, &c, 0).class, Validation);
+        let (e, c) = placed(Security, "model", 0.9);
+        assert_eq!(retryable_crash(e, &c, 1).class, Security);
     }
 }
