@@ -105,8 +105,7 @@ pub async fn run(
     let code = done.status.code();
     if !code.is_some_and(|c| def.success_exit_codes().contains(&c)) {
         let (error, how) = done.classified_failure(&invocation.program, env.classifier);
-        let words = words(&String::from_utf8_lossy(&done.stderr.0));
-        return Err(retryable_crash(error, &how, words));
+        return Err(retryable_crash(error, &how, &done.stderr.0));
     }
     let mut stdout = done.stdout.0.as_slice();
     if done.stdout.1 {
@@ -153,11 +152,12 @@ const MODEL_WORDS_FOR_TOOLS: usize = 3;
 /// retried under the tool's policy (the error table's 3 retries), not once. So is one only the
 /// learned model placed, at less than even odds or from fewer than [`MODEL_WORDS_FOR_TOOLS`]
 /// words of stderr (a word or two and an unknown exit code say little): the published table
-/// wins over a weak guess. A security answer always stands.
-fn retryable_crash(mut error: TaskError, how: &Classification, stderr_words: usize) -> TaskError {
+/// wins over a weak guess. A security answer always stands. `stderr` is counted only when the
+/// model's answer is in question.
+fn retryable_crash(mut error: TaskError, how: &Classification, stderr: &[u8]) -> TaskError {
     let weak_guess = how.matched == "model"
         && how.class != ErrorClass::Security
-        && (how.confidence < MODEL_SURE_FOR_TOOLS || stderr_words < MODEL_WORDS_FOR_TOOLS);
+        && (how.confidence < MODEL_SURE_FOR_TOOLS || words(stderr) < MODEL_WORDS_FOR_TOOLS);
     if error.class == ErrorClass::Unknown || weak_guess {
         error.class = ErrorClass::Transient;
         error.code = "tool_failed".into();
@@ -165,9 +165,10 @@ fn retryable_crash(mut error: TaskError, how: &Classification, stderr_words: usi
     error
 }
 
-/// Words in `text`: runs of two or more ASCII letters (`segfault-ish` is two).
-fn words(text: &str) -> usize {
-    text.split(|c: char| !c.is_ascii_alphabetic())
+/// Words in `text`: runs of two or more ASCII letters (`segfault-ish` is two). Read as bytes:
+/// every byte of a character that is not ASCII ends a run, as the character would once decoded.
+fn words(text: &[u8]) -> usize {
+    text.split(|b| !b.is_ascii_alphabetic())
         .filter(|w| w.len() >= 2)
         .count()
 }
@@ -217,7 +218,9 @@ mod tests {
 
     #[test]
     fn a_crash_is_retried_unless_something_placed_it_with_confidence() {
-        let class = |(e, c): (TaskError, Classification)| retryable_crash(e, &c, 6).class;
+        let class = |(e, c): (TaskError, Classification)| {
+            retryable_crash(e, &c, b"six words of the tool stderr").class
+        };
         use ErrorClass::*;
         assert_eq!(class(placed(Unknown, "model", 0.2)), Transient);
         assert_eq!(class(placed(Validation, "model", 0.31)), Transient);
@@ -232,17 +235,19 @@ mod tests {
     #[test]
     fn a_sure_guess_from_a_word_or_two_of_stderr_does_not_fail_a_crash_fast() {
         use ErrorClass::*;
-        let stderr = "segfault-ish\n";
+        let stderr = b"segfault-ish\n";
         assert_eq!(words(stderr), 2);
         let (e, c) = placed(Validation, "model", 0.9);
-        assert_eq!(retryable_crash(e, &c, words(stderr)).class, Transient);
+        assert_eq!(retryable_crash(e, &c, stderr).class, Transient);
         let (e, c) = placed(Validation, "model", 0.9);
-        let stderr = "error: the target list names no host: check targets.txt";
-        assert_eq!(retryable_crash(e, &c, words(stderr)).class, Validation);
+        let stderr = b"error: the target list names no host: check targets.txt";
+        assert_eq!(retryable_crash(e, &c, stderr).class, Validation);
         // Rules and security answers stand on any amount of text.
         let (e, c) = placed(Validation, "rule:usage_exit", 1.0);
-        assert_eq!(retryable_crash(e, &c, 0).class, Validation);
+        assert_eq!(retryable_crash(e, &c, b"").class, Validation);
         let (e, c) = placed(Security, "model", 0.9);
-        assert_eq!(retryable_crash(e, &c, 1).class, Security);
+        assert_eq!(retryable_crash(e, &c, b"x").class, Security);
+        // Text that is not ASCII ends a word as it would once decoded.
+        assert_eq!(words("dépassé délai".as_bytes()), 2);
     }
 }
